@@ -1,0 +1,223 @@
+//! The `vigil` command line. Each subcommand returns an [`Outcome`] that maps to a
+//! documented exit code; errors meant for people carry file:line:column and a hint.
+
+use crate::diagnostic::Diagnostics;
+use crate::dry_run::{self, Format, Start};
+use crate::policy::{Policy, PolicyError};
+use crate::spec::{render, MachineSpec, RenderFormat};
+use anyhow::{bail, Context};
+use clap::{CommandFactory, Parser, Subcommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Exit code: success.
+pub const EXIT_OK: u8 = 0;
+/// Exit code: a file given on the command line is invalid (policy, scenario).
+pub const EXIT_INVALID: u8 = 3;
+/// Exit code: something failed at run time (a file could not be read, output failed).
+pub const EXIT_FAILURE: u8 = 4;
+
+/// vigil keeps a webhook-driven live trading service safe across crashes, outages and
+/// restarts.
+#[derive(Debug, Parser)]
+#[command(name = "vigil", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate policy files; every error names file:line:column and what to do.
+    Check {
+        /// Policy files to check.
+        #[arg(required = true, value_name = "FILE")]
+        files: Vec<PathBuf>,
+    },
+    /// Show what the service would do under a policy, with virtual time (no sleeping).
+    #[command(name = "dry-run")]
+    DryRun(DryRunArgs),
+    /// Render the machine specs.
+    Machines {
+        /// `lifecycle` or `failure`; all machines when omitted.
+        name: Option<String>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: RenderFormat,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Arguments of `vigil dry-run`.
+#[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("script").required(true).args(["events", "scenario", "event"])))]
+pub struct DryRunArgs {
+    /// The policy file.
+    #[arg(long, value_name = "FILE")]
+    pub policy: PathBuf,
+    /// Comma-separated events, delivered from the initial state (see the README for names).
+    #[arg(long, value_name = "A,B,C")]
+    pub events: Option<String>,
+    /// A scenario file: `events = ["started", ...]`.
+    #[arg(long, value_name = "FILE", conflicts_with = "events")]
+    pub scenario: Option<PathBuf>,
+    /// Start from this lifecycle state instead of the initial one.
+    #[arg(long, value_name = "STATE")]
+    pub from: Option<String>,
+    /// With `--from degraded`: the failure kind it is degraded for (default db_unavailable).
+    #[arg(long, value_name = "KIND", requires = "from")]
+    pub reason: Option<String>,
+    /// One event to deliver (with `--from`).
+    #[arg(long, value_name = "EVENT", conflicts_with_all = ["events", "scenario"])]
+    pub event: Option<String>,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// The instance id written in log lines.
+    #[arg(long, default_value = "vigil", env = "VIGIL_INSTANCE")]
+    pub instance: String,
+}
+
+/// How a command ended, for the exit code.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Everything worked.
+    Ok,
+    /// A file given by the user is invalid; the diagnostics were printed.
+    Invalid,
+}
+
+/// Runs the command line and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(Outcome::Ok) => ExitCode::from(EXIT_OK),
+        Ok(Outcome::Invalid) => ExitCode::from(EXIT_INVALID),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+/// Runs one parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
+    match cli.command {
+        Command::Check { files } => check(&files),
+        Command::DryRun(args) => dry_run_command(&args),
+        Command::Machines { name, format } => machines(name.as_deref(), format),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut std::io::stdout());
+            Ok(Outcome::Ok)
+        }
+    }
+}
+
+fn check(files: &[PathBuf]) -> anyhow::Result<Outcome> {
+    let mut outcome = Outcome::Ok;
+    for file in files {
+        match Policy::load(file) {
+            Ok(_) => println!("{}: ok", file.display()),
+            Err(PolicyError::Invalid(diagnostics)) => {
+                eprintln!("{diagnostics}\n");
+                eprintln!(
+                    "{}: invalid ({} problems)",
+                    file.display(),
+                    diagnostics.0.len()
+                );
+                outcome = Outcome::Invalid;
+            }
+            Err(error @ PolicyError::Read { .. }) => {
+                eprintln!("error: {error}");
+                outcome = Outcome::Invalid;
+            }
+        }
+    }
+    Ok(outcome)
+}
+
+/// Loads a policy, printing its diagnostics when it is invalid.
+fn load_policy(path: &Path) -> anyhow::Result<Option<Policy>> {
+    match Policy::load(path) {
+        Ok(policy) => Ok(Some(policy)),
+        Err(PolicyError::Invalid(diagnostics)) => {
+            eprintln!("{diagnostics}");
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+fn dry_run_command(args: &DryRunArgs) -> anyhow::Result<Outcome> {
+    let Some(policy) = load_policy(&args.policy)? else {
+        return Ok(Outcome::Invalid);
+    };
+    let start = match &args.from {
+        Some(state) => match Start::parse(state, args.reason.as_deref()) {
+            Ok(start) => start,
+            Err(problem) => {
+                eprintln!("error: {problem}");
+                return Ok(Outcome::Invalid);
+            }
+        },
+        None => Start::default(),
+    };
+    let parsed = match (&args.events, &args.scenario, &args.event) {
+        (Some(list), _, _) => dry_run::parse_events(list).map_err(|problem| problem.to_string()),
+        (_, Some(path), _) => {
+            let source = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read scenario {}", path.display()))?;
+            dry_run::load_scenario(path, &source)
+                .map_err(|diagnostics: Diagnostics| diagnostics.to_string())
+        }
+        (_, _, Some(event)) => dry_run::parse_events(event),
+        (None, None, None) => bail!("give --events, --scenario or --event"),
+    };
+    let script = match parsed {
+        Ok(script) => script,
+        Err(problem) => {
+            eprintln!("error: {problem}");
+            return Ok(Outcome::Invalid);
+        }
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    dry_run::run(
+        &policy,
+        &args.instance,
+        start,
+        &script,
+        args.format,
+        &mut out,
+    )
+    .context("cannot write the dry-run")?;
+    out.flush().context("cannot write the dry-run")?;
+    Ok(Outcome::Ok)
+}
+
+fn machines(name: Option<&str>, format: RenderFormat) -> anyhow::Result<Outcome> {
+    let specs = MachineSpec::shipped()?;
+    let chosen: Vec<&MachineSpec> = specs
+        .iter()
+        .filter(|spec| name.is_none_or(|name| spec.machine == name))
+        .collect();
+    if chosen.is_empty() {
+        let known: Vec<&str> = specs.iter().map(|spec| spec.machine.as_str()).collect();
+        eprintln!(
+            "error: unknown machine `{}`; expected one of: {}",
+            name.unwrap_or(""),
+            known.join(", ")
+        );
+        return Ok(Outcome::Invalid);
+    }
+    let rendered: Vec<String> = chosen.iter().map(|spec| render(spec, format)).collect();
+    print!("{}", rendered.join("\n"));
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,146 @@
+//! Errors a person reads about a file they wrote: where (file:line:column), what is wrong,
+//! and what to do about it.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+/// One problem found in a text file, located by line and column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file as the user named it, so the location can be pasted into an editor.
+    pub path: PathBuf,
+    /// 1-based line of the offending text.
+    pub line: usize,
+    /// 1-based column, counted in characters, of the offending text.
+    pub column: usize,
+    /// What is wrong, in one sentence.
+    pub message: String,
+    /// What to do about it, when there is something useful to say.
+    pub hint: Option<String>,
+    /// The offending line itself, shown under the message with a caret.
+    pub source_line: String,
+}
+
+impl Diagnostic {
+    /// Locates `span` (byte offsets into `source`) and builds a diagnostic for it.
+    pub fn at(
+        path: &Path,
+        source: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) -> Diagnostic {
+        let offset = span.map_or(0, |span| span.start.min(source.len()));
+        let before = source.get(..offset).unwrap_or(source);
+        let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+        let line = before.matches('\n').count() + 1;
+        let column = before
+            .get(line_start..)
+            .map_or(1, |text| text.chars().count() + 1);
+        let source_line = source
+            .get(line_start..)
+            .and_then(|rest| rest.lines().next())
+            .unwrap_or("")
+            .to_string();
+        Diagnostic {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: message.into(),
+            hint,
+            source_line,
+        }
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let number = self.line.to_string();
+        let gutter = " ".repeat(number.len());
+        writeln!(f, "error: {}", self.message)?;
+        writeln!(
+            f,
+            "{gutter}--> {}:{}:{}",
+            self.path.display(),
+            self.line,
+            self.column
+        )?;
+        writeln!(f, "{gutter} |")?;
+        writeln!(f, "{number} | {}", self.source_line)?;
+        write!(
+            f,
+            "{gutter} | {}^",
+            " ".repeat(self.column.saturating_sub(1))
+        )?;
+        if let Some(hint) = &self.hint {
+            write!(f, "\n{gutter} = hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// All problems found in one file, in the order they appear.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostics(pub Vec<Diagnostic>);
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, diagnostic) in self.0.iter().enumerate() {
+            if index > 0 {
+                f.write_str("\n\n")?;
+            }
+            write!(f, "{diagnostic}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// Suggests the closest of `known` to a misspelt `name`, for "did you mean" hints.
+pub fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    known
+        .into_iter()
+        .map(|candidate| (edit_distance(name, candidate), candidate))
+        .filter(|(distance, candidate)| *distance <= candidate.len() / 3 + 1)
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, candidate)| candidate)
+}
+
+/// Levenshtein distance over characters; names here are short, so the quadratic cost is
+/// irrelevant.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locates_line_and_column() {
+        let source = "a = 1\nbb = 2\n";
+        let d = Diagnostic::at(Path::new("f.toml"), source, Some(11..12), "bad", None);
+        assert_eq!((d.line, d.column, d.source_line.as_str()), (2, 6, "bb = 2"));
+    }
+
+    #[test]
+    fn suggests_close_names_only() {
+        assert_eq!(
+            closest("db_unavialable", ["db_unavailable", "unexpected"]),
+            Some("db_unavailable")
+        );
+        assert_eq!(closest("banana", ["db_unavailable", "unexpected"]), None);
+    }
+}

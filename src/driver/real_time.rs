@@ -1,0 +1,93 @@
+//! Runs the driver against tokio's clock, for the service: inputs arrive on a channel,
+//! retries wait for real, and every effect is handed to an [`Executor`].
+
+use super::{Driver, Input, Step};
+use crate::machines::Effect;
+use std::collections::VecDeque;
+use std::future::Future;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How many inputs may wait for the driver. Inputs are rare (failures, recoveries, shutdown),
+/// so a full queue means the driver is stuck, and senders should wait rather than pile up.
+pub const INPUT_QUEUE_DEPTH: usize = 64;
+
+/// The most follow-up inputs one step may produce through its effects. Each effect produces
+/// at most one (the outcome of a reattempt), and a step has a handful of effects.
+pub const MAX_FOLLOW_UPS_PER_STEP: usize = 16;
+
+/// Carries out effects in the real world.
+pub trait Executor {
+    /// Carries out `effect`. Returns the input it produced, if any: the outcome of a
+    /// [`Effect::Reattempt`] is the next input for the machines.
+    fn execute(&mut self, effect: &Effect) -> impl Future<Output = Option<Input>>;
+
+    /// Sees every step once its effects have been carried out (for status pages and tests).
+    fn observe(&mut self, step: &Step) {
+        let _ = step;
+    }
+}
+
+/// Runs until the lifecycle reaches a terminal state and returns the process exit code.
+/// When every sender is dropped, the instance stops gracefully.
+pub async fn run<E: Executor>(
+    driver: &mut Driver,
+    inputs: &mut mpsc::Receiver<Input>,
+    executor: &mut E,
+) -> u8 {
+    let started = Instant::now();
+    let now_ms =
+        |started: Instant| u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut closed = false;
+    loop {
+        if let Some(code) = driver.exit_code() {
+            return code;
+        }
+        let deadline = driver
+            .next_due_ms()
+            .map(|due_ms| started + std::time::Duration::from_millis(due_ms));
+        let step = tokio::select! {
+            input = inputs.recv(), if !closed => match input {
+                Some(input) => driver.deliver(now_ms(started).max(driver.now_ms()), input),
+                None => {
+                    closed = true;
+                    driver.deliver(now_ms(started).max(driver.now_ms()), Input::Stop)
+                }
+            },
+            () = sleep_until(deadline) => {
+                let due_ms = driver.next_due_ms().unwrap_or(0);
+                match driver.fire_due(due_ms.max(driver.now_ms())) {
+                    Some(step) => step,
+                    None => continue,
+                }
+            }
+            else => driver.deliver(driver.now_ms(), Input::Drained),
+        };
+        let mut follow_ups = VecDeque::new();
+        carry_out(executor, &step, &mut follow_ups).await;
+        while let Some(input) = follow_ups.pop_front() {
+            let step = driver.deliver(now_ms(started).max(driver.now_ms()), input);
+            carry_out(executor, &step, &mut follow_ups).await;
+        }
+    }
+}
+
+async fn carry_out<E: Executor>(executor: &mut E, step: &Step, follow_ups: &mut VecDeque<Input>) {
+    for effect in &step.effects {
+        if let Some(input) = executor.execute(effect).await {
+            assert!(
+                follow_ups.len() < MAX_FOLLOW_UPS_PER_STEP,
+                "effects produced too many follow-up inputs"
+            );
+            follow_ups.push_back(input);
+        }
+    }
+    executor.observe(step);
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

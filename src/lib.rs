@@ -1,0 +1,12 @@
+//! vigil keeps a webhook-driven live trading service safe across crashes, outages and
+//! restarts. See the README's Architecture section for the codemap.
+
+pub mod cli;
+pub mod diagnostic;
+pub mod driver;
+pub mod dry_run;
+pub mod logging;
+pub mod machines;
+pub mod policy;
+pub mod spec;
+pub mod vocabulary;

@@ -1,0 +1,490 @@
+//! The instance lifecycle:
+//!
+//! ```text
+//! starting -> recovering -> active | degraded     (active and degraded are both "serving")
+//! degraded -> recovering -> active                (a lost dependency returned)
+//! any running state -> stopping -> stopped        (graceful shutdown, exit 0)
+//! any running state -> crashed                    (halt, exit with the policy's code)
+//! ```
+//!
+//! The lifecycle keeps the set of reasons it is degraded for. While degraded it accepts only
+//! the signal types that every current reason allows (the policy's `[degraded]` table).
+
+use super::{Effect, Level, MachineName, Outbox};
+use crate::vocabulary::{FailureKind, SignalSet};
+use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
+use statig::prelude::*;
+use std::fmt;
+
+/// Events the lifecycle handles. Failure kinds arrive here only as the failure machines'
+/// decisions (tolerate, clear, halt), never raw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LifecycleEvent {
+    /// Start-up finished: configuration read, storage open.
+    Started,
+    /// Recovery finished and its checks passed.
+    Recovered,
+    /// The policy tolerates `kind`: serve degraded.
+    Tolerated {
+        /// The failure tolerated.
+        kind: FailureKind,
+        /// The policy's warning.
+        warning: String,
+    },
+    /// A tolerated failure resolved.
+    Cleared {
+        /// The failure that resolved.
+        kind: FailureKind,
+    },
+    /// The policy halts on `kind`.
+    Halt {
+        /// The failure that halts the instance.
+        kind: FailureKind,
+        /// The process exit code.
+        exit_code: u8,
+    },
+    /// Shutdown requested (SIGTERM, SIGINT).
+    Stop,
+    /// Every signal in flight has finished.
+    Drained,
+}
+
+impl LifecycleEvent {
+    /// Every event name, in spec order.
+    pub const NAMES: [&'static str; 7] = [
+        "started",
+        "recovered",
+        "tolerated",
+        "cleared",
+        "halt",
+        "stop",
+        "drained",
+    ];
+
+    /// The name used in specs and log fields.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            LifecycleEvent::Started => "started",
+            LifecycleEvent::Recovered => "recovered",
+            LifecycleEvent::Tolerated { .. } => "tolerated",
+            LifecycleEvent::Cleared { .. } => "cleared",
+            LifecycleEvent::Halt { .. } => "halt",
+            LifecycleEvent::Stop => "stop",
+            LifecycleEvent::Drained => "drained",
+        }
+    }
+}
+
+/// A set of failure kinds: the reasons the instance is degraded for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Reasons(u8);
+
+impl Reasons {
+    /// No reason.
+    pub const NONE: Reasons = Reasons(0);
+
+    /// Adds `kind`.
+    #[must_use]
+    pub const fn with(self, kind: FailureKind) -> Reasons {
+        Reasons(self.0 | 1 << kind.index())
+    }
+
+    /// Removes `kind`.
+    #[must_use]
+    pub const fn without(self, kind: FailureKind) -> Reasons {
+        Reasons(self.0 & !(1 << kind.index()))
+    }
+
+    /// Whether `kind` is a reason.
+    pub const fn contains(self, kind: FailureKind) -> bool {
+        self.0 & (1 << kind.index()) != 0
+    }
+
+    /// Whether there is no reason.
+    pub const fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    /// Whether any reason requires recovery to run again once it clears.
+    pub fn needs_recovery(self) -> bool {
+        self.iter().any(FailureKind::needs_recovery)
+    }
+
+    /// The reasons, in [`FailureKind::ALL`] order.
+    pub fn iter(self) -> impl Iterator<Item = FailureKind> {
+        FailureKind::ALL
+            .into_iter()
+            .filter(move |kind| self.contains(*kind))
+    }
+}
+
+impl FromIterator<FailureKind> for Reasons {
+    fn from_iter<I: IntoIterator<Item = FailureKind>>(iter: I) -> Self {
+        iter.into_iter().fold(Reasons::NONE, Reasons::with)
+    }
+}
+
+impl fmt::Display for Reasons {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.iter().map(FailureKind::as_str).collect();
+        f.write_str(&names.join("+"))
+    }
+}
+
+/// Shared storage of the lifecycle machine.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    /// What each degraded reason still accepts, from the policy.
+    accepts_while: [SignalSet; 6],
+    /// Why the instance is degraded (also kept while starting or recovering, so that a
+    /// failure tolerated then still degrades the instance once it serves).
+    reasons: Reasons,
+    /// The exit code of the halt that crashed the instance.
+    exit_code: u8,
+}
+
+#[state_machine(
+    initial = "State::starting()",
+    visibility = "pub",
+    state(derive(Debug, Clone, Copy, PartialEq, Eq)),
+    superstate(derive(Debug)),
+    after_transition = "Self::after_transition"
+)]
+impl Lifecycle {
+    /// Every state that is not terminal: it can halt or be asked to stop.
+    #[superstate]
+    fn running(&mut self, context: &mut Outbox, event: &LifecycleEvent) -> Outcome<State> {
+        match event {
+            LifecycleEvent::Halt { kind, exit_code } => {
+                self.exit_code = *exit_code;
+                let message = format!("halting on {}; exit code {exit_code}", kind.code());
+                context.note(Level::Error, Some(*kind), message);
+                Transition(State::crashed())
+            }
+            LifecycleEvent::Stop => {
+                let message = "stop requested; accepting no new signals, finishing those in flight"
+                    .to_string();
+                context.note(Level::Info, None, message);
+                Transition(State::stopping())
+            }
+            // A reason that clears outside `degraded` is simply forgotten.
+            LifecycleEvent::Cleared { kind } => {
+                self.reasons = self.reasons.without(*kind);
+                Handled
+            }
+            _ => Handled,
+        }
+    }
+
+    /// Booting: reading configuration and opening storage. Accepts no signals.
+    #[state(superstate = "running", entry_action = "enter_starting")]
+    fn starting(&mut self, context: &mut Outbox, event: &LifecycleEvent) -> Outcome<State> {
+        match event {
+            LifecycleEvent::Started => {
+                context.note(
+                    Level::Info,
+                    None,
+                    "instance started; recovering state".to_string(),
+                );
+                Transition(State::recovering())
+            }
+            LifecycleEvent::Tolerated { kind, warning } => {
+                self.tolerate_before_serving(context, *kind, warning)
+            }
+            _ => Super,
+        }
+    }
+
+    /// Rebuilding state from storage and validating it. Accepts no signals.
+    #[state(superstate = "running", entry_action = "enter_recovering")]
+    fn recovering(&mut self, context: &mut Outbox, event: &LifecycleEvent) -> Outcome<State> {
+        match event {
+            LifecycleEvent::Recovered if self.reasons.is_empty() => {
+                context.note(
+                    Level::Info,
+                    None,
+                    "recovery complete; accepting all signals".to_string(),
+                );
+                Transition(State::active())
+            }
+            LifecycleEvent::Recovered => {
+                let message = format!(
+                    "recovery complete; still degraded by {}; accepting {}",
+                    self.reasons,
+                    self.accepts(self.reasons)
+                );
+                context.note(Level::Warn, None, message);
+                Transition(State::degraded())
+            }
+            LifecycleEvent::Tolerated { kind, warning } => {
+                self.tolerate_before_serving(context, *kind, warning)
+            }
+            _ => Super,
+        }
+    }
+
+    /// Active and degraded: the webhook listener is open.
+    #[superstate(superstate = "running")]
+    fn serving(event: &LifecycleEvent) -> Outcome<State> {
+        let _ = event;
+        Super
+    }
+
+    /// Serving normally: every signal type is accepted.
+    #[state(superstate = "serving", entry_action = "enter_active")]
+    fn active(&mut self, context: &mut Outbox, event: &LifecycleEvent) -> Outcome<State> {
+        match event {
+            LifecycleEvent::Tolerated { kind, warning } => {
+                self.degrade(context, *kind, warning, "serving degraded")
+            }
+            _ => Super,
+        }
+    }
+
+    /// Serving with failures tolerated: only what every reason allows is accepted.
+    #[state(superstate = "serving", entry_action = "enter_degraded")]
+    fn degraded(&mut self, context: &mut Outbox, event: &LifecycleEvent) -> Outcome<State> {
+        match event {
+            LifecycleEvent::Tolerated { kind, warning } if !self.reasons.contains(*kind) => {
+                self.degrade(context, *kind, warning, "still degraded, now also")
+            }
+            LifecycleEvent::Tolerated { .. } => Handled,
+            LifecycleEvent::Cleared { kind } if self.reasons.contains(*kind) => {
+                let remaining = self.reasons.without(*kind);
+                self.reasons = remaining;
+                if kind.needs_recovery() && !remaining.needs_recovery() {
+                    context.note(
+                        Level::Info,
+                        Some(*kind),
+                        format!("{kind} cleared; recovering state again"),
+                    );
+                    Transition(State::recovering())
+                } else if remaining.is_empty() {
+                    context.note(
+                        Level::Info,
+                        Some(*kind),
+                        format!("{kind} cleared; accepting all signals"),
+                    );
+                    Transition(State::active())
+                } else {
+                    let message = format!(
+                        "{kind} cleared; still degraded by {remaining}; accepting {}",
+                        self.accepts(remaining)
+                    );
+                    context.note(Level::Info, Some(*kind), message);
+                    Transition(State::degraded())
+                }
+            }
+            LifecycleEvent::Cleared { .. } => Handled,
+            _ => Super,
+        }
+    }
+
+    /// Shutting down: no new signals; those in flight finish.
+    #[state(superstate = "running", entry_action = "enter_stopping")]
+    fn stopping(&mut self, context: &mut Outbox, event: &LifecycleEvent) -> Outcome<State> {
+        match event {
+            LifecycleEvent::Drained => {
+                context.note(
+                    Level::Info,
+                    None,
+                    "signals in flight finished; stopped".to_string(),
+                );
+                Transition(State::stopped())
+            }
+            LifecycleEvent::Stop | LifecycleEvent::Tolerated { .. } => Handled,
+            _ => Super,
+        }
+    }
+
+    /// Shut down cleanly. Terminal: the process exits 0.
+    #[state(entry_action = "enter_stopped")]
+    fn stopped(event: &LifecycleEvent) -> Outcome<State> {
+        let _ = event;
+        Handled
+    }
+
+    /// Halted by policy. Terminal: the process exits with the policy's code.
+    #[state(entry_action = "enter_crashed")]
+    fn crashed(event: &LifecycleEvent) -> Outcome<State> {
+        let _ = event;
+        Handled
+    }
+
+    #[action]
+    fn enter_starting(&mut self, context: &mut Outbox) {
+        self.enter(context, "starting", SignalSet::NONE);
+    }
+
+    #[action]
+    fn enter_recovering(&mut self, context: &mut Outbox) {
+        self.enter(context, "recovering", SignalSet::NONE);
+    }
+
+    #[action]
+    fn enter_active(&mut self, context: &mut Outbox) {
+        assert!(
+            self.reasons.is_empty(),
+            "active with degraded reasons {}",
+            self.reasons
+        );
+        self.enter(context, "active", SignalSet::ALL);
+    }
+
+    #[action]
+    fn enter_degraded(&mut self, context: &mut Outbox) {
+        assert!(!self.reasons.is_empty(), "degraded without a reason");
+        self.enter(context, "degraded", self.accepts(self.reasons));
+    }
+
+    #[action]
+    fn enter_stopping(&mut self, context: &mut Outbox) {
+        self.enter(context, "stopping", SignalSet::NONE);
+    }
+
+    #[action]
+    fn enter_stopped(&mut self, context: &mut Outbox) {
+        self.enter(context, "stopped", SignalSet::NONE);
+        context.effects.push(Effect::Exit { code: 0 });
+    }
+
+    #[action]
+    fn enter_crashed(&mut self, context: &mut Outbox) {
+        self.enter(context, "crashed", SignalSet::NONE);
+        context.effects.push(Effect::Exit {
+            code: self.exit_code,
+        });
+    }
+}
+
+impl Lifecycle {
+    /// A lifecycle whose degraded states accept what `accepts_while` says per reason.
+    pub fn new(accepts_while: [SignalSet; 6]) -> Lifecycle {
+        Lifecycle {
+            accepts_while,
+            reasons: Reasons::NONE,
+            exit_code: 1,
+        }
+    }
+
+    /// Builds the machine in `state` with `reasons` (for dry-runs that start mid-way) and
+    /// initialises it, which runs the state's entry action.
+    pub fn machine_at(
+        mut self,
+        state: State,
+        reasons: Reasons,
+        context: &mut Outbox,
+    ) -> InitializedStateMachine<Lifecycle> {
+        self.reasons = reasons;
+        let mut machine = self.uninitialized_state_machine();
+        *machine.state_mut() = state;
+        machine.init_with_context(context)
+    }
+
+    /// The reasons the instance is degraded for.
+    pub fn reasons(&self) -> Reasons {
+        self.reasons
+    }
+
+    /// The exit code a crash exits with.
+    pub fn exit_code(&self) -> u8 {
+        self.exit_code
+    }
+
+    /// What is accepted while degraded for all of `reasons`: only what each allows.
+    pub fn accepts(&self, reasons: Reasons) -> SignalSet {
+        reasons.iter().fold(SignalSet::ALL, |set, kind| {
+            set.intersect(self.accepts_while[kind.index()])
+        })
+    }
+
+    fn enter(&self, context: &mut Outbox, status: &'static str, signals: SignalSet) {
+        context.effects.push(Effect::RecordStatus { status });
+        context.effects.push(Effect::Accept { signals });
+    }
+
+    fn degrade(
+        &mut self,
+        context: &mut Outbox,
+        kind: FailureKind,
+        warning: &str,
+        lead: &str,
+    ) -> Outcome<State> {
+        self.reasons = self.reasons.with(kind);
+        let message = format!(
+            "{lead} {kind}: {warning}; accepting {}",
+            self.accepts(self.reasons)
+        );
+        context.note(Level::Warn, Some(kind), message);
+        Transition(State::degraded())
+    }
+
+    /// A failure tolerated before the instance serves: if it leaves stored state in doubt
+    /// the instance serves degraded now; otherwise it is remembered and start-up goes on.
+    fn tolerate_before_serving(
+        &mut self,
+        context: &mut Outbox,
+        kind: FailureKind,
+        warning: &str,
+    ) -> Outcome<State> {
+        if kind.needs_recovery() {
+            return self.degrade(context, kind, warning, "serving degraded");
+        }
+        self.reasons = self.reasons.with(kind);
+        Handled
+    }
+
+    fn after_transition(&mut self, source: &State, target: &State, context: &mut Outbox) {
+        context.record(MachineName::Lifecycle, source.name(), target.name());
+    }
+}
+
+impl State {
+    /// Every state name, in spec order.
+    pub const NAMES: [&'static str; 7] = [
+        "starting",
+        "recovering",
+        "active",
+        "degraded",
+        "stopping",
+        "stopped",
+        "crashed",
+    ];
+
+    /// The name used in specs, log fields and recorded statuses.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            State::Starting {} => "starting",
+            State::Recovering {} => "recovering",
+            State::Active {} => "active",
+            State::Degraded {} => "degraded",
+            State::Stopping {} => "stopping",
+            State::Stopped {} => "stopped",
+            State::Crashed {} => "crashed",
+        }
+    }
+
+    /// The state a new instance starts in.
+    pub fn initial() -> State {
+        State::starting()
+    }
+
+    /// The state with this name.
+    pub fn from_name(name: &str) -> Option<State> {
+        Some(match name {
+            "starting" => State::starting(),
+            "recovering" => State::recovering(),
+            "active" => State::active(),
+            "degraded" => State::degraded(),
+            "stopping" => State::stopping(),
+            "stopped" => State::stopped(),
+            "crashed" => State::crashed(),
+            _ => return None,
+        })
+    }
+
+    /// Whether the process ends in this state.
+    pub const fn is_terminal(&self) -> bool {
+        matches!(self, State::Stopped {} | State::Crashed {})
+    }
+}

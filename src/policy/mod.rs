@@ -1,0 +1,252 @@
+//! Policy files: how an instance answers each kind of failure, what it still accepts while
+//! degraded, and the timings it coordinates with. Pure: parsing and validation only; the
+//! caller reads the file.
+//!
+//! A policy is parsed from TOML into a raw, span-carrying form ([`raw`]), then validated into
+//! [`Policy`], whose values are always usable: a retry has at least one attempt, a maximum
+//! delay is never below the initial delay, and so on.
+
+mod raw;
+
+use crate::diagnostic::Diagnostics;
+use crate::vocabulary::{FailureKind, SignalSet};
+use rust_decimal::Decimal;
+use std::path::Path;
+use std::time::Duration;
+
+/// The most retry attempts a policy may ask for. A longer schedule is an outage, and the
+/// policy should say `continue` or `halt` instead of retrying for ever.
+pub const MAX_RETRY_ATTEMPTS: u32 = 100;
+
+/// The longest single retry delay a policy may ask for.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+
+/// The default policy, shipped as `policies/default.toml` and compiled in so that an
+/// instance started with no policy file behaves exactly as that file says.
+pub const DEFAULT_POLICY_TOML: &str = include_str!("../../policies/default.toml");
+
+/// A validated policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Where the policy came from, for logs and reports.
+    pub name: String,
+    /// The response to each failure kind, indexed by [`FailureKind::index`].
+    pub failures: [Response; 6],
+    /// Settings for crash recovery.
+    pub recovery: RecoverySettings,
+    /// What a degraded instance still accepts, per degraded reason, indexed by
+    /// [`FailureKind::index`]. A reason not named in the file accepts nothing.
+    pub degraded_accepts: [SignalSet; 6],
+    /// Timings for running several instances together.
+    pub ha: HaTimings,
+    /// How often the instance may be restarted before the supervisor should give up.
+    pub restarts: RestartBudget,
+}
+
+/// How an instance answers one kind of failure.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    /// Stop the instance: it becomes `crashed` and the process exits with `exit_code`.
+    Halt {
+        /// The process exit code, so supervisors can tell failures apart.
+        exit_code: u8,
+    },
+    /// Keep serving in the `degraded` state and log `warning`.
+    Continue {
+        /// The warning logged, and shown by `/ready`, while the failure lasts.
+        warning: String,
+    },
+    /// Try again on a backoff schedule; once the attempts are spent, do `then`.
+    Retry {
+        /// When to try again.
+        schedule: RetrySchedule,
+        /// What to do once every attempt has failed.
+        then: Exhausted,
+    },
+}
+
+/// What a retry does once its attempts are spent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Exhausted {
+    /// Stop with this exit code.
+    Halt {
+        /// The process exit code.
+        exit_code: u8,
+    },
+    /// Serve degraded and log this warning.
+    Continue {
+        /// The warning logged while the failure lasts.
+        warning: String,
+    },
+}
+
+/// An exponential backoff schedule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetrySchedule {
+    /// How many times to try again after the first failure (1..=[`MAX_RETRY_ATTEMPTS`]).
+    pub attempts: u32,
+    /// The wait before the first retry.
+    pub initial_delay: Duration,
+    /// Each wait is the previous one times this (at least 1).
+    pub multiplier: Decimal,
+    /// No wait is longer than this (at least `initial_delay`).
+    pub max_delay: Duration,
+    /// Spread of each wait as a fraction in 0..=1: a wait `d` becomes a uniform pick in
+    /// `d × (1 − jitter) ..= d`, so that instances restarted together do not retry together.
+    pub jitter: Decimal,
+}
+
+impl RetrySchedule {
+    /// The nominal wait before retry `attempt` (1-based), before jitter.
+    ///
+    /// Computed in exact decimal milliseconds, so `1s × 2^n` never drifts.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        assert!(attempt >= 1, "retry attempts are counted from 1");
+        let max_ms = duration_ms(self.max_delay);
+        let mut delay_ms = duration_ms(self.initial_delay);
+        for _ in 1..attempt {
+            if delay_ms >= max_ms {
+                break;
+            }
+            delay_ms = delay_ms.checked_mul(self.multiplier).unwrap_or(max_ms);
+        }
+        let capped_ms = delay_ms.min(max_ms).round();
+        Duration::from_millis(u64::try_from(capped_ms).unwrap_or(u64::MAX))
+    }
+}
+
+fn duration_ms(duration: Duration) -> Decimal {
+    Decimal::from(duration.as_millis())
+}
+
+/// Settings for crash recovery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoverySettings {
+    /// The largest difference, in account currency, allowed between a stored total and the
+    /// sum over open positions.
+    pub tolerance: Decimal,
+}
+
+/// Timings for several instances sharing one database and one Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HaTimings {
+    /// How often an instance refreshes its heartbeat.
+    pub heartbeat_interval: Duration,
+    /// An instance whose heartbeat is older than this is considered gone.
+    pub instance_stale_after: Duration,
+    /// How long a leader lease lasts unless renewed.
+    pub leader_lease: Duration,
+    /// How long a per-instrument signal lock lasts unless released.
+    pub signal_lock_ttl: Duration,
+    /// How long a signal fingerprint is remembered by the fast dedup layers.
+    pub dedup_window: Duration,
+}
+
+/// At most `max_restarts` restarts within `window`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RestartBudget {
+    /// Restarts allowed in one window.
+    pub max_restarts: u32,
+    /// The sliding window the restarts are counted in.
+    pub window: Duration,
+}
+
+/// Why a policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// The file could not be read.
+    #[error("cannot read policy file {path}: {source}")]
+    Read {
+        /// The file named by the user.
+        path: String,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid policy.
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+impl Policy {
+    /// Parses and validates policy text; `path` is used only to locate errors.
+    ///
+    /// Anything the file leaves out takes its value from the built-in default policy.
+    pub fn parse(path: &Path, source: &str) -> Result<Policy, Diagnostics> {
+        raw::parse(path, source, Some(&Policy::builtin_default()))
+    }
+
+    /// Reads and validates a policy file.
+    pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+        let source = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Policy::parse(path, &source).map_err(PolicyError::Invalid)
+    }
+
+    /// The built-in policy, identical to `policies/default.toml`.
+    pub fn builtin_default() -> Policy {
+        match raw::parse(
+            Path::new("policies/default.toml"),
+            DEFAULT_POLICY_TOML,
+            None,
+        ) {
+            Ok(policy) => policy,
+            Err(diagnostics) => panic!("the compiled-in default policy is invalid:\n{diagnostics}"),
+        }
+    }
+
+    /// The response to `kind`.
+    pub fn response(&self, kind: FailureKind) -> &Response {
+        &self.failures[kind.index()]
+    }
+
+    /// What a degraded instance accepts while `reason` lasts.
+    pub fn accepts_while(&self, reason: FailureKind) -> SignalSet {
+        self.degraded_accepts[reason.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(multiplier: &str, max_delay_s: u64) -> RetrySchedule {
+        RetrySchedule {
+            attempts: 5,
+            initial_delay: Duration::from_secs(1),
+            multiplier: multiplier.parse().unwrap_or(Decimal::ONE),
+            max_delay: Duration::from_secs(max_delay_s),
+            jitter: Decimal::ZERO,
+        }
+    }
+
+    #[test]
+    fn delays_grow_and_cap() {
+        let cases: &[(&str, u64, [u64; 5])] = &[
+            ("2", 30, [1000, 2000, 4000, 8000, 16000]),
+            ("2", 5, [1000, 2000, 4000, 5000, 5000]),
+            ("1", 30, [1000, 1000, 1000, 1000, 1000]),
+            ("1.5", 30, [1000, 1500, 2250, 3375, 5063]),
+        ];
+        for (multiplier, max_delay_s, expected_ms) in cases {
+            let schedule = schedule(multiplier, *max_delay_s);
+            let actual: Vec<u64> = (1..=5)
+                .map(|n| schedule.delay(n).as_millis() as u64)
+                .collect();
+            assert_eq!(
+                actual, expected_ms,
+                "multiplier {multiplier}, max {max_delay_s}s"
+            );
+        }
+    }
+
+    #[test]
+    fn builtin_default_parses() {
+        let policy = Policy::builtin_default();
+        assert!(matches!(
+            policy.response(FailureKind::DataCorrupt),
+            Response::Halt { exit_code: 1 }
+        ));
+    }
+}

@@ -1,0 +1,708 @@
+//! The policy file as written: every value keeps its position in the file so that each
+//! validation error can name file:line:column.
+
+use super::{
+    Exhausted, HaTimings, Policy, RecoverySettings, Response, RestartBudget, RetrySchedule,
+    MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY,
+};
+use crate::diagnostic::{closest, Diagnostic, Diagnostics};
+use crate::vocabulary::{FailureKind, SignalSet, SignalType};
+use rust_decimal::Decimal;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+use toml::Spanned;
+
+type Value = Spanned<toml::Value>;
+
+/// The top level of a policy file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    failures: BTreeMap<Spanned<String>, Spanned<RawFailure>>,
+    recovery: Option<RawRecovery>,
+    #[serde(default)]
+    degraded: BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>,
+    ha: Option<RawHa>,
+    restarts: Option<RawRestarts>,
+}
+
+/// `[failures.<kind>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFailure {
+    response: Spanned<String>,
+    attempts: Option<Value>,
+    initial_delay: Option<Value>,
+    multiplier: Option<Value>,
+    max_delay: Option<Value>,
+    jitter: Option<Value>,
+    then: Option<Spanned<String>>,
+    warning: Option<Spanned<String>>,
+    exit_code: Option<Value>,
+}
+
+/// `[recovery]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecovery {
+    tolerance: Option<Value>,
+}
+
+/// `[ha]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHa {
+    heartbeat_interval: Option<Value>,
+    instance_stale_after: Option<Value>,
+    leader_lease: Option<Value>,
+    signal_lock_ttl: Option<Value>,
+    dedup_window: Option<Value>,
+}
+
+/// `[restarts]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRestarts {
+    max: Option<Value>,
+    window: Option<Value>,
+}
+
+/// Parses `source`; values the file leaves out come from `base`. With no base (the default
+/// policy itself), every value must be present.
+pub(super) fn parse(
+    path: &Path,
+    source: &str,
+    base: Option<&Policy>,
+) -> Result<Policy, Diagnostics> {
+    let mut check = Checker {
+        path,
+        source,
+        diagnostics: Vec::new(),
+    };
+    let raw: RawPolicy = match toml::from_str(source) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let (message, hint) = explain_toml_error(error.message());
+            check.report(error.span(), message, hint);
+            return Err(Diagnostics(check.diagnostics));
+        }
+    };
+    let policy = check.policy(raw, base);
+    match policy {
+        Some(policy) if check.diagnostics.is_empty() => Ok(policy),
+        _ => Err(Diagnostics(check.diagnostics)),
+    }
+}
+
+/// Rewords serde's messages into what a policy author needs to hear.
+fn explain_toml_error(message: &str) -> (String, Option<String>) {
+    let message = message.trim().to_string();
+    if message.starts_with("unknown field") {
+        let hint = "remove the key, or correct its spelling; the README's policy reference lists every key";
+        return (message, Some(hint.to_string()));
+    }
+    if message.contains("missing field `response`") {
+        let hint =
+            r#"every [failures.<kind>] table needs response = "halt", "continue" or "retry""#;
+        return (message, Some(hint.to_string()));
+    }
+    (message, None)
+}
+
+struct Checker<'a> {
+    path: &'a Path,
+    source: &'a str,
+    diagnostics: Vec<Diagnostic>,
+}
+
+impl Checker<'_> {
+    fn report(
+        &mut self,
+        span: Option<std::ops::Range<usize>>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        self.diagnostics
+            .push(Diagnostic::at(self.path, self.source, span, message, hint));
+    }
+
+    fn policy(&mut self, raw: RawPolicy, base: Option<&Policy>) -> Option<Policy> {
+        let failures = self.failures(raw.failures, base);
+        let recovery = self.recovery(raw.recovery, base);
+        let degraded_accepts = self.degraded(raw.degraded, base);
+        let ha = self.ha(raw.ha, base);
+        let restarts = self.restarts(raw.restarts, base);
+        Some(Policy {
+            name: self.path.display().to_string(),
+            failures: failures?,
+            recovery: recovery?,
+            degraded_accepts,
+            ha: ha?,
+            restarts: restarts?,
+        })
+    }
+
+    fn failures(
+        &mut self,
+        raw: BTreeMap<Spanned<String>, Spanned<RawFailure>>,
+        base: Option<&Policy>,
+    ) -> Option<[Response; 6]> {
+        let mut found: [Option<Response>; 6] = Default::default();
+        for (name, failure) in raw {
+            let Some(kind) = self.failure_kind(&name) else {
+                continue;
+            };
+            found[kind.index()] = self.response(kind, failure.into_inner());
+        }
+        let mut complete = true;
+        for kind in FailureKind::ALL {
+            if found[kind.index()].is_some() {
+                continue;
+            }
+            match base {
+                Some(base) => found[kind.index()] = Some(base.response(kind).clone()),
+                None => {
+                    complete = false;
+                    self.report(
+                        None,
+                        format!("the default policy must set [failures.{kind}]"),
+                        Some(
+                            "every failure kind needs an explicit response in the default policy"
+                                .into(),
+                        ),
+                    );
+                }
+            }
+        }
+        if !complete {
+            return None;
+        }
+        let [a, b, c, d, e, f] = found;
+        Some([a?, b?, c?, d?, e?, f?])
+    }
+
+    fn failure_kind(&mut self, name: &Spanned<String>) -> Option<FailureKind> {
+        let kind = FailureKind::parse(name.get_ref());
+        if kind.is_none() {
+            let known = FailureKind::ALL.map(FailureKind::as_str);
+            let hint = match closest(name.get_ref(), known) {
+                Some(near) => format!(
+                    "did you mean `{near}`? The failure kinds are: {}",
+                    known.join(", ")
+                ),
+                None => format!("the failure kinds are: {}", known.join(", ")),
+            };
+            self.report(
+                Some(name.span()),
+                format!("unknown failure kind `{}`", name.get_ref()),
+                Some(hint),
+            );
+        }
+        kind
+    }
+
+    fn response(&mut self, kind: FailureKind, raw: RawFailure) -> Option<Response> {
+        let response = raw.response.get_ref().as_str();
+        let retry_keys = [
+            ("attempts", raw.attempts.as_ref().map(Spanned::span)),
+            (
+                "initial_delay",
+                raw.initial_delay.as_ref().map(Spanned::span),
+            ),
+            ("multiplier", raw.multiplier.as_ref().map(Spanned::span)),
+            ("max_delay", raw.max_delay.as_ref().map(Spanned::span)),
+            ("jitter", raw.jitter.as_ref().map(Spanned::span)),
+            ("then", raw.then.as_ref().map(Spanned::span)),
+        ];
+        match response {
+            "halt" | "continue" => {
+                for (key, span) in retry_keys {
+                    if let Some(span) = span {
+                        self.report(
+                            Some(span),
+                            format!("`{key}` only applies to response = \"retry\", but [failures.{kind}] says response = \"{response}\""),
+                            Some(format!("remove `{key}`, or set response = \"retry\"")),
+                        );
+                    }
+                }
+                if response == "halt" {
+                    self.forbid(
+                        kind,
+                        "warning",
+                        raw.warning.as_ref().map(Spanned::span),
+                        "continue",
+                    );
+                    let exit_code = self.exit_code(raw.exit_code.as_ref())?;
+                    Some(Response::Halt { exit_code })
+                } else {
+                    self.forbid(
+                        kind,
+                        "exit_code",
+                        raw.exit_code.as_ref().map(Spanned::span),
+                        "halt",
+                    );
+                    Some(Response::Continue {
+                        warning: warning_text(kind, raw.warning),
+                    })
+                }
+            }
+            "retry" => {
+                let schedule = self.schedule(kind, &raw);
+                let then = match raw
+                    .then
+                    .as_ref()
+                    .map(|then| (then.get_ref().as_str(), then.span()))
+                {
+                    None | Some(("halt", _)) => {
+                        self.forbid(
+                            kind,
+                            "warning",
+                            raw.warning.as_ref().map(Spanned::span),
+                            "continue",
+                        );
+                        Exhausted::Halt {
+                            exit_code: self.exit_code(raw.exit_code.as_ref())?,
+                        }
+                    }
+                    Some(("continue", _)) => {
+                        self.forbid(
+                            kind,
+                            "exit_code",
+                            raw.exit_code.as_ref().map(Spanned::span),
+                            "halt",
+                        );
+                        Exhausted::Continue {
+                            warning: warning_text(kind, raw.warning),
+                        }
+                    }
+                    Some((other, span)) => {
+                        self.report(
+                            Some(span),
+                            format!("unknown `then` value \"{other}\" in [failures.{kind}]"),
+                            Some(r#"once retries are spent an instance can only "halt" or "continue""#.into()),
+                        );
+                        return None;
+                    }
+                };
+                Some(Response::Retry {
+                    schedule: schedule?,
+                    then,
+                })
+            }
+            other => {
+                let hint = match closest(other, ["halt", "continue", "retry"]) {
+                    Some(near) => format!("did you mean \"{near}\"? A response is \"halt\", \"continue\" or \"retry\""),
+                    None => "a response is \"halt\", \"continue\" or \"retry\"".to_string(),
+                };
+                self.report(
+                    Some(raw.response.span()),
+                    format!("unknown response \"{other}\" for {kind}"),
+                    Some(hint),
+                );
+                None
+            }
+        }
+    }
+
+    /// Reports `key` when it is set but only means something for `meaningful_for`.
+    fn forbid(
+        &mut self,
+        kind: FailureKind,
+        key: &str,
+        span: Option<std::ops::Range<usize>>,
+        meaningful_for: &str,
+    ) {
+        if let Some(span) = span {
+            self.report(
+                Some(span),
+                format!("`{key}` only applies when [failures.{kind}] ends in \"{meaningful_for}\""),
+                Some(format!("remove `{key}`")),
+            );
+        }
+    }
+
+    fn schedule(&mut self, kind: FailureKind, raw: &RawFailure) -> Option<RetrySchedule> {
+        let attempts = self.required(kind, "attempts", raw.attempts.as_ref(), "attempts = 3").and_then(|value| {
+            let attempts = self.integer(value)?;
+            if attempts < 1 || attempts > i64::from(MAX_RETRY_ATTEMPTS) {
+                self.report(
+                    Some(value.span()),
+                    format!("retry needs between 1 and {MAX_RETRY_ATTEMPTS} attempts, found {attempts}"),
+                    Some(r#"set attempts to 1 or more; to give up at once, use response = "halt" or "continue""#.into()),
+                );
+                return None;
+            }
+            u32::try_from(attempts).ok()
+        });
+        let initial_delay = self
+            .required(
+                kind,
+                "initial_delay",
+                raw.initial_delay.as_ref(),
+                r#"initial_delay = "1s""#,
+            )
+            .and_then(|value| self.duration(value, Duration::from_millis(1), MAX_RETRY_DELAY));
+        let multiplier = match raw.multiplier.as_ref() {
+            None => Some(Decimal::TWO),
+            Some(value) => self.decimal(value).and_then(|multiplier| {
+                if multiplier < Decimal::ONE {
+                    self.report(
+                        Some(value.span()),
+                        format!("multiplier must be at least 1, found {multiplier}"),
+                        Some(
+                            r#"use "1" for a constant delay or "2" to double it each time"#.into(),
+                        ),
+                    );
+                    return None;
+                }
+                Some(multiplier)
+            }),
+        };
+        let max_delay = match raw.max_delay.as_ref() {
+            None => initial_delay.map(|initial| initial.max(Duration::from_secs(30))),
+            Some(value) => self
+                .duration(value, Duration::from_millis(1), MAX_RETRY_DELAY)
+                .and_then(|max_delay| {
+                    let initial = initial_delay?;
+                    if max_delay < initial {
+                        self.report(
+                            Some(value.span()),
+                            format!(
+                                "max_delay ({}) is below initial_delay ({})",
+                                humantime::format_duration(max_delay),
+                                humantime::format_duration(initial)
+                            ),
+                            Some("raise max_delay to at least initial_delay".into()),
+                        );
+                        return None;
+                    }
+                    Some(max_delay)
+                }),
+        };
+        let jitter = match raw.jitter.as_ref() {
+            None => Some(Decimal::ZERO),
+            Some(value) => self.decimal(value).and_then(|jitter| {
+                if jitter < Decimal::ZERO || jitter > Decimal::ONE {
+                    self.report(
+                        Some(value.span()),
+                        format!("jitter is a fraction between 0 and 1, found {jitter}"),
+                        Some(
+                            r#"for example jitter = "0.2" spreads each wait over its last 20%"#
+                                .into(),
+                        ),
+                    );
+                    return None;
+                }
+                Some(jitter)
+            }),
+        };
+        Some(RetrySchedule {
+            attempts: attempts?,
+            initial_delay: initial_delay?,
+            multiplier: multiplier?,
+            max_delay: max_delay?,
+            jitter: jitter?,
+        })
+    }
+
+    fn required<'v>(
+        &mut self,
+        kind: FailureKind,
+        key: &str,
+        value: Option<&'v Value>,
+        example: &str,
+    ) -> Option<&'v Value> {
+        if value.is_none() {
+            self.report(
+                None,
+                format!("[failures.{kind}] retries but does not set `{key}`"),
+                Some(format!("add {example} to [failures.{kind}]")),
+            );
+        }
+        value
+    }
+
+    fn exit_code(&mut self, value: Option<&Value>) -> Option<u8> {
+        let Some(value) = value else { return Some(1) };
+        let code = self.integer(value)?;
+        match u8::try_from(code) {
+            Ok(code) if code >= 1 => Some(code),
+            _ => {
+                self.report(
+                    Some(value.span()),
+                    format!("exit_code must be between 1 and 255, found {code}"),
+                    Some("0 means success to supervisors; a halt must exit non-zero".into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn integer(&mut self, value: &Value) -> Option<i64> {
+        if let toml::Value::Integer(number) = value.get_ref() {
+            return Some(*number);
+        }
+        self.report(
+            Some(value.span()),
+            format!(
+                "expected a whole number, found {}",
+                describe(value.get_ref())
+            ),
+            Some("write the number without quotes, for example 3".into()),
+        );
+        None
+    }
+
+    fn duration(&mut self, value: &Value, min: Duration, max: Duration) -> Option<Duration> {
+        let toml::Value::String(text) = value.get_ref() else {
+            self.report(
+                Some(value.span()),
+                format!(
+                    "expected a duration string, found {}",
+                    describe(value.get_ref())
+                ),
+                Some(
+                    r#"durations are quoted with a unit, for example "500ms", "1s", "30s" or "1h""#
+                        .into(),
+                ),
+            );
+            return None;
+        };
+        let duration = match humantime::parse_duration(text) {
+            Ok(duration) => duration,
+            Err(error) => {
+                self.report(
+                    Some(value.span()),
+                    format!("\"{text}\" is not a duration: {error}"),
+                    Some(
+                        r#"durations have a unit, for example "500ms", "1s", "30s" or "1h""#.into(),
+                    ),
+                );
+                return None;
+            }
+        };
+        if duration < min || duration > max {
+            self.report(
+                Some(value.span()),
+                format!(
+                    "duration \"{text}\" is out of range: it must be between {} and {}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+                None,
+            );
+            return None;
+        }
+        Some(duration)
+    }
+
+    fn decimal(&mut self, value: &Value) -> Option<Decimal> {
+        let toml::Value::String(text) = value.get_ref() else {
+            self.report(
+                Some(value.span()),
+                format!(
+                    "expected a decimal string, found {}",
+                    describe(value.get_ref())
+                ),
+                Some(r#"decimals are quoted so they stay exact, for example "0.01""#.into()),
+            );
+            return None;
+        };
+        match Decimal::from_str(text.trim()) {
+            Ok(decimal) => Some(decimal),
+            Err(error) => {
+                self.report(
+                    Some(value.span()),
+                    format!("\"{text}\" is not a decimal number: {error}"),
+                    Some(r#"write digits with an optional point, for example "0.01""#.into()),
+                );
+                None
+            }
+        }
+    }
+
+    fn recovery(
+        &mut self,
+        raw: Option<RawRecovery>,
+        base: Option<&Policy>,
+    ) -> Option<RecoverySettings> {
+        let tolerance = raw.and_then(|raw| raw.tolerance);
+        let Some(value) = tolerance else {
+            return match base {
+                Some(base) => Some(base.recovery.clone()),
+                None => Some(RecoverySettings {
+                    tolerance: Decimal::new(1, 2),
+                }),
+            };
+        };
+        let tolerance = self.decimal(&value)?;
+        if tolerance < Decimal::ZERO {
+            self.report(
+                Some(value.span()),
+                format!("tolerance cannot be negative, found {tolerance}"),
+                Some(
+                    r#"use "0" to require exact equality, or a small amount such as "0.01""#.into(),
+                ),
+            );
+            return None;
+        }
+        Some(RecoverySettings { tolerance })
+    }
+
+    fn degraded(
+        &mut self,
+        raw: BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>,
+        base: Option<&Policy>,
+    ) -> [SignalSet; 6] {
+        let mut accepts = base.map_or([SignalSet::NONE; 6], |base| base.degraded_accepts);
+        for (name, signals) in raw {
+            let Some(kind) = self.failure_kind(&name) else {
+                continue;
+            };
+            let mut set = SignalSet::NONE;
+            for signal in signals.into_inner() {
+                match SignalType::parse(signal.get_ref()) {
+                    Some(parsed) => set = set.with(parsed),
+                    None => {
+                        let known = SignalType::ALL.map(SignalType::as_str);
+                        let hint = match closest(signal.get_ref(), known) {
+                            Some(near) => format!(
+                                "did you mean \"{near}\"? The signal types are: {}",
+                                known.join(", ")
+                            ),
+                            None => format!("the signal types are: {}", known.join(", ")),
+                        };
+                        self.report(
+                            Some(signal.span()),
+                            format!(
+                                "unknown signal type \"{}\" in degraded.{kind}",
+                                signal.get_ref()
+                            ),
+                            Some(hint),
+                        );
+                    }
+                }
+            }
+            accepts[kind.index()] = set;
+        }
+        accepts
+    }
+
+    fn ha(&mut self, raw: Option<RawHa>, base: Option<&Policy>) -> Option<HaTimings> {
+        let fallback = base.map_or(
+            HaTimings {
+                heartbeat_interval: Duration::from_secs(5),
+                instance_stale_after: Duration::from_secs(15),
+                leader_lease: Duration::from_secs(15),
+                signal_lock_ttl: Duration::from_secs(30),
+                dedup_window: Duration::from_secs(24 * 3600),
+            },
+            |base| base.ha.clone(),
+        );
+        let Some(raw) = raw else {
+            return Some(fallback);
+        };
+        let min = Duration::from_millis(100);
+        let max = Duration::from_secs(7 * 24 * 3600);
+        let mut field = |value: Option<Value>, fallback: Duration| match value {
+            None => Some((fallback, None)),
+            Some(value) => self
+                .duration(&value, min, max)
+                .map(|duration| (duration, Some(value.span()))),
+        };
+        let heartbeat = field(raw.heartbeat_interval, fallback.heartbeat_interval);
+        let stale = field(raw.instance_stale_after, fallback.instance_stale_after);
+        let lease = field(raw.leader_lease, fallback.leader_lease);
+        let lock = field(raw.signal_lock_ttl, fallback.signal_lock_ttl);
+        let dedup = field(raw.dedup_window, fallback.dedup_window);
+        let (heartbeat, stale, lease, lock, dedup) = (heartbeat?, stale?, lease?, lock?, dedup?);
+        // A heartbeat may be missed once without the instance being declared gone.
+        if stale.0 < heartbeat.0 * 2 {
+            self.report(
+                stale.1.or(heartbeat.1),
+                format!(
+                    "instance_stale_after ({}) must be at least twice heartbeat_interval ({})",
+                    humantime::format_duration(stale.0),
+                    humantime::format_duration(heartbeat.0)
+                ),
+                Some("otherwise one late heartbeat declares a healthy instance gone".into()),
+            );
+            return None;
+        }
+        Some(HaTimings {
+            heartbeat_interval: heartbeat.0,
+            instance_stale_after: stale.0,
+            leader_lease: lease.0,
+            signal_lock_ttl: lock.0,
+            dedup_window: dedup.0,
+        })
+    }
+
+    fn restarts(
+        &mut self,
+        raw: Option<RawRestarts>,
+        base: Option<&Policy>,
+    ) -> Option<RestartBudget> {
+        let fallback = base.map_or(
+            RestartBudget {
+                max_restarts: 10,
+                window: Duration::from_secs(3600),
+            },
+            |base| base.restarts.clone(),
+        );
+        let Some(raw) = raw else {
+            return Some(fallback);
+        };
+        let max_restarts = match raw.max {
+            None => Some(fallback.max_restarts),
+            Some(value) => self
+                .integer(&value)
+                .and_then(|max| match u32::try_from(max) {
+                    Ok(max) if max >= 1 => Some(max),
+                    _ => {
+                        self.report(
+                            Some(value.span()),
+                            format!("restarts.max must be a positive whole number, found {max}"),
+                            Some("allow at least one restart, for example max = 10".into()),
+                        );
+                        None
+                    }
+                }),
+        };
+        let window = match raw.window {
+            None => Some(fallback.window),
+            Some(value) => self.duration(
+                &value,
+                Duration::from_secs(1),
+                Duration::from_secs(7 * 24 * 3600),
+            ),
+        };
+        Some(RestartBudget {
+            max_restarts: max_restarts?,
+            window: window?,
+        })
+    }
+}
+
+fn warning_text(kind: FailureKind, warning: Option<Spanned<String>>) -> String {
+    warning.map_or_else(
+        || format!("{} tolerated; serving degraded", kind.code()),
+        Spanned::into_inner,
+    )
+}
+
+fn describe(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(text) => format!("the string \"{text}\""),
+        toml::Value::Integer(number) => format!("the number {number}"),
+        toml::Value::Float(number) => format!("the number {number}"),
+        toml::Value::Boolean(flag) => format!("the boolean {flag}"),
+        toml::Value::Datetime(datetime) => format!("the date {datetime}"),
+        toml::Value::Array(_) => "a list".to_string(),
+        toml::Value::Table(_) => "a table".to_string(),
+    }
+}
