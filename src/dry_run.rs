@@ -149,7 +149,7 @@ pub fn load_scenario(path: &Path, source: &str) -> Result<Vec<Input>, Diagnostic
 pub struct Summary {
     /// The final lifecycle state.
     pub state: &'static str,
-    /// Why the instance is degraded, if it is.
+    /// Why the instance is degraded; empty in any other state.
     pub reasons: Vec<FailureKind>,
     /// The signal types the instance accepts at the end.
     pub accepts: SignalSet,
@@ -196,7 +196,11 @@ pub fn run(
         }
         let summary = Summary {
             state: driver.state().name(),
-            reasons: driver.reasons().iter().collect(),
+            // Reasons only mean something while the instance serves degraded.
+            reasons: match driver.state() {
+                lifecycle::State::Degraded {} => driver.reasons().iter().collect(),
+                _ => Vec::new(),
+            },
             accepts: driver.accepts(),
             exit_code: driver.exit_code(),
             undelivered,

@@ -127,11 +127,9 @@ fn check(files: &[PathBuf]) -> anyhow::Result<Outcome> {
             Ok(_) => println!("{}: ok", file.display()),
             Err(PolicyError::Invalid(diagnostics)) => {
                 eprintln!("{diagnostics}\n");
-                eprintln!(
-                    "{}: invalid ({} problems)",
-                    file.display(),
-                    diagnostics.0.len()
-                );
+                let count = diagnostics.0.len();
+                let noun = if count == 1 { "problem" } else { "problems" };
+                eprintln!("{}: invalid ({count} {noun})", file.display());
                 outcome = Outcome::Invalid;
             }
             Err(error @ PolicyError::Read { .. }) => {

@@ -75,6 +75,12 @@ impl Input {
         }
     }
 
+    /// Whether the input reports what a step found (a failure, or a recovery that
+    /// succeeded), as opposed to news from outside (a dependency back, a shutdown).
+    pub fn is_outcome(self) -> bool {
+        matches!(self, Input::Failure(_) | Input::Recovered)
+    }
+
     /// Looks an input up by name.
     pub fn parse(name: &str) -> Option<Input> {
         Input::all().into_iter().find(|input| input.name() == name)

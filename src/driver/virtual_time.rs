@@ -2,8 +2,9 @@
 //! 1s/2s/4s retry schedule finishes at once and still reads t=1s, t=3s, t=7s.
 //!
 //! A scripted run follows two rules, which make a script read like a story:
-//! 1. each scripted input happens once every pending retry has come due, so the input is
-//!    what that retry found (`db_unavailable` again, or `recovered`);
+//! 1. a failure or `recovered` is what a step found, so it happens once every pending retry
+//!    has come due: it is that retry's outcome. Any other input (`db_restored`, `stop`, ...)
+//!    is news from outside and happens at once, before pending retries;
 //! 2. after the last input nothing changes: a retry that runs finds the same failure, until
 //!    the policy's answer is final (tolerated, halted) or the process ends.
 
@@ -34,7 +35,9 @@ pub fn run_script(
             undelivered += 1;
             continue;
         }
-        fire_pending_timers(driver, &mut on_step);
+        if input.is_outcome() {
+            fire_pending_timers(driver, &mut on_step);
+        }
         let step = driver.deliver(driver.now_ms(), input);
         on_step(driver, &step);
     }

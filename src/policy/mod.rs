@@ -110,7 +110,9 @@ impl RetrySchedule {
             }
             delay_ms = delay_ms.checked_mul(self.multiplier).unwrap_or(max_ms);
         }
-        let capped_ms = delay_ms.min(max_ms).round();
+        let capped_ms = delay_ms
+            .min(max_ms)
+            .round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
         Duration::from_millis(u64::try_from(capped_ms).unwrap_or(u64::MAX))
     }
 }

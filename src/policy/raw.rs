@@ -92,6 +92,9 @@ pub(super) fn parse(
         }
     };
     let policy = check.policy(raw, base);
+    check
+        .diagnostics
+        .sort_by_key(|diagnostic| (diagnostic.line, diagnostic.column));
     match policy {
         Some(policy) if check.diagnostics.is_empty() => Ok(policy),
         _ => Err(Diagnostics(check.diagnostics)),
@@ -156,7 +159,8 @@ impl Checker<'_> {
             let Some(kind) = self.failure_kind(&name) else {
                 continue;
             };
-            found[kind.index()] = self.response(kind, failure.into_inner());
+            let table = failure.span();
+            found[kind.index()] = self.response(kind, table, failure.into_inner());
         }
         let mut complete = true;
         for kind in FailureKind::ALL {
@@ -205,7 +209,12 @@ impl Checker<'_> {
         kind
     }
 
-    fn response(&mut self, kind: FailureKind, raw: RawFailure) -> Option<Response> {
+    fn response(
+        &mut self,
+        kind: FailureKind,
+        table: std::ops::Range<usize>,
+        raw: RawFailure,
+    ) -> Option<Response> {
         let response = raw.response.get_ref().as_str();
         let retry_keys = [
             ("attempts", raw.attempts.as_ref().map(Spanned::span)),
@@ -251,19 +260,20 @@ impl Checker<'_> {
                 }
             }
             "retry" => {
-                let schedule = self.schedule(kind, &raw);
+                let schedule = self.schedule(kind, table, &raw);
                 let then = match raw
                     .then
                     .as_ref()
                     .map(|then| (then.get_ref().as_str(), then.span()))
                 {
                     None | Some(("halt", _)) => {
-                        self.forbid(
-                            kind,
-                            "warning",
-                            raw.warning.as_ref().map(Spanned::span),
-                            "continue",
-                        );
+                        if let Some(warning) = raw.warning.as_ref() {
+                            self.report(
+                                Some(warning.span()),
+                                format!("`warning` is never shown: [failures.{kind}] halts once its retries are spent"),
+                                Some("add then = \"continue\" to serve degraded with this warning, or remove `warning`".into()),
+                            );
+                        }
                         Exhausted::Halt {
                             exit_code: self.exit_code(raw.exit_code.as_ref())?,
                         }
@@ -300,7 +310,7 @@ impl Checker<'_> {
                 };
                 self.report(
                     Some(raw.response.span()),
-                    format!("unknown response \"{other}\" for {kind}"),
+                    format!("unknown response \"{other}\" in [failures.{kind}]"),
                     Some(hint),
                 );
                 None
@@ -325,8 +335,13 @@ impl Checker<'_> {
         }
     }
 
-    fn schedule(&mut self, kind: FailureKind, raw: &RawFailure) -> Option<RetrySchedule> {
-        let attempts = self.required(kind, "attempts", raw.attempts.as_ref(), "attempts = 3").and_then(|value| {
+    fn schedule(
+        &mut self,
+        kind: FailureKind,
+        table: std::ops::Range<usize>,
+        raw: &RawFailure,
+    ) -> Option<RetrySchedule> {
+        let attempts = self.required(kind, &table, "attempts", raw.attempts.as_ref(), "attempts = 3").and_then(|value| {
             let attempts = self.integer(value)?;
             if attempts < 1 || attempts > i64::from(MAX_RETRY_ATTEMPTS) {
                 self.report(
@@ -341,6 +356,7 @@ impl Checker<'_> {
         let initial_delay = self
             .required(
                 kind,
+                &table,
                 "initial_delay",
                 raw.initial_delay.as_ref(),
                 r#"initial_delay = "1s""#,
@@ -348,19 +364,22 @@ impl Checker<'_> {
             .and_then(|value| self.duration(value, Duration::from_millis(1), MAX_RETRY_DELAY));
         let multiplier = match raw.multiplier.as_ref() {
             None => Some(Decimal::TWO),
-            Some(value) => self.decimal(value).and_then(|multiplier| {
-                if multiplier < Decimal::ONE {
-                    self.report(
-                        Some(value.span()),
-                        format!("multiplier must be at least 1, found {multiplier}"),
-                        Some(
-                            r#"use "1" for a constant delay or "2" to double it each time"#.into(),
-                        ),
-                    );
-                    return None;
-                }
-                Some(multiplier)
-            }),
+            Some(value) => self
+                .decimal(value, r#"multiplier = "2""#)
+                .and_then(|multiplier| {
+                    if multiplier < Decimal::ONE {
+                        self.report(
+                            Some(value.span()),
+                            format!("multiplier must be at least 1, found {multiplier}"),
+                            Some(
+                                r#"use "1" for a constant delay or "2" to double it each time"#
+                                    .into(),
+                            ),
+                        );
+                        return None;
+                    }
+                    Some(multiplier)
+                }),
         };
         let max_delay = match raw.max_delay.as_ref() {
             None => initial_delay.map(|initial| initial.max(Duration::from_secs(30))),
@@ -385,7 +404,7 @@ impl Checker<'_> {
         };
         let jitter = match raw.jitter.as_ref() {
             None => Some(Decimal::ZERO),
-            Some(value) => self.decimal(value).and_then(|jitter| {
+            Some(value) => self.decimal(value, r#"jitter = "0.2""#).and_then(|jitter| {
                 if jitter < Decimal::ZERO || jitter > Decimal::ONE {
                     self.report(
                         Some(value.span()),
@@ -412,13 +431,14 @@ impl Checker<'_> {
     fn required<'v>(
         &mut self,
         kind: FailureKind,
+        table: &std::ops::Range<usize>,
         key: &str,
         value: Option<&'v Value>,
         example: &str,
     ) -> Option<&'v Value> {
         if value.is_none() {
             self.report(
-                None,
+                Some(table.clone()),
                 format!("[failures.{kind}] retries but does not set `{key}`"),
                 Some(format!("add {example} to [failures.{kind}]")),
             );
@@ -432,10 +452,14 @@ impl Checker<'_> {
         match u8::try_from(code) {
             Ok(code) if code >= 1 => Some(code),
             _ => {
+                let hint = match code {
+                    0 => "0 means success to supervisors; a halt must exit non-zero",
+                    _ => "process exit codes run from 0 to 255, and a halt must not use 0",
+                };
                 self.report(
                     Some(value.span()),
                     format!("exit_code must be between 1 and 255, found {code}"),
-                    Some("0 means success to supervisors; a halt must exit non-zero".into()),
+                    Some(hint.into()),
                 );
                 None
             }
@@ -500,7 +524,7 @@ impl Checker<'_> {
         Some(duration)
     }
 
-    fn decimal(&mut self, value: &Value) -> Option<Decimal> {
+    fn decimal(&mut self, value: &Value, example: &str) -> Option<Decimal> {
         let toml::Value::String(text) = value.get_ref() else {
             self.report(
                 Some(value.span()),
@@ -508,7 +532,9 @@ impl Checker<'_> {
                     "expected a decimal string, found {}",
                     describe(value.get_ref())
                 ),
-                Some(r#"decimals are quoted so they stay exact, for example "0.01""#.into()),
+                Some(format!(
+                    "decimals are quoted so they stay exact, for example {example}"
+                )),
             );
             return None;
         };
@@ -518,7 +544,9 @@ impl Checker<'_> {
                 self.report(
                     Some(value.span()),
                     format!("\"{text}\" is not a decimal number: {error}"),
-                    Some(r#"write digits with an optional point, for example "0.01""#.into()),
+                    Some(format!(
+                        "write digits with an optional point, for example {example}"
+                    )),
                 );
                 None
             }
@@ -539,7 +567,7 @@ impl Checker<'_> {
                 }),
             };
         };
-        let tolerance = self.decimal(&value)?;
+        let tolerance = self.decimal(&value, r#"tolerance = "0.01""#)?;
         if tolerance < Decimal::ZERO {
             self.report(
                 Some(value.span()),

@@ -1,0 +1,79 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! `vigil check`, driven by data: every broken policy in `tests/data/policies/` must be
+//! rejected with a located diagnostic, and every shipped policy must be accepted.
+//!
+//! Adding a case is adding a file: `tests/data/policies/<name>.toml`, starting with a `#`
+//! comment that says what is broken. Its stderr is snapshotted as `snapshots/check__<name>.snap`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `.toml` files directly in `dir` (relative to the crate root), sorted, as relative
+/// paths so that the output does not depend on where the crate is checked out.
+fn toml_files(dir: &str) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+        .unwrap_or_else(|error| panic!("cannot list {dir}: {error}"))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "toml"))
+        .map(|path| Path::new(dir).join(path.file_name().unwrap()))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .toml files in {dir}");
+    files
+}
+
+/// Runs the real binary from the crate root.
+fn vigil(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(args)
+        .output()
+        .expect("cannot run vigil")
+}
+
+#[test]
+fn broken_policies_are_rejected_with_a_location() {
+    for file in toml_files("tests/data/policies") {
+        let path = file.to_str().unwrap();
+        let stem = file.file_stem().unwrap().to_str().unwrap();
+        let output = vigil(&["check", path]);
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(3),
+            "`vigil check {path}` should exit 3; stderr:\n{stderr}"
+        );
+        let location = regex::Regex::new(&format!(r"{}:\d+:\d+", regex::escape(path))).unwrap();
+        assert!(
+            location.is_match(&stderr),
+            "`vigil check {path}` should name {path}:<line>:<column>; stderr:\n{stderr}"
+        );
+        insta::with_settings!({snapshot_path => "../snapshots", prepend_module_to_snapshot => false}, {
+            insta::assert_snapshot!(format!("check__{stem}"), stderr);
+        });
+    }
+}
+
+#[test]
+fn shipped_policies_are_valid() {
+    let files = toml_files("policies");
+    let paths: Vec<&str> = files.iter().map(|file| file.to_str().unwrap()).collect();
+    let mut args = vec!["check"];
+    args.extend(&paths);
+    let output = vigil(&args);
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "`vigil check {}` should exit 0; stderr:\n{stderr}",
+        paths.join(" ")
+    );
+    for path in &paths {
+        assert!(
+            stdout.lines().any(|line| line == format!("{path}: ok")),
+            "`vigil check` should print `{path}: ok`; stdout:\n{stdout}"
+        );
+    }
+}
