@@ -91,3 +91,97 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use crate::driver::virtual_time::run_script;
+    use crate::policy::Policy;
+    use crate::vocabulary::FailureKind;
+
+    /// Answers every reattempt as the virtual clock's settling rule does: nothing changed,
+    /// so the failure persists. Records every step.
+    struct Persisting {
+        steps: Vec<(u64, String)>,
+    }
+
+    impl Executor for Persisting {
+        async fn execute(&mut self, effect: &Effect) -> Option<Input> {
+            match effect {
+                Effect::Reattempt { kind, .. } => Some(Input::Failure(*kind)),
+                _ => None,
+            }
+        }
+
+        fn observe(&mut self, step: &Step) {
+            for transition in &step.transitions {
+                self.steps.push((
+                    step.at_ms,
+                    format!(
+                        "{} {} -> {}",
+                        transition.machine.as_str(),
+                        transition.from,
+                        transition.to
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// The service's clock and the dry-run's clock take the same transitions at the same
+    /// times: a 1s/2s/4s schedule under tokio's paused clock matches the virtual one.
+    #[tokio::test(start_paused = true)]
+    async fn real_time_matches_virtual_time() {
+        let policy = Policy::builtin_default();
+        let script = [Input::Started, Input::Failure(FailureKind::DbUnavailable)];
+
+        let (mut virtual_driver, init) = Driver::new(&policy, "vigil", fastrand::Rng::with_seed(1));
+        let mut expected = Vec::new();
+        let mut record = |step: &Step| {
+            for transition in &step.transitions {
+                expected.push((
+                    step.at_ms,
+                    format!(
+                        "{} {} -> {}",
+                        transition.machine.as_str(),
+                        transition.from,
+                        transition.to
+                    ),
+                ));
+            }
+        };
+        record(&init);
+        run_script(&mut virtual_driver, script, |_, step| record(step));
+
+        let (mut driver, init) = Driver::new(&policy, "vigil", fastrand::Rng::with_seed(1));
+        let mut executor = Persisting { steps: Vec::new() };
+        executor.observe(&init);
+        let (sender, mut receiver) = mpsc::channel(INPUT_QUEUE_DEPTH);
+        for input in script {
+            sender.send(input).await.unwrap();
+        }
+        let runner = async {
+            // Stop once the outage is tolerated, as an operator would.
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            sender.send(Input::Stop).await.unwrap();
+            sender.send(Input::Drained).await.unwrap();
+        };
+        let (code, ()) = tokio::join!(run(&mut driver, &mut receiver, &mut executor), runner);
+
+        assert_eq!(code, 0);
+        let until_stop: Vec<_> = executor
+            .steps
+            .iter()
+            .filter(|(at_ms, _)| *at_ms < 60_000)
+            .cloned()
+            .collect();
+        assert_eq!(until_stop, expected);
+        let times: Vec<u64> = expected.iter().map(|(at_ms, _)| *at_ms).collect();
+        assert!(
+            times.contains(&1000) && times.contains(&3000) && times.contains(&7000),
+            "{times:?}"
+        );
+    }
+}

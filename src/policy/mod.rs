@@ -157,12 +157,12 @@ pub struct RestartBudget {
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyError {
     /// The file could not be read.
-    #[error("cannot read policy file {path}: {source}")]
+    #[error("cannot read policy file {path}: {reason}")]
     Read {
         /// The file named by the user.
         path: String,
-        /// The operating system's reason.
-        source: std::io::Error,
+        /// The operating system's reason, shown in the message itself.
+        reason: std::io::Error,
     },
     /// The file was read but is not a valid policy.
     #[error("{0}")]
@@ -179,9 +179,9 @@ impl Policy {
 
     /// Reads and validates a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let source = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        let source = std::fs::read_to_string(path).map_err(|reason| PolicyError::Read {
             path: path.display().to_string(),
-            source,
+            reason,
         })?;
         Policy::parse(path, &source).map_err(PolicyError::Invalid)
     }

@@ -1,0 +1,223 @@
+//! The real `vigil` binary, driven as an operator would. Each case is one line: the
+//! arguments, the exit code, and a snapshot of what it printed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::process::Command;
+
+/// (snapshot name, arguments, expected exit code)
+const CASES: &[(&str, &[&str], i32)] = &[
+    (
+        "dry_run_default_db_outage",
+        &[
+            "dry-run",
+            "--policy",
+            "policies/default.toml",
+            "--events",
+            "db_unavailable,db_unavailable,db_unavailable",
+        ],
+        0,
+    ),
+    (
+        "dry_run_strict_db_outage",
+        &[
+            "dry-run",
+            "--policy",
+            "policies/strict.toml",
+            "--events",
+            "db_unavailable,db_unavailable,db_unavailable",
+        ],
+        0,
+    ),
+    (
+        "dry_run_validation_failed_in_recovery",
+        &[
+            "dry-run",
+            "--policy",
+            "policies/default.toml",
+            "--from",
+            "recovering",
+            "--event",
+            "validation_failed",
+        ],
+        0,
+    ),
+    (
+        "dry_run_story",
+        &[
+            "dry-run",
+            "--policy",
+            "policies/default.toml",
+            "--events",
+            "started,recovered,redis_unavailable,redis_restored,stop,drained",
+        ],
+        0,
+    ),
+    (
+        "dry_run_scenario",
+        &[
+            "dry-run",
+            "--policy",
+            "policies/paper.toml",
+            "--scenario",
+            "tests/data/scenarios/db_outage_while_active.toml",
+        ],
+        0,
+    ),
+    (
+        "dry_run_json",
+        &[
+            "dry-run",
+            "--policy",
+            "policies/default.toml",
+            "--events",
+            "started,recovered",
+            "--format",
+            "json",
+        ],
+        0,
+    ),
+    (
+        "dry_run_from_degraded",
+        &[
+            "dry-run",
+            "--policy",
+            "policies/default.toml",
+            "--from",
+            "degraded",
+            "--reason",
+            "redis_unavailable",
+            "--event",
+            "redis_restored",
+        ],
+        0,
+    ),
+    (
+        "dry_run_unknown_event",
+        &[
+            "dry-run",
+            "--policy",
+            "policies/default.toml",
+            "--events",
+            "started,db_unavailabel",
+        ],
+        3,
+    ),
+    (
+        "dry_run_unknown_state",
+        &[
+            "dry-run",
+            "--policy",
+            "policies/default.toml",
+            "--from",
+            "activ",
+            "--event",
+            "stop",
+        ],
+        3,
+    ),
+    (
+        "dry_run_invalid_policy",
+        &[
+            "dry-run",
+            "--policy",
+            "tests/data/policies/zero_attempts.toml",
+            "--events",
+            "started",
+        ],
+        3,
+    ),
+    (
+        "dry_run_missing_policy",
+        &[
+            "dry-run",
+            "--policy",
+            "policies/none.toml",
+            "--events",
+            "started",
+        ],
+        4,
+    ),
+    (
+        "dry_run_no_script",
+        &["dry-run", "--policy", "policies/default.toml"],
+        2,
+    ),
+    ("machines_table", &["machines"], 0),
+    (
+        "machines_lifecycle_mermaid",
+        &["machines", "lifecycle", "--format", "mermaid"],
+        0,
+    ),
+    (
+        "machines_failure_dot",
+        &["machines", "failure", "--format", "dot"],
+        0,
+    ),
+    ("machines_unknown", &["machines", "lifecycel"], 3),
+];
+
+#[test]
+fn cli_cases() {
+    for (name, args, code) in CASES {
+        let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(*args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_remove("VIGIL_INSTANCE")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(*code),
+            "vigil {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+            args.join(" ")
+        );
+        let text = format!(
+            "$ vigil {}\n--- exit code {code}\n--- stdout\n{stdout}--- stderr\n{stderr}",
+            args.join(" ")
+        );
+        insta::with_settings!({ snapshot_path => "../snapshots", prepend_module_to_snapshot => false }, {
+            insta::assert_snapshot!(format!("cli__{name}"), text);
+        });
+    }
+}
+
+#[test]
+fn mermaid_is_a_state_diagram_of_every_transition() {
+    let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["machines", "lifecycle", "--format", "mermaid"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(output.stdout).unwrap();
+    assert!(text.starts_with("stateDiagram-v2\n"), "{text}");
+    assert!(text.contains("[*] --> starting"), "{text}");
+    for line in text.lines().skip(1) {
+        let line = line.trim();
+        // Every line is a comment, a state description or a transition with one label.
+        let valid = line.starts_with("%%")
+            || regex::Regex::new(r"^(\[\*\]|[a-z_]+) --> (\[\*\]|[a-z_]+)( : [^:;]+)?$")
+                .unwrap()
+                .is_match(line)
+            || regex::Regex::new(r"^[a-z_]+ : [^:;]+$")
+                .unwrap()
+                .is_match(line);
+        assert!(valid, "not valid Mermaid: {line:?}");
+    }
+}
+
+#[test]
+fn completions_are_generated_for_every_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{shell}");
+        let script = String::from_utf8(output.stdout).unwrap();
+        assert!(
+            script.contains("dry-run"),
+            "{shell} completions do not mention dry-run"
+        );
+    }
+}
