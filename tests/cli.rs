@@ -192,16 +192,14 @@ fn mermaid_is_a_state_diagram_of_every_transition() {
     let text = String::from_utf8(output.stdout).unwrap();
     assert!(text.starts_with("stateDiagram-v2\n"), "{text}");
     assert!(text.contains("[*] --> starting"), "{text}");
+    let transition =
+        regex::Regex::new(r"^(\[\*\]|[a-z_]+) --> (\[\*\]|[a-z_]+)( : [^:;]+)?$").unwrap();
+    let description = regex::Regex::new(r"^[a-z_]+ : [^:;]+$").unwrap();
     for line in text.lines().skip(1) {
         let line = line.trim();
         // Every line is a comment, a state description or a transition with one label.
-        let valid = line.starts_with("%%")
-            || regex::Regex::new(r"^(\[\*\]|[a-z_]+) --> (\[\*\]|[a-z_]+)( : [^:;]+)?$")
-                .unwrap()
-                .is_match(line)
-            || regex::Regex::new(r"^[a-z_]+ : [^:;]+$")
-                .unwrap()
-                .is_match(line);
+        let valid =
+            line.starts_with("%%") || transition.is_match(line) || description.is_match(line);
         assert!(valid, "not valid Mermaid: {line:?}");
     }
 }
