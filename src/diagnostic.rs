@@ -98,6 +98,23 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
+/// A hint for an unknown `name`: the closest known one, if any is close, then all of them.
+/// `what` names the list, for example "the failure kinds".
+pub fn did_you_mean(name: &str, known: &[&str], what: &str) -> String {
+    let all = known.join(", ");
+    match closest(name, known.iter().copied()) {
+        Some(near) => {
+            let mut sentence = what.chars();
+            let capitalised: String = sentence
+                .next()
+                .map(|first| first.to_uppercase().chain(sentence).collect())
+                .unwrap_or_default();
+            format!("did you mean `{near}`? {capitalised} are: {all}")
+        }
+        None => format!("{what} are: {all}"),
+    }
+}
+
 /// Suggests the closest of `known` to a misspelt `name`, for "did you mean" hints.
 pub fn closest<'a>(name: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
     known

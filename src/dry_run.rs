@@ -1,7 +1,7 @@
 //! `vigil dry-run`: drives the real machines through the real driver with virtual time, and
 //! prints every transition, its effects and the exact log lines the service would write.
 
-use crate::diagnostic::{closest, Diagnostic, Diagnostics};
+use crate::diagnostic::{did_you_mean, Diagnostic, Diagnostics};
 use crate::driver::virtual_time::{run_script, Ending};
 use crate::driver::{Driver, Input, Step};
 use crate::logging::{self, Capture, VirtualTimer};
@@ -81,13 +81,8 @@ impl Start {
 }
 
 fn unknown(what: &str, name: &str, known: &[&str]) -> String {
-    let near = closest(name, known.iter().copied())
-        .map(|near| format!(" (did you mean `{near}`?)"))
-        .unwrap_or_default();
-    format!(
-        "unknown {what} `{name}`{near}; expected one of: {}",
-        known.join(", ")
-    )
+    let hint = did_you_mean(name, known, &format!("the {what}s"));
+    format!("unknown {what} `{name}`; {hint}")
 }
 
 /// Parses a comma-separated list of input names, as given to `--events`.

@@ -101,6 +101,17 @@ mod tests {
     use crate::policy::Policy;
     use crate::vocabulary::FailureKind;
 
+    /// Each transition of `step` as (time, "machine from -> to").
+    fn summary(step: &Step) -> Vec<(u64, String)> {
+        let describe = |t: &crate::machines::Transition| {
+            format!("{} {} -> {}", t.machine.as_str(), t.from, t.to)
+        };
+        step.transitions
+            .iter()
+            .map(|t| (step.at_ms, describe(t)))
+            .collect()
+    }
+
     /// Answers every reattempt as the virtual clock's settling rule does: nothing changed,
     /// so the failure persists. Records every step.
     struct Persisting {
@@ -116,17 +127,7 @@ mod tests {
         }
 
         fn observe(&mut self, step: &Step) {
-            for transition in &step.transitions {
-                self.steps.push((
-                    step.at_ms,
-                    format!(
-                        "{} {} -> {}",
-                        transition.machine.as_str(),
-                        transition.from,
-                        transition.to
-                    ),
-                ));
-            }
+            self.steps.extend(summary(step));
         }
     }
 
@@ -139,19 +140,7 @@ mod tests {
 
         let (mut virtual_driver, init) = Driver::new(&policy, "vigil", fastrand::Rng::with_seed(1));
         let mut expected = Vec::new();
-        let mut record = |step: &Step| {
-            for transition in &step.transitions {
-                expected.push((
-                    step.at_ms,
-                    format!(
-                        "{} {} -> {}",
-                        transition.machine.as_str(),
-                        transition.from,
-                        transition.to
-                    ),
-                ));
-            }
-        };
+        let mut record = |step: &Step| expected.extend(summary(step));
         record(&init);
         run_script(&mut virtual_driver, script, |_, step| record(step));
 

@@ -5,7 +5,7 @@ use super::{
     Exhausted, HaTimings, Policy, RecoverySettings, Response, RestartBudget, RetrySchedule,
     MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY,
 };
-use crate::diagnostic::{closest, Diagnostic, Diagnostics};
+use crate::diagnostic::{did_you_mean, Diagnostic, Diagnostics};
 use crate::vocabulary::{FailureKind, SignalSet, SignalType};
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -193,13 +193,7 @@ impl Checker<'_> {
         let kind = FailureKind::parse(name.get_ref());
         if kind.is_none() {
             let known = FailureKind::ALL.map(FailureKind::as_str);
-            let hint = match closest(name.get_ref(), known) {
-                Some(near) => format!(
-                    "did you mean `{near}`? The failure kinds are: {}",
-                    known.join(", ")
-                ),
-                None => format!("the failure kinds are: {}", known.join(", ")),
-            };
+            let hint = did_you_mean(name.get_ref(), &known, "the failure kinds");
             self.report(
                 Some(name.span()),
                 format!("unknown failure kind `{}`", name.get_ref()),
@@ -304,10 +298,7 @@ impl Checker<'_> {
                 })
             }
             other => {
-                let hint = match closest(other, ["halt", "continue", "retry"]) {
-                    Some(near) => format!("did you mean \"{near}\"? A response is \"halt\", \"continue\" or \"retry\""),
-                    None => "a response is \"halt\", \"continue\" or \"retry\"".to_string(),
-                };
+                let hint = did_you_mean(other, &["halt", "continue", "retry"], "the responses");
                 self.report(
                     Some(raw.response.span()),
                     format!("unknown response \"{other}\" in [failures.{kind}]"),
@@ -597,13 +588,7 @@ impl Checker<'_> {
                     Some(parsed) => set = set.with(parsed),
                     None => {
                         let known = SignalType::ALL.map(SignalType::as_str);
-                        let hint = match closest(signal.get_ref(), known) {
-                            Some(near) => format!(
-                                "did you mean \"{near}\"? The signal types are: {}",
-                                known.join(", ")
-                            ),
-                            None => format!("the signal types are: {}", known.join(", ")),
-                        };
+                        let hint = did_you_mean(signal.get_ref(), &known, "the signal types");
                         self.report(
                             Some(signal.span()),
                             format!(
