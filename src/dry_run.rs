@@ -85,6 +85,12 @@ fn unknown(what: &str, name: &str, known: &[&str]) -> String {
     format!("unknown {what} `{name}`; {hint}")
 }
 
+/// Parses one input name, as given to `--event`.
+pub fn parse_event(name: &str) -> Result<Input, String> {
+    let known: Vec<&str> = Input::all().into_iter().map(Input::name).collect();
+    Input::parse(name.trim()).ok_or_else(|| unknown("event", name.trim(), &known))
+}
+
 /// Parses a comma-separated list of input names, as given to `--events`.
 pub fn parse_events(list: &str) -> Result<Vec<Input>, String> {
     let known: Vec<&str> = Input::all().into_iter().map(Input::name).collect();
@@ -128,7 +134,7 @@ pub fn load_scenario(path: &Path, source: &str) -> Result<Vec<Input>, Diagnostic
                 source,
                 Some(event.span()),
                 format!("unknown event `{}`", event.get_ref()),
-                Some(format!("the events are: {}", known.join(", "))),
+                Some(did_you_mean(event.get_ref(), &known, "the events")),
             )),
         }
     }
@@ -246,7 +252,8 @@ impl Printer<'_> {
         if self.error.is_some() {
             return;
         }
-        // The log lines were written while the driver took the step, at the step's time.
+        // The log lines were written while the driver took the step, at the step's time;
+        // the driver itself is not needed to print the step.
         let _ = driver;
         if let Err(error) = self.write_step(step) {
             self.error = Some(error);

@@ -26,7 +26,7 @@ where
 /// Virtual time for dry-runs: `t=` followed by seconds since the start.
 #[derive(Debug, Clone, Default)]
 pub struct VirtualTimer {
-    /// Milliseconds since the start; the driver moves it (see `Driver::shared_time`).
+    /// Milliseconds since the start; the driver moves it (see `Driver::publish_time`).
     now_ms: Arc<AtomicU64>,
 }
 

@@ -142,6 +142,27 @@ const CASES: &[(&str, &[&str], i32)] = &[
         &["dry-run", "--policy", "policies/default.toml"],
         2,
     ),
+    (
+        "dry_run_event_needs_from",
+        &[
+            "dry-run",
+            "--policy",
+            "policies/default.toml",
+            "--event",
+            "stop",
+        ],
+        2,
+    ),
+    ("check_missing_file", &["check", "policies/none.toml"], 4),
+    (
+        "check_shipped_and_broken",
+        &[
+            "check",
+            "policies/default.toml",
+            "tests/data/policies/bad_duration.toml",
+        ],
+        3,
+    ),
     ("machines_table", &["machines"], 0),
     (
         "machines_lifecycle_mermaid",

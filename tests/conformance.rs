@@ -12,10 +12,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use vigil::machines::failure::{self, FailureEvent, FailureResponse};
 use vigil::machines::lifecycle::{self, Lifecycle, LifecycleEvent, Reasons};
-use vigil::machines::{MachineName, Outbox, Transition};
+use vigil::machines::{Effect, MachineName, Outbox, Transition};
 use vigil::policy::{Exhausted, Policy, Response, RetrySchedule};
 use vigil::spec::MachineSpec;
-use vigil::vocabulary::{FailureKind, SignalSet};
+use vigil::vocabulary::{FailureKind, SignalSet, SignalType};
 
 fn spec(name: &str) -> MachineSpec {
     MachineSpec::shipped()
@@ -278,6 +278,10 @@ fn subsets(kinds: &[FailureKind]) -> Vec<Reasons> {
 #[test]
 fn lifecycle_machine_conforms() {
     let spec = spec("lifecycle");
+    // What each reason allows while degraded: different per kind, so intersections show.
+    let mut accepts_while = [SignalSet::ALL; 6];
+    accepts_while[FailureKind::DbUnavailable.index()] = SignalSet::NONE;
+    accepts_while[FailureKind::ValidationFailed.index()] = SignalSet::NONE.with(SignalType::Exit);
     let kinds = [
         FailureKind::DbUnavailable,
         FailureKind::RedisUnavailable,
@@ -290,6 +294,7 @@ fn lifecycle_machine_conforms() {
         LifecycleEvent::Drained,
     ];
     for kind in kinds {
+        events.push(LifecycleEvent::Suspected { kind });
         events.push(LifecycleEvent::Tolerated {
             kind,
             warning: "w".into(),
@@ -300,12 +305,11 @@ fn lifecycle_machine_conforms() {
     for state_name in lifecycle::State::NAMES {
         let state = lifecycle::State::from_name(state_name).unwrap();
         for reasons in subsets(&kinds) {
-            // Only situations the machine can be in: active has no reason, degraded has one,
-            // and before serving only reasons that need no recovery are remembered.
+            // Only situations the machine can be in: active has no reason, degraded has one.
             let possible = match state_name {
                 "active" => reasons.is_empty(),
                 "degraded" => !reasons.is_empty(),
-                "starting" | "recovering" => !reasons.needs_recovery(),
+                "starting" | "recovering" => true,
                 _ => true,
             };
             if !possible {
@@ -314,12 +318,13 @@ fn lifecycle_machine_conforms() {
             for event in &events {
                 let mut outbox = Outbox::default();
                 let mut machine =
-                    Lifecycle::new([SignalSet::ALL; 6]).machine_at(state, reasons, &mut outbox);
+                    Lifecycle::new(accepts_while).machine_at(state, reasons, &mut outbox);
                 outbox.clear();
                 outbox.begin(event.name());
                 machine.handle_with_context(event, &mut outbox);
                 let kind = match event {
-                    LifecycleEvent::Tolerated { kind, .. }
+                    LifecycleEvent::Suspected { kind }
+                    | LifecycleEvent::Tolerated { kind, .. }
                     | LifecycleEvent::Cleared { kind }
                     | LifecycleEvent::Halt { kind, .. } => Some(*kind),
                     _ => None,
@@ -352,7 +357,86 @@ fn lifecycle_machine_conforms() {
                     machine.state().name(),
                     &outbox.transitions,
                 );
+                let verified = matches!(state_name, "active" | "degraded")
+                    || *event == LifecycleEvent::Recovered;
+                check_effects(
+                    &situation,
+                    machine.state(),
+                    machine.inner(),
+                    event,
+                    &accepts_while,
+                    verified,
+                    &outbox.effects,
+                );
             }
         }
+    }
+}
+
+/// The effects of entering a state: its status, what it accepts and, for a terminal state,
+/// the exit code.
+fn check_effects(
+    situation: &str,
+    state: &lifecycle::State,
+    machine: &Lifecycle,
+    event: &LifecycleEvent,
+    accepts_while: &[SignalSet; 6],
+    verified: bool,
+    effects: &[Effect],
+) {
+    if effects.is_empty() {
+        return;
+    }
+    assert_eq!(
+        effects[0],
+        Effect::RecordStatus {
+            status: state.name()
+        },
+        "{situation}"
+    );
+    let accepted = match effects[1] {
+        Effect::Accept { signals } => signals,
+        ref other => panic!("{situation}: expected an accept effect, got {other:?}"),
+    };
+    let expected = match state.name() {
+        "active" => SignalSet::ALL,
+        "degraded" => machine.accepts(machine.reasons()),
+        _ => SignalSet::NONE,
+    };
+    assert_eq!(accepted, expected, "{situation}");
+    if !verified {
+        assert_eq!(
+            accepted,
+            SignalSet::NONE,
+            "{situation}: accepts signals before a recovery verified the state"
+        );
+    }
+    if state.name() == "degraded" && accepted != SignalSet::NONE {
+        let intersection = machine.reasons().iter().fold(SignalSet::ALL, |set, kind| {
+            set.intersect(accepts_while[kind.index()])
+        });
+        assert_eq!(
+            accepted, intersection,
+            "{situation}: degraded accepts more than every reason allows"
+        );
+    }
+    match (state.name(), event) {
+        ("crashed", LifecycleEvent::Halt { exit_code, .. }) => {
+            assert_eq!(
+                effects.get(2),
+                Some(&Effect::Exit { code: *exit_code }),
+                "{situation}"
+            )
+        }
+        ("stopped", _) => assert_eq!(
+            effects.get(2),
+            Some(&Effect::Exit { code: 0 }),
+            "{situation}"
+        ),
+        _ => assert_eq!(
+            effects.len(),
+            2,
+            "{situation}: unexpected effects {effects:?}"
+        ),
     }
 }

@@ -74,8 +74,8 @@ pub struct DryRunArgs {
     /// With `--from degraded`: the failure kind it is degraded for (default db_unavailable).
     #[arg(long, value_name = "KIND", requires = "from")]
     pub reason: Option<String>,
-    /// One event to deliver (with `--from`).
-    #[arg(long, value_name = "EVENT", conflicts_with_all = ["events", "scenario"])]
+    /// One event to deliver from the `--from` state.
+    #[arg(long, value_name = "EVENT", requires = "from", conflicts_with_all = ["events", "scenario"])]
     pub event: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
@@ -92,6 +92,8 @@ pub enum Outcome {
     Ok,
     /// A file given by the user is invalid; the diagnostics were printed.
     Invalid,
+    /// A file could not be read; the error was printed.
+    Failed,
 }
 
 /// Runs the command line and returns the process exit code.
@@ -100,6 +102,7 @@ pub fn main() -> ExitCode {
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::from(EXIT_OK),
         Ok(Outcome::Invalid) => ExitCode::from(EXIT_INVALID),
+        Ok(Outcome::Failed) => ExitCode::from(EXIT_FAILURE),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(EXIT_FAILURE)
@@ -114,7 +117,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::DryRun(args) => dry_run_command(&args),
         Command::Machines { name, format } => machines(name.as_deref(), format),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut script);
+            write_stdout(&script)?;
             Ok(Outcome::Ok)
         }
     }
@@ -124,17 +129,19 @@ fn check(files: &[PathBuf]) -> anyhow::Result<Outcome> {
     let mut outcome = Outcome::Ok;
     for file in files {
         match Policy::load(file) {
-            Ok(_) => println!("{}: ok", file.display()),
+            Ok(_) => write_stdout(format!("{}: ok\n", file.display()).as_bytes())?,
             Err(PolicyError::Invalid(diagnostics)) => {
                 eprintln!("{diagnostics}\n");
                 let count = diagnostics.0.len();
                 let noun = if count == 1 { "problem" } else { "problems" };
                 eprintln!("{}: invalid ({count} {noun})", file.display());
-                outcome = Outcome::Invalid;
+                if !matches!(outcome, Outcome::Failed) {
+                    outcome = Outcome::Invalid;
+                }
             }
             Err(error @ PolicyError::Read { .. }) => {
                 eprintln!("error: {error}");
-                outcome = Outcome::Invalid;
+                outcome = Outcome::Failed;
             }
         }
     }
@@ -175,7 +182,7 @@ fn dry_run_command(args: &DryRunArgs) -> anyhow::Result<Outcome> {
             dry_run::load_scenario(path, &source)
                 .map_err(|diagnostics: Diagnostics| diagnostics.to_string())
         }
-        (_, _, Some(event)) => dry_run::parse_events(event),
+        (_, _, Some(event)) => dry_run::parse_event(event).map(|input| vec![input]),
         (None, None, None) => bail!("give --events, --scenario or --event"),
     };
     let script = match parsed {
@@ -187,7 +194,8 @@ fn dry_run_command(args: &DryRunArgs) -> anyhow::Result<Outcome> {
     };
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    dry_run::run(
+    // A reader that went away (`| head`) has seen all it wanted: that is not a failure.
+    let written = dry_run::run(
         &policy,
         &args.instance,
         start,
@@ -195,8 +203,8 @@ fn dry_run_command(args: &DryRunArgs) -> anyhow::Result<Outcome> {
         args.format,
         &mut out,
     )
-    .context("cannot write the dry-run")?;
-    out.flush().context("cannot write the dry-run")?;
+    .and_then(|_| out.flush());
+    ignore_broken_pipe(written).context("cannot write the dry-run")?;
     Ok(Outcome::Ok)
 }
 
@@ -216,6 +224,22 @@ fn machines(name: Option<&str>, format: RenderFormat) -> anyhow::Result<Outcome>
         return Ok(Outcome::Invalid);
     }
     let rendered: Vec<String> = chosen.iter().map(|spec| render(spec, format)).collect();
-    print!("{}", rendered.join("\n"));
+    write_stdout(rendered.join("\n").as_bytes())?;
     Ok(Outcome::Ok)
+}
+
+/// Writes `bytes` to standard output. A reader that went away (`| head`) has seen all it
+/// wanted, so a broken pipe is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    let written = stdout.write_all(bytes).and_then(|()| stdout.flush());
+    ignore_broken_pipe(written).context("cannot write to standard output")
+}
+
+fn ignore_broken_pipe<T>(result: std::io::Result<T>) -> std::io::Result<()> {
+    match result {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(error) => Err(error),
+    }
 }

@@ -20,7 +20,9 @@ use statig::blocking::InitializedStateMachine;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+
+/// Jitter draws are whole numbers below this, divided by it: a fraction in `0..1`.
+const JITTER_DRAWS: u64 = 1 << 32;
 
 /// The `tracing` target of transition log lines, so operators can filter on it.
 pub const TRANSITION_TARGET: &str = "vigil::transition";
@@ -286,9 +288,12 @@ impl Driver {
     }
 
     /// The failure kinds whose retry is running and waiting for its outcome.
+    /// None once the instance is winding down: their outcomes no longer matter.
     pub fn awaiting_outcome(&self) -> impl Iterator<Item = FailureKind> + '_ {
+        let winding_down = self.is_winding_down();
         self.failures
             .iter()
+            .filter(move |_| !winding_down)
             .filter(|machine| matches!(machine.state(), failure::State::Retrying { .. }))
             .map(|machine| machine.inner().kind())
     }
@@ -315,6 +320,11 @@ impl Driver {
     /// The state of the failure machine for `kind`.
     pub fn failure_state(&self, kind: FailureKind) -> failure::State {
         *self.failures[kind.index()].state()
+    }
+
+    /// Whether the instance is stopping or has ended: retries no longer run.
+    pub fn is_winding_down(&self) -> bool {
+        matches!(self.state(), lifecycle::State::Stopping {}) || self.is_terminal()
     }
 
     /// Whether the process has reached its end (stopped or crashed).
@@ -360,8 +370,10 @@ impl Driver {
 
     fn send_failure(&mut self, kind: FailureKind, event: FailureEvent) {
         self.outbox.begin(event.as_str());
+        self.outbox.jitter_unit = Decimal::from(self.rng.u32(..)) / Decimal::from(JITTER_DRAWS);
         self.failures[kind.index()].handle_with_context(&event, &mut self.outbox);
-        // A failure machine escalates at most once per event, so this loop is bounded.
+        // A failure machine escalates at most once per event (each of its transitions
+        // escalates at most once), so this loop is bounded.
         let escalations = std::mem::take(&mut self.outbox.escalations);
         assert!(
             escalations.len() <= 1,
@@ -374,6 +386,7 @@ impl Driver {
                     LifecycleEvent::Tolerated { kind, warning }
                 }
                 Escalation::Clear { kind } => LifecycleEvent::Cleared { kind },
+                Escalation::Suspect { kind } => LifecycleEvent::Suspected { kind },
                 Escalation::Halt { kind, exit_code } => LifecycleEvent::Halt { kind, exit_code },
             };
             self.send_lifecycle(&event);
@@ -383,15 +396,18 @@ impl Driver {
     /// Applies timer effects, logs the transitions, and hands the step out.
     fn finish(&mut self, cause: Cause) -> Step {
         let mut effects = std::mem::take(&mut self.outbox.effects);
-        for effect in &mut effects {
+        if self.is_winding_down() {
+            // The process is ending: no retry will run, so none can turn a requested stop
+            // into a crash. A retry asked for now is cancelled at once, visibly.
+            for effect in &mut effects {
+                if let Effect::ScheduleRetry { kind, .. } = *effect {
+                    *effect = Effect::CancelRetry { kind };
+                }
+            }
+        }
+        for effect in &effects {
             match effect {
-                Effect::ScheduleRetry {
-                    kind,
-                    delay,
-                    jitter,
-                    ..
-                } => {
-                    *delay = jittered(*delay, *jitter, &mut self.rng);
+                Effect::ScheduleRetry { kind, delay, .. } => {
                     let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                     self.retry_due_ms[kind.index()] = Some(self.now_ms.saturating_add(delay_ms));
                 }
@@ -399,8 +415,7 @@ impl Driver {
                 _ => {}
             }
         }
-        if self.is_terminal() {
-            // The process is ending: no retry will ever run.
+        if self.is_winding_down() {
             self.retry_due_ms = [None; 6];
         }
         let transitions = std::mem::take(&mut self.outbox.transitions);
@@ -415,17 +430,6 @@ impl Driver {
             effects,
         }
     }
-}
-
-/// Shortens `delay` by a random fraction of at most `jitter`, in exact decimals.
-fn jittered(delay: Duration, jitter: Decimal, rng: &mut fastrand::Rng) -> Duration {
-    if jitter.is_zero() {
-        return delay;
-    }
-    let unit = Decimal::from(rng.u32(..)) / Decimal::from(u64::from(u32::MAX) + 1);
-    let delay_ms = Decimal::from(delay.as_millis());
-    let shortened = delay_ms - delay_ms * jitter * unit;
-    Duration::from_millis(u64::try_from(shortened.round()).unwrap_or(0))
 }
 
 /// Writes the transition's log line. The level is fixed per call site because `tracing`

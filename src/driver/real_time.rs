@@ -12,9 +12,16 @@ use tokio::time::Instant;
 /// so a full queue means the driver is stuck, and senders should wait rather than pile up.
 pub const INPUT_QUEUE_DEPTH: usize = 64;
 
-/// The most follow-up inputs one step may produce through its effects. Each effect produces
-/// at most one (the outcome of a reattempt), and a step has a handful of effects.
-pub const MAX_FOLLOW_UPS_PER_STEP: usize = 16;
+/// The most follow-up inputs waiting at once. Only a reattempt produces one (its outcome),
+/// a step holds at most one reattempt per failure kind, and outcome steps schedule retries
+/// rather than run them, so the queue never holds more than one per kind; exceeding this
+/// bound means the effects loop, which is a bug.
+pub const MAX_PENDING_FOLLOW_UPS: usize = 16;
+
+/// The input channel the service feeds the driver through, bounded by [`INPUT_QUEUE_DEPTH`].
+pub fn channel() -> (mpsc::Sender<Input>, mpsc::Receiver<Input>) {
+    mpsc::channel(INPUT_QUEUE_DEPTH)
+}
 
 /// Carries out effects in the real world.
 pub trait Executor {
@@ -29,7 +36,8 @@ pub trait Executor {
 }
 
 /// Runs until the lifecycle reaches a terminal state and returns the process exit code.
-/// When every sender is dropped, the instance stops gracefully.
+/// When every sender is dropped, nobody is left to report signals in flight, so the
+/// instance stops and drains at once.
 pub async fn run<E: Executor>(
     driver: &mut Driver,
     inputs: &mut mpsc::Receiver<Input>,
@@ -51,16 +59,19 @@ pub async fn run<E: Executor>(
                 Some(input) => driver.deliver(now_ms(started).max(driver.now_ms()), input),
                 None => {
                     closed = true;
-                    driver.deliver(now_ms(started).max(driver.now_ms()), Input::Stop)
+                    let stop = driver.deliver(now_ms(started).max(driver.now_ms()), Input::Stop);
+                    carry_out(executor, &stop, &mut VecDeque::new()).await;
+                    driver.deliver(driver.now_ms(), Input::Drained)
                 }
             },
-            () = sleep_until(deadline) => {
+            () = sleep_until(deadline), if deadline.is_some() => {
                 let due_ms = driver.next_due_ms().unwrap_or(0);
                 match driver.fire_due(due_ms.max(driver.now_ms())) {
                     Some(step) => step,
                     None => continue,
                 }
             }
+            // Neither an input nor a retry can arrive any more.
             else => driver.deliver(driver.now_ms(), Input::Drained),
         };
         let mut follow_ups = VecDeque::new();
@@ -76,7 +87,7 @@ async fn carry_out<E: Executor>(executor: &mut E, step: &Step, follow_ups: &mut 
     for effect in &step.effects {
         if let Some(input) = executor.execute(effect).await {
             assert!(
-                follow_ups.len() < MAX_FOLLOW_UPS_PER_STEP,
+                follow_ups.len() < MAX_PENDING_FOLLOW_UPS,
                 "effects produced too many follow-up inputs"
             );
             follow_ups.push_back(input);
@@ -147,7 +158,7 @@ mod tests {
         let (mut driver, init) = Driver::new(&policy, "vigil", fastrand::Rng::with_seed(1));
         let mut executor = Persisting { steps: Vec::new() };
         executor.observe(&init);
-        let (sender, mut receiver) = mpsc::channel(INPUT_QUEUE_DEPTH);
+        let (sender, mut receiver) = channel();
         for input in script {
             sender.send(input).await.unwrap();
         }
@@ -172,5 +183,26 @@ mod tests {
             times.contains(&1000) && times.contains(&3000) && times.contains(&7000),
             "{times:?}"
         );
+    }
+
+    /// Dropping every sender stops the instance gracefully, even with a retry pending.
+    #[tokio::test(start_paused = true)]
+    async fn closing_the_channel_stops_the_instance() {
+        let policy = Policy::builtin_default();
+        let (mut driver, _) = Driver::new(&policy, "vigil", fastrand::Rng::with_seed(1));
+        let mut executor = Persisting { steps: Vec::new() };
+        let (sender, mut receiver) = channel();
+        for input in [
+            Input::Started,
+            Input::Recovered,
+            Input::Failure(FailureKind::BrokerUnavailable),
+        ] {
+            sender.send(input).await.unwrap();
+        }
+        drop(sender);
+        let code = run(&mut driver, &mut receiver, &mut executor).await;
+        assert_eq!(code, 0);
+        assert_eq!(driver.state().name(), "stopped");
+        assert_eq!(driver.next_due_ms(), None);
     }
 }

@@ -69,18 +69,21 @@ impl FailureResponse {
                     let warning = warning.clone();
                     self.tolerate(context, warning, String::new())
                 }
-                Response::Retry { schedule, .. } => {
-                    let (delay, attempts) = (schedule.delay(1), schedule.attempts);
+                Response::Retry { .. } => {
+                    let (delay, attempts) = self.schedule(context, 1);
                     let message = format!(
                         "{}: retry 1/{attempts} in {}",
                         self.kind,
                         format_duration(delay)
                     );
                     context.note(Level::Warn, Some(self.kind), message);
-                    self.schedule(context, 1);
+                    context
+                        .escalations
+                        .push(Escalation::Suspect { kind: self.kind });
                     Transition(State::backing_off(1))
                 }
             },
+            // Nothing is being handled, so there is no retry to run and nothing to resolve.
             FailureEvent::RetryDue | FailureEvent::Succeeded => Handled,
         }
     }
@@ -114,6 +117,9 @@ impl FailureResponse {
                 context
                     .effects
                     .push(Effect::CancelRetry { kind: self.kind });
+                context
+                    .escalations
+                    .push(Escalation::Clear { kind: self.kind });
                 Transition(State::idle())
             }
             // A further report of the same failure while waiting changes nothing: the retry
@@ -134,14 +140,13 @@ impl FailureResponse {
         match event {
             FailureEvent::Failed if *attempt < attempts => {
                 let next = *attempt + 1;
-                let delay = self.schedule_ref().delay(next);
+                let (delay, _) = self.schedule(context, next);
                 let message = format!(
                     "{}: retry {attempt}/{attempts} failed; retry {next}/{attempts} in {}",
                     self.kind,
                     format_duration(delay)
                 );
                 context.note(Level::Warn, Some(self.kind), message);
-                self.schedule(context, next);
                 Transition(State::backing_off(next))
             }
             FailureEvent::Failed => {
@@ -160,8 +165,12 @@ impl FailureResponse {
             FailureEvent::Succeeded => {
                 let message = format!("{}: retry {attempt}/{attempts} succeeded", self.kind);
                 context.note(Level::Info, Some(self.kind), message);
+                context
+                    .escalations
+                    .push(Escalation::Clear { kind: self.kind });
                 Transition(State::idle())
             }
+            // The retry is already running; its outcome will arrive as failed or succeeded.
             FailureEvent::RetryDue => Handled,
         }
     }
@@ -181,14 +190,14 @@ impl FailureResponse {
                     .push(Escalation::Clear { kind: self.kind });
                 Transition(State::idle())
             }
+            // Already tolerated: a further report changes nothing, and no retry is pending.
             FailureEvent::Failed | FailureEvent::RetryDue => Handled,
         }
     }
 
     /// The failure halted the instance. Terminal.
     #[state]
-    fn halted(event: &FailureEvent) -> Outcome<State> {
-        let _ = event;
+    fn halted() -> Outcome<State> {
         Handled
     }
 }
@@ -230,15 +239,18 @@ impl FailureResponse {
         }
     }
 
-    fn schedule(&self, context: &mut Outbox, attempt: u32) {
+    /// Schedules retry `attempt` and returns its wait (jitter applied) and the number of
+    /// attempts allowed.
+    fn schedule(&self, context: &mut Outbox, attempt: u32) -> (std::time::Duration, u32) {
         let schedule = self.schedule_ref();
+        let delay = schedule.jittered_delay(attempt, context.jitter_unit);
         context.effects.push(Effect::ScheduleRetry {
             kind: self.kind,
             attempt,
             attempts: schedule.attempts,
-            delay: schedule.delay(attempt),
-            jitter: schedule.jitter,
+            delay,
         });
+        (delay, schedule.attempts)
     }
 
     fn halt(&self, context: &mut Outbox, exit_code: u8, spent: String) -> Outcome<State> {

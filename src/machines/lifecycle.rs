@@ -24,6 +24,11 @@ pub enum LifecycleEvent {
     Started,
     /// Recovery finished and its checks passed.
     Recovered,
+    /// `kind` is being retried: serve only what the policy allows while degraded for it.
+    Suspected {
+        /// The failure being retried.
+        kind: FailureKind,
+    },
     /// The policy tolerates `kind`: serve degraded.
     Tolerated {
         /// The failure tolerated.
@@ -51,9 +56,10 @@ pub enum LifecycleEvent {
 
 impl LifecycleEvent {
     /// Every event name, in spec order.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "started",
         "recovered",
+        "suspected",
         "tolerated",
         "cleared",
         "halt",
@@ -66,6 +72,7 @@ impl LifecycleEvent {
         match self {
             LifecycleEvent::Started => "started",
             LifecycleEvent::Recovered => "recovered",
+            LifecycleEvent::Suspected { .. } => "suspected",
             LifecycleEvent::Tolerated { .. } => "tolerated",
             LifecycleEvent::Cleared { .. } => "cleared",
             LifecycleEvent::Halt { .. } => "halt",
@@ -141,6 +148,10 @@ pub struct Lifecycle {
     reasons: Reasons,
     /// The exit code of the halt that crashed the instance.
     exit_code: u8,
+    /// Whether a recovery has completed since the state was last in doubt. Until one has,
+    /// the in-memory state is not known to match storage, so nothing is accepted whatever
+    /// the policy's `[degraded]` table allows.
+    verified: bool,
 }
 
 #[state_machine(
@@ -172,6 +183,12 @@ impl Lifecycle {
                 self.reasons = self.reasons.without(*kind);
                 Handled
             }
+            // Before serving nothing is accepted anyway: remember the reason, so that the
+            // instance serves degraded if it is still being retried once recovery ends.
+            LifecycleEvent::Suspected { kind } => {
+                self.reasons = self.reasons.with(*kind);
+                Handled
+            }
             _ => Handled,
         }
     }
@@ -200,6 +217,7 @@ impl Lifecycle {
     fn recovering(&mut self, context: &mut Outbox, event: &LifecycleEvent) -> Outcome<State> {
         match event {
             LifecycleEvent::Recovered if self.reasons.is_empty() => {
+                self.verified = true;
                 context.note(
                     Level::Info,
                     None,
@@ -208,6 +226,7 @@ impl Lifecycle {
                 Transition(State::active())
             }
             LifecycleEvent::Recovered => {
+                self.verified = true;
                 let message = format!(
                     "recovery complete; still degraded by {}; accepting {}",
                     self.reasons,
@@ -225,8 +244,7 @@ impl Lifecycle {
 
     /// Active and degraded: the webhook listener is open.
     #[superstate(superstate = "running")]
-    fn serving(event: &LifecycleEvent) -> Outcome<State> {
-        let _ = event;
+    fn serving() -> Outcome<State> {
         Super
     }
 
@@ -236,6 +254,9 @@ impl Lifecycle {
         match event {
             LifecycleEvent::Tolerated { kind, warning } => {
                 self.degrade(context, *kind, warning, "serving degraded")
+            }
+            LifecycleEvent::Suspected { kind } => {
+                self.degrade(context, *kind, "retrying", "serving degraded")
             }
             _ => Super,
         }
@@ -248,7 +269,12 @@ impl Lifecycle {
             LifecycleEvent::Tolerated { kind, warning } if !self.reasons.contains(*kind) => {
                 self.degrade(context, *kind, warning, "still degraded, now also")
             }
-            LifecycleEvent::Tolerated { .. } => Handled,
+            LifecycleEvent::Suspected { kind } if !self.reasons.contains(*kind) => {
+                self.degrade(context, *kind, "retrying", "still degraded, now also")
+            }
+            // Already degraded for this reason (a retry that ran out and is now tolerated, or
+            // a repeated report): what is accepted does not change.
+            LifecycleEvent::Tolerated { .. } | LifecycleEvent::Suspected { .. } => Handled,
             LifecycleEvent::Cleared { kind } if self.reasons.contains(*kind) => {
                 let remaining = self.reasons.without(*kind);
                 self.reasons = remaining;
@@ -292,22 +318,24 @@ impl Lifecycle {
                 );
                 Transition(State::stopped())
             }
-            LifecycleEvent::Stop | LifecycleEvent::Tolerated { .. } => Handled,
+            // Already stopping: a second request and failures that would only narrow intake
+            // change nothing, since nothing new is accepted.
+            LifecycleEvent::Stop
+            | LifecycleEvent::Tolerated { .. }
+            | LifecycleEvent::Suspected { .. } => Handled,
             _ => Super,
         }
     }
 
     /// Shut down cleanly. Terminal: the process exits 0.
     #[state(entry_action = "enter_stopped")]
-    fn stopped(event: &LifecycleEvent) -> Outcome<State> {
-        let _ = event;
+    fn stopped() -> Outcome<State> {
         Handled
     }
 
     /// Halted by policy. Terminal: the process exits with the policy's code.
     #[state(entry_action = "enter_crashed")]
-    fn crashed(event: &LifecycleEvent) -> Outcome<State> {
-        let _ = event;
+    fn crashed() -> Outcome<State> {
         Handled
     }
 
@@ -318,6 +346,7 @@ impl Lifecycle {
 
     #[action]
     fn enter_recovering(&mut self, context: &mut Outbox) {
+        self.verified = false;
         self.enter(context, "recovering", SignalSet::NONE);
     }
 
@@ -364,6 +393,7 @@ impl Lifecycle {
             accepts_while,
             reasons: Reasons::NONE,
             exit_code: 1,
+            verified: false,
         }
     }
 
@@ -376,6 +406,8 @@ impl Lifecycle {
         context: &mut Outbox,
     ) -> InitializedStateMachine<Lifecycle> {
         self.reasons = reasons;
+        // A serving state is only reached through a completed recovery.
+        self.verified = matches!(state, State::Active {} | State::Degraded {});
         let mut machine = self.uninitialized_state_machine();
         *machine.state_mut() = state;
         machine.init_with_context(context)
@@ -391,8 +423,12 @@ impl Lifecycle {
         self.exit_code
     }
 
-    /// What is accepted while degraded for all of `reasons`: only what each allows.
+    /// What is accepted while degraded for all of `reasons`: only what each allows, and
+    /// nothing before a recovery has verified the state.
     pub fn accepts(&self, reasons: Reasons) -> SignalSet {
+        if !self.verified {
+            return SignalSet::NONE;
+        }
         reasons.iter().fold(SignalSet::ALL, |set, kind| {
             set.intersect(self.accepts_while[kind.index()])
         })

@@ -93,7 +93,7 @@ pub enum Effect {
         /// The accepted signal types.
         signals: SignalSet,
     },
-    /// Try the failed step again after `delay` (before jitter).
+    /// Try the failed step again after `delay` (jitter already applied).
     ScheduleRetry {
         /// The failure being retried.
         kind: FailureKind,
@@ -101,11 +101,9 @@ pub enum Effect {
         attempt: u32,
         /// Retries allowed in all.
         attempts: u32,
-        /// Nominal wait.
+        /// The wait, jitter included.
         #[serde(serialize_with = "serialize_duration_ms")]
         delay: Duration,
-        /// Fraction of the wait the driver randomises.
-        jitter: Decimal,
     },
     /// Drop a scheduled retry: the failure resolved before it was due.
     CancelRetry {
@@ -138,17 +136,12 @@ impl fmt::Display for Effect {
                 attempt,
                 attempts,
                 delay,
-                jitter,
             } => {
                 write!(
                     f,
                     "schedule retry {attempt}/{attempts} of {kind} in {}",
                     format_duration(*delay)
-                )?;
-                if !jitter.is_zero() {
-                    write!(f, " (jitter {jitter})")?;
-                }
-                Ok(())
+                )
             }
             Effect::CancelRetry { kind } => write!(f, "cancel retry of {kind}"),
             Effect::Reattempt {
@@ -198,6 +191,12 @@ pub fn format_seconds(ms: u128) -> String {
 /// Decisions a failure machine hands to the lifecycle machine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Escalation {
+    /// `kind` is being retried: until it resolves, serve only what the policy allows while
+    /// degraded for it.
+    Suspect {
+        /// The failure being retried.
+        kind: FailureKind,
+    },
     /// Serve degraded because of `kind`.
     Tolerate {
         /// The failure tolerated.
@@ -205,7 +204,7 @@ pub enum Escalation {
         /// The policy's warning.
         warning: String,
     },
-    /// A tolerated failure has resolved.
+    /// A suspected or tolerated failure has resolved.
     Clear {
         /// The failure that resolved.
         kind: FailureKind,
@@ -233,6 +232,9 @@ pub struct Outbox {
     pub effects: Vec<Effect>,
     /// Decisions for the lifecycle machine.
     pub escalations: Vec<Escalation>,
+    /// A random draw in `0..1` for retry jitter, supplied by the driver before each event so
+    /// that the machine itself stays deterministic.
+    pub jitter_unit: Decimal,
 }
 
 impl Outbox {

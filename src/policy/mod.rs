@@ -1,6 +1,6 @@
 //! Policy files: how an instance answers each kind of failure, what it still accepts while
-//! degraded, and the timings it coordinates with. Pure: parsing and validation only; the
-//! caller reads the file.
+//! degraded, and the timings it coordinates with. Parsing and validation are pure
+//! ([`Policy::parse`]); [`Policy::load`] is the one function that reads a file.
 //!
 //! A policy is parsed from TOML into a raw, span-carrying form ([`raw`]), then validated into
 //! [`Policy`], whose values are always usable: a retry has at least one attempt, a maximum
@@ -20,6 +20,27 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 100;
 
 /// The longest single retry delay a policy may ask for.
 pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(3600);
+
+/// The shortest retry delay: a retry needs at least a moment for anything to change.
+pub const MIN_RETRY_DELAY: Duration = Duration::from_millis(1);
+
+/// The shortest HA timing (heartbeat, lease, lock, dedup window): anything shorter turns
+/// coordination into a busy loop against Redis and the database.
+pub const MIN_HA_TIMING: Duration = Duration::from_millis(100);
+
+/// The longest HA timing: a week. Longer leases or locks would outlive any outage worth
+/// waiting for.
+pub const MAX_HA_TIMING: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// An instance is declared gone only after this many heartbeat intervals without one, so a
+/// single late heartbeat never declares a healthy instance gone.
+pub const HEARTBEATS_BEFORE_STALE: u32 = 2;
+
+/// The shortest restart window.
+pub const MIN_RESTART_WINDOW: Duration = Duration::from_secs(1);
+
+/// The longest restart window: a week.
+pub const MAX_RESTART_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The default policy, shipped as `policies/default.toml` and compiled in so that an
 /// instance started with no policy file behaves exactly as that file says.
@@ -97,6 +118,19 @@ pub struct RetrySchedule {
 }
 
 impl RetrySchedule {
+    /// The wait before retry `attempt` (1-based): the nominal delay shortened by
+    /// `jitter × unit`, where `unit` in `0..1` is the random draw the driver supplies.
+    /// Rounded to whole milliseconds, half away from zero.
+    pub fn jittered_delay(&self, attempt: u32, unit: Decimal) -> Duration {
+        assert!(
+            (Decimal::ZERO..Decimal::ONE).contains(&unit),
+            "jitter unit {unit} is outside 0..1"
+        );
+        let nominal_ms = duration_ms(self.delay(attempt));
+        let waited_ms = nominal_ms - nominal_ms * self.jitter * unit;
+        Duration::from_millis(u64::try_from(round_half_away(waited_ms)).unwrap_or(0))
+    }
+
     /// The nominal wait before retry `attempt` (1-based), before jitter.
     ///
     /// Computed in exact decimal milliseconds, so `1s × 2^n` never drifts.
@@ -110,15 +144,17 @@ impl RetrySchedule {
             }
             delay_ms = delay_ms.checked_mul(self.multiplier).unwrap_or(max_ms);
         }
-        let capped_ms = delay_ms
-            .min(max_ms)
-            .round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+        let capped_ms = round_half_away(delay_ms.min(max_ms));
         Duration::from_millis(u64::try_from(capped_ms).unwrap_or(u64::MAX))
     }
 }
 
 fn duration_ms(duration: Duration) -> Decimal {
     Decimal::from(duration.as_millis())
+}
+
+fn round_half_away(ms: Decimal) -> Decimal {
+    ms.round_dp_with_strategy(0, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
 }
 
 /// Settings for crash recovery.
@@ -241,6 +277,38 @@ mod tests {
                 "multiplier {multiplier}, max {max_delay_s}s"
             );
         }
+    }
+
+    #[test]
+    fn jitter_shortens_within_bounds() {
+        let mut schedule = schedule("2", 30);
+        schedule.jitter = Decimal::new(2, 1);
+        let cases: &[(&str, u64)] = &[
+            ("0", 1000),
+            ("0.5", 900),
+            ("0.999", 800),
+            ("0.0025", 1000),
+            ("0.0075", 999),
+        ];
+        for (unit, expected_ms) in cases {
+            let delay = schedule.jittered_delay(1, unit.parse().unwrap_or(Decimal::ZERO));
+            assert_eq!(delay.as_millis() as u64, *expected_ms, "unit {unit}");
+        }
+    }
+
+    #[test]
+    fn the_longest_schedule_stays_capped() {
+        let mut schedule = schedule("1000", 3600);
+        schedule.attempts = MAX_RETRY_ATTEMPTS;
+        assert_eq!(
+            schedule.delay(MAX_RETRY_ATTEMPTS),
+            Duration::from_secs(3600)
+        );
+        schedule.multiplier = Decimal::MAX;
+        assert_eq!(
+            schedule.delay(MAX_RETRY_ATTEMPTS),
+            Duration::from_secs(3600)
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use super::{
     Exhausted, HaTimings, Policy, RecoverySettings, Response, RestartBudget, RetrySchedule,
-    MAX_RETRY_ATTEMPTS, MAX_RETRY_DELAY,
+    HEARTBEATS_BEFORE_STALE, MAX_HA_TIMING, MAX_RESTART_WINDOW, MAX_RETRY_ATTEMPTS,
+    MAX_RETRY_DELAY, MIN_HA_TIMING, MIN_RESTART_WINDOW, MIN_RETRY_DELAY,
 };
 use crate::diagnostic::{did_you_mean, Diagnostic, Diagnostics};
 use crate::vocabulary::{FailureKind, SignalSet, SignalType};
@@ -352,7 +353,7 @@ impl Checker<'_> {
                 raw.initial_delay.as_ref(),
                 r#"initial_delay = "1s""#,
             )
-            .and_then(|value| self.duration(value, Duration::from_millis(1), MAX_RETRY_DELAY));
+            .and_then(|value| self.duration(value, MIN_RETRY_DELAY, MAX_RETRY_DELAY));
         let multiplier = match raw.multiplier.as_ref() {
             None => Some(Decimal::TWO),
             Some(value) => self
@@ -375,7 +376,7 @@ impl Checker<'_> {
         let max_delay = match raw.max_delay.as_ref() {
             None => initial_delay.map(|initial| initial.max(Duration::from_secs(30))),
             Some(value) => self
-                .duration(value, Duration::from_millis(1), MAX_RETRY_DELAY)
+                .duration(value, MIN_RETRY_DELAY, MAX_RETRY_DELAY)
                 .and_then(|max_delay| {
                     let initial = initial_delay?;
                     if max_delay < initial {
@@ -619,8 +620,7 @@ impl Checker<'_> {
         let Some(raw) = raw else {
             return Some(fallback);
         };
-        let min = Duration::from_millis(100);
-        let max = Duration::from_secs(7 * 24 * 3600);
+        let (min, max) = (MIN_HA_TIMING, MAX_HA_TIMING);
         let mut field = |value: Option<Value>, fallback: Duration| match value {
             None => Some((fallback, None)),
             Some(value) => self
@@ -634,7 +634,7 @@ impl Checker<'_> {
         let dedup = field(raw.dedup_window, fallback.dedup_window);
         let (heartbeat, stale, lease, lock, dedup) = (heartbeat?, stale?, lease?, lock?, dedup?);
         // A heartbeat may be missed once without the instance being declared gone.
-        if stale.0 < heartbeat.0 * 2 {
+        if stale.0 < heartbeat.0 * HEARTBEATS_BEFORE_STALE {
             self.report(
                 stale.1.or(heartbeat.1),
                 format!(
@@ -688,11 +688,7 @@ impl Checker<'_> {
         };
         let window = match raw.window {
             None => Some(fallback.window),
-            Some(value) => self.duration(
-                &value,
-                Duration::from_secs(1),
-                Duration::from_secs(7 * 24 * 3600),
-            ),
+            Some(value) => self.duration(&value, MIN_RESTART_WINDOW, MAX_RESTART_WINDOW),
         };
         Some(RestartBudget {
             max_restarts: max_restarts?,
