@@ -2,11 +2,16 @@
 //! restarts. See the README's Architecture section for the codemap.
 
 pub mod cli;
+pub mod deployment;
 pub mod diagnostic;
+pub mod domain;
 pub mod driver;
 pub mod dry_run;
 pub mod logging;
 pub mod machines;
 pub mod policy;
+pub mod recovery;
 pub mod spec;
+pub mod startup;
+pub mod store;
 pub mod vocabulary;

@@ -14,6 +14,12 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
     T: FormatTime + Send + Sync + 'static,
 {
+    use tracing_subscriber::layer::SubscriberExt;
+    // vigil's own lines at info; libraries only when something is wrong, so that a
+    // dependency's chatter never changes what operators (or snapshots) see.
+    let targets = tracing_subscriber::filter::Targets::new()
+        .with_target("vigil", tracing::Level::INFO)
+        .with_default(tracing::Level::WARN);
     tracing_subscriber::fmt()
         .with_writer(writer)
         .with_timer(timer)
@@ -21,6 +27,7 @@ where
         .with_target(true)
         .with_max_level(tracing::Level::INFO)
         .finish()
+        .with(targets)
 }
 
 /// Virtual time for dry-runs: `t=` followed by seconds since the start.

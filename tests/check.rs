@@ -77,3 +77,17 @@ fn shipped_policies_are_valid() {
         );
     }
 }
+
+#[test]
+fn the_example_deployment_file_is_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vigil.toml");
+    let deployment = vigil::deployment::Deployment::load(Some(&path)).unwrap();
+    assert_eq!(deployment.instance.as_deref(), Some("vigil-1"));
+    assert_eq!(deployment.instruments.len(), 2);
+    let policy = deployment.policy.unwrap();
+    assert!(
+        vigil::policy::Policy::load(&policy).is_ok(),
+        "{} does not load",
+        policy.display()
+    );
+}

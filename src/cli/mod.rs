@@ -1,6 +1,8 @@
 //! The `vigil` command line. Each subcommand returns an [`Outcome`] that maps to a
 //! documented exit code; errors meant for people carry file:line:column and a hint.
 
+mod service;
+
 use crate::diagnostic::Diagnostics;
 use crate::dry_run::{self, Format, Start};
 use crate::policy::{Policy, PolicyError};
@@ -48,6 +50,31 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "table")]
         format: RenderFormat,
     },
+    /// Start the instance: connect, migrate, recover, then serve until SIGTERM or SIGINT.
+    Run {
+        /// Settings.
+        #[command(flatten)]
+        service: service::ServiceArgs,
+    },
+    /// Check what recovery would find, read-only: print the receipt and exit with the code
+    /// the service would (0 active, 5 degraded, the policy's code on a halt).
+    Recover {
+        /// Required: recovery itself only runs as part of `vigil run`.
+        #[arg(long, required = true)]
+        check: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Settings.
+        #[command(flatten)]
+        service: service::ServiceArgs,
+    },
+    /// Apply database migrations (idempotent).
+    Migrate {
+        /// Settings.
+        #[command(flatten)]
+        service: service::ServiceArgs,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
@@ -94,6 +121,8 @@ pub enum Outcome {
     Invalid,
     /// A file could not be read; the error was printed.
     Failed,
+    /// The command decided its own exit code (the service, `recover --check`).
+    Exit(u8),
 }
 
 /// Runs the command line and returns the process exit code.
@@ -103,6 +132,7 @@ pub fn main() -> ExitCode {
         Ok(Outcome::Ok) => ExitCode::from(EXIT_OK),
         Ok(Outcome::Invalid) => ExitCode::from(EXIT_INVALID),
         Ok(Outcome::Failed) => ExitCode::from(EXIT_FAILURE),
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::from(EXIT_FAILURE)
@@ -116,6 +146,13 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Check { files } => check(&files),
         Command::DryRun(args) => dry_run_command(&args),
         Command::Machines { name, format } => machines(name.as_deref(), format),
+        Command::Run { service } => service::run(&service),
+        Command::Recover {
+            check: _,
+            format,
+            service,
+        } => service::recover_check(&service, format),
+        Command::Migrate { service } => service::migrate(&service),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut script);

@@ -3,10 +3,10 @@
 //!
 //! The driver never sleeps and never reads the clock: every call says what time it is, in
 //! milliseconds since the driver started. [`virtual_time`] runs it against a virtual clock
-//! (dry-runs, tests); [`real_time`] runs it against tokio's clock (the service). Both share
+//! (dry-runs); [`live`] carries out effects for real, waiting on tokio's clock (the service). Both share
 //! this code, so a dry-run shows exactly what the service does.
 
-pub mod real_time;
+pub mod live;
 pub mod virtual_time;
 
 use crate::machines::failure::{self, FailureEvent, FailureResponse};

@@ -1,10 +1,13 @@
-//! Runs the driver against tokio's clock, for the service: inputs arrive on a channel,
-//! retries wait for real, and every effect is handed to an [`Executor`].
+//! The live loop: inputs arrive on a channel, every effect is handed to an [`Executor`] that
+//! carries it out for real, and retries wait on a [`Clock`]. The service uses tokio's clock
+//! ([`TokioClock`]); tests that drive real storage use [`InstantClock`], which jumps straight
+//! to each deadline so a 1s/2s/4s schedule runs at once and still reads t=1s, t=3s, t=7s.
 
 use super::{Driver, Input, Step};
 use crate::machines::Effect;
 use std::collections::VecDeque;
 use std::future::Future;
+use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -12,10 +15,10 @@ use tokio::time::Instant;
 /// so a full queue means the driver is stuck, and senders should wait rather than pile up.
 pub const INPUT_QUEUE_DEPTH: usize = 64;
 
-/// The most follow-up inputs waiting at once. Only a reattempt produces one (its outcome),
-/// a step holds at most one reattempt per failure kind, and outcome steps schedule retries
-/// rather than run them, so the queue never holds more than one per kind; exceeding this
-/// bound means the effects loop, which is a bug.
+/// The most follow-up inputs waiting at once. Only a reattempt or a status change produces
+/// one (its outcome), a step holds at most one reattempt per failure kind, and outcome steps
+/// schedule retries rather than run them, so the queue stays short; exceeding this bound
+/// means the effects loop, which is a bug.
 pub const MAX_PENDING_FOLLOW_UPS: usize = 16;
 
 /// The input channel the service feeds the driver through, bounded by [`INPUT_QUEUE_DEPTH`].
@@ -35,38 +38,91 @@ pub trait Executor {
     }
 }
 
-/// Runs until the lifecycle reaches a terminal state and returns the process exit code.
-/// When every sender is dropped, nobody is left to report signals in flight, so the
+/// Where the live loop gets its time from.
+pub trait Clock {
+    /// Milliseconds since the loop started.
+    fn now_ms(&self) -> u64;
+
+    /// Waits until `due_ms`.
+    fn sleep_until_ms(&mut self, due_ms: u64) -> impl Future<Output = ()>;
+}
+
+/// tokio's clock, for the service.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    /// When the loop started.
+    started: Instant,
+}
+
+impl TokioClock {
+    /// A clock whose time 0 is now.
+    pub fn start() -> TokioClock {
+        TokioClock {
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn sleep_until_ms(&mut self, due_ms: u64) {
+        tokio::time::sleep_until(self.started + Duration::from_millis(due_ms)).await;
+    }
+}
+
+/// A clock that never waits: asked to sleep, it moves its time to the deadline at once.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InstantClock {
+    /// The current time.
+    now_ms: u64,
+}
+
+impl Clock for InstantClock {
+    fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    async fn sleep_until_ms(&mut self, due_ms: u64) {
+        self.now_ms = self.now_ms.max(due_ms);
+    }
+}
+
+/// Carries out the initial step, then runs until the lifecycle reaches a terminal state and
+/// returns the process exit code. Inputs already waiting are taken before a retry that is
+/// due. When every sender is dropped, nobody is left to report signals in flight, so the
 /// instance stops and drains at once.
-pub async fn run<E: Executor>(
+pub async fn run<E: Executor, C: Clock>(
     driver: &mut Driver,
+    init: &Step,
     inputs: &mut mpsc::Receiver<Input>,
     executor: &mut E,
+    clock: &mut C,
 ) -> u8 {
-    let started = Instant::now();
-    let now_ms =
-        |started: Instant| u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let mut follow_ups = VecDeque::new();
+    carry_out(executor, init, &mut follow_ups).await;
+    drain_follow_ups(driver, executor, clock, &mut follow_ups).await;
     let mut closed = false;
     loop {
         if let Some(code) = driver.exit_code() {
             return code;
         }
-        let deadline = driver
-            .next_due_ms()
-            .map(|due_ms| started + std::time::Duration::from_millis(due_ms));
+        let deadline = driver.next_due_ms();
         let step = tokio::select! {
+            biased;
             input = inputs.recv(), if !closed => match input {
-                Some(input) => driver.deliver(now_ms(started).max(driver.now_ms()), input),
+                Some(input) => driver.deliver(clock.now_ms().max(driver.now_ms()), input),
                 None => {
                     closed = true;
-                    let stop = driver.deliver(now_ms(started).max(driver.now_ms()), Input::Stop);
+                    let stop = driver.deliver(clock.now_ms().max(driver.now_ms()), Input::Stop);
                     carry_out(executor, &stop, &mut VecDeque::new()).await;
                     driver.deliver(driver.now_ms(), Input::Drained)
                 }
             },
-            () = sleep_until(deadline), if deadline.is_some() => {
-                let due_ms = driver.next_due_ms().unwrap_or(0);
-                match driver.fire_due(due_ms.max(driver.now_ms())) {
+            () = sleep_until(clock, deadline), if deadline.is_some() => {
+                match driver.fire_due(clock.now_ms().max(driver.now_ms())) {
                     Some(step) => step,
                     None => continue,
                 }
@@ -74,12 +130,20 @@ pub async fn run<E: Executor>(
             // Neither an input nor a retry can arrive any more.
             else => driver.deliver(driver.now_ms(), Input::Drained),
         };
-        let mut follow_ups = VecDeque::new();
         carry_out(executor, &step, &mut follow_ups).await;
-        while let Some(input) = follow_ups.pop_front() {
-            let step = driver.deliver(now_ms(started).max(driver.now_ms()), input);
-            carry_out(executor, &step, &mut follow_ups).await;
-        }
+        drain_follow_ups(driver, executor, clock, &mut follow_ups).await;
+    }
+}
+
+async fn drain_follow_ups<E: Executor, C: Clock>(
+    driver: &mut Driver,
+    executor: &mut E,
+    clock: &C,
+    follow_ups: &mut VecDeque<Input>,
+) {
+    while let Some(input) = follow_ups.pop_front() {
+        let step = driver.deliver(clock.now_ms().max(driver.now_ms()), input);
+        carry_out(executor, &step, follow_ups).await;
     }
 }
 
@@ -96,9 +160,9 @@ async fn carry_out<E: Executor>(executor: &mut E, step: &Step, follow_ups: &mut 
     executor.observe(step);
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+async fn sleep_until<C: Clock>(clock: &mut C, deadline: Option<u64>) {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        Some(due_ms) => clock.sleep_until_ms(due_ms).await,
         None => std::future::pending().await,
     }
 }
@@ -145,7 +209,7 @@ mod tests {
     /// The service's clock and the dry-run's clock take the same transitions at the same
     /// times: a 1s/2s/4s schedule under tokio's paused clock matches the virtual one.
     #[tokio::test(start_paused = true)]
-    async fn real_time_matches_virtual_time() {
+    async fn live_loop_matches_virtual_time() {
         let policy = Policy::builtin_default();
         let script = [Input::Started, Input::Failure(FailureKind::DbUnavailable)];
 
@@ -157,18 +221,21 @@ mod tests {
 
         let (mut driver, init) = Driver::new(&policy, "vigil", fastrand::Rng::with_seed(1));
         let mut executor = Persisting { steps: Vec::new() };
-        executor.observe(&init);
         let (sender, mut receiver) = channel();
         for input in script {
             sender.send(input).await.unwrap();
         }
         let runner = async {
             // Stop once the outage is tolerated, as an operator would.
-            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
             sender.send(Input::Stop).await.unwrap();
             sender.send(Input::Drained).await.unwrap();
         };
-        let (code, ()) = tokio::join!(run(&mut driver, &mut receiver, &mut executor), runner);
+        let mut clock = TokioClock::start();
+        let (code, ()) = tokio::join!(
+            run(&mut driver, &init, &mut receiver, &mut executor, &mut clock),
+            runner
+        );
 
         assert_eq!(code, 0);
         let until_stop: Vec<_> = executor
@@ -189,7 +256,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn closing_the_channel_stops_the_instance() {
         let policy = Policy::builtin_default();
-        let (mut driver, _) = Driver::new(&policy, "vigil", fastrand::Rng::with_seed(1));
+        let (mut driver, init) = Driver::new(&policy, "vigil", fastrand::Rng::with_seed(1));
         let mut executor = Persisting { steps: Vec::new() };
         let (sender, mut receiver) = channel();
         for input in [
@@ -200,7 +267,14 @@ mod tests {
             sender.send(input).await.unwrap();
         }
         drop(sender);
-        let code = run(&mut driver, &mut receiver, &mut executor).await;
+        let code = run(
+            &mut driver,
+            &init,
+            &mut receiver,
+            &mut executor,
+            &mut InstantClock::default(),
+        )
+        .await;
         assert_eq!(code, 0);
         assert_eq!(driver.state().name(), "stopped");
         assert_eq!(driver.next_due_ms(), None);

@@ -1,0 +1,127 @@
+//! Positions, portfolio totals and pyramiding state, with money as exact decimals.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+/// Whether a position is still held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionStatus {
+    /// Held: counts towards total risk and margin used.
+    Open,
+    /// Exited: its realized P&L is in closed equity.
+    Closed,
+}
+
+impl PositionStatus {
+    /// The name stored in the database.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PositionStatus::Open => "open",
+            PositionStatus::Closed => "closed",
+        }
+    }
+
+    /// Looks a status up by its stored name.
+    pub fn parse(name: &str) -> Option<PositionStatus> {
+        match name {
+            "open" => Some(PositionStatus::Open),
+            "closed" => Some(PositionStatus::Closed),
+            _ => None,
+        }
+    }
+}
+
+/// One position: a base entry or a pyramid on an instrument.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Position {
+    /// Unique id.
+    pub id: String,
+    /// The instrument traded.
+    pub instrument: String,
+    /// The TradingView position label.
+    pub label: String,
+    /// Open or closed.
+    pub status: PositionStatus,
+    /// Size in lots; always positive.
+    pub lots: Decimal,
+    /// Fill price.
+    pub entry_price: Decimal,
+    /// Protective stop.
+    pub stop_price: Decimal,
+    /// |entry − stop| × lots × point value, in account currency.
+    pub risk_amount: Decimal,
+    /// lots × margin per lot, in account currency.
+    pub margin: Decimal,
+    /// Whether this is the instrument's base position (pyramids hang off it).
+    pub is_base_position: bool,
+    /// For a pyramid, its base position; `None` for a base, or once the base row is deleted.
+    pub base_position_id: Option<String>,
+    /// When the position was opened.
+    pub entry_time: DateTime<Utc>,
+    /// Optimistic-concurrency version, bumped on every write.
+    pub version: i64,
+}
+
+/// The portfolio totals, kept in step with the open positions in one transaction per signal.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Portfolio {
+    /// Capital the account started with.
+    pub initial_capital: Decimal,
+    /// Initial capital plus all realized P&L.
+    pub closed_equity: Decimal,
+    /// Sum of the open positions' risk.
+    pub total_risk: Decimal,
+    /// Sum of the open positions' margin.
+    pub margin_used: Decimal,
+    /// Optimistic-concurrency version, bumped on every write.
+    pub version: i64,
+}
+
+impl Portfolio {
+    /// A new account with no positions.
+    pub fn fresh(initial_capital: Decimal) -> Portfolio {
+        Portfolio {
+            initial_capital,
+            closed_equity: initial_capital,
+            total_risk: Decimal::ZERO,
+            margin_used: Decimal::ZERO,
+            version: 0,
+        }
+    }
+}
+
+/// Pyramiding state of one instrument.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Pyramiding {
+    /// The instrument.
+    pub instrument: String,
+    /// Price of the last pyramid added.
+    pub last_pyramid_price: Decimal,
+    /// The base position pyramids are added to.
+    pub base_position_id: Option<String>,
+}
+
+/// Contract terms of an instrument, from the deployment file.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Instrument {
+    /// Units per lot.
+    pub lot_size: Decimal,
+    /// Account currency per point of price movement per lot.
+    pub point_value: Decimal,
+    /// Margin blocked per lot, in account currency.
+    pub margin_per_lot: Decimal,
+}
+
+impl Instrument {
+    /// |entry − stop| × lots × point value.
+    pub fn risk(&self, entry: Decimal, stop: Decimal, lots: Decimal) -> Decimal {
+        (entry - stop).abs() * lots * self.point_value
+    }
+
+    /// lots × margin per lot.
+    pub fn margin(&self, lots: Decimal) -> Decimal {
+        lots * self.margin_per_lot
+    }
+}

@@ -1,0 +1,312 @@
+//! Crash recovery, the pure part: decode stored rows into positions, portfolio totals and
+//! pyramiding state, check that they agree, and write a [`Receipt`]. No I/O and no clock:
+//! the caller reads the rows and measures the duration.
+
+mod receipt;
+
+pub use receipt::{Check, Counts, Receipt, Verdict};
+
+use crate::domain::{Instrument, Portfolio, Position, PositionStatus, Pyramiding};
+use crate::store::{PortfolioRow, PositionRow, PyramidingRow, RecoveryRows};
+use crate::vocabulary::FailureKind;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::str::FromStr;
+
+/// The most problems a receipt lists one by one; the rest are counted. A damaged table can
+/// hold a problem per row, and a receipt of 100,000 lines helps nobody.
+pub const MAX_LISTED_PROBLEMS: usize = 20;
+
+/// The in-memory state recovery rebuilds.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct State {
+    /// Open positions, by id order.
+    pub positions: Vec<Position>,
+    /// Portfolio totals; a fresh, empty portfolio when none was ever stored.
+    pub portfolio: Option<Portfolio>,
+    /// Pyramiding state per instrument.
+    pub pyramiding: Vec<Pyramiding>,
+}
+
+/// Runs recovery on `rows`: decode, rebuild, validate. `tolerance` is the policy's
+/// consistency tolerance; `instruments` is the deployment's instrument table (checks that
+/// need it are skipped when it is empty).
+pub fn recover(
+    rows: &RecoveryRows,
+    tolerance: Decimal,
+    instruments: &BTreeMap<String, Instrument>,
+    duration_ms: u64,
+) -> (Option<State>, Receipt) {
+    let mut problems = Problems::default();
+    let state = decode(rows, &mut problems);
+    if !problems.is_empty() {
+        let checks = vec![problems.into_check("stored values decode", FailureKind::DataCorrupt)];
+        return (
+            None,
+            Receipt::new(Counts::of_rows(rows), None, checks, duration_ms),
+        );
+    }
+    let checks = validate(&state, tolerance, instruments);
+    let counts = Counts::of(&state);
+    let closed_equity = state
+        .portfolio
+        .as_ref()
+        .map(|portfolio| portfolio.closed_equity);
+    (
+        Some(state),
+        Receipt::new(counts, closed_equity, checks, duration_ms),
+    )
+}
+
+/// Problems found while decoding, with the first few spelled out.
+#[derive(Debug, Default)]
+struct Problems {
+    listed: Vec<String>,
+    more: usize,
+}
+
+impl Problems {
+    fn push(&mut self, problem: String) {
+        if self.listed.len() < MAX_LISTED_PROBLEMS {
+            self.listed.push(problem);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.listed.is_empty()
+    }
+
+    fn into_check(self, name: &'static str, kind: FailureKind) -> Check {
+        let mut detail = self.listed.join("; ");
+        if self.more > 0 {
+            detail.push_str(&format!("; and {} more", self.more));
+        }
+        Check::failed(name, kind, detail)
+    }
+}
+
+fn decimal(problems: &mut Problems, place: &str, text: &str) -> Decimal {
+    match Decimal::from_str(text.trim()) {
+        Ok(value) => value,
+        Err(_) => {
+            problems.push(format!("{place} = {text:?} is not a decimal number"));
+            Decimal::ZERO
+        }
+    }
+}
+
+fn positive(problems: &mut Problems, place: &str, value: Decimal) {
+    if value <= Decimal::ZERO {
+        problems.push(format!("{place} = {value} is not positive"));
+    }
+}
+
+fn not_negative(problems: &mut Problems, place: &str, value: Decimal) {
+    if value < Decimal::ZERO {
+        problems.push(format!("{place} = {value} is negative"));
+    }
+}
+
+fn decode(rows: &RecoveryRows, problems: &mut Problems) -> State {
+    let positions = rows
+        .positions
+        .iter()
+        .map(|row| decode_position(row, problems))
+        .collect();
+    let portfolio = rows
+        .portfolio
+        .as_ref()
+        .map(|row| decode_portfolio(row, problems));
+    if portfolio.is_none() && !rows.positions.is_empty() {
+        problems.push("open positions exist but no portfolio state is stored".to_string());
+    }
+    let pyramiding = rows
+        .pyramiding
+        .iter()
+        .map(|row| decode_pyramiding(row, problems))
+        .collect();
+    State {
+        positions,
+        portfolio,
+        pyramiding,
+    }
+}
+
+fn decode_position(row: &PositionRow, problems: &mut Problems) -> Position {
+    let at = |column: &str| format!("position {} {column}", row.id);
+    let status = PositionStatus::parse(&row.status).unwrap_or_else(|| {
+        problems.push(format!(
+            "{} = {:?} is not open or closed",
+            at("status"),
+            row.status
+        ));
+        PositionStatus::Open
+    });
+    let lots = decimal(problems, &at("lots"), &row.lots);
+    positive(problems, &at("lots"), lots);
+    let entry_price = decimal(problems, &at("entry_price"), &row.entry_price);
+    positive(problems, &at("entry_price"), entry_price);
+    let stop_price = decimal(problems, &at("stop_price"), &row.stop_price);
+    not_negative(problems, &at("stop_price"), stop_price);
+    let risk_amount = decimal(problems, &at("risk_amount"), &row.risk_amount);
+    not_negative(problems, &at("risk_amount"), risk_amount);
+    let margin = decimal(problems, &at("margin"), &row.margin);
+    not_negative(problems, &at("margin"), margin);
+    let entry_time = DateTime::parse_from_rfc3339(&row.entry_time)
+        .map(|time| time.with_timezone(&Utc))
+        .unwrap_or_else(|_| {
+            problems.push(format!(
+                "{} = {:?} is not a timestamp",
+                at("entry_time"),
+                row.entry_time
+            ));
+            DateTime::<Utc>::MIN_UTC
+        });
+    Position {
+        id: row.id.clone(),
+        instrument: row.instrument.clone(),
+        label: row.label.clone(),
+        status,
+        lots,
+        entry_price,
+        stop_price,
+        risk_amount,
+        margin,
+        is_base_position: row.is_base_position,
+        base_position_id: row.base_position_id.clone(),
+        entry_time,
+        version: row.version,
+    }
+}
+
+fn decode_portfolio(row: &PortfolioRow, problems: &mut Problems) -> Portfolio {
+    let total_risk = decimal(problems, "portfolio total_risk", &row.total_risk);
+    not_negative(problems, "portfolio total_risk", total_risk);
+    let margin_used = decimal(problems, "portfolio margin_used", &row.margin_used);
+    not_negative(problems, "portfolio margin_used", margin_used);
+    Portfolio {
+        initial_capital: decimal(problems, "portfolio initial_capital", &row.initial_capital),
+        closed_equity: decimal(problems, "portfolio closed_equity", &row.closed_equity),
+        total_risk,
+        margin_used,
+        version: row.version,
+    }
+}
+
+fn decode_pyramiding(row: &PyramidingRow, problems: &mut Problems) -> Pyramiding {
+    let place = format!("pyramiding {} last_pyramid_price", row.instrument);
+    let last_pyramid_price = decimal(problems, &place, &row.last_pyramid_price);
+    not_negative(problems, &place, last_pyramid_price);
+    Pyramiding {
+        instrument: row.instrument.clone(),
+        last_pyramid_price,
+        base_position_id: row.base_position_id.clone(),
+    }
+}
+
+/// The consistency checks, in the order the receipt lists them.
+fn validate(
+    state: &State,
+    tolerance: Decimal,
+    instruments: &BTreeMap<String, Instrument>,
+) -> Vec<Check> {
+    let open: Vec<&Position> = state
+        .positions
+        .iter()
+        .filter(|p| p.status == PositionStatus::Open)
+        .collect();
+    let by_id: HashMap<&str, &Position> = open.iter().map(|p| (p.id.as_str(), *p)).collect();
+    let fresh = Portfolio::fresh(Decimal::ZERO);
+    let portfolio = state.portfolio.as_ref().unwrap_or(&fresh);
+    let risk_sum: Decimal = open.iter().map(|p| p.risk_amount).sum();
+    let margin_sum: Decimal = open.iter().map(|p| p.margin).sum();
+    let mut checks = vec![
+        Check::sum("total risk", portfolio.total_risk, risk_sum, tolerance),
+        Check::sum("margin used", portfolio.margin_used, margin_sum, tolerance),
+    ];
+
+    let mut seen = HashSet::new();
+    let mut problems = Problems::default();
+    for position in &open {
+        if !seen.insert(position.id.as_str()) {
+            problems.push(format!("position id {} appears twice", position.id));
+        }
+    }
+    checks.push(problems.into_check_or_pass("position ids are unique"));
+
+    let mut problems = Problems::default();
+    for pyramid in open.iter().filter(|p| !p.is_base_position) {
+        match pyramid
+            .base_position_id
+            .as_deref()
+            .map(|id| (id, by_id.get(id)))
+        {
+            None => problems.push(format!("pyramid {} has no base position", pyramid.id)),
+            Some((id, None)) => problems.push(format!(
+                "pyramid {} names base {id}, which is not an open position",
+                pyramid.id
+            )),
+            Some((id, Some(base)))
+                if !base.is_base_position || base.instrument != pyramid.instrument =>
+            {
+                problems.push(format!(
+                    "pyramid {} names {id}, which is not the base of {}",
+                    pyramid.id, pyramid.instrument
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    checks.push(problems.into_check_or_pass("every pyramid has an open base"));
+
+    let mut problems = Problems::default();
+    for pyramiding in &state.pyramiding {
+        match pyramiding.base_position_id.as_deref() {
+            None => {}
+            Some(id) if by_id.get(id).is_some_and(|base| base.is_base_position) => {}
+            Some(id) => problems.push(format!(
+                "pyramiding state of {} names base {id}, which is not an open base position",
+                pyramiding.instrument
+            )),
+        }
+    }
+    checks.push(problems.into_check_or_pass("pyramiding state points at open bases"));
+
+    if !instruments.is_empty() {
+        let mut problems = Problems::default();
+        for position in &open {
+            let Some(instrument) = instruments.get(&position.instrument) else {
+                problems.push(format!(
+                    "position {} trades {}, which the deployment does not configure",
+                    position.id, position.instrument
+                ));
+                continue;
+            };
+            let risk = instrument.risk(position.entry_price, position.stop_price, position.lots);
+            let margin = instrument.margin(position.lots);
+            if (risk - position.risk_amount).abs() > tolerance
+                || (margin - position.margin).abs() > tolerance
+            {
+                problems.push(format!(
+                    "position {}: stored risk {} and margin {}, recomputed {risk} and {margin}",
+                    position.id, position.risk_amount, position.margin
+                ));
+            }
+        }
+        checks.push(problems.into_check_or_pass("position risk and margin match their instrument"));
+    }
+    checks
+}
+
+impl Problems {
+    fn into_check_or_pass(self, name: &'static str) -> Check {
+        if self.is_empty() {
+            Check::passed(name)
+        } else {
+            self.into_check(name, FailureKind::ValidationFailed)
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The recovery receipt: what was found, every check with its result, and how long it took.
+//! It is logged, kept for `/ready` and `/status`, and printed by `vigil recover --check`.
+
+use super::State;
+use crate::domain::PositionStatus;
+use crate::vocabulary::FailureKind;
+use rust_decimal::Decimal;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use std::fmt;
+
+/// How many of what recovery found.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct Counts {
+    /// Open positions.
+    pub open_positions: usize,
+    /// Open base positions.
+    pub base_positions: usize,
+    /// Open pyramids.
+    pub pyramids: usize,
+    /// Instruments with an open position.
+    pub instruments: usize,
+    /// Pyramiding state rows.
+    pub pyramiding_states: usize,
+}
+
+impl Counts {
+    /// Counts taken from rows that did not all decode: every row read counts as open.
+    pub(super) fn of_rows(rows: &crate::store::RecoveryRows) -> Counts {
+        let base_positions = rows
+            .positions
+            .iter()
+            .filter(|row| row.is_base_position)
+            .count();
+        Counts {
+            open_positions: rows.positions.len(),
+            base_positions,
+            pyramids: rows.positions.len() - base_positions,
+            instruments: rows
+                .positions
+                .iter()
+                .map(|row| row.instrument.as_str())
+                .collect::<BTreeSet<_>>()
+                .len(),
+            pyramiding_states: rows.pyramiding.len(),
+        }
+    }
+
+    pub(super) fn of(state: &State) -> Counts {
+        let open: Vec<_> = state
+            .positions
+            .iter()
+            .filter(|p| p.status == PositionStatus::Open)
+            .collect();
+        let base_positions = open.iter().filter(|p| p.is_base_position).count();
+        Counts {
+            open_positions: open.len(),
+            base_positions,
+            pyramids: open.len() - base_positions,
+            instruments: open
+                .iter()
+                .map(|p| p.instrument.as_str())
+                .collect::<BTreeSet<_>>()
+                .len(),
+            pyramiding_states: state.pyramiding.len(),
+        }
+    }
+}
+
+/// One check and its result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// What was checked.
+    pub name: &'static str,
+    /// Whether it held.
+    pub passed: bool,
+    /// The failure kind a failed check is answered with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<FailureKind>,
+    /// The stored value, for sum checks.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub expected: Option<Decimal>,
+    /// The value recomputed from open positions, for sum checks.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub actual: Option<Decimal>,
+    /// `actual − expected`, in account currency, for sum checks.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub difference: Option<Decimal>,
+    /// The allowed difference, for sum checks.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "rust_decimal::serde::str_option"
+    )]
+    pub tolerance: Option<Decimal>,
+    /// What was found, in words.
+    pub detail: String,
+}
+
+impl Check {
+    pub(super) fn passed(name: &'static str) -> Check {
+        Check {
+            name,
+            passed: true,
+            kind: None,
+            expected: None,
+            actual: None,
+            difference: None,
+            tolerance: None,
+            detail: String::new(),
+        }
+    }
+
+    pub(super) fn failed(name: &'static str, kind: FailureKind, detail: String) -> Check {
+        Check {
+            name,
+            passed: false,
+            kind: Some(kind),
+            expected: None,
+            actual: None,
+            difference: None,
+            tolerance: None,
+            detail,
+        }
+    }
+
+    /// A stored total against the sum over open positions.
+    pub(super) fn sum(
+        name: &'static str,
+        stored: Decimal,
+        summed: Decimal,
+        tolerance: Decimal,
+    ) -> Check {
+        let difference = summed - stored;
+        let passed = difference.abs() <= tolerance;
+        let detail = if passed {
+            String::new()
+        } else {
+            format!("stored {stored} but open positions sum to {summed}: off by {difference}, tolerance {tolerance}")
+        };
+        Check {
+            name,
+            passed,
+            kind: (!passed).then_some(FailureKind::ValidationFailed),
+            expected: Some(stored),
+            actual: Some(summed),
+            difference: Some(difference),
+            tolerance: Some(tolerance),
+            detail,
+        }
+    }
+}
+
+/// The receipt's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(tag = "verdict", rename_all = "snake_case")]
+pub enum Verdict {
+    /// Every check passed: the instance may serve.
+    Clean,
+    /// A check failed; the policy answers `kind`.
+    Failed {
+        /// The failure kind of the first failed check.
+        kind: FailureKind,
+    },
+}
+
+/// What recovery found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    /// Clean or failed.
+    #[serde(flatten)]
+    pub verdict: Verdict,
+    /// How many of what.
+    pub counts: Counts,
+    /// The stored closed equity, when the portfolio decoded.
+    #[serde(with = "rust_decimal::serde::str_option")]
+    pub closed_equity: Option<Decimal>,
+    /// Every check, in order.
+    pub checks: Vec<Check>,
+    /// Fetch, rebuild and validate, in milliseconds.
+    pub duration_ms: u64,
+}
+
+impl Receipt {
+    pub(super) fn new(
+        counts: Counts,
+        closed_equity: Option<Decimal>,
+        checks: Vec<Check>,
+        duration_ms: u64,
+    ) -> Receipt {
+        let verdict = match checks.iter().find_map(|check| check.kind) {
+            Some(kind) => Verdict::Failed { kind },
+            None => Verdict::Clean,
+        };
+        Receipt {
+            verdict,
+            counts,
+            closed_equity,
+            checks,
+            duration_ms,
+        }
+    }
+
+    /// The failure the policy must answer, if any.
+    pub fn failure(&self) -> Option<FailureKind> {
+        match self.verdict {
+            Verdict::Clean => None,
+            Verdict::Failed { kind } => Some(kind),
+        }
+    }
+
+    /// One line for the log.
+    pub fn summary(&self) -> String {
+        let failed: Vec<&str> = self
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name)
+            .collect();
+        let verdict = match self.verdict {
+            Verdict::Clean => "clean".to_string(),
+            Verdict::Failed { kind } => format!("{} ({})", kind.code(), failed.join(", ")),
+        };
+        format!(
+            "recovery receipt: {verdict}; {} open positions ({} base, {} pyramids) on {} instruments; {} of {} checks passed; {} ms",
+            self.counts.open_positions,
+            self.counts.base_positions,
+            self.counts.pyramids,
+            self.counts.instruments,
+            self.checks.len() - failed.len(),
+            self.checks.len(),
+            self.duration_ms
+        )
+    }
+}
+
+impl fmt::Display for Receipt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.verdict {
+            Verdict::Clean => writeln!(f, "recovery receipt: clean")?,
+            Verdict::Failed { kind } => writeln!(f, "recovery receipt: FAILED, {}", kind.code())?,
+        }
+        let counts = &self.counts;
+        writeln!(
+            f,
+            "  open positions: {} ({} base, {} pyramids) on {} instruments; {} pyramiding states",
+            counts.open_positions,
+            counts.base_positions,
+            counts.pyramids,
+            counts.instruments,
+            counts.pyramiding_states
+        )?;
+        if let Some(equity) = self.closed_equity {
+            writeln!(f, "  closed equity: {equity}")?;
+        }
+        writeln!(f, "  checks:")?;
+        for check in &self.checks {
+            let mark = if check.passed { "ok  " } else { "FAIL" };
+            write!(f, "    [{mark}] {}", check.name)?;
+            match (
+                check.expected,
+                check.actual,
+                check.difference,
+                check.tolerance,
+            ) {
+                (Some(expected), Some(actual), Some(difference), Some(tolerance)) => {
+                    write!(f, ": stored {expected}, open positions sum to {actual}, difference {difference}")?;
+                    if !check.passed {
+                        write!(f, ", more than the tolerance of {tolerance}")?;
+                    }
+                }
+                _ if !check.passed => write!(f, ": {}", check.detail)?,
+                _ => {}
+            }
+            writeln!(f)?;
+        }
+        write!(f, "  duration: {} ms", self.duration_ms)
+    }
+}

@@ -1,0 +1,337 @@
+//! Storage: one [`Store`] trait, two sqlx backends chosen by URL. SQLite (`sqlite://…`, a
+//! file in WAL mode, the embedded default) and PostgreSQL (`postgres://…`, production and
+//! HA). Only this module knows SQL.
+//!
+//! Reads for recovery return rows as stored, money as decimal *text*, so that decoding, and
+//! deciding what is corrupt, happens once in Rust for both backends.
+
+mod postgres;
+mod sqlite;
+
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+
+use crate::domain::{Portfolio, Position, Pyramiding};
+use crate::vocabulary::FailureKind;
+use chrono::{DateTime, Utc};
+use std::future::Future;
+use std::time::Duration;
+
+/// The URL `vigil run` and `vigil migrate` use when none is given: a SQLite file in the
+/// working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://vigil.db";
+
+/// The most connections a pool opens. Recovery needs one; the webhook path needs a few.
+pub const POOL_MAX_CONNECTIONS: u32 = 8;
+
+/// How long to wait for a connection before calling the database unavailable. Short, so the
+/// policy's retry schedule, not the driver, decides how long to wait in all.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Whether a store may write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// The service: migrations, status, trading.
+    ReadWrite,
+    /// `vigil recover --check`: the connection itself refuses writes, so the check cannot
+    /// change anything even by mistake.
+    ReadOnly,
+}
+
+/// A position row as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PositionRow {
+    /// Unique id.
+    pub id: String,
+    /// Instrument.
+    pub instrument: String,
+    /// Label.
+    pub label: String,
+    /// `open` or `closed`, as stored.
+    pub status: String,
+    /// Decimal text.
+    pub lots: String,
+    /// Decimal text.
+    pub entry_price: String,
+    /// Decimal text.
+    pub stop_price: String,
+    /// Decimal text.
+    pub risk_amount: String,
+    /// Decimal text.
+    pub margin: String,
+    /// Base or pyramid.
+    pub is_base_position: bool,
+    /// The base of a pyramid.
+    pub base_position_id: Option<String>,
+    /// RFC 3339 text.
+    pub entry_time: String,
+    /// Optimistic-concurrency version.
+    pub version: i64,
+}
+
+/// The portfolio row as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PortfolioRow {
+    /// Decimal text.
+    pub initial_capital: String,
+    /// Decimal text.
+    pub closed_equity: String,
+    /// Decimal text.
+    pub total_risk: String,
+    /// Decimal text.
+    pub margin_used: String,
+    /// Optimistic-concurrency version.
+    pub version: i64,
+}
+
+/// A pyramiding row as stored.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PyramidingRow {
+    /// Instrument.
+    pub instrument: String,
+    /// Decimal text.
+    pub last_pyramid_price: String,
+    /// The base position.
+    pub base_position_id: Option<String>,
+}
+
+/// Everything recovery reads, from one consistent snapshot.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecoveryRows {
+    /// Every position that is not closed (unknown statuses included, so they are caught).
+    pub positions: Vec<PositionRow>,
+    /// The portfolio row, if one was ever written.
+    pub portfolio: Option<PortfolioRow>,
+    /// Every pyramiding row.
+    pub pyramiding: Vec<PyramidingRow>,
+}
+
+/// Who is writing the instance status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceRecord {
+    /// The instance id.
+    pub instance_id: String,
+    /// The host it runs on.
+    pub hostname: String,
+    /// When this process started.
+    pub started_at: DateTime<Utc>,
+}
+
+/// A full state to write in one transaction (seeding, tests, benchmarks).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct StateWrite {
+    /// Positions to insert.
+    pub positions: Vec<Position>,
+    /// The portfolio row to write.
+    pub portfolio: Option<Portfolio>,
+    /// Pyramiding rows to write.
+    pub pyramiding: Vec<Pyramiding>,
+}
+
+/// Why a store operation failed, already classified for the failure policy.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused, timed out or dropped the connection, or the pool is exhausted.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Stored bytes could not be decoded.
+    #[error("stored data cannot be decoded: {0}")]
+    Corrupt(String),
+    /// The database has no vigil tables.
+    #[error("the database has no vigil schema ({0}); run `vigil migrate` first")]
+    NoSchema(String),
+    /// The URL is not one vigil understands.
+    #[error("{0}")]
+    BadUrl(String),
+    /// Anything else.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// The failure kind the policy answers this error with.
+    pub fn kind(&self) -> FailureKind {
+        match self {
+            StoreError::Unavailable(_) => FailureKind::DbUnavailable,
+            StoreError::Corrupt(_) => FailureKind::DataCorrupt,
+            StoreError::NoSchema(_) | StoreError::BadUrl(_) | StoreError::Other(_) => {
+                FailureKind::Unexpected
+            }
+        }
+    }
+}
+
+/// Classifies an sqlx error. Backend-specific database codes are passed in by the backends.
+fn classify(
+    error: sqlx::Error,
+    database_code: impl Fn(&str, &str) -> Option<StoreError>,
+) -> StoreError {
+    let text = error.to_string();
+    match error {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => StoreError::Unavailable(text),
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(text),
+        sqlx::Error::ColumnNotFound(_) => StoreError::NoSchema(text),
+        sqlx::Error::Configuration(_) => StoreError::BadUrl(text),
+        sqlx::Error::Database(database) => {
+            let code = database
+                .code()
+                .map(|code| code.into_owned())
+                .unwrap_or_default();
+            database_code(&code, database.message()).unwrap_or(StoreError::Other(text))
+        }
+        _ => StoreError::Other(text),
+    }
+}
+
+/// Storage as the rest of vigil sees it.
+pub trait Store {
+    /// Applies the migrations that have not run yet. Idempotent.
+    fn migrate(&self) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Reads open positions, the portfolio and pyramiding state from one snapshot.
+    fn load_recovery_rows(&self) -> impl Future<Output = Result<RecoveryRows, StoreError>>;
+
+    /// Records the instance status (and refreshes its heartbeat).
+    fn record_status(
+        &self,
+        instance: &InstanceRecord,
+        status: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// The recorded status of `instance_id`, if any.
+    fn instance_status(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>>;
+
+    /// Writes positions, the portfolio and pyramiding state in one transaction.
+    fn write_state(&self, state: &StateWrite) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Reads open positions straight into rows with no decoding: the raw read limit that
+    /// recovery is measured against.
+    fn raw_open_position_scan(&self) -> impl Future<Output = Result<usize, StoreError>>;
+
+    /// Closes the pool, waiting for connections to finish.
+    fn close(&self) -> impl Future<Output = ()>;
+}
+
+/// A store of either backend, chosen by URL.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// `sqlite://…`
+    Sqlite(SqliteStore),
+    /// `postgres://…` or `postgresql://…`
+    Postgres(PgStore),
+}
+
+impl AnyStore {
+    /// Connects to `url`. A read-write SQLite store creates its file on first use.
+    pub async fn connect(url: &str, access: Access) -> Result<AnyStore, StoreError> {
+        if url.starts_with("sqlite:") {
+            Ok(AnyStore::Sqlite(SqliteStore::connect(url, access).await?))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(AnyStore::Postgres(PgStore::connect(url, access).await?))
+        } else {
+            Err(StoreError::BadUrl(format!(
+                "database URL `{}` is neither sqlite://FILE nor postgres://…",
+                redact(url)
+            )))
+        }
+    }
+}
+
+/// Hides a password in a URL before it is shown.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.find(':') {
+                Some(colon) => format!(
+                    "{}{}:***{}",
+                    &url[..scheme_end + 3],
+                    &credentials[..colon],
+                    &url[at..]
+                ),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $store:ident => $call:expr) => {
+        match $self {
+            AnyStore::Sqlite($store) => $call,
+            AnyStore::Postgres($store) => $call,
+        }
+    };
+}
+
+impl Store for AnyStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        delegate!(self, store => store.migrate().await)
+    }
+
+    async fn load_recovery_rows(&self) -> Result<RecoveryRows, StoreError> {
+        delegate!(self, store => store.load_recovery_rows().await)
+    }
+
+    async fn record_status(
+        &self,
+        instance: &InstanceRecord,
+        status: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        delegate!(self, store => store.record_status(instance, status, now).await)
+    }
+
+    async fn instance_status(&self, instance_id: &str) -> Result<Option<String>, StoreError> {
+        delegate!(self, store => store.instance_status(instance_id).await)
+    }
+
+    async fn write_state(&self, state: &StateWrite) -> Result<(), StoreError> {
+        delegate!(self, store => store.write_state(state).await)
+    }
+
+    async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {
+        delegate!(self, store => store.raw_open_position_scan().await)
+    }
+
+    async fn close(&self) {
+        delegate!(self, store => store.close().await)
+    }
+}
+
+/// RFC 3339 with microseconds and `Z`, the one timestamp text both backends store and read.
+pub fn timestamp_text(time: DateTime<Utc>) -> String {
+    time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        let cases = [
+            (
+                "postgres://vigil:secret@db:5432/vigil",
+                "postgres://vigil:***@db:5432/vigil",
+            ),
+            ("postgres://vigil@db/vigil", "postgres://vigil@db/vigil"),
+            ("sqlite://vigil.db", "sqlite://vigil.db"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact(url), shown);
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The SQLite backend: one file, WAL journal, foreign keys on. Money is TEXT.
+
+use super::{
+    classify, timestamp_text, Access, InstanceRecord, PortfolioRow, PositionRow, PyramidingRow,
+    RecoveryRows, StateWrite, Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
+};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use std::str::FromStr;
+
+/// A SQLite database file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// The connection pool.
+    pool: SqlitePool,
+}
+
+/// Maps SQLite result codes (extended codes carry the primary code in their low byte).
+fn classify_sqlite(error: sqlx::Error) -> StoreError {
+    classify(error, |code, message| {
+        let primary = code.parse::<i64>().ok()? & 0xff;
+        match primary {
+            // BUSY, LOCKED, IOERR, CANTOPEN, PROTOCOL: the file cannot be used right now.
+            5 | 6 | 10 | 14 | 15 => Some(StoreError::Unavailable(message.to_string())),
+            // CORRUPT, NOTADB: the file itself is damaged.
+            11 | 26 => Some(StoreError::Corrupt(message.to_string())),
+            1 if message.contains("no such table") => {
+                Some(StoreError::NoSchema(message.to_string()))
+            }
+            _ => None,
+        }
+    })
+}
+
+const LOAD_POSITIONS: &str =
+    "SELECT id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
+     margin, is_base_position, base_position_id, entry_time, version \
+     FROM positions WHERE status <> 'closed' ORDER BY id";
+
+const LOAD_PORTFOLIO: &str =
+    "SELECT initial_capital, closed_equity, total_risk, margin_used, version FROM portfolio_state WHERE id = 1";
+
+const LOAD_PYRAMIDING: &str =
+    "SELECT instrument, last_pyramid_price, base_position_id FROM pyramiding_state ORDER BY instrument";
+
+impl SqliteStore {
+    /// Opens `url`. Read-write creates the file if it is missing; read-only never does.
+    pub async fn connect(url: &str, access: Access) -> Result<SqliteStore, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|error| StoreError::BadUrl(format!("invalid SQLite URL `{url}`: {error}")))?
+            .foreign_keys(true)
+            .busy_timeout(CONNECT_TIMEOUT);
+        let options = match access {
+            Access::ReadWrite => options
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal),
+            Access::ReadOnly => options.read_only(true),
+        };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(POOL_MAX_CONNECTIONS)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_with(options)
+            .await
+            .map_err(classify_sqlite)?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+impl Store for SqliteStore {
+    async fn migrate(&self) -> Result<(), StoreError> {
+        sqlx::migrate!("migrations/sqlite")
+            .run(&self.pool)
+            .await
+            .map_err(|error| StoreError::Other(format!("migration failed: {error}")))
+    }
+
+    async fn load_recovery_rows(&self) -> Result<RecoveryRows, StoreError> {
+        // One read transaction, so the three reads see the same committed state.
+        let mut tx = self.pool.begin().await.map_err(classify_sqlite)?;
+        let positions = sqlx::query_as::<_, PositionRow>(LOAD_POSITIONS)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?;
+        let portfolio = sqlx::query_as::<_, PortfolioRow>(LOAD_PORTFOLIO)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?;
+        let pyramiding = sqlx::query_as::<_, PyramidingRow>(LOAD_PYRAMIDING)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?;
+        tx.rollback().await.map_err(classify_sqlite)?;
+        Ok(RecoveryRows {
+            positions,
+            portfolio,
+            pyramiding,
+        })
+    }
+
+    async fn record_status(
+        &self,
+        instance: &InstanceRecord,
+        status: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let now = timestamp_text(now);
+        sqlx::query(
+            "INSERT INTO instance_metadata (instance_id, status, hostname, started_at, last_heartbeat, updated_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
+             ON CONFLICT (instance_id) DO UPDATE SET status = excluded.status, hostname = excluded.hostname, \
+             started_at = excluded.started_at, last_heartbeat = excluded.last_heartbeat, updated_at = excluded.updated_at",
+        )
+        .bind(&instance.instance_id)
+        .bind(status)
+        .bind(&instance.hostname)
+        .bind(timestamp_text(instance.started_at))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(classify_sqlite)?;
+        Ok(())
+    }
+
+    async fn instance_status(&self, instance_id: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT status FROM instance_metadata WHERE instance_id = ?1")
+            .bind(instance_id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(classify_sqlite)
+    }
+
+    async fn write_state(&self, state: &StateWrite) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify_sqlite)?;
+        for position in &state.positions {
+            sqlx::query(
+                "INSERT INTO positions (id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
+                 margin, is_base_position, base_position_id, entry_time, version) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+            )
+            .bind(&position.id)
+            .bind(&position.instrument)
+            .bind(&position.label)
+            .bind(position.status.as_str())
+            .bind(position.lots.to_string())
+            .bind(position.entry_price.to_string())
+            .bind(position.stop_price.to_string())
+            .bind(position.risk_amount.to_string())
+            .bind(position.margin.to_string())
+            .bind(position.is_base_position)
+            .bind(&position.base_position_id)
+            .bind(timestamp_text(position.entry_time))
+            .bind(position.version)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?;
+        }
+        if let Some(portfolio) = &state.portfolio {
+            sqlx::query(
+                "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (id) DO UPDATE SET initial_capital = excluded.initial_capital, \
+                 closed_equity = excluded.closed_equity, total_risk = excluded.total_risk, \
+                 margin_used = excluded.margin_used, version = excluded.version, updated_at = excluded.updated_at",
+            )
+            .bind(portfolio.initial_capital.to_string())
+            .bind(portfolio.closed_equity.to_string())
+            .bind(portfolio.total_risk.to_string())
+            .bind(portfolio.margin_used.to_string())
+            .bind(portfolio.version)
+            .bind(timestamp_text(Utc::now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?;
+        }
+        for pyramiding in &state.pyramiding {
+            sqlx::query(
+                "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (instrument) DO UPDATE SET last_pyramid_price = excluded.last_pyramid_price, \
+                 base_position_id = excluded.base_position_id",
+            )
+            .bind(&pyramiding.instrument)
+            .bind(pyramiding.last_pyramid_price.to_string())
+            .bind(&pyramiding.base_position_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?;
+        }
+        tx.commit().await.map_err(classify_sqlite)
+    }
+
+    async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {
+        let rows = sqlx::query_as::<_, PositionRow>(LOAD_POSITIONS)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify_sqlite)?;
+        Ok(rows.len())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}

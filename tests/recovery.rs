@@ -1,0 +1,560 @@
+//! Crash recovery against real SQLite and real PostgreSQL.
+//!
+//! Each scenario seeds a database, damages it (or not), then (1) runs `vigil recover --check`
+//! on the real binary and proves it changed nothing, and (2) runs the real start-up (live
+//! loop, start-up executor, the store) with a clock that jumps straight to each retry, and
+//! snapshots the final lifecycle state, the exit code, the recorded instance status, the
+//! receipt and every log line.
+//!
+//! PostgreSQL runs when `VIGIL_TEST_DATABASE_URL` is set (each test gets a fresh database);
+//! otherwise it is skipped with a notice, unless `VIGIL_REQUIRE_SERVICES=1` makes that a
+//! failure.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::{TimeZone, Utc};
+use regex::Regex;
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use vigil::domain::{Portfolio, Position, PositionStatus, Pyramiding};
+use vigil::driver::live::{self, InstantClock};
+use vigil::driver::Driver;
+use vigil::logging::{self, Capture, VirtualTimer};
+use vigil::policy::Policy;
+use vigil::startup::{Startup, StartupConfig, Until};
+use vigil::store::{Access, AnyStore, InstanceRecord, StateWrite, Store};
+
+/// A scenario: a name, how to damage the seeded data per backend, and whether to seed.
+struct Scenario {
+    name: &'static str,
+    seed: bool,
+    /// SQL run after seeding: (SQLite, PostgreSQL).
+    damage: (&'static str, &'static str),
+}
+
+const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "normal_restart",
+        seed: true,
+        damage: ("", ""),
+    },
+    Scenario {
+        name: "empty_database",
+        seed: false,
+        damage: ("", ""),
+    },
+    Scenario {
+        name: "total_risk_tampered",
+        seed: true,
+        damage: (
+            "UPDATE portfolio_state SET total_risk = '999999.99'",
+            "UPDATE portfolio_state SET total_risk = 999999.99",
+        ),
+    },
+    Scenario {
+        name: "margin_used_tampered",
+        seed: true,
+        damage: (
+            "UPDATE portfolio_state SET margin_used = '760100.00'",
+            "UPDATE portfolio_state SET margin_used = 760100.00",
+        ),
+    },
+    Scenario {
+        name: "money_unparseable",
+        seed: true,
+        damage: (
+            "UPDATE positions SET risk_amount = '2,500.00' WHERE id = 'nifty-pyramid-1'",
+            "UPDATE positions SET risk_amount = 'NaN' WHERE id = 'nifty-pyramid-1'",
+        ),
+    },
+    Scenario {
+        name: "pyramid_base_missing",
+        seed: true,
+        // The base row is deleted and the totals adjusted to match, so only the missing base
+        // is wrong: the pyramids' base_position_id becomes NULL.
+        damage: (
+            "DELETE FROM positions WHERE id = 'nifty-base'; \
+             UPDATE portfolio_state SET total_risk = '9500.00', margin_used = '460000.00'",
+            "DELETE FROM positions WHERE id = 'nifty-base'; \
+             UPDATE portfolio_state SET total_risk = 9500.00, margin_used = 460000.00",
+        ),
+    },
+    Scenario {
+        name: "lots_not_positive",
+        seed: true,
+        damage: (
+            "UPDATE positions SET lots = '0' WHERE id = 'banknifty-base'",
+            "UPDATE positions SET lots = 0 WHERE id = 'banknifty-base'",
+        ),
+    },
+];
+
+/// Policies the scenarios run under.
+const POLICIES: &[&str] = &["default", "strict"];
+
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+/// A database to test against.
+struct Backend {
+    name: &'static str,
+    url: String,
+    /// The SQLite file, whose bytes must not change under `recover --check`.
+    file: Option<PathBuf>,
+    /// The PostgreSQL admin URL and database name, to drop it afterwards.
+    drop: Option<(String, String)>,
+}
+
+impl Backend {
+    fn sqlite(test: &str) -> Backend {
+        let dir = std::env::temp_dir().join(format!(
+            "vigil-test-{}-{test}-{}",
+            std::process::id(),
+            UNIQUE.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vigil.db");
+        Backend {
+            name: "sqlite",
+            url: format!("sqlite://{}", file.display()),
+            file: Some(file),
+            drop: None,
+        }
+    }
+
+    async fn postgres(test: &str) -> Option<Backend> {
+        let Ok(admin) = std::env::var("VIGIL_TEST_DATABASE_URL") else {
+            assert!(
+                std::env::var("VIGIL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "VIGIL_REQUIRE_SERVICES=1 but VIGIL_TEST_DATABASE_URL is not set"
+            );
+            eprintln!("notice: VIGIL_TEST_DATABASE_URL is not set; skipping the PostgreSQL half of {test}");
+            return None;
+        };
+        let name = format!(
+            "vigil_test_{}_{}_{test}",
+            std::process::id(),
+            UNIQUE.fetch_add(1, Ordering::Relaxed)
+        );
+        let pool = sqlx::PgPool::connect(&admin)
+            .await
+            .expect("VIGIL_TEST_DATABASE_URL does not accept connections");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
+        Some(Backend {
+            name: "postgres",
+            url: format!("{base}/{name}"),
+            file: None,
+            drop: Some((admin.clone(), name)),
+        })
+    }
+
+    /// Backends for one test: SQLite always, PostgreSQL when configured.
+    async fn all(test: &str) -> Vec<Backend> {
+        let mut backends = vec![Backend::sqlite(test)];
+        backends.extend(Backend::postgres(test).await);
+        backends
+    }
+
+    /// Runs `;`-separated statements with plain sqlx, as an outside hand would.
+    async fn execute(&self, sql: &str) {
+        for statement in sql.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            let statement = sqlx::AssertSqlSafe(statement.to_string());
+            match self.name {
+                "sqlite" => {
+                    let pool = sqlx::SqlitePool::connect(&self.url).await.unwrap();
+                    sqlx::query(statement).execute(&pool).await.unwrap();
+                    pool.close().await;
+                }
+                _ => {
+                    let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+                    sqlx::query(statement).execute(&pool).await.unwrap();
+                    pool.close().await;
+                }
+            }
+        }
+    }
+
+    /// Everything stored: the SQLite file's hash, or every PostgreSQL row as text.
+    async fn fingerprint(&self) -> String {
+        if let Some(file) = &self.file {
+            let mut hash = Sha256::new();
+            hash.update(std::fs::read(file).unwrap());
+            let wal = file.with_extension("db-wal");
+            if let Ok(bytes) = std::fs::read(&wal) {
+                hash.update(bytes);
+            }
+            return format!("{:x}", hash.finalize());
+        }
+        let pool = sqlx::PgPool::connect(&self.url).await.unwrap();
+        let mut rows = Vec::new();
+        for (table, key) in [
+            ("positions", "id"),
+            ("portfolio_state", "id"),
+            ("pyramiding_state", "instrument"),
+            ("instance_metadata", "instance_id"),
+        ] {
+            let query = format!("SELECT t::text FROM {table} t ORDER BY {key}");
+            let found: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(query))
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+            rows.push(format!("{table}: {found:?}"));
+        }
+        pool.close().await;
+        rows.join("\n")
+    }
+
+    async fn cleanup(self) {
+        if let Some((admin, name)) = self.drop {
+            let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+            sqlx::query(sqlx::AssertSqlSafe(drop))
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+        if let Some(file) = self.file {
+            let _ = std::fs::remove_dir_all(file.parent().unwrap());
+        }
+    }
+}
+
+fn money(text: &str) -> Decimal {
+    Decimal::from_str(text).unwrap()
+}
+
+/// A base and two pyramids on NIFTY, a base on BANKNIFTY, and a closed NIFTY trade whose
+/// numbers must take no part in the sums.
+fn seeded_state() -> StateWrite {
+    let at = |minute: u32| Utc.with_ymd_and_hms(2026, 11, 20, 9, minute, 0).unwrap();
+    let position = |id: &str,
+                    instrument: &str,
+                    base: Option<&str>,
+                    lots: &str,
+                    entry: &str,
+                    stop: &str,
+                    risk: &str,
+                    margin: &str,
+                    minute: u32| Position {
+        id: id.into(),
+        instrument: instrument.into(),
+        label: "long".into(),
+        status: PositionStatus::Open,
+        lots: money(lots),
+        entry_price: money(entry),
+        stop_price: money(stop),
+        risk_amount: money(risk),
+        margin: money(margin),
+        is_base_position: base.is_none(),
+        base_position_id: base.map(str::to_string),
+        entry_time: at(minute),
+        version: 1,
+    };
+    let mut closed = position(
+        "nifty-closed",
+        "NIFTY",
+        None,
+        "3",
+        "21500.00",
+        "21400.00",
+        "7500.00",
+        "450000.00",
+        1,
+    );
+    closed.status = PositionStatus::Closed;
+    StateWrite {
+        positions: vec![
+            closed,
+            position(
+                "nifty-base",
+                "NIFTY",
+                None,
+                "2",
+                "22000.00",
+                "21900.00",
+                "5000.00",
+                "300000.00",
+                15,
+            ),
+            position(
+                "nifty-pyramid-1",
+                "NIFTY",
+                Some("nifty-base"),
+                "1",
+                "22100.00",
+                "22000.00",
+                "2500.00",
+                "150000.00",
+                30,
+            ),
+            position(
+                "nifty-pyramid-2",
+                "NIFTY",
+                Some("nifty-base"),
+                "1",
+                "22200.50",
+                "22100.50",
+                "2500.00",
+                "150000.00",
+                45,
+            ),
+            position(
+                "banknifty-base",
+                "BANKNIFTY",
+                None,
+                "1",
+                "48000.00",
+                "47700.00",
+                "4500.00",
+                "160000.00",
+                20,
+            ),
+        ],
+        portfolio: Some(Portfolio {
+            initial_capital: money("1000000.00"),
+            closed_equity: money("1012345.67"),
+            total_risk: money("14500.00"),
+            margin_used: money("760000.00"),
+            version: 7,
+        }),
+        pyramiding: vec![
+            Pyramiding {
+                instrument: "NIFTY".into(),
+                last_pyramid_price: money("22200.50"),
+                base_position_id: Some("nifty-base".into()),
+            },
+            Pyramiding {
+                instrument: "BANKNIFTY".into(),
+                last_pyramid_price: money("48000.00"),
+                base_position_id: Some("banknifty-base".into()),
+            },
+        ],
+    }
+}
+
+fn policy(name: &str) -> Policy {
+    let path = PathBuf::from(format!("policies/{name}.toml"));
+    let source =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(&path)).unwrap();
+    Policy::parse(&path, &source).unwrap()
+}
+
+/// Durations and paths differ from run to run; everything else must not.
+fn normalise(text: &str, backend: &Backend) -> String {
+    let duration = Regex::new(r"\d+ ms").unwrap();
+    let mut text = duration.replace_all(text, "<n> ms").into_owned();
+    if let Some(file) = &backend.file {
+        text = text.replace(&file.display().to_string(), "<file>");
+    }
+    text.replace(&backend.url, "<url>")
+}
+
+fn snapshot(name: &str, text: &str) {
+    insta::with_settings!({ snapshot_path => "../snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+/// Runs the real start-up against `url` until it settles (active or degraded) or ends
+/// (crashed), and reports what happened.
+async fn start_up(url: &str, policy: &Policy) -> (String, Startup) {
+    let now_ms = Arc::new(AtomicU64::new(0));
+    let capture = Capture::default();
+    let subscriber = logging::subscriber(capture.clone(), VirtualTimer::new(Arc::clone(&now_ms)));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let mut startup = Startup::new(StartupConfig {
+        database_url: url.to_string(),
+        access: Access::ReadWrite,
+        instance: InstanceRecord {
+            instance_id: "vigil-test".into(),
+            hostname: "test-host".into(),
+            started_at: Utc.with_ymd_and_hms(2026, 11, 21, 8, 0, 0).unwrap(),
+        },
+        tolerance: policy.recovery.tolerance,
+        instruments: BTreeMap::new(),
+        until: Until::Stopped,
+    });
+    let mut status = startup.watch_status();
+    let (mut driver, init) = Driver::new(policy, "vigil-test", fastrand::Rng::with_seed(1));
+    driver.publish_time(now_ms);
+    let (_sender, mut inputs) = live::channel();
+    let mut clock = InstantClock::default();
+    let ending = {
+        let run = live::run(&mut driver, &init, &mut inputs, &mut startup, &mut clock);
+        tokio::select! {
+            code = run => format!("exit code {code}"),
+            _ = status.wait_for(|status| matches!(*status, "active" | "degraded")) => "still running".to_string(),
+        }
+    };
+    let state = driver.state().name();
+    let recorded = match startup.store() {
+        Some(store) => store
+            .instance_status("vigil-test")
+            .await
+            .unwrap()
+            .unwrap_or_else(|| "none".into()),
+        None => "none (no database)".into(),
+    };
+    let receipt = startup
+        .receipt
+        .as_ref()
+        .map_or("none".to_string(), ToString::to_string);
+    let report = format!(
+        "final state: {state}\n{ending}\nrecorded status: {recorded}\nreceipt:\n{receipt}\nlog:\n{}\n",
+        capture.take_lines().join("\n")
+    );
+    if let Some(store) = startup.store() {
+        store.close().await;
+    }
+    (report, startup)
+}
+
+/// `vigil recover --check` on the real binary; returns its report and exit code.
+fn recover_check(url: &str, policy: &str) -> (String, i32) {
+    let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "recover",
+            "--check",
+            "--database-url",
+            url,
+            "--policy",
+            &format!("policies/{policy}.toml"),
+        ])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("VIGIL_CONFIG")
+        .env("VIGIL_INSTANCE", "vigil-check")
+        .output()
+        .unwrap();
+    (
+        String::from_utf8(output.stdout).unwrap(),
+        output.status.code().unwrap_or(-1),
+    )
+}
+
+#[tokio::test]
+async fn recovery_scenarios() {
+    for scenario in SCENARIOS {
+        for backend in Backend::all(scenario.name).await {
+            // Seed through the store, as the service writes.
+            let store = AnyStore::connect(&backend.url, Access::ReadWrite)
+                .await
+                .unwrap();
+            store.migrate().await.unwrap();
+            if scenario.seed {
+                store.write_state(&seeded_state()).await.unwrap();
+            }
+            store.close().await;
+            let damage = if backend.name == "sqlite" {
+                scenario.damage.0
+            } else {
+                scenario.damage.1
+            };
+            backend.execute(damage).await;
+
+            for policy_name in POLICIES {
+                // recover --check is read-only: the data is the same before and after.
+                let before = backend.fingerprint().await;
+                let (check, code) = recover_check(&backend.url, policy_name);
+                assert_eq!(
+                    backend.fingerprint().await,
+                    before,
+                    "{} {}: recover --check changed the data",
+                    backend.name,
+                    scenario.name
+                );
+                let check = format!("exit code {code}\n{}", normalise(&check, &backend));
+                snapshot(
+                    &format!(
+                        "recovery__{}__{}__{policy_name}__check",
+                        scenario.name, backend.name
+                    ),
+                    &check,
+                );
+            }
+            for policy_name in POLICIES {
+                let (report, startup) = start_up(&backend.url, &policy(policy_name)).await;
+                snapshot(
+                    &format!(
+                        "recovery__{}__{}__{policy_name}",
+                        scenario.name, backend.name
+                    ),
+                    &normalise(&report, &backend),
+                );
+                if scenario.name == "normal_restart" {
+                    assert_restored(startup);
+                }
+            }
+            backend.cleanup().await;
+        }
+    }
+}
+
+/// Recovery restored every open position, the closed equity, and each instrument's last
+/// pyramid price and base.
+fn assert_restored(startup: Startup) {
+    let state = startup.state.expect("a clean recovery keeps its state");
+    let seeded = seeded_state();
+    let open: Vec<&Position> = seeded
+        .positions
+        .iter()
+        .filter(|p| p.status == PositionStatus::Open)
+        .collect();
+    assert_eq!(state.positions.len(), open.len());
+    for position in open {
+        assert!(
+            state.positions.contains(position),
+            "position {} was not restored exactly",
+            position.id
+        );
+    }
+    assert_eq!(
+        state.portfolio.as_ref().map(|p| p.closed_equity),
+        Some(money("1012345.67"))
+    );
+    for pyramiding in &seeded.pyramiding {
+        assert!(
+            state.pyramiding.contains(pyramiding),
+            "pyramiding of {} was not restored",
+            pyramiding.instrument
+        );
+    }
+}
+
+#[tokio::test]
+async fn database_unavailable_at_start() {
+    let sqlite_dir =
+        std::env::temp_dir().join(format!("vigil-test-missing-{}", std::process::id()));
+    let mut urls = vec![(
+        "sqlite",
+        format!("sqlite://{}/no-such-dir/vigil.db", sqlite_dir.display()),
+    )];
+    if std::env::var("VIGIL_TEST_DATABASE_URL").is_ok() {
+        // Port 1 on loopback: nothing listens there, so the connection is refused.
+        urls.push((
+            "postgres",
+            "postgres://postgres@127.0.0.1:1/vigil".to_string(),
+        ));
+    }
+    for (backend, url) in urls {
+        for policy_name in POLICIES {
+            let (report, _) = start_up(&url, &policy(policy_name)).await;
+            let report = report.replace(&sqlite_dir.display().to_string(), "<dir>");
+            snapshot(
+                &format!("recovery__database_unavailable__{backend}__{policy_name}"),
+                &report,
+            );
+        }
+    }
+}
