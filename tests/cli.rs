@@ -240,3 +240,99 @@ fn completions_are_generated_for_every_shell() {
         );
     }
 }
+
+/// A fresh directory for one test's SQLite file.
+fn scratch_dir(test: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigil-cli-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn migrate_is_idempotent() {
+    let dir = scratch_dir("migrate");
+    for _ in 0..2 {
+        let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["migrate"])
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            String::from_utf8(output.stdout).unwrap(),
+            "sqlite://vigil.db: schema up to date\n"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `vigil run` with no flags starts on a SQLite file in the working directory, recovers,
+/// and stops gracefully on SIGTERM: exit 0, status `stopped`.
+#[test]
+fn run_starts_recovers_and_stops_on_sigterm() {
+    use std::io::{BufRead, BufReader};
+    /// Log lines to read before giving up on seeing the instance become active.
+    const MAX_START_UP_LINES: usize = 100;
+    let dir = scratch_dir("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["run", "--instance", "vigil-cli"])
+        .current_dir(&dir)
+        .env_remove("VIGIL_DATABASE_URL")
+        .env_remove("VIGIL_POLICY")
+        .env_remove("VIGIL_CONFIG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = Vec::new();
+    while log.len() < MAX_START_UP_LINES {
+        let Some(Ok(line)) = lines.next() else { break };
+        let active = line.contains("to=active");
+        log.push(line);
+        if active {
+            break;
+        }
+    }
+    assert!(
+        log.iter().any(|line| line.contains("to=active")),
+        "never became active:\n{}",
+        log.join("\n")
+    );
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    log.extend(lines.map_while(Result::ok));
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "log:\n{}", log.join("\n"));
+    assert!(
+        log.iter()
+            .any(|line| line.contains("from=stopping to=stopped")),
+        "log:\n{}",
+        log.join("\n")
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let recorded: Option<String> = runtime.block_on(async {
+        let pool =
+            sqlx::SqlitePool::connect(&format!("sqlite://{}", dir.join("vigil.db").display()))
+                .await
+                .unwrap();
+        let status = sqlx::query_scalar(
+            "SELECT status FROM instance_metadata WHERE instance_id = 'vigil-cli'",
+        )
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+        status
+    });
+    assert_eq!(recorded.as_deref(), Some("stopped"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

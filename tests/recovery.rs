@@ -99,6 +99,24 @@ const POLICIES: &[&str] = &["default", "strict"];
 
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
 
+/// The PostgreSQL server to test against, if configured. Without one the PostgreSQL half of
+/// `test` is skipped with a notice, or fails under `VIGIL_REQUIRE_SERVICES=1`.
+fn postgres_admin_url(test: &str) -> Option<String> {
+    if let Ok(url) = std::env::var("VIGIL_TEST_DATABASE_URL") {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("VIGIL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        "VIGIL_REQUIRE_SERVICES=1 but VIGIL_TEST_DATABASE_URL is not set"
+    );
+    // Written past the test harness's capture, so a plain `cargo test` shows it.
+    let notice = format!(
+        "notice: VIGIL_TEST_DATABASE_URL is not set; skipping the PostgreSQL half of {test}\n"
+    );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), notice.as_bytes());
+    None
+}
+
 /// A database to test against.
 struct Backend {
     name: &'static str,
@@ -127,14 +145,7 @@ impl Backend {
     }
 
     async fn postgres(test: &str) -> Option<Backend> {
-        let Ok(admin) = std::env::var("VIGIL_TEST_DATABASE_URL") else {
-            assert!(
-                std::env::var("VIGIL_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "VIGIL_REQUIRE_SERVICES=1 but VIGIL_TEST_DATABASE_URL is not set"
-            );
-            eprintln!("notice: VIGIL_TEST_DATABASE_URL is not set; skipping the PostgreSQL half of {test}");
-            return None;
-        };
+        let admin = postgres_admin_url(test)?;
         let name = format!(
             "vigil_test_{}_{}_{test}",
             std::process::id(),
@@ -540,7 +551,7 @@ async fn database_unavailable_at_start() {
         "sqlite",
         format!("sqlite://{}/no-such-dir/vigil.db", sqlite_dir.display()),
     )];
-    if std::env::var("VIGIL_TEST_DATABASE_URL").is_ok() {
+    if postgres_admin_url("database_unavailable_at_start").is_some() {
         // Port 1 on loopback: nothing listens there, so the connection is refused.
         urls.push((
             "postgres",
