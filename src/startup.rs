@@ -136,7 +136,7 @@ impl Startup {
             Err(error) => return self.failed(error),
         };
         let (state, mut receipt) =
-            recovery::recover(&rows, self.config.tolerance, &self.config.instruments, 0);
+            recovery::recover(rows, self.config.tolerance, &self.config.instruments, 0);
         receipt.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let instance = &self.config.instance.instance_id;
         match receipt.failure() {

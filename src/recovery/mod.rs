@@ -33,19 +33,17 @@ pub struct State {
 /// consistency tolerance; `instruments` is the deployment's instrument table (checks that
 /// need it are skipped when it is empty).
 pub fn recover(
-    rows: &RecoveryRows,
+    rows: RecoveryRows,
     tolerance: Decimal,
     instruments: &BTreeMap<String, Instrument>,
     duration_ms: u64,
 ) -> (Option<State>, Receipt) {
     let mut problems = Problems::default();
+    let counted = Counts::of_rows(&rows);
     let state = decode(rows, &mut problems);
     if !problems.is_empty() {
         let checks = vec![problems.into_check("stored values decode", FailureKind::DataCorrupt)];
-        return (
-            None,
-            Receipt::new(Counts::of_rows(rows), None, checks, duration_ms),
-        );
+        return (None, Receipt::new(counted, None, checks, duration_ms));
     }
     let checks = validate(&state, tolerance, instruments);
     let counts = Counts::of(&state);
@@ -110,19 +108,19 @@ fn not_negative(problems: &mut Problems, place: &str, value: Decimal) {
     }
 }
 
-fn decode(rows: &RecoveryRows, problems: &mut Problems) -> State {
-    let positions = rows
-        .positions
-        .iter()
-        .map(|row| decode_position(row, problems))
-        .collect();
+fn decode(rows: RecoveryRows, problems: &mut Problems) -> State {
+    if rows.portfolio.is_none() && !rows.positions.is_empty() {
+        problems.push("open positions exist but no portfolio state is stored".to_string());
+    }
     let portfolio = rows
         .portfolio
         .as_ref()
         .map(|row| decode_portfolio(row, problems));
-    if portfolio.is_none() && !rows.positions.is_empty() {
-        problems.push("open positions exist but no portfolio state is stored".to_string());
-    }
+    let positions = rows
+        .positions
+        .into_iter()
+        .map(|row| decode_position(row, problems))
+        .collect();
     let pyramiding = rows
         .pyramiding
         .iter()
@@ -135,7 +133,7 @@ fn decode(rows: &RecoveryRows, problems: &mut Problems) -> State {
     }
 }
 
-fn decode_position(row: &PositionRow, problems: &mut Problems) -> Position {
+fn decode_position(row: PositionRow, problems: &mut Problems) -> Position {
     let at = |column: &str| format!("position {} {column}", row.id);
     let status = PositionStatus::parse(&row.status).unwrap_or_else(|| {
         problems.push(format!(
@@ -166,9 +164,9 @@ fn decode_position(row: &PositionRow, problems: &mut Problems) -> Position {
             DateTime::<Utc>::MIN_UTC
         });
     Position {
-        id: row.id.clone(),
-        instrument: row.instrument.clone(),
-        label: row.label.clone(),
+        id: row.id,
+        instrument: row.instrument,
+        label: row.label,
         status,
         lots,
         entry_price,
@@ -176,7 +174,7 @@ fn decode_position(row: &PositionRow, problems: &mut Problems) -> Position {
         risk_amount,
         margin,
         is_base_position: row.is_base_position,
-        base_position_id: row.base_position_id.clone(),
+        base_position_id: row.base_position_id,
         entry_time,
         version: row.version,
     }
