@@ -163,6 +163,18 @@ const CASES: &[(&str, &[&str], i32)] = &[
         ],
         3,
     ),
+    (
+        "recover_check_database_unavailable",
+        &[
+            "recover",
+            "--check",
+            "--policy",
+            "policies/strict.toml",
+            "--database-url",
+            "sqlite:///nonexistent-vigil-dir/vigil.db",
+        ],
+        1,
+    ),
     ("machines_table", &["machines"], 0),
     (
         "machines_lifecycle_mermaid",
@@ -194,6 +206,10 @@ fn cli_cases() {
             "vigil {}\nstdout:\n{stdout}\nstderr:\n{stderr}",
             args.join(" ")
         );
+        // Wall-clock log times differ from run to run; nothing else may.
+        let stderr = regex::Regex::new(r"(?m)^\d{4}-\d\d-\d\dT[0-9:.]+Z")
+            .unwrap()
+            .replace_all(&stderr, "<time>");
         let text = format!(
             "$ vigil {}\n--- exit code {code}\n--- stdout\n{stdout}--- stderr\n{stderr}",
             args.join(" ")
