@@ -172,6 +172,8 @@ const CASES: &[(&str, &[&str], i32)] = &[
             "policies/strict.toml",
             "--database-url",
             "sqlite:///nonexistent-vigil-dir/vigil.db",
+            "--instance",
+            "vigil-cli",
         ],
         1,
     ),
@@ -191,6 +193,7 @@ const CASES: &[(&str, &[&str], i32)] = &[
 
 #[test]
 fn cli_cases() {
+    let wall_clock = regex::Regex::new(r"(?m)^\d{4}-\d\d-\d\dT[0-9:.]+Z").unwrap();
     for (name, args, code) in CASES {
         let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
             .args(*args)
@@ -207,9 +210,7 @@ fn cli_cases() {
             args.join(" ")
         );
         // Wall-clock log times differ from run to run; nothing else may.
-        let stderr = regex::Regex::new(r"(?m)^\d{4}-\d\d-\d\dT[0-9:.]+Z")
-            .unwrap()
-            .replace_all(&stderr, "<time>");
+        let stderr = wall_clock.replace_all(&stderr, "<time>");
         let text = format!(
             "$ vigil {}\n--- exit code {code}\n--- stdout\n{stdout}--- stderr\n{stderr}",
             args.join(" ")
