@@ -14,4 +14,5 @@ pub mod recovery;
 pub mod spec;
 pub mod startup;
 pub mod store;
+pub mod trading;
 pub mod vocabulary;

@@ -108,6 +108,25 @@ fn not_negative(problems: &mut Problems, place: &str, value: Decimal) {
     }
 }
 
+/// Decodes stored rows the way recovery does, for code that reads a few rows at a time
+/// (a signal's transaction). Any problem makes the whole read corrupt.
+pub fn decode_rows(
+    positions: Vec<PositionRow>,
+    portfolio: Option<&PortfolioRow>,
+) -> Result<(Vec<Position>, Option<Portfolio>), String> {
+    let mut problems = Problems::default();
+    let portfolio = portfolio.map(|row| decode_portfolio(row, &mut problems));
+    let positions = positions
+        .into_iter()
+        .map(|row| decode_position(row, &mut problems))
+        .collect();
+    if problems.is_empty() {
+        Ok((positions, portfolio))
+    } else {
+        Err(problems.listed.join("; "))
+    }
+}
+
 fn decode(rows: RecoveryRows, problems: &mut Problems) -> State {
     if rows.portfolio.is_none() && !rows.positions.is_empty() {
         problems.push("open positions exist but no portfolio state is stored".to_string());

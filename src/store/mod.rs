@@ -12,8 +12,10 @@ pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 use crate::domain::{Portfolio, Position, Pyramiding};
+use crate::trading::plan::Book;
 use crate::vocabulary::FailureKind;
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use std::future::Future;
 use std::time::Duration;
 
@@ -143,6 +145,9 @@ pub enum StoreError {
     /// The URL is not one vigil understands.
     #[error("{0}")]
     BadUrl(String),
+    /// A concurrent writer changed what this transaction read; nothing was written.
+    #[error("write conflict: {0}")]
+    Conflict(String),
     /// Anything else.
     #[error("database error: {0}")]
     Other(String),
@@ -154,9 +159,10 @@ impl StoreError {
         match self {
             StoreError::Unavailable(_) => FailureKind::DbUnavailable,
             StoreError::Corrupt(_) => FailureKind::DataCorrupt,
-            StoreError::NoSchema(_) | StoreError::BadUrl(_) | StoreError::Other(_) => {
-                FailureKind::Unexpected
-            }
+            StoreError::NoSchema(_)
+            | StoreError::BadUrl(_)
+            | StoreError::Conflict(_)
+            | StoreError::Other(_) => FailureKind::Unexpected,
         }
     }
 }
@@ -190,8 +196,58 @@ fn classify(
     }
 }
 
+/// A signal claimed in the signal log, in the same transaction as its effects.
+#[derive(Debug, Clone)]
+pub struct SignalClaim<'a> {
+    /// The signal.
+    pub signal: &'a crate::trading::Signal,
+    /// Its fingerprint: the unique key of the signal log.
+    pub fingerprint: &'a str,
+    /// The instance processing it.
+    pub instance_id: &'a str,
+    /// When it arrived.
+    pub received_at: DateTime<Utc>,
+}
+
+/// What applying a signal did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Applied {
+    /// The signal was new; this is what it changed.
+    Done(crate::trading::plan::Plan),
+    /// The fingerprint was already claimed: nothing changed.
+    Duplicate,
+}
+
+/// Why a signal was not applied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ApplyError {
+    /// The signal does not fit the current state (HTTP 422); nothing changed.
+    #[error(transparent)]
+    Rejected(crate::trading::plan::Rejection),
+    /// The database failed; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Storage as the rest of vigil sees it.
 pub trait Store {
+    /// Claims the signal's fingerprint and applies what `decide` plans, in one transaction:
+    /// either the claim and every change commit together, or nothing does. A fingerprint
+    /// already claimed is [`Applied::Duplicate`] and changes nothing.
+    fn apply_signal<F>(
+        &self,
+        claim: &SignalClaim<'_>,
+        decide: F,
+    ) -> impl Future<Output = Result<Applied, ApplyError>>
+    where
+        F: FnOnce(&Book) -> Result<crate::trading::plan::Plan, crate::trading::plan::Rejection>;
+
+    /// Answers whether the database is reachable (a trivial query).
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Counts positions by status, for `/status`.
+    fn position_counts(&self) -> impl Future<Output = Result<(i64, i64), StoreError>>;
+
     /// Applies the migrations that have not run yet. Idempotent.
     fn migrate(&self) -> impl Future<Output = Result<(), StoreError>>;
 
@@ -277,6 +333,25 @@ macro_rules! delegate {
 }
 
 impl Store for AnyStore {
+    async fn apply_signal<F>(
+        &self,
+        claim: &SignalClaim<'_>,
+        decide: F,
+    ) -> Result<Applied, ApplyError>
+    where
+        F: FnOnce(&Book) -> Result<crate::trading::plan::Plan, crate::trading::plan::Rejection>,
+    {
+        delegate!(self, store => store.apply_signal(claim, decide).await)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        delegate!(self, store => store.ping().await)
+    }
+
+    async fn position_counts(&self) -> Result<(i64, i64), StoreError> {
+        delegate!(self, store => store.position_counts().await)
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         delegate!(self, store => store.migrate().await)
     }
@@ -309,6 +384,23 @@ impl Store for AnyStore {
     async fn close(&self) {
         delegate!(self, store => store.close().await)
     }
+}
+
+/// Reads the instrument's open positions and the portfolio inside the signal's transaction.
+fn book_from_rows(
+    positions: Vec<PositionRow>,
+    portfolio: Option<PortfolioRow>,
+) -> Result<(Book, bool), StoreError> {
+    let (open, portfolio) =
+        crate::recovery::decode_rows(positions, portfolio.as_ref()).map_err(StoreError::Corrupt)?;
+    let stored = portfolio.is_some();
+    Ok((
+        Book {
+            open,
+            portfolio: portfolio.unwrap_or_else(|| Portfolio::fresh(Decimal::ZERO)),
+        },
+        stored,
+    ))
 }
 
 /// RFC 3339 with microseconds and `Z`, the one timestamp text both backends store and read.

@@ -2,9 +2,11 @@
 //! happens in Rust exactly as for SQLite, and written as text cast to NUMERIC.
 
 use super::{
-    classify, timestamp_text, Access, InstanceRecord, PortfolioRow, PositionRow, PyramidingRow,
-    RecoveryRows, StateWrite, Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
+    book_from_rows, classify, timestamp_text, Access, Applied, ApplyError, InstanceRecord,
+    PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, StateWrite, Store,
+    StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
+use crate::trading::plan::{Book, Plan, PyramidingChange, Rejection};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
@@ -74,7 +76,180 @@ impl PgStore {
     }
 }
 
+const LOAD_INSTRUMENT: &str = "SELECT id, instrument, label, status, lots::text AS lots, entry_price::text AS entry_price, \
+     stop_price::text AS stop_price, risk_amount::text AS risk_amount, margin::text AS margin, is_base_position, \
+     base_position_id, to_char(entry_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS entry_time, version \
+     FROM positions WHERE instrument = $1 AND status = 'open' ORDER BY entry_time";
+
 impl Store for PgStore {
+    async fn apply_signal<F>(
+        &self,
+        claim: &SignalClaim<'_>,
+        decide: F,
+    ) -> Result<Applied, ApplyError>
+    where
+        F: FnOnce(&Book) -> Result<Plan, Rejection>,
+    {
+        let mut tx = self.pool.begin().await.map_err(classify_pg)?;
+        let signal = claim.signal;
+        // A concurrent claim of the same fingerprint waits here for the first to commit,
+        // then finds the conflict: exactly one of them applies.
+        let claimed = sqlx::query(
+            "INSERT INTO signal_log (fingerprint, signal_type, instrument, payload, status, received_at, processed_at, instance_id) \
+             VALUES ($1, $2, $3, $4, 'applied', $5::timestamptz, now(), $6) ON CONFLICT (fingerprint) DO NOTHING",
+        )
+        .bind(claim.fingerprint)
+        .bind(signal.kind.as_str())
+        .bind(&signal.instrument)
+        .bind(signal.payload())
+        .bind(timestamp_text(claim.received_at))
+        .bind(claim.instance_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify_pg)?;
+        if claimed.rows_affected() == 0 {
+            tx.rollback().await.map_err(classify_pg)?;
+            return Ok(Applied::Duplicate);
+        }
+        // The portfolio row is the one lock every signal takes: totals are global.
+        let portfolio = sqlx::query_as::<_, PortfolioRow>(
+            "SELECT initial_capital::text AS initial_capital, closed_equity::text AS closed_equity, \
+             total_risk::text AS total_risk, margin_used::text AS margin_used, version \
+             FROM portfolio_state WHERE id = 1 FOR UPDATE",
+        )
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify_pg)?;
+        let positions = sqlx::query_as::<_, PositionRow>(LOAD_INSTRUMENT)
+            .bind(&signal.instrument)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify_pg)?;
+        let (book, stored) = book_from_rows(positions, portfolio)?;
+        let plan = match decide(&book) {
+            Ok(plan) => plan,
+            Err(rejection) => {
+                tx.rollback().await.map_err(classify_pg)?;
+                return Err(ApplyError::Rejected(rejection));
+            }
+        };
+        if let Some(position) = &plan.opened {
+            sqlx::query(
+                "INSERT INTO positions (id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
+                 margin, is_base_position, base_position_id, entry_time, version) \
+                 VALUES ($1, $2, $3, 'open', $4::numeric, $5::numeric, $6::numeric, $7::numeric, $8::numeric, $9, $10, \
+                 $11::timestamptz, 1)",
+            )
+            .bind(&position.id)
+            .bind(&position.instrument)
+            .bind(&position.label)
+            .bind(position.lots.to_string())
+            .bind(position.entry_price.to_string())
+            .bind(position.stop_price.to_string())
+            .bind(position.risk_amount.to_string())
+            .bind(position.margin.to_string())
+            .bind(position.is_base_position)
+            .bind(&position.base_position_id)
+            .bind(timestamp_text(position.entry_time))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_pg)?;
+        }
+        for closed in &plan.closed {
+            sqlx::query(
+                "UPDATE positions SET status = 'closed', exit_price = $2::numeric, exit_time = now(), \
+                 realized_pnl = $3::numeric, version = version + 1 WHERE id = $1 AND status = 'open'",
+            )
+            .bind(&closed.id)
+            .bind(closed.exit_price.to_string())
+            .bind(closed.realized_pnl.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_pg)?;
+        }
+        let portfolio = &plan.portfolio;
+        let written = if stored {
+            // The version check: a writer holding a stale version changes nothing.
+            sqlx::query(
+                "UPDATE portfolio_state SET closed_equity = $1::numeric, total_risk = $2::numeric, \
+                 margin_used = $3::numeric, version = $4, updated_at = now() WHERE id = 1 AND version = $5",
+            )
+            .bind(portfolio.closed_equity.to_string())
+            .bind(portfolio.total_risk.to_string())
+            .bind(portfolio.margin_used.to_string())
+            .bind(portfolio.version)
+            .bind(portfolio.version - 1)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_pg)?
+            .rows_affected()
+        } else {
+            // Two first signals race to create the row; the loser conflicts and changes nothing.
+            sqlx::query(
+                "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
+                 VALUES (1, $1::numeric, $2::numeric, $3::numeric, $4::numeric, $5, now()) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(portfolio.initial_capital.to_string())
+            .bind(portfolio.closed_equity.to_string())
+            .bind(portfolio.total_risk.to_string())
+            .bind(portfolio.margin_used.to_string())
+            .bind(portfolio.version)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_pg)?
+            .rows_affected()
+        };
+        if written != 1 {
+            tx.rollback().await.map_err(classify_pg)?;
+            return Err(ApplyError::Store(StoreError::Conflict(
+                "portfolio state changed under this signal".into(),
+            )));
+        }
+        match &plan.pyramiding {
+            PyramidingChange::Upsert(pyramiding) => {
+                sqlx::query(
+                    "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) \
+                     VALUES ($1, $2::numeric, $3) \
+                     ON CONFLICT (instrument) DO UPDATE SET last_pyramid_price = excluded.last_pyramid_price, \
+                     base_position_id = excluded.base_position_id",
+                )
+                .bind(&pyramiding.instrument)
+                .bind(pyramiding.last_pyramid_price.to_string())
+                .bind(&pyramiding.base_position_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify_pg)?;
+            }
+            PyramidingChange::Delete => {
+                sqlx::query("DELETE FROM pyramiding_state WHERE instrument = $1")
+                    .bind(&signal.instrument)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify_pg)?;
+            }
+            PyramidingChange::Keep => {}
+        }
+        tx.commit().await.map_err(classify_pg)?;
+        Ok(Applied::Done(plan))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(classify_pg)?;
+        Ok(())
+    }
+
+    async fn position_counts(&self) -> Result<(i64, i64), StoreError> {
+        sqlx::query_as(
+            "SELECT COUNT(*) FILTER (WHERE status = 'open'), COUNT(*) FILTER (WHERE status = 'closed') FROM positions",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify_pg)
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("migrations/postgres")
             .run(&self.pool)

@@ -1,9 +1,11 @@
 //! The SQLite backend: one file, WAL journal, foreign keys on. Money is TEXT.
 
 use super::{
-    classify, timestamp_text, Access, InstanceRecord, PortfolioRow, PositionRow, PyramidingRow,
-    RecoveryRows, StateWrite, Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
+    book_from_rows, classify, timestamp_text, Access, Applied, ApplyError, InstanceRecord,
+    PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, StateWrite, Store,
+    StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
+use crate::trading::plan::{Book, Plan, PyramidingChange, Rejection};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::str::FromStr;
@@ -150,7 +152,181 @@ impl SqliteStore {
     }
 }
 
+const LOAD_INSTRUMENT: &str =
+    "SELECT id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
+     margin, is_base_position, base_position_id, entry_time, version \
+     FROM positions WHERE instrument = ?1 AND status = 'open' ORDER BY entry_time";
+
 impl Store for SqliteStore {
+    async fn apply_signal<F>(
+        &self,
+        claim: &SignalClaim<'_>,
+        decide: F,
+    ) -> Result<Applied, ApplyError>
+    where
+        F: FnOnce(&Book) -> Result<Plan, Rejection>,
+    {
+        // IMMEDIATE takes the write lock now: SQLite has one writer, and a transaction that
+        // reads first and upgrades later can fail where this one waits (busy timeout).
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify_sqlite)?;
+        let signal = claim.signal;
+        let claimed = sqlx::query(
+            "INSERT INTO signal_log (fingerprint, signal_type, instrument, payload, status, received_at, processed_at, instance_id) \
+             VALUES (?1, ?2, ?3, ?4, 'applied', ?5, ?6, ?7) ON CONFLICT (fingerprint) DO NOTHING",
+        )
+        .bind(claim.fingerprint)
+        .bind(signal.kind.as_str())
+        .bind(&signal.instrument)
+        .bind(signal.payload())
+        .bind(timestamp_text(claim.received_at))
+        .bind(timestamp_text(Utc::now()))
+        .bind(claim.instance_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify_sqlite)?;
+        if claimed.rows_affected() == 0 {
+            tx.rollback().await.map_err(classify_sqlite)?;
+            return Ok(Applied::Duplicate);
+        }
+        let positions = sqlx::query_as::<_, PositionRow>(LOAD_INSTRUMENT)
+            .bind(&signal.instrument)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?;
+        let portfolio = sqlx::query_as::<_, PortfolioRow>(LOAD_PORTFOLIO)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?;
+        let (book, stored) = book_from_rows(positions, portfolio)?;
+        let plan = match decide(&book) {
+            Ok(plan) => plan,
+            Err(rejection) => {
+                tx.rollback().await.map_err(classify_sqlite)?;
+                return Err(ApplyError::Rejected(rejection));
+            }
+        };
+        let now = timestamp_text(Utc::now());
+        if let Some(position) = &plan.opened {
+            sqlx::query(
+                "INSERT INTO positions (id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
+                 margin, is_base_position, base_position_id, entry_time, version) \
+                 VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1)",
+            )
+            .bind(&position.id)
+            .bind(&position.instrument)
+            .bind(&position.label)
+            .bind(position.lots.to_string())
+            .bind(position.entry_price.to_string())
+            .bind(position.stop_price.to_string())
+            .bind(position.risk_amount.to_string())
+            .bind(position.margin.to_string())
+            .bind(position.is_base_position)
+            .bind(&position.base_position_id)
+            .bind(timestamp_text(position.entry_time))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?;
+        }
+        for closed in &plan.closed {
+            sqlx::query(
+                "UPDATE positions SET status = 'closed', exit_price = ?2, exit_time = ?3, realized_pnl = ?4, \
+                 version = version + 1 WHERE id = ?1 AND status = 'open'",
+            )
+            .bind(&closed.id)
+            .bind(closed.exit_price.to_string())
+            .bind(&now)
+            .bind(closed.realized_pnl.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?;
+        }
+        let portfolio = &plan.portfolio;
+        let written = if stored {
+            // The version check: a writer holding a stale version changes nothing.
+            sqlx::query(
+                "UPDATE portfolio_state SET closed_equity = ?1, total_risk = ?2, margin_used = ?3, version = ?4, \
+                 updated_at = ?5 WHERE id = 1 AND version = ?6",
+            )
+            .bind(portfolio.closed_equity.to_string())
+            .bind(portfolio.total_risk.to_string())
+            .bind(portfolio.margin_used.to_string())
+            .bind(portfolio.version)
+            .bind(&now)
+            .bind(portfolio.version - 1)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?
+            .rows_affected()
+        } else {
+            sqlx::query(
+                "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
+                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .bind(portfolio.initial_capital.to_string())
+            .bind(portfolio.closed_equity.to_string())
+            .bind(portfolio.total_risk.to_string())
+            .bind(portfolio.margin_used.to_string())
+            .bind(portfolio.version)
+            .bind(&now)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?
+            .rows_affected()
+        };
+        if written != 1 {
+            tx.rollback().await.map_err(classify_sqlite)?;
+            return Err(ApplyError::Store(StoreError::Conflict(
+                "portfolio state changed under this signal".into(),
+            )));
+        }
+        match &plan.pyramiding {
+            PyramidingChange::Upsert(pyramiding) => {
+                sqlx::query(
+                    "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (instrument) DO UPDATE SET last_pyramid_price = excluded.last_pyramid_price, \
+                     base_position_id = excluded.base_position_id",
+                )
+                .bind(&pyramiding.instrument)
+                .bind(pyramiding.last_pyramid_price.to_string())
+                .bind(&pyramiding.base_position_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(classify_sqlite)?;
+            }
+            PyramidingChange::Delete => {
+                sqlx::query("DELETE FROM pyramiding_state WHERE instrument = ?1")
+                    .bind(&signal.instrument)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(classify_sqlite)?;
+            }
+            PyramidingChange::Keep => {}
+        }
+        tx.commit().await.map_err(classify_sqlite)?;
+        Ok(Applied::Done(plan))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(classify_sqlite)?;
+        Ok(())
+    }
+
+    async fn position_counts(&self) -> Result<(i64, i64), StoreError> {
+        sqlx::query_as(
+            "SELECT COALESCE(SUM(status = 'open'), 0), COALESCE(SUM(status = 'closed'), 0) FROM positions",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify_sqlite)
+    }
+
     async fn migrate(&self) -> Result<(), StoreError> {
         sqlx::migrate!("migrations/sqlite")
             .run(&self.pool)

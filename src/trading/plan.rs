@@ -1,0 +1,200 @@
+//! What a signal changes, decided from what the signal's transaction read. Pure: the store
+//! reads the [`Book`], calls [`plan`], and writes the [`Plan`] in the same transaction, so
+//! positions, totals and pyramiding state always change together.
+
+use super::Signal;
+use crate::domain::{Instrument, Portfolio, Position, PositionStatus, Pyramiding};
+use crate::vocabulary::SignalType;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+/// What the signal's transaction read about its instrument and the portfolio.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Book {
+    /// The instrument's open positions.
+    pub open: Vec<Position>,
+    /// The portfolio totals.
+    pub portfolio: Portfolio,
+}
+
+/// A position closed by an EXIT.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Closed {
+    /// The position.
+    pub id: String,
+    /// Fill price of the exit.
+    pub exit_price: Decimal,
+    /// (exit − entry) × lots × point value.
+    pub realized_pnl: Decimal,
+}
+
+/// What happens to the instrument's pyramiding row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PyramidingChange {
+    /// Insert or replace it.
+    Upsert(Pyramiding),
+    /// Delete it: the instrument has no open position left.
+    Delete,
+    /// Leave it.
+    Keep,
+}
+
+/// Everything one signal writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    /// A position opened by an entry.
+    pub opened: Option<Position>,
+    /// Positions closed by an exit.
+    pub closed: Vec<Closed>,
+    /// The new totals, with the version the write must replace.
+    pub portfolio: Portfolio,
+    /// The pyramiding row.
+    pub pyramiding: PyramidingChange,
+}
+
+impl Plan {
+    /// The ids of the positions opened or closed.
+    pub fn position_ids(&self) -> Vec<String> {
+        self.opened
+            .iter()
+            .map(|p| p.id.clone())
+            .chain(self.closed.iter().map(|c| c.id.clone()))
+            .collect()
+    }
+}
+
+/// Why a well-formed signal cannot be applied to the current state: HTTP 422.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct Rejection {
+    /// The field at fault.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn reject(field: &'static str, message: impl Into<String>) -> Rejection {
+    Rejection {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Decides what `signal` changes. `fill_price` is what the broker filled at, `now` when the
+/// signal was processed, `fingerprint` names the new position.
+pub fn plan(
+    signal: &Signal,
+    fingerprint: &str,
+    instrument: &Instrument,
+    fill_price: Decimal,
+    now: DateTime<Utc>,
+    book: &Book,
+) -> Result<Plan, Rejection> {
+    let base = book.open.iter().find(|p| p.is_base_position);
+    let mut portfolio = book.portfolio.clone();
+    portfolio.version += 1;
+    match signal.kind {
+        SignalType::BaseEntry | SignalType::Pyramid => {
+            let (stop, lots) = match (signal.stop, signal.lots) {
+                (Some(stop), Some(lots)) => (stop, lots),
+                _ => return Err(reject("stop", "an entry needs a stop and lots")),
+            };
+            let base_position_id = match (signal.kind, base) {
+                (SignalType::BaseEntry, Some(open)) => {
+                    return Err(reject(
+                        "signal",
+                        format!(
+                            "{} already has an open base position ({}); send EXIT first",
+                            signal.instrument, open.id
+                        ),
+                    ))
+                }
+                (SignalType::BaseEntry, None) => None,
+                (_, Some(open)) => Some(open.id.clone()),
+                (_, None) => {
+                    return Err(reject(
+                        "signal",
+                        format!(
+                            "PYRAMID needs an open base position on {}; send BASE_ENTRY first",
+                            signal.instrument
+                        ),
+                    ))
+                }
+            };
+            let position = Position {
+                id: format!("pos-{}", &fingerprint[..fingerprint.len().min(16)]),
+                instrument: signal.instrument.clone(),
+                label: signal.position.clone(),
+                status: PositionStatus::Open,
+                lots,
+                entry_price: fill_price,
+                stop_price: stop,
+                risk_amount: instrument.risk(fill_price, stop, lots),
+                margin: instrument.margin(lots),
+                is_base_position: base_position_id.is_none(),
+                base_position_id: base_position_id.clone(),
+                entry_time: now,
+                version: 1,
+            };
+            portfolio.total_risk += position.risk_amount;
+            portfolio.margin_used += position.margin;
+            let pyramiding = Pyramiding {
+                instrument: signal.instrument.clone(),
+                last_pyramid_price: fill_price,
+                base_position_id: Some(base_position_id.unwrap_or_else(|| position.id.clone())),
+            };
+            Ok(Plan {
+                opened: Some(position),
+                closed: Vec::new(),
+                portfolio,
+                pyramiding: PyramidingChange::Upsert(pyramiding),
+            })
+        }
+        SignalType::Exit => {
+            if book.open.is_empty() {
+                return Err(reject(
+                    "instrument",
+                    format!("{} has no open position to exit", signal.instrument),
+                ));
+            }
+            // A label naming pyramids closes just those; anything else (the base's label, no
+            // match) closes the whole instrument, so a pyramid never outlives its base.
+            let labelled: Vec<&Position> = book
+                .open
+                .iter()
+                .filter(|p| !p.is_base_position && p.label == signal.position)
+                .collect();
+            let base_labelled = base.is_some_and(|b| b.label == signal.position);
+            let targets: Vec<&Position> = if !labelled.is_empty() && !base_labelled {
+                labelled
+            } else {
+                book.open.iter().collect()
+            };
+            let closed: Vec<Closed> = targets
+                .iter()
+                .map(|p| Closed {
+                    id: p.id.clone(),
+                    exit_price: fill_price,
+                    realized_pnl: (fill_price - p.entry_price) * p.lots * instrument.point_value,
+                })
+                .collect();
+            for (position, exit) in targets.iter().zip(&closed) {
+                portfolio.total_risk -= position.risk_amount;
+                portfolio.margin_used -= position.margin;
+                portfolio.closed_equity += exit.realized_pnl;
+            }
+            let pyramiding = if targets.len() == book.open.len() {
+                PyramidingChange::Delete
+            } else {
+                PyramidingChange::Keep
+            };
+            Ok(Plan {
+                opened: None,
+                closed,
+                portfolio,
+                pyramiding,
+            })
+        }
+    }
+}
