@@ -11,6 +11,7 @@ pub mod logging;
 pub mod machines;
 pub mod policy;
 pub mod recovery;
+pub mod shared;
 pub mod spec;
 pub mod startup;
 pub mod store;

@@ -6,13 +6,24 @@
 use crate::domain::Instrument;
 use crate::driver::live::Executor;
 use crate::driver::Input;
+use crate::driver::Step;
 use crate::machines::Effect;
 use crate::recovery::{self, Receipt};
+use crate::shared::{LifecycleView, RecentTransition, Shared};
 use crate::store::{Access, AnyStore, InstanceRecord, Store, StoreError};
+use crate::vocabulary::{FailureKind, SignalSet};
 use chrono::Utc;
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 use std::time::Instant;
+
+/// How often a degraded instance checks whether its lost database answers again.
+pub const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long shutdown waits for signals in flight.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The `tracing` target of start-up and recovery log lines.
 pub const STARTUP_TARGET: &str = "vigil::startup";
@@ -71,14 +82,15 @@ pub struct Startup {
     pub last_error: Option<StoreError>,
     /// The state start-up settled on, with `Until::Settled`.
     pub settled: Option<&'static str>,
-    /// Every status the lifecycle enters, for whoever watches (readiness, tests).
-    status: tokio::sync::watch::Sender<&'static str>,
+    /// What the HTTP layer reads.
+    shared: Arc<Shared>,
+    /// The background check that waits for a lost database, while one runs.
+    probe: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Startup {
     /// A start-up that has not connected yet.
-    pub fn new(config: StartupConfig) -> Startup {
-        let (status, _) = tokio::sync::watch::channel("starting");
+    pub fn new(config: StartupConfig, shared: Arc<Shared>) -> Startup {
         Startup {
             config,
             store: None,
@@ -87,13 +99,14 @@ impl Startup {
             state: None,
             last_error: None,
             settled: None,
-            status,
+            shared,
+            probe: None,
         }
     }
 
-    /// Follows the lifecycle status as start-up records it.
-    pub fn watch_status(&self) -> tokio::sync::watch::Receiver<&'static str> {
-        self.status.subscribe()
+    /// Follows the lifecycle as start-up records it.
+    pub fn watch_lifecycle(&self) -> tokio::sync::watch::Receiver<LifecycleView> {
+        self.shared.lifecycle.subscribe()
     }
 
     /// The store, once connected.
@@ -108,27 +121,90 @@ impl Startup {
         Input::Failure(kind)
     }
 
-    async fn connect(&mut self) -> Input {
+    /// Opens (or reopens) the store and, read-write, migrates it.
+    async fn open_store(&mut self) -> Result<(), Input> {
         if let Some(store) = self.store.take() {
+            self.shared.store.send_replace(None);
             store.close().await;
         }
         let store = match AnyStore::connect(&self.config.database_url, self.config.access).await {
             Ok(store) => store,
-            Err(error) => return self.failed(error),
+            Err(error) => return Err(self.failed(error)),
         };
         if self.config.access == Access::ReadWrite {
             if let Err(error) = store.migrate().await {
-                return self.failed(error);
+                return Err(self.failed(error));
             }
         }
+        self.shared.store.send_replace(Some(store.clone()));
         self.store = Some(store);
+        Ok(())
+    }
+
+    async fn connect(&mut self) -> Input {
+        if let Err(failure) = self.open_store().await {
+            return failure;
+        }
         self.record("starting").await;
         Input::Started
     }
 
+    /// While serving, a retry asks whether the database answers again.
+    async fn probe(&mut self) -> Input {
+        let answered = match self.store.clone() {
+            Some(store) => store.ping().await.map_err(|error| self.failed(error)),
+            None => self.open_store().await,
+        };
+        match answered {
+            Ok(()) => Input::Restored(FailureKind::DbUnavailable),
+            Err(failure) => failure,
+        }
+    }
+
+    /// Starts a background check that reports when the database answers again, so a
+    /// degraded instance recovers without a restart.
+    fn watch_for_database(&mut self) {
+        if self
+            .probe
+            .as_ref()
+            .is_some_and(|probe| !probe.is_finished())
+        {
+            return;
+        }
+        let (url, access, inputs) = (
+            self.config.database_url.clone(),
+            self.config.access,
+            self.shared.inputs.clone(),
+        );
+        let instance = self.config.instance.instance_id.clone();
+        self.probe = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DB_PROBE_INTERVAL).await;
+                let Ok(store) = AnyStore::connect(&url, access).await else {
+                    continue;
+                };
+                let answered = store.ping().await.is_ok();
+                store.close().await;
+                if answered {
+                    tracing::info!(target: STARTUP_TARGET, instance = %instance, "the database answers again");
+                    // The loop may have ended; then nobody needs to know.
+                    let _ = inputs
+                        .send(Input::Restored(FailureKind::DbUnavailable))
+                        .await;
+                    return;
+                }
+            }
+        }));
+    }
+
     async fn recover(&mut self) -> Input {
+        if self.store.is_none() {
+            if let Err(failure) = self.open_store().await {
+                return failure;
+            }
+        }
         let Some(store) = self.store.as_ref() else {
-            return self.connect().await;
+            unreachable!("the store was just opened");
         };
         let started = Instant::now();
         let rows = match store.load_recovery_rows().await {
@@ -154,6 +230,10 @@ impl Startup {
             None => Input::Recovered,
             Some(kind) => Input::Failure(kind),
         };
+        if outcome == Input::Recovered {
+            self.last_error = None;
+        }
+        self.shared.receipt.send_replace(Some(receipt.clone()));
         self.receipt = Some(receipt);
         self.state = state;
         outcome
@@ -177,50 +257,99 @@ impl Startup {
 impl Executor for Startup {
     async fn execute(&mut self, effect: &Effect) -> Option<Input> {
         match effect {
-            Effect::RecordStatus { status } => {
-                match *status {
-                    // Nothing to record until connected; connecting records it.
-                    "starting" => {
-                        self.status.send_replace(status);
-                        self.phase = Phase::Connecting;
-                        return Some(self.connect().await);
-                    }
-                    "recovering" => {
-                        self.record(status).await;
-                        self.status.send_replace(status);
-                        self.phase = Phase::Recovering;
-                        return Some(self.recover().await);
-                    }
-                    _ => {
-                        // Recorded first, so a watcher never sees a status storage lacks.
-                        self.record(status).await;
-                        self.status.send_replace(status);
-                    }
+            Effect::RecordStatus { status } => self.enter(status).await,
+            Effect::Accept { signals } => {
+                self.shared
+                    .lifecycle
+                    .send_modify(|view| view.accepts = *signals);
+                None
+            }
+            Effect::Reattempt { .. } => Some(match self.phase {
+                Phase::Connecting => self.connect().await,
+                Phase::Recovering => self.recover().await,
+                Phase::Serving => self.probe().await,
+            }),
+            Effect::ScheduleRetry { .. } | Effect::CancelRetry { .. } | Effect::Exit { .. } => None,
+        }
+    }
+
+    fn observe(&mut self, step: &Step) {
+        let at = crate::store::timestamp_text(Utc::now());
+        for transition in &step.transitions {
+            self.shared.remember(RecentTransition {
+                at: at.clone(),
+                transition: transition.clone(),
+            });
+        }
+    }
+}
+
+impl Startup {
+    /// The lifecycle entered `status`: publish it, record it, and run what the state needs.
+    async fn enter(&mut self, status: &'static str) -> Option<Input> {
+        if !matches!(status, "active" | "degraded") {
+            // Intake narrows at once; it widens only through the accept effect that follows.
+            self.shared.lifecycle.send_modify(|view| {
+                view.state = status;
+                view.accepts = SignalSet::NONE;
+            });
+        }
+        match status {
+            // Nothing to record until connected; connecting records it.
+            "starting" => {
+                self.phase = Phase::Connecting;
+                return Some(self.connect().await);
+            }
+            "recovering" => {
+                self.record(status).await;
+                self.phase = Phase::Recovering;
+                return Some(self.recover().await);
+            }
+            _ => self.record(status).await,
+        }
+        match status {
+            "active" | "degraded" => {
+                // Recorded first, so a watcher never sees a status storage lacks.
+                self.shared
+                    .lifecycle
+                    .send_modify(|view| view.state = status);
+                self.phase = Phase::Serving;
+                if status == "degraded"
+                    && self
+                        .last_error
+                        .as_ref()
+                        .is_some_and(|e| e.kind() == FailureKind::DbUnavailable)
+                {
+                    self.watch_for_database();
                 }
-                match (*status, self.config.until) {
-                    ("active" | "degraded", Until::Settled) => {
-                        self.phase = Phase::Serving;
+                match self.config.until {
+                    Until::Settled => {
                         self.settled = Some(status);
                         Some(Input::Stop)
                     }
-                    ("active" | "degraded", Until::Stopped) => {
-                        self.phase = Phase::Serving;
-                        None
-                    }
-                    // No signal can be in flight: the webhook listener is not open.
-                    ("stopping", _) => Some(Input::Drained),
-                    _ => None,
+                    Until::Stopped => None,
                 }
             }
-            Effect::Reattempt { .. } => match self.phase {
-                Phase::Connecting => Some(self.connect().await),
-                Phase::Recovering => Some(self.recover().await),
-                Phase::Serving => None,
-            },
-            Effect::Accept { .. }
-            | Effect::ScheduleRetry { .. }
-            | Effect::CancelRetry { .. }
-            | Effect::Exit { .. } => None,
+            "stopping" => {
+                if let Some(probe) = self.probe.take() {
+                    probe.abort();
+                }
+                // Signals already inside finish; the bound keeps a stuck one from holding
+                // shutdown for ever.
+                if tokio::time::timeout(DRAIN_TIMEOUT, self.shared.in_flight.drained())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        target: STARTUP_TARGET,
+                        instance = %self.config.instance.instance_id,
+                        "{} signals still in flight after {DRAIN_TIMEOUT:?}; stopping anyway",
+                        self.shared.in_flight.count()
+                    );
+                }
+                Some(Input::Drained)
+            }
+            _ => None,
         }
     }
 }

@@ -385,28 +385,33 @@ async fn start_up(url: &str, policy: &Policy) -> (String, Startup) {
     let capture = Capture::default();
     let subscriber = logging::subscriber(capture.clone(), VirtualTimer::new(Arc::clone(&now_ms)));
     let _guard = tracing::subscriber::set_default(subscriber);
-    let mut startup = Startup::new(StartupConfig {
-        database_url: url.to_string(),
-        access: Access::ReadWrite,
-        instance: InstanceRecord {
-            instance_id: "vigil-test".into(),
-            hostname: "test-host".into(),
-            started_at: Utc.with_ymd_and_hms(2026, 11, 21, 8, 0, 0).unwrap(),
+    let (sender, mut inputs) = live::channel();
+    let shared = Arc::new(vigil::shared::Shared::new("vigil-test", sender));
+    let mut startup = Startup::new(
+        StartupConfig {
+            database_url: url.to_string(),
+            access: Access::ReadWrite,
+            instance: InstanceRecord {
+                instance_id: "vigil-test".into(),
+                hostname: "test-host".into(),
+                started_at: Utc.with_ymd_and_hms(2026, 11, 21, 8, 0, 0).unwrap(),
+            },
+            tolerance: policy.recovery.tolerance,
+            instruments: BTreeMap::new(),
+            until: Until::Stopped,
         },
-        tolerance: policy.recovery.tolerance,
-        instruments: BTreeMap::new(),
-        until: Until::Stopped,
-    });
-    let mut status = startup.watch_status();
+        shared,
+    );
+    let mut lifecycle = startup.watch_lifecycle();
     let (mut driver, init) = Driver::new(policy, "vigil-test", fastrand::Rng::with_seed(1));
     driver.publish_time(now_ms);
-    let (_sender, mut inputs) = live::channel();
+
     let mut clock = InstantClock::default();
     let ending = {
         let run = live::run(&mut driver, &init, &mut inputs, &mut startup, &mut clock);
         tokio::select! {
             code = run => format!("exit code {code}"),
-            _ = status.wait_for(|status| matches!(*status, "active" | "degraded")) => "still running".to_string(),
+            _ = lifecycle.wait_for(|view| matches!(view.state, "active" | "degraded")) => "still running".to_string(),
         }
     };
     let state = driver.state().name();

@@ -10,6 +10,7 @@ use crate::driver::{Driver, Input};
 use crate::logging;
 use crate::policy::{Policy, PolicyError};
 use crate::recovery::Receipt;
+use crate::shared::Shared;
 use crate::startup::{Startup, StartupConfig, Until};
 use crate::store::{self, Access, AnyStore, InstanceRecord, Store};
 use anyhow::Context;
@@ -17,6 +18,7 @@ use chrono::Utc;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Exit code of `vigil recover --check` when recovery would end degraded rather than active.
 pub const EXIT_DEGRADED: u8 = 5;
@@ -134,11 +136,12 @@ async fn start_up(settings: &Settings, access: Access, until: Until) -> (u8, Sta
         instruments: settings.instruments.clone(),
         until,
     };
-    let mut startup = Startup::new(config);
-    let (mut driver, init) =
-        Driver::new(&settings.policy, &settings.instance, fastrand::Rng::new());
     // The sender stays alive until the loop ends: a closed channel would mean "stop now".
     let (sender, mut inputs) = live::channel();
+    let shared = Arc::new(Shared::new(&settings.instance, sender.clone()));
+    let mut startup = Startup::new(config, shared);
+    let (mut driver, init) =
+        Driver::new(&settings.policy, &settings.instance, fastrand::Rng::new());
     if until == Until::Stopped {
         tokio::spawn(stop_on_signal(sender.clone()));
     }

@@ -1,0 +1,150 @@
+//! What the start-up executor knows and the HTTP layer shows: the lifecycle view, the store,
+//! the last receipt, recent transitions, and the signals in flight. Written by one side,
+//! read by the other, never held across an await.
+
+use crate::driver::Input;
+use crate::machines::Transition;
+use crate::recovery::Receipt;
+use crate::store::AnyStore;
+use crate::vocabulary::SignalSet;
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use tokio::sync::{mpsc, watch, Notify};
+
+/// How many transitions `/status` shows.
+pub const RECENT_TRANSITIONS: usize = 50;
+
+/// The lifecycle as the HTTP layer sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct LifecycleView {
+    /// The lifecycle state.
+    pub state: &'static str,
+    /// The signal types accepted now.
+    pub accepts: SignalSet,
+}
+
+/// A transition as `/status` lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RecentTransition {
+    /// When, as RFC 3339.
+    pub at: String,
+    /// The transition.
+    #[serde(flatten)]
+    pub transition: Transition,
+}
+
+/// Counts signals being processed, so shutdown can wait for them.
+#[derive(Debug, Default)]
+pub struct InFlight {
+    /// Signals between arrival and answer.
+    count: AtomicUsize,
+    /// Woken when the count drops to zero.
+    idle: Notify,
+}
+
+/// Holds one signal in flight until dropped.
+#[derive(Debug)]
+pub struct InFlightGuard<'a>(&'a InFlight);
+
+impl Drop for InFlightGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+impl InFlight {
+    /// Counts one more signal in flight.
+    pub fn enter(&self) -> InFlightGuard<'_> {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self)
+    }
+
+    /// Signals in flight now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Waits until no signal is in flight.
+    pub async fn drained(&self) {
+        loop {
+            let idle = self.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+/// State shared between the start-up executor and the HTTP layer.
+#[derive(Debug)]
+pub struct Shared {
+    /// The instance id.
+    pub instance: String,
+    /// The lifecycle view, published on every status and accept change.
+    pub lifecycle: watch::Sender<LifecycleView>,
+    /// The store, once connected.
+    pub store: watch::Sender<Option<AnyStore>>,
+    /// The last recovery receipt.
+    pub receipt: watch::Sender<Option<Receipt>>,
+    /// The last transitions, newest last, at most [`RECENT_TRANSITIONS`].
+    pub transitions: Mutex<VecDeque<RecentTransition>>,
+    /// Signals being processed.
+    pub in_flight: InFlight,
+    /// Reports to the machines (a failure seen while serving, a dependency back).
+    pub inputs: mpsc::Sender<Input>,
+}
+
+impl Shared {
+    /// Shared state for `instance`, reporting to the machines through `inputs`.
+    pub fn new(instance: &str, inputs: mpsc::Sender<Input>) -> Shared {
+        Shared {
+            instance: instance.to_string(),
+            lifecycle: watch::Sender::new(LifecycleView {
+                state: "starting",
+                accepts: SignalSet::NONE,
+            }),
+            store: watch::Sender::new(None),
+            receipt: watch::Sender::new(None),
+            transitions: Mutex::new(VecDeque::with_capacity(RECENT_TRANSITIONS)),
+            in_flight: InFlight::default(),
+            inputs,
+        }
+    }
+
+    /// The lifecycle view now.
+    pub fn view(&self) -> LifecycleView {
+        *self.lifecycle.borrow()
+    }
+
+    /// The store, if connected.
+    pub fn store(&self) -> Option<AnyStore> {
+        self.store.borrow().clone()
+    }
+
+    /// Remembers a transition for `/status`.
+    pub fn remember(&self, transition: RecentTransition) {
+        let mut transitions = self
+            .transitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if transitions.len() == RECENT_TRANSITIONS {
+            transitions.pop_front();
+        }
+        transitions.push_back(transition);
+    }
+
+    /// The remembered transitions, oldest first.
+    pub fn recent_transitions(&self) -> Vec<RecentTransition> {
+        self.transitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+}
