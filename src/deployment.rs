@@ -8,7 +8,6 @@ use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use toml::Spanned;
 
 /// The deployment file read when `--config` is not given, if it exists.
@@ -81,9 +80,9 @@ impl Deployment {
         let mut instruments = BTreeMap::new();
         for (name, raw) in raw.instruments {
             let mut field = |value: &Spanned<String>, key: &str| -> Decimal {
-                match Decimal::from_str(value.get_ref().trim()) {
-                    Ok(number) if number > Decimal::ZERO => number,
-                    Ok(number) => {
+                match crate::domain::parse_decimal(value.get_ref().trim()) {
+                    Some(number) if number > Decimal::ZERO => number,
+                    Some(number) => {
                         diagnostics.push(Diagnostic::at(
                             path,
                             source,
@@ -93,7 +92,7 @@ impl Deployment {
                         ));
                         Decimal::ONE
                     }
-                    Err(_) => {
+                    None => {
                         diagnostics.push(Diagnostic::at(
                             path,
                             source,

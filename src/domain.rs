@@ -115,13 +115,36 @@ pub struct Instrument {
 }
 
 impl Instrument {
-    /// |entry − stop| × lots × point value.
-    pub fn risk(&self, entry: Decimal, stop: Decimal, lots: Decimal) -> Decimal {
-        (entry - stop).abs() * lots * self.point_value
+    /// |entry − stop| × lots × point value; `None` if it does not fit in a decimal.
+    pub fn risk(&self, entry: Decimal, stop: Decimal, lots: Decimal) -> Option<Decimal> {
+        entry
+            .checked_sub(stop)?
+            .abs()
+            .checked_mul(lots)?
+            .checked_mul(self.point_value)
     }
 
-    /// lots × margin per lot.
-    pub fn margin(&self, lots: Decimal) -> Decimal {
-        lots * self.margin_per_lot
+    /// lots × margin per lot; `None` if it does not fit in a decimal.
+    pub fn margin(&self, lots: Decimal) -> Option<Decimal> {
+        lots.checked_mul(self.margin_per_lot)
     }
+}
+
+/// Parses a stored or configured decimal exactly: plain digits with an optional sign and
+/// point, no padding, no separators, and no digits beyond what a decimal holds (a value that
+/// would be rounded is refused, not rounded).
+pub fn parse_decimal(text: &str) -> Option<Decimal> {
+    if text.is_empty()
+        || text.contains(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+    {
+        return None;
+    }
+    Decimal::from_str_exact(text).ok()
+}
+
+/// Adds amounts, or `None` if the sum does not fit in a decimal.
+pub fn checked_sum(amounts: impl IntoIterator<Item = Decimal>) -> Option<Decimal> {
+    amounts
+        .into_iter()
+        .try_fold(Decimal::ZERO, Decimal::checked_add)
 }

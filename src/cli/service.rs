@@ -117,7 +117,7 @@ pub fn migrate(args: &ServiceArgs) -> anyhow::Result<Outcome> {
             .await
             .with_context(|| format!("cannot migrate {shown}"))?;
         store.close().await;
-        println!("{shown}: schema up to date");
+        super::write_stdout(format!("{shown}: schema up to date\n").as_bytes())?;
         Ok(Outcome::Ok)
     })
 }

@@ -6,13 +6,14 @@ mod receipt;
 
 pub use receipt::{Check, Counts, Receipt, Verdict};
 
-use crate::domain::{Instrument, Portfolio, Position, PositionStatus, Pyramiding};
+use crate::domain::{
+    checked_sum, parse_decimal, Instrument, Portfolio, Position, PositionStatus, Pyramiding,
+};
 use crate::store::{PortfolioRow, PositionRow, PyramidingRow, RecoveryRows};
 use crate::vocabulary::FailureKind;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::str::FromStr;
 
 /// The most problems a receipt lists one by one; the rest are counted. A damaged table can
 /// hold a problem per row, and a receipt of 100,000 lines helps nobody.
@@ -40,7 +41,9 @@ pub fn recover(
 ) -> (Option<State>, Receipt) {
     let mut problems = Problems::default();
     let counted = Counts::of_rows(&rows);
-    let state = decode(rows, &mut problems);
+    let mut state = decode(rows, &mut problems);
+    // Backends return rows in their own order; receipts and listings must not depend on it.
+    state.positions.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     if !problems.is_empty() {
         let checks = vec![problems.into_check("stored values decode", FailureKind::DataCorrupt)];
         return (None, Receipt::new(counted, None, checks, duration_ms));
@@ -87,10 +90,10 @@ impl Problems {
 }
 
 fn decimal(problems: &mut Problems, place: &str, text: &str) -> Decimal {
-    match Decimal::from_str(text.trim()) {
-        Ok(value) => value,
-        Err(_) => {
-            problems.push(format!("{place} = {text:?} is not a decimal number"));
+    match parse_decimal(text) {
+        Some(value) => value,
+        None => {
+            problems.push(format!("{place} = {text:?} is not an exact decimal number"));
             Decimal::ZERO
         }
     }
@@ -238,11 +241,26 @@ fn validate(
     let by_id: HashMap<&str, &Position> = open.iter().map(|p| (p.id.as_str(), *p)).collect();
     let fresh = Portfolio::fresh(Decimal::ZERO);
     let portfolio = state.portfolio.as_ref().unwrap_or(&fresh);
-    let risk_sum: Decimal = open.iter().map(|p| p.risk_amount).sum();
-    let margin_sum: Decimal = open.iter().map(|p| p.margin).sum();
+    let sum =
+        |name: &'static str, stored: Decimal, amounts: Vec<Decimal>| match checked_sum(amounts) {
+            Some(summed) => Check::sum(name, stored, summed, tolerance),
+            None => Check::failed(
+                name,
+                FailureKind::DataCorrupt,
+                "the open positions' amounts do not fit in a decimal when added".into(),
+            ),
+        };
     let mut checks = vec![
-        Check::sum("total risk", portfolio.total_risk, risk_sum, tolerance),
-        Check::sum("margin used", portfolio.margin_used, margin_sum, tolerance),
+        sum(
+            "total risk",
+            portfolio.total_risk,
+            open.iter().map(|p| p.risk_amount).collect(),
+        ),
+        sum(
+            "margin used",
+            portfolio.margin_used,
+            open.iter().map(|p| p.margin).collect(),
+        ),
     ];
 
     let mut seen = HashSet::new();
@@ -253,6 +271,24 @@ fn validate(
         }
     }
     checks.push(problems.into_check_or_pass("position ids are unique"));
+
+    let mut problems = Problems::default();
+    let mut bases: BTreeMap<&str, &str> = BTreeMap::new();
+    for base in open.iter().filter(|p| p.is_base_position) {
+        if let Some(other) = bases.insert(base.instrument.as_str(), base.id.as_str()) {
+            problems.push(format!(
+                "{} has two open base positions, {other} and {}",
+                base.instrument, base.id
+            ));
+        }
+        if let Some(id) = &base.base_position_id {
+            problems.push(format!(
+                "base position {} names a base of its own ({id})",
+                base.id
+            ));
+        }
+    }
+    checks.push(problems.into_check_or_pass("one open base per instrument"));
 
     let mut problems = Problems::default();
     for pyramid in open.iter().filter(|p| !p.is_base_position) {
@@ -283,9 +319,12 @@ fn validate(
     for pyramiding in &state.pyramiding {
         match pyramiding.base_position_id.as_deref() {
             None => {}
-            Some(id) if by_id.get(id).is_some_and(|base| base.is_base_position) => {}
+                        Some(id)
+                if by_id
+                    .get(id)
+                    .is_some_and(|base| base.is_base_position && base.instrument == pyramiding.instrument) => {}
             Some(id) => problems.push(format!(
-                "pyramiding state of {} names base {id}, which is not an open base position",
+                "pyramiding state of {} names {id}, which is not an open base position of that instrument",
                 pyramiding.instrument
             )),
         }
@@ -302,11 +341,21 @@ fn validate(
                 ));
                 continue;
             };
-            let risk = instrument.risk(position.entry_price, position.stop_price, position.lots);
-            let margin = instrument.margin(position.lots);
-            if (risk - position.risk_amount).abs() > tolerance
-                || (margin - position.margin).abs() > tolerance
-            {
+            let (Some(risk), Some(margin)) = (
+                instrument.risk(position.entry_price, position.stop_price, position.lots),
+                instrument.margin(position.lots),
+            ) else {
+                problems.push(format!(
+                    "position {}: risk or margin does not fit in a decimal",
+                    position.id
+                ));
+                continue;
+            };
+            let off = |a: Decimal, b: Decimal| {
+                a.checked_sub(b)
+                    .is_none_or(|difference| difference.abs() > tolerance)
+            };
+            if off(risk, position.risk_amount) || off(margin, position.margin) {
                 problems.push(format!(
                     "position {}: stored risk {} and margin {}, recomputed {risk} and {margin}",
                     position.id, position.risk_amount, position.margin
@@ -324,6 +373,239 @@ impl Problems {
             Check::passed(name)
         } else {
             self.into_check(name, FailureKind::ValidationFailed)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(
+        id: &str,
+        instrument: &str,
+        base: Option<&str>,
+        risk: &str,
+        margin: &str,
+    ) -> PositionRow {
+        PositionRow {
+            id: id.into(),
+            instrument: instrument.into(),
+            label: "long".into(),
+            status: "open".into(),
+            lots: "1".into(),
+            entry_price: "100".into(),
+            stop_price: "90".into(),
+            risk_amount: risk.into(),
+            margin: margin.into(),
+            is_base_position: base.is_none(),
+            base_position_id: base.map(str::to_string),
+            entry_time: "2026-11-20T09:00:00.000000Z".into(),
+            version: 1,
+        }
+    }
+
+    /// A base and a pyramid on A, totals 20 risk and 200 margin, and A's pyramiding row.
+    fn rows() -> RecoveryRows {
+        RecoveryRows {
+            positions: vec![
+                row("a-base", "A", None, "10", "100"),
+                row("a-pyr", "A", Some("a-base"), "10", "100"),
+            ],
+            portfolio: Some(PortfolioRow {
+                initial_capital: "1000".into(),
+                closed_equity: "1000".into(),
+                total_risk: "20".into(),
+                margin_used: "200".into(),
+                version: 1,
+            }),
+            pyramiding: vec![PyramidingRow {
+                instrument: "A".into(),
+                last_pyramid_price: "100".into(),
+                base_position_id: Some("a-base".into()),
+            }],
+        }
+    }
+
+    /// (what is changed, how, the failing check and its kind; `None` when clean)
+    type Case = (
+        &'static str,
+        fn(&mut RecoveryRows),
+        Option<(&'static str, FailureKind)>,
+    );
+
+    #[test]
+    fn receipts() {
+        let cases: &[Case] = &[
+            ("nothing", |_| {}, None),
+            (
+                "unknown status",
+                |r| r.positions[0].status = "opn".into(),
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "no portfolio",
+                |r| r.portfolio = None,
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "padded money",
+                |r| r.positions[0].risk_amount = " 10".into(),
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "separators",
+                |r| r.positions[0].margin = "1_00".into(),
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "too precise",
+                |r| r.positions[0].risk_amount = "0.0000000000000000000000000000001".into(),
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "negative lots",
+                |r| r.positions[1].lots = "-1".into(),
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "sum overflows",
+                |r| {
+                    r.positions[0].risk_amount = "79228162514264337593543950335".into();
+                    r.positions[1].risk_amount = "79228162514264337593543950335".into();
+                },
+                Some(("total risk", FailureKind::DataCorrupt)),
+            ),
+            (
+                "risk off by 0.02",
+                |r| r.positions[0].risk_amount = "10.02".into(),
+                Some(("total risk", FailureKind::ValidationFailed)),
+            ),
+            (
+                "risk off by 0.01",
+                |r| r.positions[0].risk_amount = "10.01".into(),
+                None,
+            ),
+            (
+                "margin tampered",
+                |r| {
+                    if let Some(p) = &mut r.portfolio {
+                        p.margin_used = "999".into()
+                    }
+                },
+                Some(("margin used", FailureKind::ValidationFailed)),
+            ),
+            (
+                "two bases",
+                |r| r.positions.push(row("a-base-2", "A", None, "0", "0")),
+                Some((
+                    "one open base per instrument",
+                    FailureKind::ValidationFailed,
+                )),
+            ),
+            (
+                "pyramid without base",
+                |r| r.positions[1].base_position_id = None,
+                Some((
+                    "every pyramid has an open base",
+                    FailureKind::ValidationFailed,
+                )),
+            ),
+            (
+                "base gone",
+                |r| {
+                    r.positions.remove(0);
+                    if let Some(p) = &mut r.portfolio {
+                        p.total_risk = "10".into();
+                        p.margin_used = "100".into();
+                    }
+                },
+                Some((
+                    "every pyramid has an open base",
+                    FailureKind::ValidationFailed,
+                )),
+            ),
+            (
+                "pyramiding names another instrument's base",
+                |r| r.pyramiding[0].instrument = "B".into(),
+                Some((
+                    "pyramiding state points at open bases",
+                    FailureKind::ValidationFailed,
+                )),
+            ),
+        ];
+        for (name, change, expected) in cases {
+            let mut rows = rows();
+            change(&mut rows);
+            let (state, receipt) = recover(rows, Decimal::new(1, 2), &BTreeMap::new(), 0);
+            let failed = receipt
+                .checks
+                .iter()
+                .find(|check| !check.passed)
+                .map(|check| (check.name, check.kind));
+            match expected {
+                None => {
+                    assert_eq!(failed, None, "{name}: {receipt}");
+                    assert!(state.is_some(), "{name}");
+                }
+                Some((check, kind)) => {
+                    assert_eq!(failed, Some((*check, Some(*kind))), "{name}: {receipt}");
+                    assert_eq!(receipt.failure(), Some(*kind), "{name}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn instruments_recompute_risk_and_margin() {
+        let instrument = Instrument {
+            lot_size: Decimal::ONE,
+            point_value: Decimal::ONE,
+            margin_per_lot: Decimal::from(100),
+        };
+        let mut instruments = BTreeMap::from([("A".to_string(), instrument)]);
+        let (_, receipt) = recover(rows(), Decimal::new(1, 2), &instruments, 0);
+        assert_eq!(receipt.failure(), None, "{receipt}");
+        instruments.insert(
+            "A".into(),
+            Instrument {
+                lot_size: Decimal::ONE,
+                point_value: Decimal::TWO,
+                margin_per_lot: Decimal::from(100),
+            },
+        );
+        let (_, receipt) = recover(rows(), Decimal::new(1, 2), &instruments, 0);
+        let failed: Vec<&str> = receipt
+            .checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            failed,
+            ["position risk and margin match their instrument"],
+            "{receipt}"
+        );
+        let (_, receipt) = recover(
+            rows(),
+            Decimal::new(1, 2),
+            &BTreeMap::from([("B".to_string(), instrument_b())]),
+            0,
+        );
+        assert!(
+            receipt
+                .checks
+                .iter()
+                .any(|c| !c.passed && c.detail.contains("does not configure")),
+            "{receipt}"
+        );
+    }
+
+    fn instrument_b() -> Instrument {
+        Instrument {
+            lot_size: Decimal::ONE,
+            point_value: Decimal::ONE,
+            margin_per_lot: Decimal::ONE,
         }
     }
 }

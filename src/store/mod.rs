@@ -139,8 +139,8 @@ pub enum StoreError {
     /// Stored bytes could not be decoded.
     #[error("stored data cannot be decoded: {0}")]
     Corrupt(String),
-    /// The database has no vigil tables.
-    #[error("the database has no vigil schema ({0}); run `vigil migrate` first")]
+    /// The database lacks vigil tables.
+    #[error("the database lacks vigil tables ({0}): run `vigil migrate` on a new database, or restore this one if its tables were dropped")]
     NoSchema(String),
     /// The URL is not one vigil understands.
     #[error("{0}")]
@@ -164,6 +164,20 @@ impl StoreError {
             | StoreError::Conflict(_)
             | StoreError::Other(_) => FailureKind::Unexpected,
         }
+    }
+}
+
+/// Classifies a migration failure: a database error inside it is classified like any other
+/// (a locked file or a dropped connection is `db_unavailable`, to be retried); a migration
+/// history that does not match the shipped migrations is not.
+fn classify_migration(
+    error: sqlx::migrate::MigrateError,
+    classify: impl Fn(sqlx::Error) -> StoreError,
+) -> StoreError {
+    match error {
+        sqlx::migrate::MigrateError::Execute(error)
+        | sqlx::migrate::MigrateError::ExecuteMigration(error, _) => classify(error),
+        other => StoreError::Other(format!("migration failed: {other}")),
     }
 }
 

@@ -254,7 +254,7 @@ impl Store for PgStore {
         sqlx::migrate!("migrations/postgres")
             .run(&self.pool)
             .await
-            .map_err(|error| StoreError::Other(format!("migration failed: {error}")))
+            .map_err(|error| super::classify_migration(error, classify_pg))
     }
 
     async fn load_recovery_rows(&self) -> Result<RecoveryRows, StoreError> {

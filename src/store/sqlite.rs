@@ -22,8 +22,14 @@ fn classify_sqlite(error: sqlx::Error) -> StoreError {
     classify(error, |code, message| {
         let primary = code.parse::<i64>().ok()? & 0xff;
         match primary {
-            // BUSY, LOCKED, IOERR, CANTOPEN, PROTOCOL: the file cannot be used right now.
-            5 | 6 | 10 | 14 | 15 => Some(StoreError::Unavailable(message.to_string())),
+                        // BUSY, LOCKED, IOERR, FULL, CANTOPEN, PROTOCOL: the file cannot be used right now.
+            5 | 6 | 10 | 13 | 14 | 15 => Some(StoreError::Unavailable(message.to_string())),
+            // READONLY: in a read-only check, SQLite could not create its WAL index beside
+            // the file because the directory is not writable.
+            8 => Some(StoreError::Unavailable(format!(
+                "{message} (SQLite needs to write its -shm index beside a WAL database, even to read it)"
+            ))),
+            1 if message.contains("BLOB") => Some(StoreError::Corrupt(message.to_string())),
             // CORRUPT, NOTADB: the file itself is damaged.
             11 | 26 => Some(StoreError::Corrupt(message.to_string())),
             1 if message.contains("no such table") => {
@@ -137,9 +143,15 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(CONNECT_TIMEOUT);
         let options = match access {
-            Access::ReadWrite => options
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal),
+            Access::ReadWrite => {
+                let file = options.get_filename();
+                if file != std::path::Path::new(":memory:") && !file.exists() {
+                    tracing::warn!(target: "vigil::store", "creating a new, empty database at {}", file.display());
+                }
+                options
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+            }
             Access::ReadOnly => options.read_only(true),
         };
         let pool = SqlitePoolOptions::new()
@@ -331,7 +343,7 @@ impl Store for SqliteStore {
         sqlx::migrate!("migrations/sqlite")
             .run(&self.pool)
             .await
-            .map_err(|error| StoreError::Other(format!("migration failed: {error}")))
+            .map_err(|error| super::classify_migration(error, classify_sqlite))
     }
 
     async fn load_recovery_rows(&self) -> Result<RecoveryRows, StoreError> {

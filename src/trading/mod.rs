@@ -7,7 +7,6 @@ use crate::vocabulary::SignalType;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use std::str::FromStr;
 
 /// The longest text field accepted (instrument, position label, timestamp). Longer values are
 /// not from TradingView and would only bloat the signal log.
@@ -185,9 +184,9 @@ fn number(field: &'static str, value: Number) -> Result<Decimal, SignalError> {
         Number::Text(text) => text,
         Number::Json(number) => number.to_string(),
     };
-    Decimal::from_str(text.trim())
-        .or_else(|_| Decimal::from_scientific(text.trim()))
-        .map_err(|_| invalid(field, format!("{text:?} is not a number")))
+    crate::domain::parse_decimal(text.trim())
+        .or_else(|| Decimal::from_scientific(text.trim()).ok())
+        .ok_or_else(|| invalid(field, format!("{text:?} is not a number")))
 }
 
 fn positive(field: &'static str, value: Option<Number>) -> Result<Option<Decimal>, SignalError> {

@@ -122,6 +122,16 @@ pub fn plan(
                     ))
                 }
             };
+            let too_large = || {
+                reject(
+                    "lots",
+                    "price, stop and lots give an amount too large to hold",
+                )
+            };
+            let risk_amount = instrument
+                .risk(fill_price, stop, lots)
+                .ok_or_else(too_large)?;
+            let margin = instrument.margin(lots).ok_or_else(too_large)?;
             let position = Position {
                 id: format!("pos-{}", &fingerprint[..fingerprint.len().min(16)]),
                 instrument: signal.instrument.clone(),
@@ -130,15 +140,21 @@ pub fn plan(
                 lots,
                 entry_price: fill_price,
                 stop_price: stop,
-                risk_amount: instrument.risk(fill_price, stop, lots),
-                margin: instrument.margin(lots),
+                risk_amount,
+                margin,
                 is_base_position: base_position_id.is_none(),
                 base_position_id: base_position_id.clone(),
                 entry_time: now,
                 version: 1,
             };
-            portfolio.total_risk += position.risk_amount;
-            portfolio.margin_used += position.margin;
+            portfolio.total_risk = portfolio
+                .total_risk
+                .checked_add(risk_amount)
+                .ok_or_else(too_large)?;
+            portfolio.margin_used = portfolio
+                .margin_used
+                .checked_add(margin)
+                .ok_or_else(too_large)?;
             let pyramiding = Pyramiding {
                 instrument: signal.instrument.clone(),
                 last_pyramid_price: fill_price,
@@ -171,18 +187,31 @@ pub fn plan(
             } else {
                 book.open.iter().collect()
             };
-            let closed: Vec<Closed> = targets
-                .iter()
-                .map(|p| Closed {
-                    id: p.id.clone(),
+            let too_large = || reject("price", "the exit gives an amount too large to hold");
+            let mut closed = Vec::with_capacity(targets.len());
+            for position in &targets {
+                let realized_pnl = fill_price
+                    .checked_sub(position.entry_price)
+                    .and_then(|move_| move_.checked_mul(position.lots))
+                    .and_then(|pnl| pnl.checked_mul(instrument.point_value))
+                    .ok_or_else(too_large)?;
+                portfolio.total_risk = portfolio
+                    .total_risk
+                    .checked_sub(position.risk_amount)
+                    .ok_or_else(too_large)?;
+                portfolio.margin_used = portfolio
+                    .margin_used
+                    .checked_sub(position.margin)
+                    .ok_or_else(too_large)?;
+                portfolio.closed_equity = portfolio
+                    .closed_equity
+                    .checked_add(realized_pnl)
+                    .ok_or_else(too_large)?;
+                closed.push(Closed {
+                    id: position.id.clone(),
                     exit_price: fill_price,
-                    realized_pnl: (fill_price - p.entry_price) * p.lots * instrument.point_value,
-                })
-                .collect();
-            for (position, exit) in targets.iter().zip(&closed) {
-                portfolio.total_risk -= position.risk_amount;
-                portfolio.margin_used -= position.margin;
-                portfolio.closed_equity += exit.realized_pnl;
+                    realized_pnl,
+                });
             }
             let pyramiding = if targets.len() == book.open.len() {
                 PyramidingChange::Delete
