@@ -24,6 +24,10 @@ pub struct Deployment {
     pub policy: Option<PathBuf>,
     /// Contract terms per instrument.
     pub instruments: BTreeMap<String, Instrument>,
+    /// The address the HTTP listener binds.
+    pub listen: Option<String>,
+    /// The webhook passphrase TradingView alerts must carry.
+    pub webhook_passphrase: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +36,8 @@ struct RawDeployment {
     instance: Option<String>,
     database_url: Option<String>,
     policy: Option<PathBuf>,
+    listen: Option<String>,
+    webhook_passphrase: Option<String>,
     #[serde(default)]
     instruments: BTreeMap<String, RawInstrument>,
 }
@@ -125,6 +131,8 @@ impl Deployment {
             database_url: raw.database_url,
             policy: raw.policy.map(|policy| base.join(policy)),
             instruments,
+            listen: raw.listen,
+            webhook_passphrase: raw.webhook_passphrase,
         })
     }
 

@@ -130,6 +130,20 @@ impl Instrument {
     }
 }
 
+/// The instruments a deployment trades when its file lists none, so that a bare `vigil run`
+/// accepts signals: NIFTY and BANKNIFTY index futures.
+pub fn default_instruments() -> std::collections::BTreeMap<String, Instrument> {
+    let terms = |lot_size: i64, margin_per_lot: i64| Instrument {
+        lot_size: Decimal::from(lot_size),
+        point_value: Decimal::from(lot_size),
+        margin_per_lot: Decimal::from(margin_per_lot),
+    };
+    std::collections::BTreeMap::from([
+        ("NIFTY".to_string(), terms(75, 150_000)),
+        ("BANKNIFTY".to_string(), terms(35, 160_000)),
+    ])
+}
+
 /// Parses a stored or configured decimal exactly: plain digits with an optional sign and
 /// point, no padding, no separators, and no digits beyond what a decimal holds (a value that
 /// would be rounded is refused, not rounded).

@@ -1,12 +1,14 @@
 //! vigil keeps a webhook-driven live trading service safe across crashes, outages and
 //! restarts. See the README's Architecture section for the codemap.
 
+pub mod broker;
 pub mod cli;
 pub mod deployment;
 pub mod diagnostic;
 pub mod domain;
 pub mod driver;
 pub mod dry_run;
+pub mod http;
 pub mod logging;
 pub mod machines;
 pub mod policy;

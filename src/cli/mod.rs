@@ -51,11 +51,7 @@ pub enum Command {
         format: RenderFormat,
     },
     /// Start the instance: connect, migrate, recover, then serve until SIGTERM or SIGINT.
-    Run {
-        /// Settings.
-        #[command(flatten)]
-        service: service::ServiceArgs,
-    },
+    Run(service::RunArgs),
     /// Check what recovery would find, read-only: print the receipt and exit with the code
     /// the service would (0 active, 5 degraded, the policy's code on a halt).
     Recover {
@@ -146,7 +142,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Check { files } => check(&files),
         Command::DryRun(args) => dry_run_command(&args),
         Command::Machines { name, format } => machines(name.as_deref(), format),
-        Command::Run { service } => service::run(&service),
+        Command::Run(args) => service::run(&args),
         Command::Recover {
             check: _,
             format,

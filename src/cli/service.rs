@@ -3,10 +3,13 @@
 //! then defaults.
 
 use super::Outcome;
+use crate::broker::PaperBroker;
 use crate::deployment::{Deployment, DeploymentError};
+use crate::domain::default_instruments;
 use crate::domain::Instrument;
 use crate::driver::live::{self, TokioClock};
 use crate::driver::{Driver, Input};
+use crate::http::{self, Passphrase};
 use crate::logging;
 use crate::policy::{Policy, PolicyError};
 use crate::recovery::Receipt;
@@ -17,11 +20,36 @@ use anyhow::Context;
 use chrono::Utc;
 use serde::Serialize;
 use std::collections::BTreeMap;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Exit code of `vigil recover --check` when recovery would end degraded rather than active.
 pub const EXIT_DEGRADED: u8 = 5;
+
+/// The environment variable holding the webhook passphrase.
+pub const PASSPHRASE_ENV: &str = "VIGIL_WEBHOOK_PASSPHRASE";
+
+/// Where a generated passphrase is kept, in the working directory, readable only by its owner.
+pub const PASSPHRASE_FILE: &str = "vigil.passphrase";
+
+/// The address the webhook listener binds by default: loopback only.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Bytes of randomness in a generated passphrase (shown as twice as many hex digits).
+const GENERATED_PASSPHRASE_BYTES: usize = 24;
+
+/// Arguments of `vigil run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The address to listen on [default: 127.0.0.1:8080]. Anything beyond loopback needs a
+    /// configured webhook passphrase.
+    #[arg(long, value_name = "ADDR", env = "VIGIL_LISTEN")]
+    pub listen: Option<String>,
+    /// Settings.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+}
 
 /// Settings shared by the commands that use the database.
 #[derive(Debug, Clone, clap::Args)]
@@ -47,6 +75,10 @@ struct Settings {
     policy: Policy,
     instance: String,
     instruments: BTreeMap<String, Instrument>,
+    /// From the deployment file; the flag and environment variable are layered by `run`.
+    listen: Option<String>,
+    /// From the environment or the deployment file.
+    passphrase: Option<String>,
 }
 
 /// Layers the settings; `None` when a file was invalid (its diagnostics are printed).
@@ -83,7 +115,16 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
             .clone()
             .or(deployment.instance)
             .unwrap_or(hostname),
-        instruments: deployment.instruments,
+        instruments: if deployment.instruments.is_empty() {
+            default_instruments()
+        } else {
+            deployment.instruments
+        },
+        listen: deployment.listen,
+        passphrase: std::env::var(PASSPHRASE_ENV)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .or(deployment.webhook_passphrase),
     }))
 }
 
@@ -123,7 +164,13 @@ pub fn migrate(args: &ServiceArgs) -> anyhow::Result<Outcome> {
 }
 
 /// Runs start-up to its end under the live loop and returns the exit code and what it found.
-async fn start_up(settings: &Settings, access: Access, until: Until) -> (u8, Startup) {
+/// With `http`, the webhook listener serves on it while the instance runs.
+async fn start_up(
+    settings: &Settings,
+    access: Access,
+    until: Until,
+    http: Option<(tokio::net::TcpListener, Passphrase)>,
+) -> (u8, Startup) {
     let config = StartupConfig {
         database_url: settings.database_url.clone(),
         access,
@@ -139,7 +186,25 @@ async fn start_up(settings: &Settings, access: Access, until: Until) -> (u8, Sta
     // The sender stays alive until the loop ends: a closed channel would mean "stop now".
     let (sender, mut inputs) = live::channel();
     let shared = Arc::new(Shared::new(&settings.instance, sender.clone()));
-    let mut startup = Startup::new(config, shared);
+    let mut startup = Startup::new(config, Arc::clone(&shared));
+    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = http.map(|(listener, passphrase)| {
+        let state = Arc::new(http::AppState {
+            shared: Arc::clone(&shared),
+            passphrase,
+            instruments: settings.instruments.clone(),
+            broker: PaperBroker,
+            recent: std::sync::Mutex::default(),
+        });
+        let serve = axum::serve(listener, http::app(state)).with_graceful_shutdown(async {
+            let _ = serving_stopped.await;
+        });
+        tokio::spawn(async move {
+            if let Err(error) = serve.await {
+                tracing::error!(target: crate::startup::STARTUP_TARGET, "the HTTP listener failed: {error}");
+            }
+        })
+    });
     let (mut driver, init) =
         Driver::new(&settings.policy, &settings.instance, fastrand::Rng::new());
     if until == Until::Stopped {
@@ -154,6 +219,10 @@ async fn start_up(settings: &Settings, access: Access, until: Until) -> (u8, Sta
     )
     .await;
     drop(sender);
+    let _ = stop_serving.send(());
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     if let Some(store) = startup.store() {
         store.close().await;
     }
@@ -182,11 +251,62 @@ async fn stop_on_signal(sender: tokio::sync::mpsc::Sender<Input>) {
     std::future::pending::<()>().await;
 }
 
+/// The passphrase from settings, or the one generated at first start (kept in
+/// [`PASSPHRASE_FILE`]). Returns whether it was configured rather than generated.
+fn passphrase(settings: &Settings) -> anyhow::Result<(Passphrase, bool)> {
+    if let Some(configured) = &settings.passphrase {
+        return Ok((Passphrase::new(configured), true));
+    }
+    if let Ok(kept) = std::fs::read_to_string(PASSPHRASE_FILE) {
+        if !kept.trim().is_empty() {
+            return Ok((Passphrase::new(kept.trim()), false));
+        }
+    }
+    let mut bytes = [0_u8; GENERATED_PASSPHRASE_BYTES];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| anyhow::anyhow!("cannot generate a passphrase: {error}"))?;
+    let generated = hex::encode(bytes);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(PASSPHRASE_FILE)
+        .with_context(|| format!("cannot create {PASSPHRASE_FILE}"))?;
+    std::io::Write::write_all(&mut file, format!("{generated}\n").as_bytes())
+        .with_context(|| format!("cannot write {PASSPHRASE_FILE}"))?;
+    eprintln!(
+        "vigil: no webhook passphrase was configured, so one was generated and saved in ./{PASSPHRASE_FILE} \
+         (readable only by you). Put it in your TradingView alerts as \"passphrase\", or configure your own with \
+         {PASSPHRASE_ENV} or webhook_passphrase in the deployment file."
+    );
+    Ok((Passphrase::new(&generated), false))
+}
+
 /// `vigil run`.
-pub fn run(args: &ServiceArgs) -> anyhow::Result<Outcome> {
-    let Some(settings) = settings(args)? else {
+pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
+    let Some(settings) = settings(&args.service)? else {
         return Ok(Outcome::Invalid);
     };
+    let listen = args
+        .listen
+        .clone()
+        .or(settings.listen.clone())
+        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
+    let address: std::net::SocketAddr = match listen.parse() {
+        Ok(address) => address,
+        Err(_) => {
+            eprintln!("error: listen address {listen:?} is not HOST:PORT with a numeric host, for example 127.0.0.1:8080");
+            return Ok(Outcome::Invalid);
+        }
+    };
+    let (passphrase, configured) = passphrase(&settings)?;
+    if !address.ip().is_loopback() && !configured {
+        eprintln!(
+            "error: refusing to listen on {address} without a configured webhook passphrase; set {PASSPHRASE_ENV} \
+             or webhook_passphrase in the deployment file, or listen on 127.0.0.1"
+        );
+        return Ok(Outcome::Invalid);
+    }
     init_logging();
     tracing::info!(
         target: crate::startup::STARTUP_TARGET,
@@ -195,7 +315,17 @@ pub fn run(args: &ServiceArgs) -> anyhow::Result<Outcome> {
         store::redact(&settings.database_url),
         settings.policy.name
     );
-    let (code, _) = runtime()?.block_on(start_up(&settings, Access::ReadWrite, Until::Stopped));
+    let runtime = runtime()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(address))
+        .with_context(|| format!("cannot listen on {address}"))?;
+    tracing::info!(target: crate::startup::STARTUP_TARGET, instance = %settings.instance, "listening on http://{address}");
+    let (code, _) = runtime.block_on(start_up(
+        &settings,
+        Access::ReadWrite,
+        Until::Stopped,
+        Some((listener, passphrase)),
+    ));
     Ok(Outcome::Exit(code))
 }
 
@@ -222,7 +352,7 @@ pub fn recover_check(
     };
     init_logging();
     let (code, startup) =
-        runtime()?.block_on(start_up(&settings, Access::ReadOnly, Until::Settled));
+        runtime()?.block_on(start_up(&settings, Access::ReadOnly, Until::Settled, None));
     let (state, exit_code) = match startup.settled {
         Some("active") => ("active", 0),
         Some(state) => (state, EXIT_DEGRADED),

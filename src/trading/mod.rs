@@ -94,16 +94,41 @@ pub struct Parsed {
     pub passphrase: Option<String>,
 }
 
+/// An alert body that is a JSON object, not yet checked.
+#[derive(Debug)]
+pub struct Body(serde_json::Map<String, serde_json::Value>);
+
+impl Body {
+    /// Reads the body; anything but a JSON object is [`SignalError::Malformed`].
+    pub fn parse(bytes: &[u8]) -> Result<Body, SignalError> {
+        match serde_json::from_slice(bytes) {
+            Ok(serde_json::Value::Object(map)) => Ok(Body(map)),
+            Ok(_) => Err(SignalError::Malformed(
+                "the body must be a JSON object".into(),
+            )),
+            Err(error) => Err(SignalError::Malformed(error.to_string())),
+        }
+    }
+
+    /// The passphrase field, if it is a string.
+    pub fn passphrase(&self) -> Option<&str> {
+        self.0.get("passphrase").and_then(serde_json::Value::as_str)
+    }
+
+    /// Checks the fields; anything wrong names the field.
+    pub fn signal(self) -> Result<Signal, SignalError> {
+        check(serde_json::Value::Object(self.0)).map(|parsed| parsed.signal)
+    }
+}
+
 /// Parses and checks an alert body. Malformed JSON is [`SignalError::Malformed`]; anything
 /// else wrong names the field.
 pub fn parse(body: &[u8]) -> Result<Parsed, SignalError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(body).map_err(|error| SignalError::Malformed(error.to_string()))?;
-    if !value.is_object() {
-        return Err(SignalError::Malformed(
-            "the body must be a JSON object".into(),
-        ));
-    }
+    let Body(map) = Body::parse(body)?;
+    check(serde_json::Value::Object(map))
+}
+
+fn check(value: serde_json::Value) -> Result<Parsed, SignalError> {
     let raw: RawSignal =
         serde_json::from_value(value).map_err(|error| invalid("body", error.to_string()))?;
     let kind_text = raw

@@ -1,0 +1,134 @@
+//! The one error type of the HTTP API. Every error is JSON with a stable code and a message
+//! a trader can act on; internals (SQL, stack traces) are logged, never sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+
+/// Seconds a client is told to wait before resending after a 503.
+pub const RETRY_AFTER_S: u64 = 5;
+
+/// An API error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// A stable, machine-readable code.
+    pub code: &'static str,
+    /// What is wrong and what to do.
+    pub message: String,
+    /// The field at fault, for 422.
+    pub field: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    /// 400: the body is not JSON.
+    pub fn malformed(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            code: "malformed",
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// 401: the passphrase is missing or wrong. The message never says which.
+    pub fn unauthorized() -> ApiError {
+        let message = "passphrase missing or wrong".to_string();
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message,
+            field: None,
+        }
+    }
+
+    /// 422: well-formed but invalid.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            code: "invalid",
+            message: message.into(),
+            field: Some(field),
+        }
+    }
+
+    /// 503: not now; resend after [`RETRY_AFTER_S`].
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    /// 500: something failed that the client cannot fix; details are in the log under the
+    /// request id.
+    pub fn internal() -> ApiError {
+        let message =
+            "internal error; the instance log has details under this request's x-request-id"
+                .to_string();
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message,
+            field: None,
+        }
+    }
+
+    /// 404.
+    pub fn not_found() -> ApiError {
+        let message = "no such endpoint; see the README's HTTP API".to_string();
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message,
+            field: None,
+        }
+    }
+
+    /// 405.
+    pub fn method_not_allowed() -> ApiError {
+        let message = "method not allowed on this endpoint".to_string();
+        ApiError {
+            status: StatusCode::METHOD_NOT_ALLOWED,
+            code: "method_not_allowed",
+            message,
+            field: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Body {
+            error: Detail {
+                code: self.code,
+                message: &self.message,
+                field: self.field,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+        }
+        response
+    }
+}

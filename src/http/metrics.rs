@@ -1,0 +1,41 @@
+//! Prometheus metrics: signals by outcome, signal latency, lifecycle state, recovery time.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+
+/// Signals answered, by outcome.
+pub const SIGNALS_TOTAL: &str = "vigil_signals_total";
+/// Time from arrival to answer of a webhook, in seconds.
+pub const SIGNAL_LATENCY: &str = "vigil_signal_latency_seconds";
+/// 1 for the lifecycle's current state, 0 for the others.
+pub const LIFECYCLE_STATE: &str = "vigil_lifecycle_state";
+/// The last recovery's fetch, rebuild and validate time, in seconds.
+pub const RECOVERY_DURATION: &str = "vigil_recovery_duration_seconds";
+
+/// Latency buckets, in seconds: fine below 10 ms, where a healthy instance answers.
+const LATENCY_BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
+];
+
+/// The process-wide recorder, installed on first use.
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                Matcher::Full(SIGNAL_LATENCY.to_string()),
+                &LATENCY_BUCKETS_S,
+            )
+            .map(PrometheusBuilder::build_recorder);
+        match recorder {
+            Ok(recorder) => {
+                let handle = recorder.handle();
+                // Another recorder may be installed already (a test process building several
+                // apps); then this one renders its own, empty, metrics.
+                let _ = metrics::set_global_recorder(recorder);
+                handle
+            }
+            Err(error) => panic!("the latency buckets are a valid constant: {error}"),
+        }
+    })
+}

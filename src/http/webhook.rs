@@ -1,0 +1,193 @@
+//! `POST /webhook`: a TradingView alert becomes exactly one change to the portfolio.
+//!
+//! Order of checks: the body is JSON (400), the passphrase matches (401), the fields make a
+//! signal for a configured instrument (422), the lifecycle accepts this signal type (503),
+//! it was not seen recently (200 duplicate), then one transaction claims the fingerprint and
+//! applies the change (200, or 200 duplicate, or 422 when the state does not allow it).
+
+use super::metrics::{SIGNALS_TOTAL, SIGNAL_LATENCY};
+use super::{ApiError, AppState};
+use crate::broker::{Broker, Order};
+use crate::driver::Input;
+use crate::store::{Applied, ApplyError, SignalClaim, Store, StoreError};
+use crate::trading::plan::plan;
+use crate::trading::{Body, SignalError};
+use crate::vocabulary::FailureKind;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::Json;
+use chrono::Utc;
+use serde::Serialize;
+use std::sync::{Arc, PoisonError};
+use std::time::Instant;
+
+/// The answer to an accepted or duplicate signal.
+#[derive(Debug, Serialize)]
+pub struct Accepted {
+    /// `accepted` or `duplicate`.
+    status: &'static str,
+    /// Whether the signal had been seen before (and changed nothing now).
+    duplicate: bool,
+    /// The signal's fingerprint.
+    fingerprint: String,
+    /// Positions opened or closed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    positions: Vec<String>,
+}
+
+/// Handles one alert and records its outcome and latency.
+pub async fn receive(
+    State(app): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<Json<Accepted>, ApiError> {
+    let started = Instant::now();
+    let _in_flight = app.shared.in_flight.enter();
+    let answer = handle(&app, &body).await;
+    let outcome = match &answer {
+        Ok(accepted) if accepted.duplicate => "duplicate",
+        Ok(_) => "accepted",
+        Err(error) => error.code,
+    };
+    metrics::counter!(SIGNALS_TOTAL, "outcome" => outcome).increment(1);
+    metrics::histogram!(SIGNAL_LATENCY).record(started.elapsed().as_secs_f64());
+    answer.map(Json)
+}
+
+async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
+    let body = Body::parse(bytes).map_err(|error| ApiError::malformed(error.to_string()))?;
+    match body.passphrase() {
+        Some(given) if app.passphrase.matches(given) => {}
+        _ => return Err(ApiError::unauthorized()),
+    }
+    let signal = body.signal().map_err(|error| match error {
+        SignalError::Malformed(message) => ApiError::malformed(message),
+        SignalError::Invalid { field, message } => {
+            ApiError::invalid(field, format!("{field}: {message}"))
+        }
+    })?;
+    let Some(instrument) = app.instruments.get(&signal.instrument) else {
+        let known: Vec<&str> = app.instruments.keys().map(String::as_str).collect();
+        return Err(ApiError::invalid(
+            "instrument",
+            format!(
+                "instrument: {} is not configured; configured: {}",
+                signal.instrument,
+                known.join(", ")
+            ),
+        ));
+    };
+    let view = app.shared.view();
+    if !view.accepts.contains(signal.kind) {
+        return Err(ApiError::unavailable(format!(
+            "not accepting {} while {}",
+            signal.kind, view.state
+        )));
+    }
+    let fingerprint = signal.fingerprint();
+    if app
+        .recent
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .contains(&fingerprint)
+    {
+        return Ok(Accepted {
+            status: "duplicate",
+            duplicate: true,
+            fingerprint,
+            positions: Vec::new(),
+        });
+    }
+    let Some(store) = app.shared.store() else {
+        return Err(ApiError::unavailable("the database is not connected yet"));
+    };
+    let order = Order {
+        client_order_id: format!("vigil-{}", &fingerprint[..24]),
+        kind: signal.kind,
+        instrument: signal.instrument.clone(),
+        lots: signal.lots,
+        price: signal.price,
+    };
+    let fill = match app.broker.execute(&order).await {
+        Ok(fill) => fill,
+        Err(error) => {
+            report(app, FailureKind::BrokerUnavailable);
+            return Err(ApiError::unavailable(error.to_string()));
+        }
+    };
+    let claim = SignalClaim {
+        signal: &signal,
+        fingerprint: &fingerprint,
+        instance_id: &app.shared.instance,
+        received_at: Utc::now(),
+    };
+    let now = Utc::now();
+    let applied = store
+        .apply_signal(&claim, |book| {
+            plan(&signal, &fingerprint, instrument, fill.price, now, book)
+        })
+        .await;
+    match applied {
+        Ok(applied) => {
+            app.recent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(&fingerprint);
+            Ok(match applied {
+                Applied::Done(plan) => {
+                    tracing::info!(
+                        target: "vigil::signal",
+                        signal = %signal.kind,
+                        instrument = %signal.instrument,
+                        fingerprint = %&fingerprint[..16],
+                        "applied: {}",
+                        plan.position_ids().join(", ")
+                    );
+                    Accepted {
+                        status: "accepted",
+                        duplicate: false,
+                        fingerprint,
+                        positions: plan.position_ids(),
+                    }
+                }
+                Applied::Duplicate => Accepted {
+                    status: "duplicate",
+                    duplicate: true,
+                    fingerprint,
+                    positions: Vec::new(),
+                },
+            })
+        }
+        Err(ApplyError::Rejected(rejection)) => {
+            Err(ApiError::invalid(rejection.field, rejection.to_string()))
+        }
+        Err(ApplyError::Store(error)) => Err(store_failure(app, error)),
+    }
+}
+
+/// Turns a store failure into an answer, and tells the machines when it is one the policy
+/// answers (the database is gone, the data is corrupt).
+fn store_failure(app: &AppState, error: StoreError) -> ApiError {
+    tracing::warn!(target: "vigil::signal", "signal not applied: {error}");
+    match error {
+        StoreError::Unavailable(_) => {
+            report(app, FailureKind::DbUnavailable);
+            ApiError::unavailable("the database is unavailable; nothing was changed")
+        }
+        StoreError::Conflict(_) => {
+            ApiError::unavailable("a concurrent signal changed the portfolio; nothing was changed")
+        }
+        StoreError::Corrupt(_) => {
+            report(app, FailureKind::DataCorrupt);
+            ApiError::unavailable("stored data failed to decode; nothing was changed")
+        }
+        StoreError::NoSchema(_) | StoreError::BadUrl(_) | StoreError::Other(_) => {
+            ApiError::internal()
+        }
+    }
+}
+
+/// Tells the machines about a failure seen while serving. A full queue means the driver
+/// already has news to process; dropping this report loses nothing it would not learn.
+fn report(app: &AppState, kind: FailureKind) {
+    let _ = app.shared.inputs.try_send(Input::Failure(kind));
+}
