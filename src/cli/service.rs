@@ -115,11 +115,7 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
             .clone()
             .or(deployment.instance)
             .unwrap_or(hostname),
-        instruments: if deployment.instruments.is_empty() {
-            default_instruments()
-        } else {
-            deployment.instruments
-        },
+        instruments: deployment.instruments,
         listen: deployment.listen,
         passphrase: std::env::var(PASSPHRASE_ENV)
             .ok()
@@ -192,7 +188,9 @@ async fn start_up(
         let state = Arc::new(http::AppState {
             shared: Arc::clone(&shared),
             passphrase,
-            instruments: settings.instruments.clone(),
+                        // With no instruments listed, the built-in ones trade; recovery then recomputes
+            // nothing, as it only checks terms an operator wrote down.
+            instruments: if settings.instruments.is_empty() { default_instruments() } else { settings.instruments.clone() },
             broker: PaperBroker,
             recent: std::sync::Mutex::default(),
         });
