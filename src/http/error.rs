@@ -46,6 +46,20 @@ impl ApiError {
         }
     }
 
+    /// 413: the body is over [`super::MAX_BODY_BYTES`].
+    pub fn too_large() -> ApiError {
+        let message = format!(
+            "the body is larger than {} bytes; an alert is a few hundred",
+            super::MAX_BODY_BYTES
+        );
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too_large",
+            message,
+            field: None,
+        }
+    }
+
     /// 401: the passphrase is missing or wrong. The message never says which.
     pub fn unauthorized() -> ApiError {
         let message = "passphrase missing or wrong".to_string();

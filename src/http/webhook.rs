@@ -14,7 +14,9 @@ use crate::trading::plan::plan;
 use crate::trading::{Body, SignalError};
 use crate::vocabulary::FailureKind;
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::Json;
 use chrono::Utc;
 use serde::Serialize;
@@ -38,11 +40,17 @@ pub struct Accepted {
 /// Handles one alert and records its outcome and latency.
 pub async fn receive(
     State(app): State<Arc<AppState>>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Accepted>, ApiError> {
     let started = Instant::now();
     let _in_flight = app.shared.in_flight.enter();
-    let answer = handle(&app, &body).await;
+    let answer = match body {
+        Ok(body) => handle(&app, &body).await,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::too_large())
+        }
+        Err(rejection) => Err(ApiError::malformed(rejection.body_text())),
+    };
     let outcome = match &answer {
         Ok(accepted) if accepted.duplicate => "duplicate",
         Ok(_) => "accepted",

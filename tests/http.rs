@@ -1,0 +1,520 @@
+//! The HTTP API, driven through `app(state)` with `oneshot`, against a real SQLite database
+//! (and PostgreSQL when `VIGIL_TEST_DATABASE_URL` is set).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tower::ServiceExt;
+use vigil::broker::PaperBroker;
+use vigil::domain::default_instruments;
+use vigil::http::{app, AppState, Passphrase};
+use vigil::logging::{self, Capture, VirtualTimer};
+use vigil::shared::Shared;
+use vigil::store::{Access, AnyStore, Store};
+use vigil::vocabulary::SignalSet;
+
+const PASSPHRASE: &str = "correct horse battery staple";
+
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+/// A migrated SQLite store in a fresh directory.
+async fn sqlite_store() -> AnyStore {
+    let dir = std::env::temp_dir().join(format!(
+        "vigil-http-{}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let store = AnyStore::connect(
+        &format!("sqlite://{}/vigil.db", dir.display()),
+        Access::ReadWrite,
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    store
+}
+
+/// Drops a database made by [`postgres_store`].
+async fn drop_database(admin: &str, name: &str) {
+    let pool = sqlx::PgPool::connect(admin).await.unwrap();
+    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+    sqlx::query(sqlx::AssertSqlSafe(drop))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// A migrated PostgreSQL store in a fresh database, when a server is configured, with what
+/// [`drop_database`] needs.
+async fn postgres_store() -> Option<(AnyStore, String, String)> {
+    let admin = std::env::var("VIGIL_TEST_DATABASE_URL").ok()?;
+    let name = format!(
+        "vigil_http_{}_{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    );
+    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
+    let store = AnyStore::connect(&format!("{base}/{name}"), Access::ReadWrite)
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    Some((store, admin, name))
+}
+
+/// An app whose lifecycle is `state`, accepting `accepts`.
+fn service(
+    store: &AnyStore,
+    state: &'static str,
+    accepts: SignalSet,
+) -> (axum::Router, Arc<AppState>) {
+    let (sender, receiver) = vigil::driver::live::channel();
+    // Reports to the machines are not looked at here; keep the channel open.
+    std::mem::forget(receiver);
+    let shared = Arc::new(Shared::new("vigil-http", sender));
+    shared.store.send_replace(Some(store.clone()));
+    shared.lifecycle.send_modify(|view| {
+        view.state = state;
+        view.accepts = accepts;
+    });
+    let state = Arc::new(AppState {
+        shared,
+        passphrase: Passphrase::new(PASSPHRASE),
+        instruments: default_instruments(),
+        broker: PaperBroker,
+        recent: std::sync::Mutex::default(),
+    });
+    (app(Arc::clone(&state)), state)
+}
+
+async fn send(
+    router: &axum::Router,
+    method: &str,
+    path: &str,
+    body: String,
+) -> (StatusCode, Option<String>, serde_json::Value) {
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body))
+        .unwrap();
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|value| value.to_str().unwrap().to_string());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, retry_after, json)
+}
+
+fn signal(
+    kind: &str,
+    instrument: &str,
+    price: &str,
+    stop: &str,
+    lots: &str,
+    timestamp: &str,
+) -> String {
+    format!(
+        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"{instrument}","position":"long","price":"{price}","stop":"{stop}","lots":"{lots}","timestamp":"{timestamp}"}}"#
+    )
+}
+
+/// What the database holds, to prove a refused request changed nothing.
+async fn counts(store: &AnyStore) -> (i64, i64) {
+    store.position_counts().await.unwrap()
+}
+
+/// (name, requests sent in order: method, path, body; the status of the last, and the
+/// `field` its error names)
+type Case = (
+    &'static str,
+    Vec<(&'static str, &'static str, String)>,
+    StatusCode,
+    Option<&'static str>,
+);
+
+fn bad_input_cases() -> Vec<Case> {
+    let base = || {
+        (
+            "POST",
+            "/webhook",
+            signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "t1"),
+        )
+    };
+    vec![
+        (
+            "malformed JSON",
+            vec![("POST", "/webhook", "{not json".into())],
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "not an object",
+            vec![("POST", "/webhook", "[1,2]".into())],
+            StatusCode::BAD_REQUEST,
+            None,
+        ),
+        (
+            "missing passphrase",
+            vec![(
+                "POST",
+                "/webhook",
+                signal("BASE_ENTRY", "NIFTY", "1", "0.5", "1", "t")
+                    .replace(PASSPHRASE, "")
+                    .replace(r#""passphrase":"","#, ""),
+            )],
+            StatusCode::UNAUTHORIZED,
+            None,
+        ),
+        (
+            "wrong passphrase",
+            vec![(
+                "POST",
+                "/webhook",
+                signal("BASE_ENTRY", "NIFTY", "1", "0.5", "1", "t").replace(PASSPHRASE, "guess"),
+            )],
+            StatusCode::UNAUTHORIZED,
+            None,
+        ),
+        (
+            "body over the limit",
+            vec![(
+                "POST",
+                "/webhook",
+                format!(r#"{{"pad":"{}"}}"#, "x".repeat(20_000)),
+            )],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+        ),
+        (
+            "unknown instrument",
+            vec![(
+                "POST",
+                "/webhook",
+                signal("BASE_ENTRY", "DOGE", "1", "0.5", "1", "t"),
+            )],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("instrument"),
+        ),
+        (
+            "zero lots",
+            vec![(
+                "POST",
+                "/webhook",
+                signal("BASE_ENTRY", "NIFTY", "22000", "21900", "0", "t"),
+            )],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("lots"),
+        ),
+        (
+            "negative price",
+            vec![(
+                "POST",
+                "/webhook",
+                signal("BASE_ENTRY", "NIFTY", "-5", "-6", "1", "t"),
+            )],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("price"),
+        ),
+        (
+            "stop above the entry",
+            vec![(
+                "POST",
+                "/webhook",
+                signal("BASE_ENTRY", "NIFTY", "22000", "22100", "1", "t"),
+            )],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("stop"),
+        ),
+        (
+            "pyramid with no base",
+            vec![(
+                "POST",
+                "/webhook",
+                signal("PYRAMID", "NIFTY", "22100", "22000", "1", "t"),
+            )],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("signal"),
+        ),
+        (
+            "exit with nothing open",
+            vec![(
+                "POST",
+                "/webhook",
+                signal("EXIT", "NIFTY", "22100", "0", "1", "t"),
+            )],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("instrument"),
+        ),
+        (
+            "entry while a base is open",
+            vec![
+                base(),
+                (
+                    "POST",
+                    "/webhook",
+                    signal("BASE_ENTRY", "NIFTY", "22050", "21950", "1", "t2"),
+                ),
+            ],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("signal"),
+        ),
+        (
+            "wrong method",
+            vec![("GET", "/webhook", String::new())],
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+        ),
+        (
+            "wrong path",
+            vec![("POST", "/webhooks", String::new())],
+            StatusCode::NOT_FOUND,
+            None,
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn bad_input_is_refused_and_changes_nothing() {
+    for (name, requests, expected, field) in bad_input_cases() {
+        let store = sqlite_store().await;
+        let (router, _) = service(&store, "active", SignalSet::ALL);
+        let (last, setup) = requests.split_last().unwrap();
+        for (method, path, body) in setup {
+            let (status, _, json) = send(&router, method, path, body.clone()).await;
+            assert_eq!(status, StatusCode::OK, "{name}: setup failed: {json}");
+        }
+        let before = counts(&store).await;
+        let (status, _, json) = send(&router, last.0, last.1, last.2.clone()).await;
+        assert_eq!(status, expected, "{name}: {json}");
+        assert_eq!(json["error"]["field"].as_str(), field, "{name}: {json}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{name}: {json}"
+        );
+        assert_eq!(counts(&store).await, before, "{name} changed the database");
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn signals_are_refused_while_the_lifecycle_does_not_accept_them() {
+    let cases = [
+        ("recovering", SignalSet::NONE, "BASE_ENTRY"),
+        ("stopping", SignalSet::NONE, "EXIT"),
+        (
+            "degraded",
+            SignalSet::NONE.with(vigil::vocabulary::SignalType::Exit),
+            "BASE_ENTRY",
+        ),
+    ];
+    for (state, accepts, kind) in cases {
+        let store = sqlite_store().await;
+        let (router, _) = service(&store, state, accepts);
+        let (status, retry_after, json) = send(
+            &router,
+            "POST",
+            "/webhook",
+            signal(kind, "NIFTY", "22000", "21900", "1", "t"),
+        )
+        .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{state}: {json}");
+        assert_eq!(retry_after.as_deref(), Some("5"), "{state}");
+        let (ready, retry_after, _) = send(&router, "GET", "/ready", String::new()).await;
+        let expected = if accepts == SignalSet::NONE {
+            StatusCode::SERVICE_UNAVAILABLE
+        } else {
+            StatusCode::OK
+        };
+        assert_eq!(ready, expected, "{state}: /ready");
+        assert_eq!(
+            retry_after.is_some(),
+            expected == StatusCode::SERVICE_UNAVAILABLE,
+            "{state}: /ready Retry-After"
+        );
+        assert_eq!(counts(&store).await, (0, 0));
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_trade_from_entry_to_exit() {
+    let store = sqlite_store().await;
+    let (router, _) = service(&store, "active", SignalSet::ALL);
+    let steps = [
+        (
+            signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "t1"),
+            "accepted",
+            (1, 0),
+        ),
+        (
+            signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "t1"),
+            "duplicate",
+            (1, 0),
+        ),
+        (
+            signal("PYRAMID", "NIFTY", "22100.5", "22000", "1", "t2"),
+            "accepted",
+            (2, 0),
+        ),
+        (
+            signal("EXIT", "NIFTY", "22300", "0", "1", "t3"),
+            "accepted",
+            (0, 2),
+        ),
+    ];
+    for (body, outcome, expected) in steps {
+        let (status, _, json) = send(&router, "POST", "/webhook", body).await;
+        assert_eq!(
+            (status, json["status"].as_str()),
+            (StatusCode::OK, Some(outcome)),
+            "{json}"
+        );
+        assert_eq!(counts(&store).await, expected);
+    }
+    let (status, _, json) = send(&router, "GET", "/status", String::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        (
+            json["open_positions"].as_i64(),
+            json["closed_positions"].as_i64()
+        ),
+        (Some(0), Some(2)),
+        "{json}"
+    );
+    // (22300 − 22000) × 2 × 75 + (22300 − 22100.5) × 1 × 75 = 45000 + 14962.5
+    let receipt_rows = store.load_recovery_rows().await.unwrap();
+    assert_eq!(receipt_rows.portfolio.unwrap().closed_equity, "59962.5");
+    let (metrics, _, _) = send(&router, "GET", "/metrics", String::new()).await;
+    assert_eq!(metrics, StatusCode::OK);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let store = sqlite_store().await;
+    let (router, _) = service(&store, "active", SignalSet::ALL);
+    send(
+        &router,
+        "POST",
+        "/webhook",
+        signal("BASE_ENTRY", "BANKNIFTY", "48000", "47700", "1", "m1"),
+    )
+    .await;
+    let request = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let response = router.oneshot(request).await.unwrap();
+    let text = String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    for name in [
+        "vigil_signals_total{outcome=\"accepted\"}",
+        "vigil_signal_latency_seconds_bucket",
+        "vigil_lifecycle_state{state=\"active\"} 1",
+    ] {
+        assert!(text.contains(name), "/metrics lacks {name}:\n{text}");
+    }
+    store.close().await;
+}
+
+#[tokio::test]
+async fn the_passphrase_never_reaches_the_logs() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(logging::subscriber(
+        capture.clone(),
+        VirtualTimer::default(),
+    ));
+    let store = sqlite_store().await;
+    let (router, _) = service(&store, "active", SignalSet::ALL);
+    for body in [
+        signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "p1"),
+        signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "p1").replace("battery", "batery"),
+        signal("BASE_ENTRY", "DOGE", "1", "0.5", "1", "p2"),
+        "{broken".to_string(),
+    ] {
+        send(&router, "POST", "/webhook", body).await;
+    }
+    let lines = capture.take_lines();
+    assert!(
+        lines.iter().any(|line| line.contains("applied")),
+        "the test must see the signal log lines: {lines:?}"
+    );
+    for line in &lines {
+        assert!(
+            !line.contains(PASSPHRASE) && !line.contains("batery"),
+            "a log line holds the passphrase: {line}"
+        );
+    }
+    store.close().await;
+}
+
+/// The same payload fifty times at once: exactly one position, every other answer a 200
+/// duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_identical_signals_at_once_make_one_position() {
+    let mut stores = vec![("sqlite", sqlite_store().await, None)];
+    stores.extend(
+        postgres_store()
+            .await
+            .map(|(store, admin, name)| ("postgres", store, Some((admin, name)))),
+    );
+    for (backend, store, database) in stores {
+        let (router, _) = service(&store, "active", SignalSet::ALL);
+        let body = signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "storm");
+        let requests = (0..50).map(|_| {
+            let router = router.clone();
+            let body = body.clone();
+            tokio::spawn(async move { send(&router, "POST", "/webhook", body).await })
+        });
+        let mut outcomes = std::collections::BTreeMap::new();
+        for request in requests.collect::<Vec<_>>() {
+            let (status, _, json) = request.await.unwrap();
+            assert_eq!(status, StatusCode::OK, "{backend}: {json}");
+            *outcomes
+                .entry(json["status"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+        assert_eq!(
+            outcomes.get("accepted"),
+            Some(&1),
+            "{backend}: {outcomes:?}"
+        );
+        assert_eq!(
+            outcomes.get("duplicate"),
+            Some(&49),
+            "{backend}: {outcomes:?}"
+        );
+        assert_eq!(counts(&store).await, (1, 0), "{backend}");
+        store.close().await;
+        if let Some((admin, name)) = database {
+            drop_database(&admin, &name).await;
+        }
+    }
+}
