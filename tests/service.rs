@@ -1,0 +1,243 @@
+//! The real `vigil` binary as a trader meets it: signals over HTTP, a kill -9, a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const PASSPHRASE: &str = "e2e-passphrase";
+
+/// Readiness polls before giving up on an instance that does not come up.
+const READY_POLLS: usize = 200;
+/// The pause between readiness polls.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("vigil-service-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running instance; killed when dropped, so a failing test leaves nothing behind.
+struct Instance {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Instance {
+    async fn start(dir: &Path, port: u16) -> Instance {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("vigil.log"))
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args([
+                "run",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--instance",
+                "vigil-e2e",
+            ])
+            .current_dir(dir)
+            .env("VIGIL_WEBHOOK_PASSPHRASE", PASSPHRASE)
+            .env_remove("VIGIL_DATABASE_URL")
+            .env_remove("VIGIL_CONFIG")
+            .env_remove("VIGIL_POLICY")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let instance = Instance {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let client = reqwest::Client::new();
+        for _ in 0..READY_POLLS {
+            if let Ok(response) = client.get(format!("{}/ready", instance.url)).send().await {
+                if response.status() == 200 {
+                    return instance;
+                }
+            }
+            tokio::time::sleep(READY_POLL_INTERVAL).await;
+        }
+        panic!(
+            "the instance never became ready:\n{}",
+            std::fs::read_to_string(dir.join("vigil.log")).unwrap_or_default()
+        );
+    }
+
+    async fn post(&self, body: String) -> (u16, serde_json::Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/webhook", self.url))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (
+            status,
+            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap(),
+        )
+    }
+
+    async fn get(&self, path: &str) -> serde_json::Value {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+    }
+}
+
+fn signal(kind: &str, price: &str, stop: &str, timestamp: &str) -> String {
+    format!(
+        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"NIFTY","position":"long","price":"{price}","stop":"{stop}","lots":"1","timestamp":"{timestamp}"}}"#
+    )
+}
+
+#[tokio::test]
+async fn a_crash_loses_and_doubles_nothing() {
+    let dir = scratch("crash");
+    let port = free_port();
+    let first = Instance::start(&dir, port).await;
+    for (body, outcome) in [
+        (signal("BASE_ENTRY", "22000", "21900", "09:15"), "accepted"),
+        (signal("PYRAMID", "22100", "22000", "09:30"), "accepted"),
+    ] {
+        let (status, json) = first.post(body).await;
+        assert_eq!(
+            (status, json["status"].as_str()),
+            (200, Some(outcome)),
+            "{json}"
+        );
+    }
+    // kill -9: no shutdown, no last words.
+    drop(first);
+
+    let second = Instance::start(&dir, port).await;
+    let ready = second.get("/ready").await;
+    assert_eq!(ready["receipt"]["verdict"], "clean", "{ready}");
+    assert_eq!(ready["receipt"]["counts"]["open_positions"], 2, "{ready}");
+    // TradingView resends the last alert: it changes nothing.
+    let (status, json) = second
+        .post(signal("PYRAMID", "22100", "22000", "09:30"))
+        .await;
+    assert_eq!(
+        (status, json["duplicate"].as_bool()),
+        (200, Some(true)),
+        "{json}"
+    );
+    // A new pyramid builds on the recovered base.
+    let (status, json) = second
+        .post(signal("PYRAMID", "22200", "22100", "09:45"))
+        .await;
+    assert_eq!(
+        (status, json["status"].as_str()),
+        (200, Some("accepted")),
+        "{json}"
+    );
+    let status = second.get("/status").await;
+    assert_eq!(
+        (
+            status["open_positions"].as_i64(),
+            status["closed_positions"].as_i64()
+        ),
+        (Some(3), Some(0)),
+        "{status}"
+    );
+    assert_eq!(status["state"], "active");
+    drop(second);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The README's curl examples, run exactly as written against the README's main command.
+#[tokio::test]
+async fn the_readme_curl_examples_work_as_written() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let examples: Vec<&str> = readme
+        .split("<!-- curl-example -->")
+        .skip(1)
+        .map(|rest| {
+            rest.split("```")
+                .nth(1)
+                .unwrap()
+                .trim_start_matches("sh")
+                .trim()
+        })
+        .collect();
+    assert_eq!(
+        examples.len(),
+        3,
+        "the README shows BASE_ENTRY, PYRAMID and EXIT"
+    );
+    let dir = scratch("readme");
+    // The README's main command, `vigil run` with no flags, in a fresh directory.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("run")
+        .current_dir(&dir)
+        .env_remove("VIGIL_WEBHOOK_PASSPHRASE")
+        .env_remove("VIGIL_DATABASE_URL")
+        .env_remove("VIGIL_LISTEN")
+        .env_remove("VIGIL_CONFIG")
+        .env_remove("VIGIL_POLICY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..READY_POLLS {
+        if client
+            .get("http://127.0.0.1:8080/ready")
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(READY_POLL_INTERVAL).await;
+    }
+    let mut answers = Vec::new();
+    if ready {
+        for example in &examples {
+            let output = Command::new("sh")
+                .arg("-c")
+                .arg(example)
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            answers.push(String::from_utf8(output.stdout).unwrap());
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready, "vigil run did not become ready on 127.0.0.1:8080");
+    for (example, answer) in examples.iter().zip(&answers) {
+        assert!(
+            answer.contains(r#""status":"accepted""#),
+            "{example}\nanswered: {answer}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
