@@ -574,3 +574,76 @@ async fn database_unavailable_at_start() {
         }
     }
 }
+
+/// A database that is missing at start and appears later: the instance degrades, notices the
+/// database's return by itself, recovers and becomes active, with no restart.
+#[tokio::test]
+async fn a_returning_database_is_noticed_and_recovered() {
+    /// How long to wait for the probe (every 5 s) to notice the database.
+    const RETURN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+    let dir = std::env::temp_dir().join(format!("vigil-test-return-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = format!("sqlite://{}/later/vigil.db", dir.display());
+    let (sender, mut inputs) = live::channel();
+    let shared = Arc::new(vigil::shared::Shared::new("vigil-test", sender));
+    let mut startup = Startup::new(
+        StartupConfig {
+            database_url: url,
+            access: Access::ReadWrite,
+            instance: InstanceRecord {
+                instance_id: "vigil-test".into(),
+                hostname: "test-host".into(),
+                started_at: Utc::now(),
+            },
+            tolerance: Decimal::new(1, 2),
+            instruments: BTreeMap::new(),
+            until: Until::Stopped,
+        },
+        Arc::clone(&shared),
+    );
+    let mut lifecycle = startup.watch_lifecycle();
+    let (mut driver, init) = Driver::new(
+        &policy("default"),
+        "vigil-test",
+        fastrand::Rng::with_seed(1),
+    );
+    let mut clock = InstantClock::default();
+    let run = live::run(&mut driver, &init, &mut inputs, &mut startup, &mut clock);
+    let story = async {
+        lifecycle
+            .wait_for(|view| view.state == "degraded")
+            .await
+            .unwrap();
+        std::fs::create_dir_all(dir.join("later")).unwrap();
+        tokio::time::timeout(
+            RETURN_WAIT,
+            lifecycle.wait_for(|view| view.state == "active"),
+        )
+        .await
+        .is_ok()
+    };
+    let recovered = tokio::select! {
+        code = run => panic!("the instance ended with exit code {code}"),
+        recovered = story => recovered,
+    };
+    assert!(
+        recovered,
+        "the instance did not notice the database's return"
+    );
+    let states: Vec<String> = shared
+        .recent_transitions()
+        .iter()
+        .filter(|t| t.transition.machine.as_str() == "lifecycle")
+        .map(|t| format!("{} -> {}", t.transition.from, t.transition.to))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "none -> starting",
+            "starting -> degraded",
+            "degraded -> recovering",
+            "recovering -> active"
+        ]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

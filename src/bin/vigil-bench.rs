@@ -26,12 +26,36 @@
 //! and prints one line per backend and size with both times and their ratio, next to the
 //! targets (recovery under 0.5 s, and under 3x the raw read).
 //!
+//! `vigil-bench load` measures the live webhook end to end. For each backend (SQLite always,
+//! in a fresh temporary directory; PostgreSQL when `--postgres-url` or
+//! `VIGIL_TEST_DATABASE_URL` names an admin URL, in fresh databases `vigil_load_<pid>_<n>`
+//! created and dropped per run) it builds N signals over M instruments `INST00`, `INST01`,
+//! ... (one `BASE_ENTRY` per instrument, then `PYRAMID`s at rising prices, each with its own
+//! timestamp), writes a deployment file listing the instruments, and:
+//! 1. starts the real `vigil run` binary (`--binary`, by default the `vigil` next to this
+//!    executable) on a free loopback port with a fresh database, waits for `GET /ready`, and
+//!    sends the signals to `POST /webhook` paced at `--rate` per second on a schedule fixed up
+//!    front (at most `--concurrency` in flight), printing p50, p99 and max latency;
+//! 2. does the same on another fresh instance and database, unpaced at `--concurrency` in
+//!    flight, printing the throughput and latencies;
+//! 3. applies the same signals in-process with [`Store::apply_signal`] and the same plan the
+//!    webhook uses, at the same concurrency, on another fresh database: the raw transaction
+//!    rate, which the unpaced HTTP throughput is printed as a percentage of.
+//!
+//! Base entries all finish before the first pyramid is sent, so no pyramid races its base.
+//! Every answer must be 200 `accepted`: the command prints what was not, with the service's
+//! warnings, and then fails. Each instance is stopped with SIGTERM (and killed if the command
+//! fails first); the temporary directory, with the service logs, is kept when anything failed.
+//!
 //! Run it in release mode:
 //!
 //! ```text
 //! cargo run --release --bin vigil-bench -- machines [--transitions N] [--events N]
 //! cargo run --release --bin vigil-bench -- recovery [--sizes 10,10000,100000] \
 //!     [--sqlite-dir DIR] [--postgres-url ADMIN_URL] [--runs 3]
+//! cargo build --release && cargo run --release --bin vigil-bench -- load [--signals 2000] \
+//!     [--instruments 50] [--concurrency 16] [--rate 50] [--postgres-url ADMIN_URL] \
+//!     [--binary target/release/vigil]
 //! ```
 
 // Rates are printed, not computed on money: dividing counts by seconds in `f64` is fine here.
@@ -45,8 +69,10 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use vigil::domain::{Portfolio, Position, PositionStatus, Pyramiding};
+use tokio::sync::Semaphore;
+use vigil::domain::{Instrument, Portfolio, Position, PositionStatus, Pyramiding};
 use vigil::driver::virtual_time::run_script;
 use vigil::driver::{Driver, Input};
 use vigil::dry_run::{self, Format, Start};
@@ -56,8 +82,10 @@ use vigil::machines::lifecycle::{self, Lifecycle, LifecycleEvent, Reasons};
 use vigil::machines::Outbox;
 use vigil::policy::{Policy, Response};
 use vigil::recovery;
-use vigil::store::{redact, Access, AnyStore, StateWrite, Store};
-use vigil::vocabulary::FailureKind;
+use vigil::store::{redact, Access, AnyStore, Applied, ApplyError, SignalClaim, StateWrite, Store};
+use vigil::trading::plan::plan;
+use vigil::trading::Signal;
+use vigil::vocabulary::{FailureKind, SignalType};
 
 /// The failure every benchmark cycles through: tolerated, then cleared, with no retries.
 const REDIS: FailureKind = FailureKind::RedisUnavailable;
@@ -80,6 +108,9 @@ enum Command {
     /// Crash recovery (fetch, rebuild, validate) against the raw read of the same rows, on
     /// SQLite and PostgreSQL, for several numbers of open positions.
     Recovery(RecoveryArgs),
+    /// Webhook latency and throughput through the real `vigil run` binary, against the raw
+    /// rate of the same signal transactions in-process, on SQLite and PostgreSQL.
+    Load(LoadArgs),
 }
 
 /// Sizes of the `machines` benchmark.
@@ -117,18 +148,49 @@ struct RecoveryArgs {
     runs: u32,
 }
 
+/// Sizes, pace and databases of the `load` benchmark.
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Signals per run: one BASE_ENTRY per instrument first, then PYRAMIDs.
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    signals: u32,
+    /// Instruments the signals are spread over, INST00, INST01, ...
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    instruments: u32,
+    /// Requests (or transactions) in flight at once.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// Signals per second in the paced run.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    rate: u32,
+    /// PostgreSQL admin URL: a fresh database is created from it, and dropped, per run.
+    /// Without it (or the environment variable) PostgreSQL is skipped.
+    #[arg(
+        long,
+        value_name = "ADMIN_URL",
+        env = "VIGIL_TEST_DATABASE_URL",
+        hide_env_values = true
+    )]
+    postgres_url: Option<String>,
+    /// The `vigil` binary to start [default: `vigil` next to this executable].
+    #[arg(long, value_name = "FILE")]
+    binary: Option<PathBuf>,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Machines(args) => machines(&args),
-        Command::Recovery(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-                .context("cannot start the tokio runtime")?;
-            runtime.block_on(recovery_bench(&args))
-        }
+        Command::Recovery(args) => tokio_runtime()?.block_on(recovery_bench(&args)),
+        Command::Load(args) => tokio_runtime()?.block_on(load_bench(&args)),
     }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the tokio runtime")
 }
 
 fn machines(args: &MachinesArgs) -> anyhow::Result<()> {
@@ -616,5 +678,933 @@ fn human(rate: f64) -> String {
         format!("{:.1}k", rate / 1e3)
     } else {
         format!("{rate:.0}")
+    }
+}
+
+/// The environment variable `vigil run` reads the webhook passphrase from.
+const PASSPHRASE_ENV: &str = "VIGIL_WEBHOOK_PASSPHRASE";
+
+/// The passphrase every load signal carries.
+const LOAD_PASSPHRASE: &str = "vigil-load-benchmark";
+
+/// The instance id of the started services and of the in-process claims.
+const LOAD_INSTANCE: &str = "vigil-load";
+
+/// Price of every base entry; the k-th pyramid on an instrument is this plus k.
+const BASE_PRICE: u32 = 1000;
+
+/// How far below the price every stop is.
+const STOP_DISTANCE: u32 = 10;
+
+/// The first signal's timestamp (2026-11-27T00:00:00Z); each later one is a second later,
+/// so that no two signals share a fingerprint.
+const LOAD_EPOCH_S: i64 = 1_795_680_000;
+
+/// `GET /ready` attempts before the service counts as not starting.
+const READY_TRIES: u32 = 100;
+
+/// Pause between `GET /ready` attempts.
+const READY_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How long one `GET /ready` may take.
+const READY_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long one webhook request may take before it counts as failed. The service answers
+/// 503 itself after 2.5 s.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Checks for the service's exit after SIGTERM before it is killed.
+const STOP_TRIES: u32 = 200;
+
+/// Pause between those checks.
+const STOP_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Lines of the service log shown when it fails to start or stop.
+const LOG_TAIL_LINES: usize = 20;
+
+/// Warning and error lines of the service log shown after each run.
+const LOG_FINDINGS_SHOWN: usize = 5;
+
+/// Characters of a refused answer's body shown.
+const ANSWER_SHOWN_CHARS: usize = 300;
+
+/// The `load` benchmark's inputs, shared by every run.
+#[derive(Debug)]
+struct Load {
+    /// The `vigil` binary.
+    binary: PathBuf,
+    /// The signals, bases first.
+    signals: Arc<Vec<Signal>>,
+    /// The webhook body of each signal.
+    bodies: Arc<Vec<Vec<u8>>>,
+    /// How many of the signals are base entries (they come first).
+    bases: usize,
+    /// The instruments' contract terms, as the deployment file lists them.
+    instruments: BTreeMap<String, Instrument>,
+    /// Requests or transactions in flight at once.
+    concurrency: usize,
+    /// Signals per second in the paced run.
+    rate: u32,
+}
+
+/// Where the databases of one backend come from.
+#[derive(Debug)]
+enum Backend {
+    /// Files in a directory.
+    Sqlite,
+    /// Fresh databases created from an admin URL.
+    Postgres {
+        /// The admin URL.
+        admin: String,
+    },
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres { .. } => "postgres",
+        }
+    }
+}
+
+/// A fresh database for one run.
+#[derive(Debug)]
+struct Database {
+    /// Its URL.
+    url: String,
+    /// For PostgreSQL: the admin URL and the name to drop afterwards.
+    drop: Option<(String, String)>,
+}
+
+impl Database {
+    /// A fresh database named after `run`: a file in `dir`, or a new PostgreSQL database.
+    async fn fresh(backend: &Backend, dir: &Path, run: usize) -> anyhow::Result<Database> {
+        match backend {
+            Backend::Sqlite => {
+                let file = dir.join(format!("load-{run}.db"));
+                if file.exists() {
+                    bail!("{} already exists", file.display());
+                }
+                Ok(Database {
+                    url: format!("sqlite://{}", file.display()),
+                    drop: None,
+                })
+            }
+            Backend::Postgres { admin } => {
+                let name = format!("vigil_load_{}_{run}", std::process::id());
+                let url = database_url(admin, &name)?;
+                let pool = sqlx::PgPool::connect(admin).await.with_context(|| {
+                    format!("cannot connect to PostgreSQL at {}", redact(admin))
+                })?;
+                let created = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                    .execute(&pool)
+                    .await
+                    .with_context(|| format!("cannot create the database {name}"));
+                pool.close().await;
+                created?;
+                Ok(Database {
+                    url,
+                    drop: Some((admin.clone(), name)),
+                })
+            }
+        }
+    }
+
+    /// Drops a PostgreSQL database (`WITH (FORCE)`); SQLite files go with their directory.
+    async fn remove(self) -> anyhow::Result<()> {
+        let Some((admin, name)) = self.drop else {
+            return Ok(());
+        };
+        let pool = sqlx::PgPool::connect(&admin)
+            .await
+            .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(&admin)))?;
+        let dropped = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&pool)
+        .await
+        .with_context(|| format!("cannot drop the database {name}"));
+        pool.close().await;
+        dropped.map(|_| ())
+    }
+}
+
+/// The `load` benchmark: SQLite, then PostgreSQL when configured. Fails at the end if any
+/// signal was not accepted or a service did not stop cleanly.
+async fn load_bench(args: &LoadArgs) -> anyhow::Result<()> {
+    let binary = match &args.binary {
+        Some(binary) => binary.clone(),
+        None => std::env::current_exe()
+            .context("cannot find this executable")?
+            .parent()
+            .context("this executable has no directory")?
+            .join("vigil"),
+    };
+    if !binary.is_file() {
+        bail!(
+            "{} does not exist: build it with `cargo build --release`, or name it with --binary",
+            binary.display()
+        );
+    }
+    let signals = load_signals(args.signals, args.instruments)?;
+    let bodies = signals
+        .iter()
+        .map(webhook_body)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let bases = signals
+        .iter()
+        .take_while(|signal| signal.kind == SignalType::BaseEntry)
+        .count();
+    let terms = Instrument {
+        lot_size: Decimal::ONE,
+        point_value: Decimal::ONE,
+        margin_per_lot: Decimal::from(1000),
+    };
+    let instruments = (0..args.instruments)
+        .map(|slot| (instrument_name(slot), terms.clone()))
+        .collect();
+    let load = Load {
+        binary,
+        signals: Arc::new(signals),
+        bodies: Arc::new(bodies),
+        bases,
+        instruments,
+        concurrency: usize::try_from(args.concurrency).context("--concurrency is too large")?,
+        rate: args.rate,
+    };
+
+    let dir = std::env::temp_dir().join(format!("vigil-load-{}", std::process::id()));
+    if dir.exists() {
+        bail!("{} already exists; remove it first", dir.display());
+    }
+    let mut problems = Vec::new();
+    let outcome = async {
+        let mut backends = vec![Backend::Sqlite];
+        match &args.postgres_url {
+            Some(admin) => backends.push(Backend::Postgres {
+                admin: admin.clone(),
+            }),
+            None => println!(
+                "postgres skipped: give --postgres-url ADMIN_URL or set VIGIL_TEST_DATABASE_URL"
+            ),
+        }
+        for backend in &backends {
+            let work = dir.join(backend.name());
+            std::fs::create_dir_all(&work)
+                .with_context(|| format!("cannot create {}", work.display()))?;
+            load_backend(&load, backend, &work, &mut problems)
+                .await
+                .with_context(|| format!("{} load benchmark", backend.name()))?;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    if outcome.is_ok() && problems.is_empty() {
+        if let Err(error) = std::fs::remove_dir_all(&dir) {
+            eprintln!("warning: cannot remove {}: {error}", dir.display());
+        }
+    } else {
+        eprintln!("kept the databases and service logs in {}", dir.display());
+    }
+    outcome?;
+    if !problems.is_empty() {
+        bail!(
+            "{} problem(s):\n  {}",
+            problems.len(),
+            problems.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// `INST00`, `INST01`, ...
+fn instrument_name(slot: u32) -> String {
+    format!("INST{slot:02}")
+}
+
+/// `count` signals over `instruments` instruments: a base entry on each first (at
+/// [`BASE_PRICE`]), then round after round of pyramids one point higher each round, every
+/// signal a second later than the one before.
+fn load_signals(count: u32, instruments: u32) -> anyhow::Result<Vec<Signal>> {
+    let epoch = DateTime::<Utc>::from_timestamp(LOAD_EPOCH_S, 0)
+        .context("the load signals' start time is out of range")?;
+    (0..count)
+        .map(|index| {
+            let round = index / instruments;
+            let price = Decimal::from(BASE_PRICE) + Decimal::from(round);
+            let timestamp = epoch
+                .checked_add_signed(TimeDelta::seconds(i64::from(index)))
+                .context("a load signal's timestamp is out of range")?;
+            Ok(Signal {
+                kind: if round == 0 {
+                    SignalType::BaseEntry
+                } else {
+                    SignalType::Pyramid
+                },
+                instrument: instrument_name(index % instruments),
+                position: String::from("long"),
+                price,
+                stop: Some(price - Decimal::from(STOP_DISTANCE)),
+                lots: Some(Decimal::ONE),
+                timestamp: timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            })
+        })
+        .collect()
+}
+
+/// The alert TradingView would send for `signal`, numbers as strings.
+fn webhook_body(signal: &Signal) -> anyhow::Result<Vec<u8>> {
+    let number = |value: Option<Decimal>| value.map(|value| value.to_string());
+    serde_json::to_vec(&serde_json::json!({
+        "passphrase": LOAD_PASSPHRASE,
+        "signal": signal.kind.as_str(),
+        "instrument": signal.instrument,
+        "position": signal.position,
+        "price": signal.price.to_string(),
+        "stop": number(signal.stop),
+        "lots": number(signal.lots),
+        "timestamp": signal.timestamp,
+    }))
+    .context("cannot encode a webhook body")
+}
+
+/// The deployment file listing the load instruments.
+fn deployment_file(load: &Load) -> String {
+    let mut text = format!("instance = \"{LOAD_INSTANCE}\"\n");
+    for (name, terms) in &load.instruments {
+        text.push_str(&format!(
+            "\n[instruments.{name}]\nlot_size = \"{}\"\npoint_value = \"{}\"\nmargin_per_lot = \"{}\"\n",
+            terms.lot_size, terms.point_value, terms.margin_per_lot
+        ));
+    }
+    text
+}
+
+/// The three runs on one backend, each on a fresh database, and their lines.
+async fn load_backend(
+    load: &Load,
+    backend: &Backend,
+    work: &Path,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let name = backend.name();
+    let config = work.join("vigil.toml");
+    std::fs::write(&config, deployment_file(load))
+        .with_context(|| format!("cannot write {}", config.display()))?;
+
+    let paced_label = format!("paced {}/s", load.rate);
+    let database = Database::fresh(backend, work, 1).await?;
+    let paced = http_run(load, &database, &config, work, "paced", Some(load.rate)).await;
+    let removed = database.remove().await;
+    let paced = paced?;
+    removed?;
+    println!(
+        "{name:<8} {paced_label}: {} signals in {:.2}s = {:.0} signals/s, {}, sent up to {:.1} ms behind schedule (target p99 < 10 ms)",
+        paced.stats.count,
+        paced.stats.elapsed.as_secs_f64(),
+        paced.stats.rate(),
+        paced.stats.latencies(),
+        millis(paced.stats.max_lag),
+    );
+    paced.report(&format!("{name} {paced_label}"), problems);
+
+    let unpaced_label = format!("unpaced c={}", load.concurrency);
+    let database = Database::fresh(backend, work, 2).await?;
+    let unpaced = http_run(load, &database, &config, work, "unpaced", None).await;
+    let removed = database.remove().await;
+    let unpaced = unpaced?;
+    removed?;
+    println!(
+        "{name:<8} {unpaced_label}: {} signals in {:.2}s = {:.0} signals/s, {}",
+        unpaced.stats.count,
+        unpaced.stats.elapsed.as_secs_f64(),
+        unpaced.stats.rate(),
+        unpaced.stats.latencies(),
+    );
+    unpaced.report(&format!("{name} {unpaced_label}"), problems);
+
+    let database = Database::fresh(backend, work, 3).await?;
+    let raw = raw_run(load, &database).await;
+    let removed = database.remove().await;
+    let raw = raw?;
+    removed?;
+    println!(
+        "{name:<8} raw c={}: {} transactions in {:.2}s = {:.0}/s, {}",
+        load.concurrency,
+        raw.count,
+        raw.elapsed.as_secs_f64(),
+        raw.rate(),
+        raw.latencies(),
+    );
+    let share = if raw.rate() > 0.0 {
+        format!("{:.0}%", unpaced.stats.rate() / raw.rate() * 100.0)
+    } else {
+        String::from("n/a")
+    };
+    println!(
+        "{name:<8} {unpaced_label}: {:.0} signals/s; raw transactions {:.0}/s; HTTP reaches {share} (target >= 50%)",
+        unpaced.stats.rate(),
+        raw.rate(),
+    );
+    if let Some(summary) = raw.refusals() {
+        println!(
+            "{name:<8} raw c={}: not applied: {summary}",
+            load.concurrency
+        );
+        problems.push(format!("{name} raw transactions: not applied: {summary}"));
+    }
+    Ok(())
+}
+
+/// What became of one signal.
+#[derive(Debug)]
+enum Answer {
+    /// 200 `accepted`, or applied in-process.
+    Accepted,
+    /// Anything else: a category (`HTTP 503`, `rejected`, ...) and what was said.
+    Refused {
+        /// Groups refusals in the summary.
+        category: String,
+        /// The body or error, for the first of each category.
+        detail: String,
+    },
+}
+
+/// One signal's answer and how long it took.
+#[derive(Debug)]
+struct Sample {
+    answer: Answer,
+    latency: Duration,
+}
+
+/// Figures of one run.
+#[derive(Debug)]
+struct Stats {
+    /// Signals sent.
+    count: usize,
+    /// From the first send to the last answer.
+    elapsed: Duration,
+    /// Latencies, sorted.
+    latencies: Vec<Duration>,
+    /// How far the latest send started behind its schedule (paced runs only).
+    max_lag: Duration,
+    /// Refusals per category: how many, and the first one's detail.
+    refused: BTreeMap<String, (usize, String)>,
+}
+
+impl Stats {
+    fn new(samples: Vec<Sample>, elapsed: Duration, max_lag: Duration) -> Stats {
+        let count = samples.len();
+        let mut latencies = Vec::with_capacity(count);
+        let mut refused: BTreeMap<String, (usize, String)> = BTreeMap::new();
+        for sample in samples {
+            latencies.push(sample.latency);
+            if let Answer::Refused { category, detail } = sample.answer {
+                refused.entry(category).or_insert((0, detail)).0 += 1;
+            }
+        }
+        latencies.sort_unstable();
+        Stats {
+            count,
+            elapsed,
+            latencies,
+            max_lag,
+            refused,
+        }
+    }
+
+    /// Signals per second.
+    fn rate(&self) -> f64 {
+        let seconds = self.elapsed.as_secs_f64();
+        if seconds > 0.0 {
+            self.count as f64 / seconds
+        } else {
+            0.0
+        }
+    }
+
+    /// The latency at `percent` (nearest rank).
+    fn percentile(&self, percent: usize) -> Duration {
+        let rank = (self.latencies.len() * percent).div_ceil(100).max(1);
+        self.latencies
+            .get(rank - 1)
+            .copied()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// `p50 1.2 ms, p99 3.4 ms, max 9.8 ms, not accepted 0`.
+    fn latencies(&self) -> String {
+        let max = self.latencies.last().copied().unwrap_or(Duration::ZERO);
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms, not accepted {}",
+            millis(self.percentile(50)),
+            millis(self.percentile(99)),
+            millis(max),
+            self.refused.values().map(|(count, _)| count).sum::<usize>()
+        )
+    }
+
+    /// `HTTP 503 x3 (first: ...); ...`, or `None` when everything was accepted.
+    fn refusals(&self) -> Option<String> {
+        if self.refused.is_empty() {
+            return None;
+        }
+        Some(
+            self.refused
+                .iter()
+                .map(|(category, (count, detail))| format!("{category} x{count} (first: {detail})"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    }
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
+}
+
+/// The outcome of one HTTP run.
+#[derive(Debug)]
+struct HttpRun {
+    /// Figures.
+    stats: Stats,
+    /// The service log.
+    log: PathBuf,
+    /// Its warning and error lines.
+    findings: Vec<String>,
+    /// Why the service did not stop cleanly, if it did not.
+    stop_problem: Option<String>,
+}
+
+impl HttpRun {
+    /// Prints refusals, the service's warnings and a bad stop, and records problems.
+    fn report(&self, label: &str, problems: &mut Vec<String>) {
+        if let Some(summary) = self.stats.refusals() {
+            println!("  not accepted: {summary}");
+            problems.push(format!("{label}: not accepted: {summary}"));
+        }
+        if !self.findings.is_empty() {
+            println!(
+                "  service log {}: {} WARN/ERROR line(s), first {}:",
+                self.log.display(),
+                self.findings.len(),
+                self.findings.len().min(LOG_FINDINGS_SHOWN)
+            );
+            for line in self.findings.iter().take(LOG_FINDINGS_SHOWN) {
+                println!("    {line}");
+            }
+        }
+        if let Some(problem) = &self.stop_problem {
+            println!("  {problem}");
+            problems.push(format!("{label}: {problem}"));
+        }
+    }
+}
+
+/// Starts a service on `database`, sends every signal (paced at `rate` per second, or
+/// unpaced), and stops it.
+async fn http_run(
+    load: &Load,
+    database: &Database,
+    config: &Path,
+    work: &Path,
+    label: &str,
+    rate: Option<u32>,
+) -> anyhow::Result<HttpRun> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .context("cannot find a free port")?
+        .port();
+    let address = format!("127.0.0.1:{port}");
+    let log = work.join(format!("{label}.log"));
+    let mut service = Service::start(load, database, config, work, &address, &log)?;
+    service.wait_ready().await?;
+
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(load.concurrency)
+        .tcp_nodelay(true)
+        .build()
+        .context("cannot build the HTTP client")?;
+    let url = format!("http://{address}/webhook");
+    let bodies = Arc::clone(&load.bodies);
+    let sent = drive(load, rate, |index| {
+        let client = client.clone();
+        let url = url.clone();
+        let body = bodies.get(index).cloned().unwrap_or_default();
+        async move { post(&client, &url, body).await }
+    })
+    .await;
+    let stop_problem = match service.stop() {
+        Ok(status) if status.success() => None,
+        Ok(status) => Some(format!(
+            "the service exited with {status} after SIGTERM; log tail:\n{}",
+            log_tail(&log)
+        )),
+        Err(error) => Some(format!("{error:#}")),
+    };
+    let (samples, elapsed, max_lag) = sent?;
+    Ok(HttpRun {
+        stats: Stats::new(samples, elapsed, max_lag),
+        findings: log_findings(&log),
+        log,
+        stop_problem,
+    })
+}
+
+/// Sends one alert and reads the whole answer.
+async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Sample {
+    let started = Instant::now();
+    let answer = async {
+        let response = client
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        Ok::<_, reqwest::Error>((status, bytes))
+    }
+    .await;
+    let latency = started.elapsed();
+    let answer = match answer {
+        Ok((status, bytes)) => {
+            let accepted = status == reqwest::StatusCode::OK
+                && serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .ok()
+                    .and_then(|value| {
+                        value
+                            .get("status")
+                            .and_then(serde_json::Value::as_str)
+                            .map(|status| status == "accepted")
+                    })
+                    .unwrap_or(false);
+            if accepted {
+                Answer::Accepted
+            } else {
+                Answer::Refused {
+                    category: if status == reqwest::StatusCode::OK {
+                        String::from("HTTP 200 not accepted")
+                    } else {
+                        format!("HTTP {}", status.as_u16())
+                    },
+                    detail: shorten(&String::from_utf8_lossy(&bytes)),
+                }
+            }
+        }
+        Err(error) => Answer::Refused {
+            category: String::from("request failed"),
+            detail: shorten(&error_chain(&error)),
+        },
+    };
+    Sample { answer, latency }
+}
+
+/// An error with its sources: `a: b: c`.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+/// At most [`ANSWER_SHOWN_CHARS`] characters of `text`, on one line.
+fn shorten(text: &str) -> String {
+    let line = text.trim().replace('\n', " ");
+    if line.chars().count() > ANSWER_SHOWN_CHARS {
+        let kept: String = line.chars().take(ANSWER_SHOWN_CHARS).collect();
+        format!("{kept}...")
+    } else {
+        line
+    }
+}
+
+/// Applies every signal in-process with the webhook's plan, at the load's concurrency.
+async fn raw_run(load: &Load, database: &Database) -> anyhow::Result<Stats> {
+    let store = AnyStore::connect(&database.url, Access::ReadWrite)
+        .await
+        .with_context(|| format!("cannot connect to {}", redact(&database.url)))?;
+    let outcome = async {
+        store.migrate().await.context("migrations failed")?;
+        let signals = Arc::clone(&load.signals);
+        let instruments = Arc::new(load.instruments.clone());
+        let (samples, elapsed, max_lag) = drive(load, None, |index| {
+            let store = store.clone();
+            let signals = Arc::clone(&signals);
+            let instruments = Arc::clone(&instruments);
+            async move { apply(&store, signals.get(index), &instruments).await }
+        })
+        .await?;
+        anyhow::Ok(Stats::new(samples, elapsed, max_lag))
+    }
+    .await;
+    store.close().await;
+    outcome
+}
+
+/// Claims and applies one signal as the webhook does, minus HTTP and the broker.
+async fn apply(
+    store: &AnyStore,
+    signal: Option<&Signal>,
+    instruments: &BTreeMap<String, Instrument>,
+) -> Sample {
+    let started = Instant::now();
+    let refused = |category: &str, detail: String| Answer::Refused {
+        category: category.to_string(),
+        detail: shorten(&detail),
+    };
+    let Some(signal) = signal else {
+        return Sample {
+            answer: refused("missing", String::from("no signal at this index")),
+            latency: started.elapsed(),
+        };
+    };
+    let Some(instrument) = instruments.get(&signal.instrument) else {
+        return Sample {
+            answer: refused("unknown instrument", signal.instrument.clone()),
+            latency: started.elapsed(),
+        };
+    };
+    let fingerprint = signal.fingerprint();
+    let claim = SignalClaim {
+        signal,
+        fingerprint: &fingerprint,
+        instance_id: LOAD_INSTANCE,
+        received_at: Utc::now(),
+    };
+    let now = Utc::now();
+    let applied = store
+        .apply_signal(&claim, |book| {
+            plan(signal, &fingerprint, instrument, signal.price, now, book)
+        })
+        .await;
+    let answer = match applied {
+        Ok(Applied::Done(_)) => Answer::Accepted,
+        Ok(Applied::Duplicate) => refused("duplicate", fingerprint.clone()),
+        Err(ApplyError::Rejected(rejection)) => refused("rejected", rejection.to_string()),
+        Err(ApplyError::Store(error)) => refused("store error", error.to_string()),
+    };
+    Sample {
+        answer,
+        latency: started.elapsed(),
+    }
+}
+
+/// Runs `task(index)` for every signal, at most `load.concurrency` at once, base entries all
+/// finished before the first pyramid starts. With `rate`, signal `i` starts no earlier than
+/// `i / rate` seconds after the first (a schedule fixed up front). Returns the samples in
+/// signal order, the time from the first start to the last answer, and how far the latest
+/// start was behind its schedule.
+async fn drive<F, Fut>(
+    load: &Load,
+    rate: Option<u32>,
+    task: F,
+) -> anyhow::Result<(Vec<Sample>, Duration, Duration)>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Sample> + Send + 'static,
+{
+    let count = load.signals.len();
+    let permits = Arc::new(Semaphore::new(load.concurrency));
+    let mut samples = Vec::with_capacity(count);
+    let mut pending: Vec<tokio::task::JoinHandle<Sample>> = Vec::with_capacity(count);
+    let mut max_lag = Duration::ZERO;
+    let started = Instant::now();
+    for index in 0..count {
+        if index == load.bases {
+            for handle in pending.drain(..) {
+                samples.push(handle.await.context("a load task panicked")?);
+            }
+        }
+        let due = match rate {
+            Some(rate) => {
+                let offset = u32::try_from(index)
+                    .ok()
+                    .and_then(|index| Duration::from_secs(1).checked_mul(index))
+                    .and_then(|offset| offset.checked_div(rate))
+                    .context("the paced schedule is too long")?;
+                let due = started + offset;
+                tokio::time::sleep_until(due.into()).await;
+                Some(due)
+            }
+            None => None,
+        };
+        let permit = Arc::clone(&permits)
+            .acquire_owned()
+            .await
+            .context("the concurrency limit closed")?;
+        if let Some(due) = due {
+            max_lag = max_lag.max(Instant::now().saturating_duration_since(due));
+        }
+        let future = task(index);
+        pending.push(tokio::spawn(async move {
+            let sample = future.await;
+            drop(permit);
+            sample
+        }));
+    }
+    for handle in pending {
+        samples.push(handle.await.context("a load task panicked")?);
+    }
+    Ok((samples, started.elapsed(), max_lag))
+}
+
+/// A running `vigil run`; dropping it stops the process (SIGTERM, then SIGKILL).
+#[derive(Debug)]
+struct Service {
+    /// The process.
+    child: std::process::Child,
+    /// Its standard output and error.
+    log: PathBuf,
+    /// `http://127.0.0.1:PORT`.
+    base: String,
+}
+
+impl Service {
+    /// Starts `vigil run` on `database`, logging to `log`.
+    fn start(
+        load: &Load,
+        database: &Database,
+        config: &Path,
+        work: &Path,
+        address: &str,
+        log: &Path,
+    ) -> anyhow::Result<Service> {
+        let stderr = std::fs::File::create(log)
+            .with_context(|| format!("cannot create {}", log.display()))?;
+        let stdout = stderr
+            .try_clone()
+            .with_context(|| format!("cannot share {}", log.display()))?;
+        let child = std::process::Command::new(&load.binary)
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .arg("--database-url")
+            .arg(&database.url)
+            .arg("--listen")
+            .arg(address)
+            .arg("--instance")
+            .arg(LOAD_INSTANCE)
+            .env(PASSPHRASE_ENV, LOAD_PASSPHRASE)
+            .current_dir(work)
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("cannot start {}", load.binary.display()))?;
+        Ok(Service {
+            child,
+            log: log.to_path_buf(),
+            base: format!("http://{address}"),
+        })
+    }
+
+    /// Polls `GET /ready` until it answers 200, at most [`READY_TRIES`] times.
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(READY_REQUEST_TIMEOUT)
+            .build()
+            .context("cannot build the HTTP client")?;
+        let url = format!("{}/ready", self.base);
+        let mut last = String::from("no answer");
+        for _ in 0..READY_TRIES {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .context("cannot check on the service")?
+            {
+                bail!(
+                    "the service exited with {status} before it was ready; log tail:\n{}",
+                    log_tail(&self.log)
+                );
+            }
+            match client.get(&url).send().await {
+                Ok(response) if response.status() == reqwest::StatusCode::OK => return Ok(()),
+                Ok(response) => last = format!("HTTP {}", response.status().as_u16()),
+                Err(error) => last = error_chain(&error),
+            }
+            tokio::time::sleep(READY_INTERVAL).await;
+        }
+        bail!(
+            "{url} did not answer 200 after {READY_TRIES} tries {} ms apart (last: {last}); log tail:\n{}",
+            READY_INTERVAL.as_millis(),
+            log_tail(&self.log)
+        )
+    }
+
+    /// Sends SIGTERM and waits for the exit, killing the process if it outlasts
+    /// [`STOP_TRIES`] checks.
+    fn stop(&mut self) -> anyhow::Result<std::process::ExitStatus> {
+        if let Some(status) = self
+            .child
+            .try_wait()
+            .context("cannot check on the service")?
+        {
+            return Ok(status);
+        }
+        let pid = self.child.id().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .context("cannot run kill -TERM")?;
+        if !sent.success() {
+            bail!("kill -TERM {pid} failed with {sent}");
+        }
+        for _ in 0..STOP_TRIES {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .context("cannot check on the service")?
+            {
+                return Ok(status);
+            }
+            std::thread::sleep(STOP_INTERVAL);
+        }
+        self.child.kill().context("cannot kill the service")?;
+        let status = self.child.wait().context("cannot reap the service")?;
+        bail!(
+            "the service did not stop within {} ms of SIGTERM and was killed ({status}); log tail:\n{}",
+            STOP_INTERVAL.as_millis() * u128::from(STOP_TRIES),
+            log_tail(&self.log)
+        )
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Err(error) = self.stop() {
+            eprintln!("warning: stopping the service: {error:#}");
+        }
+    }
+}
+
+/// The last [`LOG_TAIL_LINES`] lines of `log`.
+fn log_tail(log: &Path) -> String {
+    match std::fs::read_to_string(log) {
+        Ok(text) => {
+            let lines: Vec<&str> = text.lines().collect();
+            let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+            lines.get(from..).unwrap_or_default().join("\n")
+        }
+        Err(error) => format!("(cannot read {}: {error})", log.display()),
+    }
+}
+
+/// The warning and error lines of `log`.
+fn log_findings(log: &Path) -> Vec<String> {
+    match std::fs::read_to_string(log) {
+        Ok(text) => text
+            .lines()
+            .filter(|line| line.contains(" WARN ") || line.contains(" ERROR "))
+            .map(str::to_string)
+            .collect(),
+        Err(error) => vec![format!("(cannot read {}: {error})", log.display())],
     }
 }

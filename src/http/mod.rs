@@ -24,7 +24,8 @@ use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
+// A 503 while recovering is the API working, not a failure: handlers log what matters.
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
 /// The largest webhook body accepted. TradingView alerts are a few hundred bytes.
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
@@ -122,7 +123,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
         .layer(PropagateRequestIdLayer::x_request_id())
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)).make_span_with(|request: &Request<_>| {
             // The path only: a query string could carry a secret.
             let id = request.headers().get("x-request-id").and_then(|id| id.to_str().ok()).unwrap_or("-");
             tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id = id)

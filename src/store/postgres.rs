@@ -111,7 +111,16 @@ impl Store for PgStore {
             tx.rollback().await.map_err(classify_pg)?;
             return Ok(Applied::Duplicate);
         }
-        // The portfolio row is the one lock every signal takes: totals are global.
+        // The portfolio row is the one lock every signal takes: totals are global. On a new
+        // database it does not exist yet and FOR UPDATE would lock nothing, so it is created
+        // first; a concurrent creator waits here for this transaction.
+        sqlx::query(
+            "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
+             VALUES (1, 0, 0, 0, 0, 0, now()) ON CONFLICT (id) DO NOTHING",
+        )
+        .execute(&mut *tx)
+        .await
+        .map_err(classify_pg)?;
         let portfolio = sqlx::query_as::<_, PortfolioRow>(
             "SELECT initial_capital::text AS initial_capital, closed_equity::text AS closed_equity, \
              total_risk::text AS total_risk, margin_used::text AS margin_used, version \

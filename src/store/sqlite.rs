@@ -9,12 +9,16 @@ use crate::trading::plan::{Book, Plan, PyramidingChange, Rejection};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// A SQLite database file.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     /// The connection pool.
     pool: SqlitePool,
+    /// Signal transactions queue here, in arrival order, rather than in SQLite's busy
+    /// handler, which sleeps in steps of up to 100 ms and lets latency run away under load.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// Maps SQLite result codes (extended codes carry the primary code in their low byte).
@@ -160,7 +164,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(classify_sqlite)?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            writer: Arc::default(),
+        })
     }
 }
 
@@ -180,6 +187,7 @@ impl Store for SqliteStore {
     {
         // IMMEDIATE takes the write lock now: SQLite has one writer, and a transaction that
         // reads first and upgrades later can fail where this one waits (busy timeout).
+        let _writer = self.writer.lock().await;
         let mut tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
