@@ -146,16 +146,14 @@ impl SqliteStore {
             .map_err(|error| StoreError::BadUrl(format!("invalid SQLite URL `{url}`: {error}")))?
             .foreign_keys(true)
             .busy_timeout(CONNECT_TIMEOUT);
+        let file = options.get_filename().to_path_buf();
+        let created = access == Access::ReadWrite
+            && file != std::path::Path::new(":memory:")
+            && !file.exists();
         let options = match access {
-            Access::ReadWrite => {
-                let file = options.get_filename();
-                if file != std::path::Path::new(":memory:") && !file.exists() {
-                    tracing::warn!(target: "vigil::store", "creating a new, empty database at {}", file.display());
-                }
-                options
-                    .create_if_missing(true)
-                    .journal_mode(SqliteJournalMode::Wal)
-            }
+            Access::ReadWrite => options
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal),
             Access::ReadOnly => options.read_only(true),
         };
         let pool = SqlitePoolOptions::new()
@@ -164,6 +162,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .map_err(classify_sqlite)?;
+        if created {
+            // A mistyped path would otherwise start an empty book without a word.
+            tracing::warn!(target: "vigil::store", "created a new, empty database at {}", file.display());
+        }
         Ok(SqliteStore {
             pool,
             writer: Arc::default(),
