@@ -177,6 +177,11 @@ const CASES: &[(&str, &[&str], i32)] = &[
         ],
         1,
     ),
+    (
+        "run_refuses_to_listen_beyond_loopback_without_a_passphrase",
+        &["run", "--listen", "0.0.0.0:0"],
+        3,
+    ),
     ("machines_table", &["machines"], 0),
     (
         "machines_lifecycle_mermaid",
@@ -199,6 +204,7 @@ fn cli_cases() {
             .args(*args)
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env_remove("VIGIL_INSTANCE")
+            .env_remove("VIGIL_WEBHOOK_PASSPHRASE")
             .output()
             .unwrap();
         let stdout = String::from_utf8(output.stdout).unwrap();

@@ -297,14 +297,14 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             return Ok(Outcome::Invalid);
         }
     };
-    let (passphrase, configured) = passphrase(&settings)?;
-    if !address.ip().is_loopback() && !configured {
+    if !address.ip().is_loopback() && settings.passphrase.is_none() {
         eprintln!(
             "error: refusing to listen on {address} without a configured webhook passphrase; set {PASSPHRASE_ENV} \
              or webhook_passphrase in the deployment file, or listen on 127.0.0.1"
         );
         return Ok(Outcome::Invalid);
     }
+    let (passphrase, _) = passphrase(&settings)?;
     init_logging();
     tracing::info!(
         target: crate::startup::STARTUP_TARGET,
