@@ -120,7 +120,8 @@ impl Deployment {
                 point_value: field(&raw.point_value, "point_value"),
                 margin_per_lot: field(&raw.margin_per_lot, "margin_per_lot"),
             };
-            instruments.insert(name, instrument);
+            // Signals name instruments upper-cased; so does the table.
+            instruments.insert(name.to_ascii_uppercase(), instrument);
         }
         if !diagnostics.is_empty() {
             return Err(Diagnostics(diagnostics));

@@ -122,6 +122,7 @@ async fn send(
     (status, retry_after, json)
 }
 
+/// An alert; `timestamp` is the time of day on 2026-11-21, UTC.
 fn signal(
     kind: &str,
     instrument: &str,
@@ -131,7 +132,7 @@ fn signal(
     timestamp: &str,
 ) -> String {
     format!(
-        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"{instrument}","position":"long","price":"{price}","stop":"{stop}","lots":"{lots}","timestamp":"{timestamp}"}}"#
+        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"{instrument}","position":"long","price":"{price}","stop":"{stop}","lots":"{lots}","timestamp":"2026-11-21T{timestamp}Z"}}"#
     )
 }
 
@@ -154,7 +155,7 @@ fn bad_input_cases() -> Vec<Case> {
         (
             "POST",
             "/webhook",
-            signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "t1"),
+            signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:15:01"),
         )
     };
     vec![
@@ -175,7 +176,7 @@ fn bad_input_cases() -> Vec<Case> {
             vec![(
                 "POST",
                 "/webhook",
-                signal("BASE_ENTRY", "NIFTY", "1", "0.5", "1", "t")
+                signal("BASE_ENTRY", "NIFTY", "1", "0.5", "1", "09:15:00")
                     .replace(PASSPHRASE, "")
                     .replace(r#""passphrase":"","#, ""),
             )],
@@ -187,7 +188,8 @@ fn bad_input_cases() -> Vec<Case> {
             vec![(
                 "POST",
                 "/webhook",
-                signal("BASE_ENTRY", "NIFTY", "1", "0.5", "1", "t").replace(PASSPHRASE, "guess"),
+                signal("BASE_ENTRY", "NIFTY", "1", "0.5", "1", "09:15:00")
+                    .replace(PASSPHRASE, "guess"),
             )],
             StatusCode::UNAUTHORIZED,
             None,
@@ -207,7 +209,7 @@ fn bad_input_cases() -> Vec<Case> {
             vec![(
                 "POST",
                 "/webhook",
-                signal("BASE_ENTRY", "DOGE", "1", "0.5", "1", "t"),
+                signal("BASE_ENTRY", "DOGE", "1", "0.5", "1", "09:15:00"),
             )],
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("instrument"),
@@ -217,7 +219,7 @@ fn bad_input_cases() -> Vec<Case> {
             vec![(
                 "POST",
                 "/webhook",
-                signal("BASE_ENTRY", "NIFTY", "22000", "21900", "0", "t"),
+                signal("BASE_ENTRY", "NIFTY", "22000", "21900", "0", "09:15:00"),
             )],
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("lots"),
@@ -227,7 +229,7 @@ fn bad_input_cases() -> Vec<Case> {
             vec![(
                 "POST",
                 "/webhook",
-                signal("BASE_ENTRY", "NIFTY", "-5", "-6", "1", "t"),
+                signal("BASE_ENTRY", "NIFTY", "-5", "-6", "1", "09:15:00"),
             )],
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("price"),
@@ -237,7 +239,7 @@ fn bad_input_cases() -> Vec<Case> {
             vec![(
                 "POST",
                 "/webhook",
-                signal("BASE_ENTRY", "NIFTY", "22000", "22100", "1", "t"),
+                signal("BASE_ENTRY", "NIFTY", "22000", "22100", "1", "09:15:00"),
             )],
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("stop"),
@@ -247,7 +249,7 @@ fn bad_input_cases() -> Vec<Case> {
             vec![(
                 "POST",
                 "/webhook",
-                signal("PYRAMID", "NIFTY", "22100", "22000", "1", "t"),
+                signal("PYRAMID", "NIFTY", "22100", "22000", "1", "09:15:00"),
             )],
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("signal"),
@@ -257,7 +259,7 @@ fn bad_input_cases() -> Vec<Case> {
             vec![(
                 "POST",
                 "/webhook",
-                signal("EXIT", "NIFTY", "22100", "0", "1", "t"),
+                signal("EXIT", "NIFTY", "22100", "0", "1", "09:15:00"),
             )],
             StatusCode::UNPROCESSABLE_ENTITY,
             Some("instrument"),
@@ -269,7 +271,7 @@ fn bad_input_cases() -> Vec<Case> {
                 (
                     "POST",
                     "/webhook",
-                    signal("BASE_ENTRY", "NIFTY", "22050", "21950", "1", "t2"),
+                    signal("BASE_ENTRY", "NIFTY", "22050", "21950", "1", "09:15:02"),
                 ),
             ],
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -333,7 +335,7 @@ async fn signals_are_refused_while_the_lifecycle_does_not_accept_them() {
             &router,
             "POST",
             "/webhook",
-            signal(kind, "NIFTY", "22000", "21900", "1", "t"),
+            signal(kind, "NIFTY", "22000", "21900", "1", "09:15:00"),
         )
         .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{state}: {json}");
@@ -361,22 +363,22 @@ async fn a_trade_from_entry_to_exit() {
     let (router, _) = service(&store, "active", SignalSet::ALL);
     let steps = [
         (
-            signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "t1"),
+            signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:15:01"),
             "accepted",
             (1, 0),
         ),
         (
-            signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "t1"),
+            signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:15:01"),
             "duplicate",
             (1, 0),
         ),
         (
-            signal("PYRAMID", "NIFTY", "22100.5", "22000", "1", "t2"),
+            signal("PYRAMID", "NIFTY", "22100.5", "22000", "1", "09:15:02"),
             "accepted",
             (2, 0),
         ),
         (
-            signal("EXIT", "NIFTY", "22300", "0", "1", "t3"),
+            signal("EXIT", "NIFTY", "22300", "0", "1", "09:15:03"),
             "accepted",
             (0, 2),
         ),
@@ -401,8 +403,21 @@ async fn a_trade_from_entry_to_exit() {
         "{json}"
     );
     // (22300 − 22000) × 2 × 75 + (22300 − 22100.5) × 1 × 75 = 45000 + 14962.5
-    let receipt_rows = store.load_recovery_rows().await.unwrap();
-    assert_eq!(receipt_rows.portfolio.unwrap().closed_equity, "59962.5");
+    let rows = store.load_recovery_rows().await.unwrap();
+    let portfolio = rows.portfolio.clone().unwrap();
+    assert_eq!(portfolio.closed_equity, "59962.5");
+    assert_eq!(
+        (
+            portfolio.total_risk.as_str(),
+            portfolio.margin_used.as_str()
+        ),
+        ("0", "0")
+    );
+    assert!(
+        rows.pyramiding.is_empty(),
+        "the exit leaves no pyramiding state: {:?}",
+        rows.pyramiding
+    );
     let (metrics, _, _) = send(&router, "GET", "/metrics", String::new()).await;
     assert_eq!(metrics, StatusCode::OK);
     store.close().await;
@@ -416,7 +431,7 @@ async fn metrics_are_prometheus_text() {
         &router,
         "POST",
         "/webhook",
-        signal("BASE_ENTRY", "BANKNIFTY", "48000", "47700", "1", "m1"),
+        signal("BASE_ENTRY", "BANKNIFTY", "48000", "47700", "1", "09:16:00"),
     )
     .await;
     let request = Request::builder()
@@ -454,9 +469,10 @@ async fn the_passphrase_never_reaches_the_logs() {
     let store = sqlite_store().await;
     let (router, _) = service(&store, "active", SignalSet::ALL);
     for body in [
-        signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "p1"),
-        signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "p1").replace("battery", "batery"),
-        signal("BASE_ENTRY", "DOGE", "1", "0.5", "1", "p2"),
+        signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:17:00"),
+        signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:17:00")
+            .replace("battery", "batery"),
+        signal("BASE_ENTRY", "DOGE", "1", "0.5", "1", "09:17:01"),
         "{broken".to_string(),
     ] {
         send(&router, "POST", "/webhook", body).await;
@@ -487,7 +503,7 @@ async fn fifty_identical_signals_at_once_make_one_position() {
     );
     for (backend, store, database) in stores {
         let (router, _) = service(&store, "active", SignalSet::ALL);
-        let body = signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "storm");
+        let body = signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:18:00");
         let requests = (0..50).map(|_| {
             let router = router.clone();
             let body = body.clone();
@@ -516,5 +532,115 @@ async fn fifty_identical_signals_at_once_make_one_position() {
         if let Some((admin, name)) = database {
             drop_database(&admin, &name).await;
         }
+    }
+}
+
+/// A request and what it must do: body, status, open positions after.
+type Step = (String, StatusCode, i64);
+
+/// An alert with its own label (`position`), or none.
+fn labelled(kind: &str, label: Option<&str>, price: &str, stop: &str, time: &str) -> String {
+    let label = label
+        .map(|label| format!(r#""position":"{label}","#))
+        .unwrap_or_default();
+    format!(
+        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"NIFTY",{label}"price":"{price}","stop":"{stop}","lots":"1","timestamp":"2026-11-21T{time}Z"}}"#
+    )
+}
+
+#[tokio::test]
+async fn exits_close_what_their_label_names() {
+    // (steps: body, expected status, open positions after)
+    let cases: Vec<(&str, Vec<Step>)> = vec![
+        (
+            "a pyramid's label closes that pyramid only",
+            vec![
+                (
+                    labelled("BASE_ENTRY", Some("b"), "100", "90", "09:00:00"),
+                    StatusCode::OK,
+                    1,
+                ),
+                (
+                    labelled("PYRAMID", Some("p1"), "110", "100", "09:01:00"),
+                    StatusCode::OK,
+                    2,
+                ),
+                (
+                    labelled("EXIT", Some("p1"), "120", "0", "09:02:00"),
+                    StatusCode::OK,
+                    1,
+                ),
+            ],
+        ),
+        (
+            "no label closes everything",
+            vec![
+                (
+                    labelled("BASE_ENTRY", Some("b"), "100", "90", "09:00:00"),
+                    StatusCode::OK,
+                    1,
+                ),
+                (
+                    labelled("PYRAMID", None, "110", "100", "09:01:00"),
+                    StatusCode::OK,
+                    2,
+                ),
+                (
+                    labelled("EXIT", None, "120", "0", "09:02:00"),
+                    StatusCode::OK,
+                    0,
+                ),
+            ],
+        ),
+        (
+            "the base's label closes everything",
+            vec![
+                (
+                    labelled("BASE_ENTRY", Some("b"), "100", "90", "09:00:00"),
+                    StatusCode::OK,
+                    1,
+                ),
+                (
+                    labelled("PYRAMID", Some("p1"), "110", "100", "09:01:00"),
+                    StatusCode::OK,
+                    2,
+                ),
+                (
+                    labelled("EXIT", Some("b"), "120", "0", "09:02:00"),
+                    StatusCode::OK,
+                    0,
+                ),
+            ],
+        ),
+        (
+            "an unknown label is refused",
+            vec![
+                (
+                    labelled("BASE_ENTRY", Some("b"), "100", "90", "09:00:00"),
+                    StatusCode::OK,
+                    1,
+                ),
+                (
+                    labelled("EXIT", Some("typo"), "120", "0", "09:02:00"),
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    1,
+                ),
+            ],
+        ),
+    ];
+    for (name, steps) in cases {
+        let store = sqlite_store().await;
+        let (router, _) = service(&store, "active", SignalSet::ALL);
+        for (body, expected, open) in steps {
+            let (status, _, json) = send(&router, "POST", "/webhook", body).await;
+            assert_eq!(status, expected, "{name}: {json}");
+            assert_eq!(counts(&store).await.0, open, "{name}");
+        }
+        // Whatever was closed, the totals are exactly the sums over what is open.
+        let rows = store.load_recovery_rows().await.unwrap();
+        let (_, receipt) =
+            vigil::recovery::recover(rows, rust_decimal::Decimal::ZERO, &default_instruments(), 0);
+        assert_eq!(receipt.failure(), None, "{name}: {receipt}");
+        store.close().await;
     }
 }

@@ -110,7 +110,7 @@ impl Instance {
 
 fn signal(kind: &str, price: &str, stop: &str, timestamp: &str) -> String {
     format!(
-        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"NIFTY","position":"long","price":"{price}","stop":"{stop}","lots":"1","timestamp":"{timestamp}"}}"#
+        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"NIFTY","position":"long","price":"{price}","stop":"{stop}","lots":"1","timestamp":"2026-11-21T{timestamp}:00Z"}}"#
     )
 }
 

@@ -943,11 +943,11 @@ fn load_signals(count: u32, instruments: u32) -> anyhow::Result<Vec<Signal>> {
                     SignalType::Pyramid
                 },
                 instrument: instrument_name(index % instruments),
-                position: String::from("long"),
+                position: Some(String::from("long")),
                 price,
                 stop: Some(price - Decimal::from(STOP_DISTANCE)),
                 lots: Some(Decimal::ONE),
-                timestamp: timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                timestamp,
             })
         })
         .collect()

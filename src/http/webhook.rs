@@ -21,7 +21,12 @@ use axum::Json;
 use chrono::Utc;
 use serde::Serialize;
 use std::sync::{Arc, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a signal's transaction may take, queueing included. Below the request timeout,
+/// so that a database that stops answering is answered with a 503 and reported to the
+/// machines rather than cut off by the timeout layer.
+pub const SIGNAL_STORE_DEADLINE: Duration = Duration::from_millis(1500);
 
 /// The answer to an accepted or duplicate signal.
 #[derive(Debug, Serialize)]
@@ -118,8 +123,11 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
     let fill = match app.broker.execute(&order).await {
         Ok(fill) => fill,
         Err(error) => {
+            tracing::warn!(target: "vigil::signal", "order not executed: {error}");
             report(app, FailureKind::BrokerUnavailable);
-            return Err(ApiError::unavailable(error.to_string()));
+            return Err(ApiError::unavailable(
+                "the broker is unavailable; nothing was changed",
+            ));
         }
     };
     let claim = SignalClaim {
@@ -129,11 +137,17 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
         received_at: Utc::now(),
     };
     let now = Utc::now();
-    let applied = store
-        .apply_signal(&claim, |book| {
-            plan(&signal, &fingerprint, instrument, fill.price, now, book)
-        })
-        .await;
+    let applying = store.apply_signal(&claim, |book| {
+        plan(&signal, &fingerprint, instrument, fill.price, now, book)
+    });
+    // Dropping the transaction on the deadline rolls it back: nothing is applied, the client
+    // hears 503 in time to resend, and the machines hear that the database is not answering.
+    let applied = match tokio::time::timeout(SIGNAL_STORE_DEADLINE, applying).await {
+        Ok(applied) => applied,
+        Err(_) => Err(ApplyError::Store(StoreError::Unavailable(format!(
+            "no answer within {SIGNAL_STORE_DEADLINE:?}"
+        )))),
+    };
     match applied {
         Ok(applied) => {
             app.recent

@@ -4,32 +4,42 @@
 pub mod plan;
 
 use crate::vocabulary::SignalType;
+use chrono::{DateTime, SecondsFormat, Utc};
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 /// The longest text field accepted (instrument, position label, timestamp). Longer values are
 /// not from TradingView and would only bloat the signal log.
 pub const MAX_FIELD_CHARS: usize = 64;
 
+/// The most decimal places a price, stop or lot count may have. Risk, margin and P&L are
+/// rounded to [`plan::MONEY_DECIMAL_PLACES`]; bounded inputs keep every product exact.
+pub const MAX_INPUT_DECIMAL_PLACES: u32 = 8;
+
+/// The label an entry gets when its alert names none.
+pub const DEFAULT_LABEL: &str = "long";
+
 /// A checked signal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Signal {
     /// BASE_ENTRY, PYRAMID or EXIT.
     pub kind: SignalType,
-    /// The instrument, as the deployment names it.
+    /// The instrument, upper-cased, as the deployment names it.
     pub instrument: String,
-    /// The position label (TradingView's order id or comment); `long` when absent.
-    pub position: String,
+    /// The position label (TradingView's order id), if the alert names one. An entry without
+    /// one is labelled [`DEFAULT_LABEL`]; an EXIT without one closes the whole instrument.
+    pub position: Option<String>,
     /// Entry price, or exit price for EXIT.
     pub price: Decimal,
-    /// Protective stop; required for entries.
+    /// Protective stop; entries only.
     pub stop: Option<Decimal>,
-    /// Size in lots; required for entries.
+    /// Size in lots; entries only.
     pub lots: Option<Decimal>,
-    /// The alert's own timestamp, as sent: it tells a resend (same timestamp) from a new
-    /// alert with the same numbers.
-    pub timestamp: String,
+    /// The alert's own time, in UTC: it tells a resend (same time) from a new alert with the
+    /// same numbers.
+    pub timestamp: DateTime<Utc>,
 }
 
 /// Why a body was refused before any state was looked at.
@@ -55,35 +65,6 @@ fn invalid(field: &'static str, message: impl Into<String>) -> SignalError {
     }
 }
 
-/// A number as TradingView sends it: a JSON number, or a string holding one
-/// (`"{{close}}"` placeholders are quoted in most alert templates).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-enum Number {
-    Text(String),
-    Json(serde_json::Number),
-}
-
-/// The alert body as sent.
-#[derive(Debug, Deserialize)]
-struct RawSignal {
-    passphrase: Option<String>,
-    #[serde(alias = "type", alias = "action")]
-    signal: Option<String>,
-    #[serde(alias = "ticker", alias = "symbol")]
-    instrument: Option<String>,
-    #[serde(alias = "label", alias = "position_label")]
-    position: Option<String>,
-    #[serde(alias = "entry", alias = "close")]
-    price: Option<Number>,
-    #[serde(alias = "stop_loss", alias = "sl")]
-    stop: Option<Number>,
-    #[serde(alias = "quantity", alias = "qty")]
-    lots: Option<Number>,
-    #[serde(alias = "time", alias = "timenow")]
-    timestamp: Option<String>,
-}
-
 /// A parsed body: the signal and the passphrase it carried (checked by the HTTP layer, in
 /// constant time, and never logged).
 #[derive(Debug)]
@@ -96,13 +77,13 @@ pub struct Parsed {
 
 /// An alert body that is a JSON object, not yet checked.
 #[derive(Debug)]
-pub struct Body(serde_json::Map<String, serde_json::Value>);
+pub struct Body(Map<String, Value>);
 
 impl Body {
     /// Reads the body; anything but a JSON object is [`SignalError::Malformed`].
     pub fn parse(bytes: &[u8]) -> Result<Body, SignalError> {
         match serde_json::from_slice(bytes) {
-            Ok(serde_json::Value::Object(map)) => Ok(Body(map)),
+            Ok(Value::Object(map)) => Ok(Body(map)),
             Ok(_) => Err(SignalError::Malformed(
                 "the body must be a JSON object".into(),
             )),
@@ -112,138 +93,178 @@ impl Body {
 
     /// The passphrase field, if it is a string.
     pub fn passphrase(&self) -> Option<&str> {
-        self.0.get("passphrase").and_then(serde_json::Value::as_str)
+        self.0.get("passphrase").and_then(Value::as_str)
     }
 
     /// Checks the fields; anything wrong names the field.
-    pub fn signal(self) -> Result<Signal, SignalError> {
-        check(serde_json::Value::Object(self.0)).map(|parsed| parsed.signal)
+    pub fn signal(&self) -> Result<Signal, SignalError> {
+        check(&self.0)
     }
 }
 
-/// Parses and checks an alert body. Malformed JSON is [`SignalError::Malformed`]; anything
-/// else wrong names the field.
-pub fn parse(body: &[u8]) -> Result<Parsed, SignalError> {
-    let Body(map) = Body::parse(body)?;
-    check(serde_json::Value::Object(map))
-}
-
-fn check(value: serde_json::Value) -> Result<Parsed, SignalError> {
-    let raw: RawSignal =
-        serde_json::from_value(value).map_err(|error| invalid("body", error.to_string()))?;
-    let kind_text = raw
-        .signal
-        .ok_or_else(|| invalid("signal", "is missing; use BASE_ENTRY, PYRAMID or EXIT"))?;
-    let kind =
-        SignalType::parse(kind_text.trim().to_ascii_uppercase().as_str()).ok_or_else(|| {
-            invalid(
-                "signal",
-                format!("{kind_text:?} is not BASE_ENTRY, PYRAMID or EXIT"),
-            )
-        })?;
-    let instrument = text("instrument", raw.instrument)?
-        .ok_or_else(|| invalid("instrument", "is missing"))?
-        .to_ascii_uppercase();
-    let position = text("position", raw.position)?.unwrap_or_else(|| "long".to_string());
-    let timestamp = text("timestamp", raw.timestamp)?.ok_or_else(|| {
-        invalid(
-            "timestamp",
-            "is missing; TradingView's {{timenow}} fills it",
-        )
-    })?;
-    let price = positive("price", raw.price)?.ok_or_else(|| invalid("price", "is missing"))?;
-    let stop = match raw.stop {
-        None => None,
-        Some(stop) => {
-            Some(number("stop", stop)?).filter(|stop| !stop.is_zero() || kind == SignalType::Exit)
-        }
-    };
-    let lots = positive("lots", raw.lots)?;
-    if kind != SignalType::Exit {
-        let stop = stop.ok_or_else(|| invalid("stop", "is required for an entry"))?;
-        if stop <= Decimal::ZERO {
-            return Err(invalid("stop", format!("{stop} is not positive")));
-        }
-        if stop >= price {
-            return Err(invalid(
-                "stop",
-                format!("{stop} is not below the entry price {price}; vigil trades long positions"),
-            ));
-        }
-        if lots.is_none() {
-            return Err(invalid("lots", "is required for an entry"));
-        }
-    }
+/// Parses and checks an alert body.
+pub fn parse(bytes: &[u8]) -> Result<Parsed, SignalError> {
+    let body = Body::parse(bytes)?;
+    let signal = body.signal()?;
     Ok(Parsed {
-        signal: Signal {
-            kind,
-            instrument,
-            position,
-            price,
-            stop,
-            lots,
-            timestamp,
-        },
-        passphrase: raw.passphrase,
+        signal,
+        passphrase: body.passphrase().map(str::to_string),
     })
 }
 
-fn text(field: &'static str, value: Option<String>) -> Result<Option<String>, SignalError> {
-    let Some(value) = value.map(|value| value.trim().to_string()) else {
+/// The first of `names` present in the body (TradingView templates use several spellings).
+fn field<'a>(body: &'a Map<String, Value>, names: &[&str]) -> Option<&'a Value> {
+    names
+        .iter()
+        .find_map(|name| body.get(*name))
+        .filter(|value| !value.is_null())
+}
+
+fn text(
+    body: &Map<String, Value>,
+    field_name: &'static str,
+    names: &[&str],
+) -> Result<Option<String>, SignalError> {
+    let Some(value) = field(body, names) else {
         return Ok(None);
     };
-    if value.is_empty() {
-        return Err(invalid(field, "is empty"));
-    }
-    if value.chars().count() > MAX_FIELD_CHARS || value.chars().any(char::is_control) {
+    let Value::String(text) = value else {
         return Err(invalid(
-            field,
+            field_name,
+            format!("must be a string, found {value}"),
+        ));
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(invalid(field_name, "is empty"));
+    }
+    if text.chars().count() > MAX_FIELD_CHARS || text.chars().any(char::is_control) {
+        return Err(invalid(
+            field_name,
             format!("must be at most {MAX_FIELD_CHARS} printable characters"),
         ));
     }
-    Ok(Some(value))
+    Ok(Some(text.to_string()))
 }
 
-fn number(field: &'static str, value: Number) -> Result<Decimal, SignalError> {
-    let text = match value {
-        Number::Text(text) => text,
-        Number::Json(number) => number.to_string(),
+/// A number as sent: a JSON number (read from its digits, never through floating point) or a
+/// string holding one.
+fn number(
+    body: &Map<String, Value>,
+    field_name: &'static str,
+    names: &[&str],
+) -> Result<Option<Decimal>, SignalError> {
+    let Some(value) = field(body, names) else {
+        return Ok(None);
     };
-    crate::domain::parse_decimal(text.trim())
-        .or_else(|| Decimal::from_scientific(text.trim()).ok())
-        .ok_or_else(|| invalid(field, format!("{text:?} is not a number")))
+    let text = match value {
+        Value::String(text) => text.trim().to_string(),
+        Value::Number(number) => number.to_string(),
+        other => {
+            return Err(invalid(
+                field_name,
+                format!("must be a number, found {other}"),
+            ))
+        }
+    };
+    let number = crate::domain::parse_decimal(&text)
+        .or_else(|| Decimal::from_scientific(&text).ok())
+        .ok_or_else(|| invalid(field_name, format!("{text:?} is not a number")))?;
+    if number <= Decimal::ZERO {
+        return Err(invalid(field_name, format!("{number} is not positive")));
+    }
+    if number.normalize().scale() > MAX_INPUT_DECIMAL_PLACES {
+        return Err(invalid(
+            field_name,
+            format!("{number} has more than {MAX_INPUT_DECIMAL_PLACES} decimal places"),
+        ));
+    }
+    Ok(Some(number.normalize()))
 }
 
-fn positive(field: &'static str, value: Option<Number>) -> Result<Option<Decimal>, SignalError> {
-    let Some(value) = value else { return Ok(None) };
-    let number = number(field, value)?;
-    if number <= Decimal::ZERO {
-        return Err(invalid(field, format!("{number} is not positive")));
-    }
-    Ok(Some(number))
+fn check(body: &Map<String, Value>) -> Result<Signal, SignalError> {
+    let kind_text = text(body, "signal", &["signal", "type", "action"])?
+        .ok_or_else(|| invalid("signal", "is missing; use BASE_ENTRY, PYRAMID or EXIT"))?;
+    let kind = SignalType::parse(&kind_text.to_ascii_uppercase()).ok_or_else(|| {
+        invalid(
+            "signal",
+            format!("{kind_text:?} is not BASE_ENTRY, PYRAMID or EXIT"),
+        )
+    })?;
+    let instrument = text(body, "instrument", &["instrument", "ticker", "symbol"])?
+        .ok_or_else(|| invalid("instrument", "is missing"))?
+        .to_ascii_uppercase();
+    let position = text(body, "position", &["position", "label", "position_label"])?;
+    let timestamp_text =
+        text(body, "timestamp", &["timestamp", "time", "timenow"])?.ok_or_else(|| {
+            invalid(
+                "timestamp",
+                "is missing; TradingView's {{timenow}} fills it",
+            )
+        })?;
+    let timestamp = DateTime::parse_from_rfc3339(&timestamp_text)
+        .map_err(|_| {
+            invalid(
+                "timestamp",
+                format!("{timestamp_text:?} is not an RFC 3339 time such as 2026-11-21T09:15:00Z"),
+            )
+        })?
+        .with_timezone(&Utc);
+    let price = number(body, "price", &["price", "entry", "close"])?
+        .ok_or_else(|| invalid("price", "is missing"))?;
+    let (stop, lots) = match kind {
+        // An exit closes what is open at its price: a stop or size it carries (TradingView
+        // may send NaN for an empty plot) is not read, and not part of its fingerprint.
+        SignalType::Exit => (None, None),
+        SignalType::BaseEntry | SignalType::Pyramid => {
+            let stop = number(body, "stop", &["stop", "stop_loss", "sl"])?
+                .ok_or_else(|| invalid("stop", "is required for an entry"))?;
+            if stop >= price {
+                return Err(invalid(
+                    "stop",
+                    format!(
+                        "{stop} is not below the entry price {price}; vigil trades long positions"
+                    ),
+                ));
+            }
+            let lots = number(body, "lots", &["lots", "quantity", "qty"])?
+                .ok_or_else(|| invalid("lots", "is required for an entry"))?;
+            (Some(stop), Some(lots))
+        }
+    };
+    Ok(Signal {
+        kind,
+        instrument,
+        position,
+        price,
+        stop,
+        lots,
+        timestamp,
+    })
 }
 
 impl Signal {
-    /// SHA-256 over the canonical form: every field that decides what the signal does, with
-    /// numbers normalised (`22000.50` and `"22000.5"` are the same signal), and not the
-    /// passphrase. A resend, a replay or the same alert at two instances has one fingerprint.
+    /// The label an entry is stored under.
+    pub fn entry_label(&self) -> &str {
+        self.position.as_deref().unwrap_or(DEFAULT_LABEL)
+    }
+
+    /// SHA-256 over the canonical form: a JSON array of every field that decides what the
+    /// signal does, numbers normalised (`22000.50` and `"22000.5"` are the same signal), the
+    /// time in UTC, and not the passphrase. JSON quoting keeps fields from running into each
+    /// other. A resend, a replay or the same alert at two instances has one fingerprint.
     pub fn fingerprint(&self) -> String {
-        let optional = |value: Option<Decimal>| {
-            value
-                .map(|value| value.normalize().to_string())
-                .unwrap_or_default()
-        };
-        let canonical = format!(
-            "v1|{}|{}|{}|{}|{}|{}|{}",
+        let canonical = serde_json::json!([
+            "v1",
             self.kind.as_str(),
             self.instrument,
             self.position,
-            self.price.normalize(),
-            optional(self.stop),
-            optional(self.lots),
-            self.timestamp
-        );
-        hex::encode(Sha256::digest(canonical.as_bytes()))
+            self.price.normalize().to_string(),
+            self.stop.map(|stop| stop.normalize().to_string()),
+            self.lots.map(|lots| lots.normalize().to_string()),
+            self.timestamp.to_rfc3339_opts(SecondsFormat::AutoSi, true),
+        ]);
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
     }
 
     /// The canonical JSON stored in the signal log.
@@ -256,15 +277,15 @@ impl Signal {
 mod tests {
     use super::*;
 
-    fn check(body: &str, expected: Result<&str, &str>) {
+    fn check(body: &str, expected: Result<(), &str>) {
         let got = parse(body.as_bytes())
-            .map(|parsed| parsed.signal.fingerprint()[..12].to_string())
+            .map(|_| ())
             .map_err(|error| error.to_string());
         match (got, expected) {
-            (Ok(_), Ok(_)) => {}
+            (Ok(()), Ok(())) => {}
             (Err(error), Err(part)) => assert!(
-                error.contains(part),
-                "{body}: {error} does not mention {part}"
+                error.starts_with(part),
+                "{body}: {error} does not start with {part}"
             ),
             (got, expected) => panic!("{body}: got {got:?}, expected {expected:?}"),
         }
@@ -272,53 +293,137 @@ mod tests {
 
     #[test]
     fn bodies() {
-        let entry = r#""signal":"BASE_ENTRY","instrument":"NIFTY","price":"22000","stop":"21900","lots":2,"timestamp":"t1""#;
-        check(&format!("{{{entry}}}"), Ok(""));
-        check("not json", Err("malformed"));
-        check("[1]", Err("malformed"));
-        check(
-            r#"{"signal":"BUY","instrument":"NIFTY","price":1,"timestamp":"t"}"#,
-            Err("signal"),
-        );
-        check(
-            r#"{"signal":"EXIT","price":1,"timestamp":"t"}"#,
-            Err("instrument"),
-        );
-        check(
-            r#"{"signal":"EXIT","instrument":"NIFTY","price":"-1","timestamp":"t"}"#,
-            Err("price"),
-        );
-        check(
-            r#"{"signal":"EXIT","instrument":"NIFTY","price":"abc","timestamp":"t"}"#,
-            Err("price"),
-        );
-        check(
-            r#"{"signal":"BASE_ENTRY","instrument":"NIFTY","price":100,"stop":101,"lots":1,"timestamp":"t"}"#,
-            Err("stop"),
-        );
-        check(
-            r#"{"signal":"BASE_ENTRY","instrument":"NIFTY","price":100,"stop":99,"lots":0,"timestamp":"t"}"#,
-            Err("lots"),
-        );
-        check(
-            r#"{"signal":"BASE_ENTRY","instrument":"NIFTY","price":100,"stop":99,"timestamp":"t"}"#,
-            Err("lots"),
-        );
-        check(
-            r#"{"signal":"EXIT","instrument":"NIFTY","price":100}"#,
-            Err("timestamp"),
-        );
+        let t = r#""timestamp":"2026-11-21T09:15:00Z""#;
+        let cases: &[(String, Result<(), &str>)] = &[
+            (
+                format!(
+                    r#"{{"signal":"BASE_ENTRY","instrument":"NIFTY","price":"22000","stop":"21900","lots":2,{t}}}"#
+                ),
+                Ok(()),
+            ),
+            ("not json".into(), Err("malformed")),
+            ("[1]".into(), Err("malformed")),
+            (
+                format!(r#"{{"signal":"BUY","instrument":"NIFTY","price":1,{t}}}"#),
+                Err("signal"),
+            ),
+            (
+                format!(r#"{{"signal":"EXIT","price":1,{t}}}"#),
+                Err("instrument"),
+            ),
+            (
+                format!(r#"{{"signal":"EXIT","instrument":5,"price":1,{t}}}"#),
+                Err("instrument"),
+            ),
+            (
+                format!(r#"{{"signal":"EXIT","instrument":"NIFTY","price":"-1",{t}}}"#),
+                Err("price"),
+            ),
+            (
+                format!(r#"{{"signal":"EXIT","instrument":"NIFTY","price":true,{t}}}"#),
+                Err("price"),
+            ),
+            (
+                format!(r#"{{"signal":"EXIT","instrument":"NIFTY","price":"abc",{t}}}"#),
+                Err("price"),
+            ),
+            (
+                format!(r#"{{"signal":"EXIT","instrument":"NIFTY","price":1e400,{t}}}"#),
+                Err("price"),
+            ),
+            (
+                format!(
+                    r#"{{"signal":"EXIT","instrument":"NIFTY","price":"22000.123456789",{t}}}"#
+                ),
+                Err("price"),
+            ),
+            (
+                format!(
+                    r#"{{"signal":"EXIT","instrument":"NIFTY","price":22000,"stop":"NaN","lots":0,{t}}}"#
+                ),
+                Ok(()),
+            ),
+            (
+                format!(
+                    r#"{{"signal":"BASE_ENTRY","instrument":"NIFTY","price":100,"stop":101,"lots":1,{t}}}"#
+                ),
+                Err("stop"),
+            ),
+            (
+                format!(
+                    r#"{{"signal":"BASE_ENTRY","instrument":"NIFTY","price":100,"stop":0,"lots":1,{t}}}"#
+                ),
+                Err("stop"),
+            ),
+            (
+                format!(
+                    r#"{{"signal":"BASE_ENTRY","instrument":"NIFTY","price":100,"stop":99,"lots":0,{t}}}"#
+                ),
+                Err("lots"),
+            ),
+            (
+                format!(
+                    r#"{{"signal":"BASE_ENTRY","instrument":"NIFTY","price":100,"stop":99,{t}}}"#
+                ),
+                Err("lots"),
+            ),
+            (
+                r#"{"signal":"EXIT","instrument":"NIFTY","price":100}"#.into(),
+                Err("timestamp"),
+            ),
+            (
+                r#"{"signal":"EXIT","instrument":"NIFTY","price":100,"timestamp":"{{timenow}}"}"#
+                    .into(),
+                Err("timestamp"),
+            ),
+        ];
+        for (body, expected) in cases {
+            check(body, *expected);
+        }
+    }
+
+    fn fingerprint(body: &str) -> String {
+        parse(body.as_bytes())
+            .map(|parsed| parsed.signal.fingerprint())
+            .unwrap_or_default()
     }
 
     #[test]
-    fn the_fingerprint_ignores_number_spelling_and_the_passphrase() {
-        let a = parse(br#"{"signal":"PYRAMID","instrument":"nifty","price":"22000.50","stop":21900,"lots":"1","timestamp":"t","passphrase":"a"}"#);
-        let b = parse(br#"{"type":"PYRAMID","ticker":"NIFTY","price":22000.5,"stop":"21900.0","lots":1,"timestamp":"t","passphrase":"b"}"#);
-        let (a, b) = (
-            a.map(|p| p.signal.fingerprint()),
-            b.map(|p| p.signal.fingerprint()),
+    fn fingerprints() {
+        let a = fingerprint(
+            r#"{"signal":"PYRAMID","instrument":"nifty","price":"22000.50","stop":21900,"lots":"1","timestamp":"2026-11-21T09:15:00Z","passphrase":"a"}"#,
         );
-        assert!(a.is_ok());
-        assert_eq!(a, b);
+        let same = [
+            r#"{"type":"PYRAMID","ticker":"NIFTY","price":22000.5,"stop":"21900.0","lots":1,"timestamp":"2026-11-21T09:15:00.000Z","passphrase":"b"}"#,
+            r#"{"signal":"PYRAMID","instrument":"NIFTY","price":22000.500,"stop":21900,"lots":1,"timestamp":"2026-11-21T14:45:00+05:30"}"#,
+        ];
+        assert!(!a.is_empty());
+        for body in same {
+            assert_eq!(fingerprint(body), a, "{body}");
+        }
+        let different = [
+            r#"{"signal":"PYRAMID","instrument":"NIFTY","price":22000.5,"stop":21900,"lots":1,"timestamp":"2026-11-21T09:15:01Z"}"#,
+            r#"{"signal":"PYRAMID","instrument":"NIFTY","position":"p2","price":22000.5,"stop":21900,"lots":1,"timestamp":"2026-11-21T09:15:00Z"}"#,
+        ];
+        for body in different {
+            assert_ne!(fingerprint(body), a, "{body}");
+        }
+        // Fields cannot run into each other.
+        let joined_a = fingerprint(
+            r#"{"signal":"EXIT","instrument":"A","position":"p|1","price":2,"timestamp":"2026-11-21T09:15:00Z"}"#,
+        );
+        let joined_b = fingerprint(
+            r#"{"signal":"EXIT","instrument":"A|p","position":"1","price":2,"timestamp":"2026-11-21T09:15:00Z"}"#,
+        );
+        assert_ne!(joined_a, joined_b);
+        // An exit's stop and size are not read.
+        assert_eq!(
+            fingerprint(
+                r#"{"signal":"EXIT","instrument":"A","price":2,"stop":"NaN","timestamp":"2026-11-21T09:15:00Z"}"#
+            ),
+            fingerprint(
+                r#"{"signal":"EXIT","instrument":"A","price":2,"lots":3,"timestamp":"2026-11-21T09:15:00Z"}"#
+            )
+        );
     }
 }

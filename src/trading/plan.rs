@@ -9,6 +9,28 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+/// Decimal places kept in risk, margin and P&L. Every stored amount has at most this many,
+/// so totals are exact sums that never run out of digits.
+pub const MONEY_DECIMAL_PLACES: u32 = 8;
+
+/// Rounds an amount to [`MONEY_DECIMAL_PLACES`], half away from zero.
+fn money(amount: Decimal) -> Decimal {
+    amount
+        .round_dp_with_strategy(
+            MONEY_DECIMAL_PLACES,
+            rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+        )
+        .normalize()
+}
+
+/// Totals with no trailing zeros, so that an emptied book stores `0` rather than `0.00`.
+fn tidy(mut portfolio: Portfolio) -> Portfolio {
+    portfolio.closed_equity = portfolio.closed_equity.normalize();
+    portfolio.total_risk = portfolio.total_risk.normalize();
+    portfolio.margin_used = portfolio.margin_used.normalize();
+    portfolio
+}
+
 /// What the signal's transaction read about its instrument and the portfolio.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Book {
@@ -130,12 +152,13 @@ pub fn plan(
             };
             let risk_amount = instrument
                 .risk(fill_price, stop, lots)
+                .map(money)
                 .ok_or_else(too_large)?;
-            let margin = instrument.margin(lots).ok_or_else(too_large)?;
+            let margin = instrument.margin(lots).map(money).ok_or_else(too_large)?;
             let position = Position {
                 id: format!("pos-{}", &fingerprint[..fingerprint.len().min(16)]),
                 instrument: signal.instrument.clone(),
-                label: signal.position.clone(),
+                label: signal.entry_label().to_string(),
                 status: PositionStatus::Open,
                 lots,
                 entry_price: fill_price,
@@ -160,6 +183,7 @@ pub fn plan(
                 last_pyramid_price: fill_price,
                 base_position_id: Some(base_position_id.unwrap_or_else(|| position.id.clone())),
             };
+            portfolio = tidy(portfolio);
             Ok(Plan {
                 opened: Some(position),
                 closed: Vec::new(),
@@ -174,18 +198,29 @@ pub fn plan(
                     format!("{} has no open position to exit", signal.instrument),
                 ));
             }
-            // A label naming pyramids closes just those; anything else (the base's label, no
-            // match) closes the whole instrument, so a pyramid never outlives its base.
-            let labelled: Vec<&Position> = book
-                .open
-                .iter()
-                .filter(|p| !p.is_base_position && p.label == signal.position)
-                .collect();
-            let base_labelled = base.is_some_and(|b| b.label == signal.position);
-            let targets: Vec<&Position> = if !labelled.is_empty() && !base_labelled {
-                labelled
-            } else {
-                book.open.iter().collect()
+            // No label, or the base's label, closes the whole instrument, so a pyramid never
+            // outlives its base; a pyramid label closes those pyramids; any other label is a
+            // mistake, not a reason to guess.
+            let targets: Vec<&Position> = match signal.position.as_deref() {
+                None => book.open.iter().collect(),
+                Some(label) if base.is_some_and(|b| b.label == label) => book.open.iter().collect(),
+                Some(label) => {
+                    let labelled: Vec<&Position> =
+                        book.open.iter().filter(|p| p.label == label).collect();
+                    if labelled.is_empty() {
+                        let labels: Vec<&str> =
+                            book.open.iter().map(|p| p.label.as_str()).collect();
+                        return Err(reject(
+                            "position",
+                            format!(
+                                "no open position on {} is labelled {label:?}; open labels: {}",
+                                signal.instrument,
+                                labels.join(", ")
+                            ),
+                        ));
+                    }
+                    labelled
+                }
             };
             let too_large = || reject("price", "the exit gives an amount too large to hold");
             let mut closed = Vec::with_capacity(targets.len());
@@ -194,6 +229,7 @@ pub fn plan(
                     .checked_sub(position.entry_price)
                     .and_then(|move_| move_.checked_mul(position.lots))
                     .and_then(|pnl| pnl.checked_mul(instrument.point_value))
+                    .map(money)
                     .ok_or_else(too_large)?;
                 portfolio.total_risk = portfolio
                     .total_risk
@@ -213,11 +249,23 @@ pub fn plan(
                     realized_pnl,
                 });
             }
-            let pyramiding = if targets.len() == book.open.len() {
-                PyramidingChange::Delete
-            } else {
-                PyramidingChange::Keep
+            let closed_ids: Vec<&str> = targets.iter().map(|p| p.id.as_str()).collect();
+            let latest = book
+                .open
+                .iter()
+                .filter(|p| !closed_ids.contains(&p.id.as_str()))
+                .max_by_key(|p| p.entry_time);
+            // The last pyramid price is that of the newest position still open.
+            let pyramiding = match (latest, base) {
+                (None, _) => PyramidingChange::Delete,
+                (Some(latest), Some(base)) => PyramidingChange::Upsert(Pyramiding {
+                    instrument: signal.instrument.clone(),
+                    last_pyramid_price: latest.entry_price,
+                    base_position_id: Some(base.id.clone()),
+                }),
+                (Some(_), None) => PyramidingChange::Keep,
             };
+            portfolio = tidy(portfolio);
             Ok(Plan {
                 opened: None,
                 closed,
