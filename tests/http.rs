@@ -16,6 +16,18 @@ use vigil::shared::Shared;
 use vigil::store::{Access, AnyStore, Store};
 use vigil::vocabulary::SignalSet;
 
+/// Installs, once per test process, a global subscriber that wants every INFO event. Tests
+/// capture logs with thread-local subscribers; `tracing` caches each call site's interest,
+/// and a call site first reached on a thread with no subscriber could otherwise be cached as
+/// uninteresting while another test's capture is being set up, and its lines lost.
+fn keep_call_sites_interesting() {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let subscriber = logging::subscriber(std::io::sink, VirtualTimer::default());
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
 const PASSPHRASE: &str = "correct horse battery staple";
 
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
@@ -294,6 +306,7 @@ fn bad_input_cases() -> Vec<Case> {
 
 #[tokio::test]
 async fn bad_input_is_refused_and_changes_nothing() {
+    keep_call_sites_interesting();
     for (name, requests, expected, field) in bad_input_cases() {
         let store = sqlite_store().await;
         let (router, _) = service(&store, "active", SignalSet::ALL);
@@ -319,6 +332,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
 
 #[tokio::test]
 async fn signals_are_refused_while_the_lifecycle_does_not_accept_them() {
+    keep_call_sites_interesting();
     let cases = [
         ("recovering", SignalSet::NONE, "BASE_ENTRY"),
         ("stopping", SignalSet::NONE, "EXIT"),
@@ -359,6 +373,7 @@ async fn signals_are_refused_while_the_lifecycle_does_not_accept_them() {
 
 #[tokio::test]
 async fn a_trade_from_entry_to_exit() {
+    keep_call_sites_interesting();
     let store = sqlite_store().await;
     let (router, _) = service(&store, "active", SignalSet::ALL);
     let steps = [
@@ -425,6 +440,7 @@ async fn a_trade_from_entry_to_exit() {
 
 #[tokio::test]
 async fn metrics_are_prometheus_text() {
+    keep_call_sites_interesting();
     let store = sqlite_store().await;
     let (router, _) = service(&store, "active", SignalSet::ALL);
     send(
@@ -461,6 +477,7 @@ async fn metrics_are_prometheus_text() {
 
 #[tokio::test]
 async fn the_passphrase_never_reaches_the_logs() {
+    keep_call_sites_interesting();
     let capture = Capture::default();
     let _guard = tracing::subscriber::set_default(logging::subscriber(
         capture.clone(),
@@ -495,6 +512,7 @@ async fn the_passphrase_never_reaches_the_logs() {
 /// duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_identical_signals_at_once_make_one_position() {
+    keep_call_sites_interesting();
     let mut stores = vec![("sqlite", sqlite_store().await, None)];
     stores.extend(
         postgres_store()
@@ -550,6 +568,7 @@ fn labelled(kind: &str, label: Option<&str>, price: &str, stop: &str, time: &str
 
 #[tokio::test]
 async fn exits_close_what_their_label_names() {
+    keep_call_sites_interesting();
     // (steps: body, expected status, open positions after)
     let cases: Vec<(&str, Vec<Step>)> = vec![
         (

@@ -37,6 +37,18 @@ struct Scenario {
     damage: (&'static str, &'static str),
 }
 
+/// Installs, once per test process, a global subscriber that wants every INFO event. Tests
+/// capture logs with thread-local subscribers; `tracing` caches each call site's interest,
+/// and a call site first reached on a thread with no subscriber could otherwise be cached as
+/// uninteresting while another test's capture is being set up, and its lines lost.
+fn keep_call_sites_interesting() {
+    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        let subscriber = logging::subscriber(std::io::sink, VirtualTimer::default());
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
 const SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "normal_restart",
@@ -461,6 +473,7 @@ fn recover_check(url: &str, policy: &str) -> (String, i32) {
 
 #[tokio::test]
 async fn recovery_scenarios() {
+    keep_call_sites_interesting();
     for scenario in SCENARIOS {
         for backend in Backend::all(scenario.name).await {
             // Seed through the store, as the service writes.
@@ -550,6 +563,7 @@ fn assert_restored(startup: Startup) {
 
 #[tokio::test]
 async fn database_unavailable_at_start() {
+    keep_call_sites_interesting();
     let sqlite_dir =
         std::env::temp_dir().join(format!("vigil-test-missing-{}", std::process::id()));
     let mut urls = vec![(
@@ -579,6 +593,7 @@ async fn database_unavailable_at_start() {
 /// database's return by itself, recovers and becomes active, with no restart.
 #[tokio::test]
 async fn a_returning_database_is_noticed_and_recovered() {
+    keep_call_sites_interesting();
     /// How long to wait for the probe (every 5 s) to notice the database.
     const RETURN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
     let dir = std::env::temp_dir().join(format!("vigil-test-return-{}", std::process::id()));
