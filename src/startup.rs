@@ -22,6 +22,9 @@ use std::time::Instant;
 /// How often a degraded instance checks whether its lost database answers again.
 pub const DB_PROBE_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How long a ping of the database may take before the database counts as unavailable.
+pub const DB_PING_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long shutdown waits for signals in flight.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -86,6 +89,9 @@ pub struct Startup {
     shared: Arc<Shared>,
     /// The background check that waits for a lost database, while one runs.
     probe: Option<tokio::task::JoinHandle<()>>,
+    /// The background check that pings the database while the instance is active, so that
+    /// an idle instance notices a lost database before the next signal does.
+    watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Startup {
@@ -101,6 +107,7 @@ impl Startup {
             settled: None,
             shared,
             probe: None,
+            watch: None,
         }
     }
 
@@ -159,6 +166,29 @@ impl Startup {
             Ok(()) => Input::Restored(FailureKind::DbUnavailable),
             Err(failure) => failure,
         }
+    }
+
+    /// Starts pinging the database every [`DB_PROBE_INTERVAL`] while active; the first ping
+    /// that fails or takes longer than [`DB_PING_TIMEOUT`] is reported as `db_unavailable`,
+    /// and the policy takes over.
+    fn keep_watch_on_database(&mut self) {
+        let Some(store) = self.store.clone() else {
+            return;
+        };
+        let inputs = self.shared.inputs.clone();
+        self.watch = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(DB_PROBE_INTERVAL).await;
+                let answered = tokio::time::timeout(DB_PING_TIMEOUT, store.ping()).await;
+                if !matches!(answered, Ok(Ok(()))) {
+                    // The loop may have ended; then nobody needs to know.
+                    let _ = inputs
+                        .send(Input::Failure(FailureKind::DbUnavailable))
+                        .await;
+                    return;
+                }
+            }
+        }));
     }
 
     /// Starts a background check that reports when the database answers again, so a
@@ -287,6 +317,9 @@ impl Executor for Startup {
 impl Startup {
     /// The lifecycle entered `status`: publish it, record it, and run what the state needs.
     async fn enter(&mut self, status: &'static str) -> Option<Input> {
+        if let Some(watch) = self.watch.take() {
+            watch.abort();
+        }
         if !matches!(status, "active" | "degraded") {
             // Intake narrows at once; it widens only through the accept effect that follows.
             self.shared.lifecycle.send_modify(|view| {
@@ -314,6 +347,9 @@ impl Startup {
                     .lifecycle
                     .send_modify(|view| view.state = status);
                 self.phase = Phase::Serving;
+                if status == "active" && self.config.until == Until::Stopped {
+                    self.keep_watch_on_database();
+                }
                 if status == "degraded"
                     && self
                         .last_error

@@ -662,3 +662,102 @@ async fn a_returning_database_is_noticed_and_recovered() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A database lost while the instance is active and idle: the watch notices it, the
+/// instance degrades per the policy, and recovers by itself once the database is back.
+#[tokio::test]
+async fn a_database_lost_while_active_is_noticed_and_recovered() {
+    keep_call_sites_interesting();
+    /// How long each phase may take: the watch and the probe each check every 5 s.
+    const PHASE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+    let Some(backend) = Backend::postgres("lost_while_active").await else {
+        return;
+    };
+    let (admin, name) = backend.drop.clone().unwrap();
+    let (sender, mut inputs) = live::channel();
+    let shared = Arc::new(vigil::shared::Shared::new("vigil-test", sender));
+    let mut startup = Startup::new(
+        StartupConfig {
+            database_url: backend.url.clone(),
+            access: Access::ReadWrite,
+            instance: InstanceRecord {
+                instance_id: "vigil-test".into(),
+                hostname: "test-host".into(),
+                started_at: Utc::now(),
+            },
+            tolerance: Decimal::new(1, 2),
+            instruments: BTreeMap::new(),
+            until: Until::Stopped,
+        },
+        Arc::clone(&shared),
+    );
+    let mut lifecycle = startup.watch_lifecycle();
+    let (mut driver, init) = Driver::new(
+        &policy("default"),
+        "vigil-test",
+        fastrand::Rng::with_seed(1),
+    );
+    let mut clock = InstantClock::default();
+    let run = live::run(&mut driver, &init, &mut inputs, &mut startup, &mut clock);
+    let admin_sql = |sql: String| {
+        let admin = admin.clone();
+        async move {
+            let pool = sqlx::PgPool::connect(&admin).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+        }
+    };
+    let story = async {
+        lifecycle
+            .wait_for(|view| view.state == "active")
+            .await
+            .unwrap();
+        // Take the database away: no new connections, existing ones cut.
+        admin_sql(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS false")).await;
+        admin_sql(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ))
+        .await;
+        let degraded = tokio::time::timeout(
+            PHASE_WAIT,
+            lifecycle.wait_for(|view| view.state == "degraded"),
+        )
+        .await
+        .is_ok();
+        admin_sql(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
+        let active = tokio::time::timeout(
+            PHASE_WAIT,
+            lifecycle.wait_for(|view| view.state == "active"),
+        )
+        .await
+        .is_ok();
+        (degraded, active)
+    };
+    let (degraded, active) = tokio::select! {
+        code = run => panic!("the instance ended with exit code {code}"),
+        outcome = story => outcome,
+    };
+    assert!(degraded, "the lost database was not noticed");
+    assert!(active, "the returning database was not noticed");
+    let states: Vec<String> = shared
+        .recent_transitions()
+        .iter()
+        .filter(|t| t.transition.machine.as_str() == "lifecycle")
+        .map(|t| format!("{} -> {}", t.transition.from, t.transition.to))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "none -> starting",
+            "starting -> recovering",
+            "recovering -> active",
+            "active -> degraded",
+            "degraded -> recovering",
+            "recovering -> active"
+        ]
+    );
+    backend.cleanup().await;
+}

@@ -79,8 +79,14 @@ pub struct Status {
 /// Everything an operator looks at first.
 pub async fn status(State(app): State<Arc<AppState>>) -> Result<Json<Status>, ApiError> {
     let view = app.shared.view();
+    // A database that hangs must not hang the status page with it.
     let counts = match app.shared.store() {
-        Some(store) => store.position_counts().await.ok(),
+        Some(store) => {
+            tokio::time::timeout(crate::startup::DB_PING_TIMEOUT, store.position_counts())
+                .await
+                .ok()
+                .and_then(Result::ok)
+        }
         None => None,
     };
     Ok(Json(Status {

@@ -26,7 +26,11 @@ fn classify_pg(error: sqlx::Error) -> StoreError {
         match code {
             // connection exceptions, shutdowns, too many connections
             _ if code.starts_with("08") => Some(StoreError::Unavailable(message)),
-            "57P01" | "57P02" | "57P03" | "53300" => Some(StoreError::Unavailable(message)),
+            // shutdowns, too many connections, and a database that refuses connections
+            // (ALLOW_CONNECTIONS false, as during maintenance)
+            "57P01" | "57P02" | "57P03" | "53300" | "55000" => {
+                Some(StoreError::Unavailable(message))
+            }
             "42P01" => Some(StoreError::NoSchema(message)),
             _ => None,
         }

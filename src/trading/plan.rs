@@ -275,3 +275,143 @@ pub fn plan(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::trading::parse;
+
+    fn signal(body: &str) -> Signal {
+        match parse(body.as_bytes()) {
+            Ok(parsed) => parsed.signal,
+            Err(error) => panic!("{body}: {error}"),
+        }
+    }
+
+    fn nifty() -> Instrument {
+        Instrument {
+            lot_size: Decimal::from(75),
+            point_value: Decimal::from(75),
+            margin_per_lot: Decimal::from(150_000),
+        }
+    }
+
+    /// Applies `bodies` in order to an empty book, as the store would, and returns the book.
+    fn run(bodies: &[&str]) -> Result<Book, Rejection> {
+        let mut book = Book {
+            open: Vec::new(),
+            portfolio: Portfolio::fresh(Decimal::from(1_000_000)),
+        };
+        let mut pyramiding = None;
+        for (index, body) in bodies.iter().enumerate() {
+            let signal = signal(body);
+            let fingerprint = format!("{index:016}");
+            let plan = plan(
+                &signal,
+                &fingerprint,
+                &nifty(),
+                signal.price,
+                signal.timestamp,
+                &book,
+            )?;
+            book.open
+                .retain(|p| !plan.closed.iter().any(|c| c.id == p.id));
+            book.open.extend(plan.opened.clone());
+            book.portfolio = plan.portfolio.clone();
+            match plan.pyramiding {
+                PyramidingChange::Upsert(row) => pyramiding = Some(row),
+                PyramidingChange::Delete => pyramiding = None,
+                PyramidingChange::Keep => {}
+            }
+            let expected = book
+                .open
+                .iter()
+                .max_by_key(|p| p.entry_time)
+                .map(|p| p.entry_price);
+            assert_eq!(
+                pyramiding.as_ref().map(|row| row.last_pyramid_price),
+                expected,
+                "after {body}"
+            );
+        }
+        Ok(book)
+    }
+
+    fn body(kind: &str, label: &str, price: &str, stop: &str, lots: &str, minute: u32) -> String {
+        format!(
+            r#"{{"signal":"{kind}","instrument":"NIFTY","position":"{label}","price":"{price}","stop":"{stop}","lots":"{lots}","timestamp":"2026-11-21T09:{minute:02}:00Z"}}"#
+        )
+    }
+
+    #[test]
+    fn books() {
+        let base = body("BASE_ENTRY", "long", "22000", "21900", "2", 0);
+        let pyramid = body("PYRAMID", "p1", "22100.5", "22000", "1", 1);
+        let exit_pyramid = body("EXIT", "p1", "22200", "0", "1", 2);
+        let exit_all = body("EXIT", "long", "22300", "0", "1", 3);
+        // (signals, open positions, total risk, margin used, closed equity), or the field refused
+        let cases: &[(&[&str], Result<(usize, &str, &str, &str), &str>)] = &[
+            (&[&base], Ok((1, "15000", "300000", "1000000"))),
+            (&[&base, &pyramid], Ok((2, "22537.5", "450000", "1000000"))),
+            (
+                &[&base, &pyramid, &exit_pyramid],
+                Ok((1, "15000", "300000", "1007462.5")),
+            ),
+            (
+                &[&base, &pyramid, &exit_all],
+                Ok((0, "0", "0", "1059962.5")),
+            ),
+            (&[&pyramid], Err("signal")),
+            (&[&base, &base.replace("09:00", "09:05")], Err("signal")),
+            (&[&exit_all], Err("instrument")),
+            (
+                &[&base, &body("EXIT", "nope", "1", "0", "1", 9)],
+                Err("position"),
+            ),
+            (
+                &[&body(
+                    "BASE_ENTRY",
+                    "long",
+                    "79228162514264337593543950",
+                    "1",
+                    "79228162514264337593543950",
+                    0,
+                )],
+                Err("lots"),
+            ),
+        ];
+        for (signals, expected) in cases {
+            match (run(signals), expected) {
+                (Ok(book), Ok((open, risk, margin, equity))) => {
+                    let totals = (
+                        book.open.len(),
+                        book.portfolio.total_risk.to_string(),
+                        book.portfolio.margin_used.to_string(),
+                        book.portfolio.closed_equity.to_string(),
+                    );
+                    assert_eq!(
+                        totals,
+                        (
+                            *open,
+                            risk.to_string(),
+                            margin.to_string(),
+                            equity.to_string()
+                        ),
+                        "{signals:?}"
+                    );
+                    let pyramids_point_at_the_base =
+                        book.open.iter().filter(|p| !p.is_base_position).all(|p| {
+                            book.open.iter().any(|b| {
+                                b.is_base_position && Some(&b.id) == p.base_position_id.as_ref()
+                            })
+                        });
+                    assert!(pyramids_point_at_the_base, "{signals:?}");
+                }
+                (Err(rejection), Err(field)) => {
+                    assert_eq!(rejection.field, *field, "{signals:?}: {rejection}")
+                }
+                (got, expected) => panic!("{signals:?}: got {got:?}, expected {expected:?}"),
+            }
+        }
+    }
+}
