@@ -343,6 +343,9 @@ mod tests {
         )
     }
 
+    /// Open positions, total risk, margin used and closed equity; or the field refused.
+    type Expected = Result<(usize, &'static str, &'static str, &'static str), &'static str>;
+
     #[test]
     fn books() {
         let base = body("BASE_ENTRY", "long", "22000", "21900", "2", 0);
@@ -350,7 +353,7 @@ mod tests {
         let exit_pyramid = body("EXIT", "p1", "22200", "0", "1", 2);
         let exit_all = body("EXIT", "long", "22300", "0", "1", 3);
         // (signals, open positions, total risk, margin used, closed equity), or the field refused
-        let cases: &[(&[&str], Result<(usize, &str, &str, &str), &str>)] = &[
+        let cases: &[(&[&str], Expected)] = &[
             (&[&base], Ok((1, "15000", "300000", "1000000"))),
             (&[&base, &pyramid], Ok((2, "22537.5", "450000", "1000000"))),
             (
