@@ -66,6 +66,9 @@ pub struct StartupConfig {
     pub instruments: BTreeMap<String, Instrument>,
     /// When the run ends by itself.
     pub until: Until,
+    /// How often an active instance refreshes its heartbeat (the policy's
+    /// `ha.heartbeat_interval`); each refresh is also the check that the database answers.
+    pub heartbeat_interval: Duration,
 }
 
 /// Carries out start-up effects and remembers what it found.
@@ -168,7 +171,7 @@ impl Startup {
         }
     }
 
-    /// Starts pinging the database every [`DB_PROBE_INTERVAL`] while active; the first ping
+    /// Refreshes the heartbeat every `heartbeat_interval` while active; the first refresh
     /// that fails or takes longer than [`DB_PING_TIMEOUT`] is reported as `db_unavailable`,
     /// and the policy takes over.
     fn keep_watch_on_database(&mut self) {
@@ -176,10 +179,21 @@ impl Startup {
             return;
         };
         let inputs = self.shared.inputs.clone();
+        let (instance, interval) = (
+            self.config.instance.instance_id.clone(),
+            self.config.heartbeat_interval,
+        );
+        let access = self.config.access;
         self.watch = Some(tokio::spawn(async move {
             loop {
-                tokio::time::sleep(DB_PROBE_INTERVAL).await;
-                let answered = tokio::time::timeout(DB_PING_TIMEOUT, store.ping()).await;
+                tokio::time::sleep(interval).await;
+                let beat = async {
+                    match access {
+                        Access::ReadWrite => store.heartbeat(&instance, Utc::now()).await,
+                        Access::ReadOnly => store.ping().await,
+                    }
+                };
+                let answered = tokio::time::timeout(DB_PING_TIMEOUT, beat).await;
                 if !matches!(answered, Ok(Ok(()))) {
                     // The loop may have ended; then nobody needs to know.
                     let _ = inputs

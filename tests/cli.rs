@@ -357,5 +357,24 @@ fn run_starts_recovers_and_stops_on_sigterm() {
         status
     });
     assert_eq!(recorded.as_deref(), Some("stopped"));
+    let status = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .arg("status")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(status.stdout).unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let line = listing
+        .lines()
+        .find(|line| line.starts_with("vigil-cli"))
+        .unwrap_or_default();
+    assert!(
+        line.split_whitespace().nth(1) == Some("stopped"),
+        "vigil status:\n{listing}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -411,6 +411,7 @@ async fn start_up(url: &str, policy: &Policy) -> (String, Startup) {
             tolerance: policy.recovery.tolerance,
             instruments: BTreeMap::new(),
             until: Until::Stopped,
+            heartbeat_interval: std::time::Duration::from_secs(5),
         },
         shared,
     );
@@ -613,6 +614,7 @@ async fn a_returning_database_is_noticed_and_recovered() {
             tolerance: Decimal::new(1, 2),
             instruments: BTreeMap::new(),
             until: Until::Stopped,
+            heartbeat_interval: std::time::Duration::from_secs(5),
         },
         Arc::clone(&shared),
     );
@@ -688,6 +690,7 @@ async fn a_database_lost_while_active_is_noticed_and_recovered() {
             tolerance: Decimal::new(1, 2),
             instruments: BTreeMap::new(),
             until: Until::Stopped,
+            heartbeat_interval: std::time::Duration::from_secs(5),
         },
         Arc::clone(&shared),
     );

@@ -65,6 +65,15 @@ pub enum Command {
         #[command(flatten)]
         service: service::ServiceArgs,
     },
+    /// List the instances the database knows: last status, host, heartbeat age.
+    Status {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Settings.
+        #[command(flatten)]
+        service: service::ServiceArgs,
+    },
     /// Apply database migrations (idempotent).
     Migrate {
         /// Settings.
@@ -149,6 +158,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             service,
         } => service::recover_check(&service, format),
         Command::Migrate { service } => service::migrate(&service),
+        Command::Status { format, service } => service::status(&service, format),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut script);

@@ -178,6 +178,7 @@ async fn start_up(
         tolerance: settings.policy.recovery.tolerance,
         instruments: settings.instruments.clone(),
         until,
+        heartbeat_interval: settings.policy.ha.heartbeat_interval,
     };
     // The sender stays alive until the loop ends: a closed channel would mean "stop now".
     let (sender, mut inputs) = live::channel();
@@ -384,4 +385,79 @@ pub fn recover_check(
     };
     super::write_stdout(text.as_bytes())?;
     Ok(Outcome::Exit(exit_code))
+}
+
+/// An instance as `vigil status` shows it.
+#[derive(Debug, Serialize)]
+struct InstanceView {
+    /// The row.
+    #[serde(flatten)]
+    row: store::InstanceRow,
+    /// Milliseconds since its last heartbeat, when that parses.
+    heartbeat_age_ms: Option<i64>,
+    /// Whether the heartbeat is older than the policy's `ha.instance_stale_after`.
+    stale: bool,
+}
+
+/// `vigil status`: the instances the database knows, with their last status and heartbeat.
+pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Result<Outcome> {
+    let Some(settings) = settings(args)? else {
+        return Ok(Outcome::Invalid);
+    };
+    let shown = store::redact(&settings.database_url);
+    let rows = runtime()?.block_on(async {
+        let store = AnyStore::connect(&settings.database_url, Access::ReadOnly)
+            .await
+            .with_context(|| format!("cannot open {shown}"))?;
+        let rows = store
+            .instances()
+            .await
+            .with_context(|| format!("cannot read the instances in {shown}"));
+        store.close().await;
+        rows
+    })?;
+    let now = Utc::now();
+    let stale_after_ms =
+        i64::try_from(settings.policy.ha.instance_stale_after.as_millis()).unwrap_or(i64::MAX);
+    let views: Vec<InstanceView> = rows
+        .into_iter()
+        .map(|row| {
+            let heartbeat_age_ms = chrono::DateTime::parse_from_rfc3339(&row.last_heartbeat)
+                .ok()
+                .map(|beat| (now - beat.with_timezone(&Utc)).num_milliseconds().max(0));
+            let stale = heartbeat_age_ms.is_none_or(|age| age > stale_after_ms);
+            InstanceView {
+                row,
+                heartbeat_age_ms,
+                stale,
+            }
+        })
+        .collect();
+    let text = match format {
+        crate::dry_run::Format::Json => {
+            serde_json::to_string_pretty(&views).context("cannot encode the instances")? + "\n"
+        }
+        crate::dry_run::Format::Text => {
+            let mut text = format!(
+                "{:<20} {:<11} {:<20} {:>14}\n",
+                "INSTANCE", "STATUS", "HOST", "HEARTBEAT AGE"
+            );
+            for view in &views {
+                let age = view.heartbeat_age_ms.map_or("unknown".to_string(), |ms| {
+                    crate::machines::format_seconds(u128::try_from(ms).unwrap_or(0))
+                });
+                let stale = if view.stale { "  stale" } else { "" };
+                text.push_str(&format!(
+                    "{:<20} {:<11} {:<20} {:>14}{stale}\n",
+                    view.row.instance_id, view.row.status, view.row.hostname, age
+                ));
+            }
+            if views.is_empty() {
+                text.push_str("(no instance has started against this database)\n");
+            }
+            text
+        }
+    };
+    super::write_stdout(text.as_bytes())?;
+    Ok(Outcome::Ok)
 }

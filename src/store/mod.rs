@@ -108,6 +108,21 @@ pub struct RecoveryRows {
     pub pyramiding: Vec<PyramidingRow>,
 }
 
+/// An instance as the instance table records it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct InstanceRow {
+    /// The instance id.
+    pub instance_id: String,
+    /// The last lifecycle status it recorded.
+    pub status: String,
+    /// Its host.
+    pub hostname: String,
+    /// When it started, RFC 3339.
+    pub started_at: String,
+    /// Its last heartbeat, RFC 3339.
+    pub last_heartbeat: String,
+}
+
 /// Who is writing the instance status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InstanceRecord {
@@ -276,6 +291,17 @@ pub trait Store {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>>;
 
+    /// Refreshes the instance's heartbeat. A write, so it also proves the database is
+    /// writable.
+    fn heartbeat(
+        &self,
+        instance_id: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Every instance the table knows, by id.
+    fn instances(&self) -> impl Future<Output = Result<Vec<InstanceRow>, StoreError>>;
+
     /// The recorded status of `instance_id`, if any.
     fn instance_status(
         &self,
@@ -385,6 +411,14 @@ impl Store for AnyStore {
 
     async fn instance_status(&self, instance_id: &str) -> Result<Option<String>, StoreError> {
         delegate!(self, store => store.instance_status(instance_id).await)
+    }
+
+    async fn heartbeat(&self, instance_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        delegate!(self, store => store.heartbeat(instance_id, now).await)
+    }
+
+    async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
+        delegate!(self, store => store.instances().await)
     }
 
     async fn write_state(&self, state: &StateWrite) -> Result<(), StoreError> {

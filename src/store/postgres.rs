@@ -3,8 +3,8 @@
 
 use super::{
     book_from_rows, classify, timestamp_text, Access, Applied, ApplyError, InstanceRecord,
-    PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, StateWrite, Store,
-    StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
+    InstanceRow, PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, StateWrite,
+    Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
 use crate::trading::plan::{Book, Plan, PyramidingChange, Rejection};
 use chrono::{DateTime, Utc};
@@ -393,6 +393,30 @@ impl Store for PgStore {
             .map_err(classify_pg)?;
         }
         tx.commit().await.map_err(classify_pg)
+    }
+
+    async fn heartbeat(&self, instance_id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE instance_metadata SET last_heartbeat = $1::timestamptz WHERE instance_id = $2",
+        )
+        .bind(timestamp_text(now))
+        .bind(instance_id)
+        .execute(&self.pool)
+        .await
+        .map_err(classify_pg)?;
+        Ok(())
+    }
+
+    async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
+        sqlx::query_as::<_, InstanceRow>(
+            "SELECT instance_id, status, hostname, \
+             to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS started_at, \
+             to_char(last_heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS last_heartbeat \
+             FROM instance_metadata ORDER BY instance_id",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify_pg)
     }
 
     async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {
