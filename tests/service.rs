@@ -207,6 +207,10 @@ async fn the_readme_curl_examples_work_as_written() {
     let client = reqwest::Client::new();
     let mut ready = false;
     for _ in 0..READY_POLLS {
+        // Another process on the port would answer in our place: say so plainly.
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("vigil run exited ({status}) before serving; is 127.0.0.1:8080 already in use?");
+        }
         if client
             .get("http://127.0.0.1:8080/ready")
             .send()
