@@ -7,7 +7,7 @@ use crate::domain::Instrument;
 use crate::driver::live::Executor;
 use crate::driver::Input;
 use crate::driver::Step;
-use crate::machines::Effect;
+use crate::machines::{Effect, MachineName};
 use crate::recovery::{self, Receipt};
 use crate::shared::{LifecycleView, RecentTransition, Shared};
 use crate::store::{Access, AnyStore, InstanceRecord, Store, StoreError};
@@ -320,6 +320,15 @@ impl Executor for Startup {
     fn observe(&mut self, step: &Step) {
         let at = crate::store::timestamp_text(Utc::now());
         for transition in &step.transitions {
+            // Once the policy tolerates a lost database (retries spent, or no retries), only
+            // a background check can tell when it is back.
+            if transition.machine == MachineName::Failure
+                && transition.reason == Some(FailureKind::DbUnavailable)
+                && transition.to == "tolerating"
+                && self.config.until == Until::Stopped
+            {
+                self.watch_for_database();
+            }
             self.shared.remember(RecentTransition {
                 at: at.clone(),
                 transition: transition.clone(),
@@ -364,14 +373,7 @@ impl Startup {
                 if status == "active" && self.config.until == Until::Stopped {
                     self.keep_watch_on_database();
                 }
-                if status == "degraded"
-                    && self
-                        .last_error
-                        .as_ref()
-                        .is_some_and(|e| e.kind() == FailureKind::DbUnavailable)
-                {
-                    self.watch_for_database();
-                }
+
                 match self.config.until {
                     Until::Settled => {
                         self.settled = Some(status);

@@ -730,6 +730,20 @@ async fn a_database_lost_while_active_is_noticed_and_recovered() {
         )
         .await
         .is_ok();
+        // Wait until the policy has spent its retries and tolerates the loss: from then on
+        // only the background check can notice the database's return.
+        let tolerated = || {
+            shared.recent_transitions().iter().any(|t| {
+                t.transition.machine.as_str() == "failure" && t.transition.to == "tolerating"
+            })
+        };
+        for _ in 0..300 {
+            if tolerated() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert!(tolerated(), "the policy never tolerated the lost database");
         admin_sql(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
         let active = tokio::time::timeout(
             PHASE_WAIT,

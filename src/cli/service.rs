@@ -189,20 +189,19 @@ async fn start_up(
         let state = Arc::new(http::AppState {
             shared: Arc::clone(&shared),
             passphrase,
-                        // With no instruments listed, the built-in ones trade; recovery then recomputes
+            // With no instruments listed, the built-in ones trade; recovery then recomputes
             // nothing, as it only checks terms an operator wrote down.
-            instruments: if settings.instruments.is_empty() { default_instruments() } else { settings.instruments.clone() },
+            instruments: if settings.instruments.is_empty() {
+                default_instruments()
+            } else {
+                settings.instruments.clone()
+            },
             broker: PaperBroker,
             recent: std::sync::Mutex::default(),
         });
-        let serve = axum::serve(listener, http::app(state)).with_graceful_shutdown(async {
+        tokio::spawn(http::serve(listener, state, async {
             let _ = serving_stopped.await;
-        });
-        tokio::spawn(async move {
-            if let Err(error) = serve.await {
-                tracing::error!(target: crate::startup::STARTUP_TARGET, "the HTTP listener failed: {error}");
-            }
-        })
+        }))
     });
     let (mut driver, init) =
         Driver::new(&settings.policy, &settings.instance, fastrand::Rng::new());

@@ -107,6 +107,22 @@ pub struct AppState {
     pub recent: Mutex<RecentFingerprints>,
 }
 
+/// Serves the API on `listener` until `shutdown` completes, then lets requests in flight
+/// finish. A listener failure is logged: the lifecycle, not the socket, decides when the
+/// instance ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    if let Err(error) = axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(target: "vigil::http", "the HTTP listener failed: {error}");
+    }
+}
+
 /// The router, with body limit, timeout, request ids and a tracing span per request.
 pub fn app(state: Arc<AppState>) -> Router {
     // Installed before the first signal, so that no count is lost.
