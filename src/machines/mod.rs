@@ -172,7 +172,7 @@ pub fn format_duration(duration: Duration) -> String {
     if ms < 1000 {
         return format!("{ms}ms");
     }
-    if ms % 60_000 == 0 && ms >= 60_000 {
+    if ms.is_multiple_of(60_000) && ms >= 60_000 {
         return format!("{}m", ms / 60_000);
     }
     format_seconds(ms)
