@@ -6,6 +6,7 @@ use super::{
     InstanceRow, PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, StateWrite,
     Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
+use crate::domain::Pyramiding;
 use crate::trading::plan::{Book, Plan, PyramidingChange, Rejection};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -220,18 +221,7 @@ impl Store for PgStore {
         }
         match &plan.pyramiding {
             PyramidingChange::Upsert(pyramiding) => {
-                sqlx::query(
-                    "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) \
-                     VALUES ($1, $2::numeric, $3) \
-                     ON CONFLICT (instrument) DO UPDATE SET last_pyramid_price = excluded.last_pyramid_price, \
-                     base_position_id = excluded.base_position_id",
-                )
-                .bind(&pyramiding.instrument)
-                .bind(pyramiding.last_pyramid_price.to_string())
-                .bind(&pyramiding.base_position_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify_pg)?;
+                upsert_pyramiding(&mut tx, pyramiding).await?;
             }
             PyramidingChange::Delete => {
                 sqlx::query("DELETE FROM pyramiding_state WHERE instrument = $1")
@@ -379,18 +369,7 @@ impl Store for PgStore {
             .map_err(classify_pg)?;
         }
         for pyramiding in &state.pyramiding {
-            sqlx::query(
-                "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) \
-                 VALUES ($1, $2::numeric, $3) \
-                 ON CONFLICT (instrument) DO UPDATE SET last_pyramid_price = excluded.last_pyramid_price, \
-                 base_position_id = excluded.base_position_id",
-            )
-            .bind(&pyramiding.instrument)
-            .bind(pyramiding.last_pyramid_price.to_string())
-            .bind(&pyramiding.base_position_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_pg)?;
+            upsert_pyramiding(&mut tx, pyramiding).await?;
         }
         tx.commit().await.map_err(classify_pg)
     }
@@ -430,4 +409,24 @@ impl Store for PgStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Inserts or replaces an instrument's pyramiding row.
+async fn upsert_pyramiding(
+    tx: &mut PgConnection,
+    pyramiding: &Pyramiding,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) \
+         VALUES ($1, $2::numeric, $3) \
+         ON CONFLICT (instrument) DO UPDATE SET last_pyramid_price = excluded.last_pyramid_price, \
+         base_position_id = excluded.base_position_id",
+    )
+    .bind(&pyramiding.instrument)
+    .bind(pyramiding.last_pyramid_price.to_string())
+    .bind(&pyramiding.base_position_id)
+    .execute(tx)
+    .await
+    .map_err(classify_pg)?;
+    Ok(())
 }

@@ -5,6 +5,7 @@ use super::{
     InstanceRow, PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, StateWrite,
     Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
+use crate::domain::{Position, Pyramiding};
 use crate::trading::plan::{Book, Plan, PyramidingChange, Rejection};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
@@ -233,25 +234,7 @@ impl Store for SqliteStore {
         };
         let now = timestamp_text(Utc::now());
         if let Some(position) = &plan.opened {
-            sqlx::query(
-                "INSERT INTO positions (id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
-                 margin, is_base_position, base_position_id, entry_time, version) \
-                 VALUES (?1, ?2, ?3, 'open', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1)",
-            )
-            .bind(&position.id)
-            .bind(&position.instrument)
-            .bind(&position.label)
-            .bind(position.lots.to_string())
-            .bind(position.entry_price.to_string())
-            .bind(position.stop_price.to_string())
-            .bind(position.risk_amount.to_string())
-            .bind(position.margin.to_string())
-            .bind(position.is_base_position)
-            .bind(&position.base_position_id)
-            .bind(timestamp_text(position.entry_time))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_sqlite)?;
+            insert_position(&mut tx, position).await?;
         }
         for closed in &plan.closed {
             sqlx::query(
@@ -307,17 +290,7 @@ impl Store for SqliteStore {
         }
         match &plan.pyramiding {
             PyramidingChange::Upsert(pyramiding) => {
-                sqlx::query(
-                    "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) VALUES (?1, ?2, ?3) \
-                     ON CONFLICT (instrument) DO UPDATE SET last_pyramid_price = excluded.last_pyramid_price, \
-                     base_position_id = excluded.base_position_id",
-                )
-                .bind(&pyramiding.instrument)
-                .bind(pyramiding.last_pyramid_price.to_string())
-                .bind(&pyramiding.base_position_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(classify_sqlite)?;
+                upsert_pyramiding(&mut tx, pyramiding).await?;
             }
             PyramidingChange::Delete => {
                 sqlx::query("DELETE FROM pyramiding_state WHERE instrument = ?1")
@@ -415,27 +388,7 @@ impl Store for SqliteStore {
     async fn write_state(&self, state: &StateWrite) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(classify_sqlite)?;
         for position in &state.positions {
-            sqlx::query(
-                "INSERT INTO positions (id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
-                 margin, is_base_position, base_position_id, entry_time, version) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
-            )
-            .bind(&position.id)
-            .bind(&position.instrument)
-            .bind(&position.label)
-            .bind(position.status.as_str())
-            .bind(position.lots.to_string())
-            .bind(position.entry_price.to_string())
-            .bind(position.stop_price.to_string())
-            .bind(position.risk_amount.to_string())
-            .bind(position.margin.to_string())
-            .bind(position.is_base_position)
-            .bind(&position.base_position_id)
-            .bind(timestamp_text(position.entry_time))
-            .bind(position.version)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_sqlite)?;
+            insert_position(&mut tx, position).await?;
         }
         if let Some(portfolio) = &state.portfolio {
             sqlx::query(
@@ -456,17 +409,7 @@ impl Store for SqliteStore {
             .map_err(classify_sqlite)?;
         }
         for pyramiding in &state.pyramiding {
-            sqlx::query(
-                "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) VALUES (?1, ?2, ?3) \
-                 ON CONFLICT (instrument) DO UPDATE SET last_pyramid_price = excluded.last_pyramid_price, \
-                 base_position_id = excluded.base_position_id",
-            )
-            .bind(&pyramiding.instrument)
-            .bind(pyramiding.last_pyramid_price.to_string())
-            .bind(&pyramiding.base_position_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_sqlite)?;
+            upsert_pyramiding(&mut tx, pyramiding).await?;
         }
         tx.commit().await.map_err(classify_sqlite)
     }
@@ -501,4 +444,52 @@ impl Store for SqliteStore {
     async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Inserts one position as it is.
+async fn insert_position(
+    tx: &mut sqlx::SqliteConnection,
+    position: &Position,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO positions (id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
+         margin, is_base_position, base_position_id, entry_time, version) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+    )
+    .bind(&position.id)
+    .bind(&position.instrument)
+    .bind(&position.label)
+    .bind(position.status.as_str())
+    .bind(position.lots.to_string())
+    .bind(position.entry_price.to_string())
+    .bind(position.stop_price.to_string())
+    .bind(position.risk_amount.to_string())
+    .bind(position.margin.to_string())
+    .bind(position.is_base_position)
+    .bind(&position.base_position_id)
+    .bind(timestamp_text(position.entry_time))
+    .bind(position.version)
+    .execute(tx)
+    .await
+    .map_err(classify_sqlite)?;
+    Ok(())
+}
+
+/// Inserts or replaces an instrument's pyramiding row.
+async fn upsert_pyramiding(
+    tx: &mut sqlx::SqliteConnection,
+    pyramiding: &Pyramiding,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) VALUES (?1, ?2, ?3) \
+         ON CONFLICT (instrument) DO UPDATE SET last_pyramid_price = excluded.last_pyramid_price, \
+         base_position_id = excluded.base_position_id",
+    )
+    .bind(&pyramiding.instrument)
+    .bind(pyramiding.last_pyramid_price.to_string())
+    .bind(&pyramiding.base_position_id)
+    .execute(tx)
+    .await
+    .map_err(classify_sqlite)?;
+    Ok(())
 }
