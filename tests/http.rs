@@ -2,8 +2,11 @@
 //! (and PostgreSQL when `VIGIL_TEST_DATABASE_URL` is set).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use common::{keep_call_sites_interesting, postgres_admin_url, ScratchDatabase};
 use http_body_util::BodyExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -15,18 +18,6 @@ use vigil::logging::{self, Capture, VirtualTimer};
 use vigil::shared::Shared;
 use vigil::store::{Access, AnyStore, Store};
 use vigil::vocabulary::SignalSet;
-
-/// Installs, once per test process, a global subscriber that wants every INFO event. Tests
-/// capture logs with thread-local subscribers; `tracing` caches each call site's interest,
-/// and a call site first reached on a thread with no subscriber could otherwise be cached as
-/// uninteresting while another test's capture is being set up, and its lines lost.
-fn keep_call_sites_interesting() {
-    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let subscriber = logging::subscriber(std::io::sink, VirtualTimer::default());
-        let _ = tracing::subscriber::set_global_default(subscriber);
-    });
-}
 
 const PASSPHRASE: &str = "correct horse battery staple";
 
@@ -50,40 +41,15 @@ async fn sqlite_store() -> AnyStore {
     store
 }
 
-/// Drops a database made by [`postgres_store`].
-async fn drop_database(admin: &str, name: &str) {
-    let pool = sqlx::PgPool::connect(admin).await.unwrap();
-    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-    sqlx::query(sqlx::AssertSqlSafe(drop))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-}
-
-/// A migrated PostgreSQL store in a fresh database, when a server is configured, with what
-/// [`drop_database`] needs.
-async fn postgres_store() -> Option<(AnyStore, String, String)> {
-    let admin = std::env::var("VIGIL_TEST_DATABASE_URL").ok()?;
-    let name = format!(
-        "vigil_http_{}_{}",
-        std::process::id(),
-        UNIQUE.fetch_add(1, Ordering::Relaxed)
-    );
-    let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await
-        .unwrap();
-    pool.close().await;
-    let base = admin
-        .rsplit_once('/')
-        .map_or(admin.as_str(), |(base, _)| base);
-    let store = AnyStore::connect(&format!("{base}/{name}"), Access::ReadWrite)
+/// A migrated PostgreSQL store in a fresh database, when a server is configured.
+async fn postgres_store() -> Option<(AnyStore, ScratchDatabase)> {
+    let admin = postgres_admin_url("fifty_identical_signals_at_once_make_one_position")?;
+    let scratch = ScratchDatabase::create(&admin, "http").await;
+    let store = AnyStore::connect(&scratch.url, Access::ReadWrite)
         .await
         .unwrap();
     store.migrate().await.unwrap();
-    Some((store, admin, name))
+    Some((store, scratch))
 }
 
 /// An app whose lifecycle is `state`, accepting `accepts`.
@@ -517,7 +483,7 @@ async fn fifty_identical_signals_at_once_make_one_position() {
     stores.extend(
         postgres_store()
             .await
-            .map(|(store, admin, name)| ("postgres", store, Some((admin, name)))),
+            .map(|(store, scratch)| ("postgres", store, Some(scratch))),
     );
     for (backend, store, database) in stores {
         let (router, _) = service(&store, "active", SignalSet::ALL);
@@ -547,8 +513,8 @@ async fn fifty_identical_signals_at_once_make_one_position() {
         );
         assert_eq!(counts(&store).await, (1, 0), "{backend}");
         store.close().await;
-        if let Some((admin, name)) = database {
-            drop_database(&admin, &name).await;
+        if let Some(scratch) = database {
+            scratch.drop_now().await;
         }
     }
 }

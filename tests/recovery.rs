@@ -11,7 +11,10 @@
 //! failure.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use chrono::{TimeZone, Utc};
+use common::{keep_call_sites_interesting, postgres_admin_url, ScratchDatabase};
 use regex::Regex;
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
@@ -35,18 +38,6 @@ struct Scenario {
     seed: bool,
     /// SQL run after seeding: (SQLite, PostgreSQL).
     damage: (&'static str, &'static str),
-}
-
-/// Installs, once per test process, a global subscriber that wants every INFO event. Tests
-/// capture logs with thread-local subscribers; `tracing` caches each call site's interest,
-/// and a call site first reached on a thread with no subscriber could otherwise be cached as
-/// uninteresting while another test's capture is being set up, and its lines lost.
-fn keep_call_sites_interesting() {
-    static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    INSTALLED.get_or_init(|| {
-        let subscriber = logging::subscriber(std::io::sink, VirtualTimer::default());
-        let _ = tracing::subscriber::set_global_default(subscriber);
-    });
 }
 
 const SCENARIOS: &[Scenario] = &[
@@ -111,32 +102,14 @@ const POLICIES: &[&str] = &["default", "strict"];
 
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
 
-/// The PostgreSQL server to test against, if configured. Without one the PostgreSQL half of
-/// `test` is skipped with a notice, or fails under `VIGIL_REQUIRE_SERVICES=1`.
-fn postgres_admin_url(test: &str) -> Option<String> {
-    if let Ok(url) = std::env::var("VIGIL_TEST_DATABASE_URL") {
-        return Some(url);
-    }
-    assert!(
-        std::env::var("VIGIL_REQUIRE_SERVICES").as_deref() != Ok("1"),
-        "VIGIL_REQUIRE_SERVICES=1 but VIGIL_TEST_DATABASE_URL is not set"
-    );
-    // Written past the test harness's capture, so a plain `cargo test` shows it.
-    let notice = format!(
-        "notice: VIGIL_TEST_DATABASE_URL is not set; skipping the PostgreSQL half of {test}\n"
-    );
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), notice.as_bytes());
-    None
-}
-
 /// A database to test against.
 struct Backend {
     name: &'static str,
     url: String,
     /// The SQLite file, whose bytes must not change under `recover --check`.
     file: Option<PathBuf>,
-    /// The PostgreSQL admin URL and database name, to drop it afterwards.
-    drop: Option<(String, String)>,
+    /// The PostgreSQL scratch database, dropped afterwards.
+    scratch: Option<ScratchDatabase>,
 }
 
 impl Backend {
@@ -152,33 +125,18 @@ impl Backend {
             name: "sqlite",
             url: format!("sqlite://{}", file.display()),
             file: Some(file),
-            drop: None,
+            scratch: None,
         }
     }
 
     async fn postgres(test: &str) -> Option<Backend> {
         let admin = postgres_admin_url(test)?;
-        let name = format!(
-            "vigil_test_{}_{}_{test}",
-            std::process::id(),
-            UNIQUE.fetch_add(1, Ordering::Relaxed)
-        );
-        let pool = sqlx::PgPool::connect(&admin)
-            .await
-            .expect("VIGIL_TEST_DATABASE_URL does not accept connections");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&pool)
-            .await
-            .unwrap();
-        pool.close().await;
-        let base = admin
-            .rsplit_once('/')
-            .map_or(admin.as_str(), |(base, _)| base);
+        let scratch = ScratchDatabase::create(&admin, "test").await;
         Some(Backend {
             name: "postgres",
-            url: format!("{base}/{name}"),
+            url: scratch.url.clone(),
             file: None,
-            drop: Some((admin.clone(), name)),
+            scratch: Some(scratch),
         })
     }
 
@@ -239,14 +197,8 @@ impl Backend {
     }
 
     async fn cleanup(self) {
-        if let Some((admin, name)) = self.drop {
-            let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-            let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-            sqlx::query(sqlx::AssertSqlSafe(drop))
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
+        if let Some(scratch) = self.scratch {
+            scratch.drop_now().await;
         }
         if let Some(file) = self.file {
             let _ = std::fs::remove_dir_all(file.parent().unwrap());
@@ -390,6 +342,24 @@ fn snapshot(name: &str, text: &str) {
     });
 }
 
+/// The start-up settings every test here uses: read-write, no instruments, until stopped,
+/// a heartbeat every 5 s.
+fn config(url: &str, tolerance: Decimal) -> StartupConfig {
+    StartupConfig {
+        database_url: url.to_string(),
+        access: Access::ReadWrite,
+        instance: InstanceRecord {
+            instance_id: "vigil-test".into(),
+            hostname: "test-host".into(),
+            started_at: Utc.with_ymd_and_hms(2026, 11, 21, 8, 0, 0).unwrap(),
+        },
+        tolerance,
+        instruments: BTreeMap::new(),
+        until: Until::Stopped,
+        heartbeat_interval: std::time::Duration::from_secs(5),
+    }
+}
+
 /// Runs the real start-up against `url` until it settles (active or degraded) or ends
 /// (crashed), and reports what happened.
 async fn start_up(url: &str, policy: &Policy) -> (String, Startup) {
@@ -399,22 +369,7 @@ async fn start_up(url: &str, policy: &Policy) -> (String, Startup) {
     let _guard = tracing::subscriber::set_default(subscriber);
     let (sender, mut inputs) = live::channel();
     let shared = Arc::new(vigil::shared::Shared::new("vigil-test", sender));
-    let mut startup = Startup::new(
-        StartupConfig {
-            database_url: url.to_string(),
-            access: Access::ReadWrite,
-            instance: InstanceRecord {
-                instance_id: "vigil-test".into(),
-                hostname: "test-host".into(),
-                started_at: Utc.with_ymd_and_hms(2026, 11, 21, 8, 0, 0).unwrap(),
-            },
-            tolerance: policy.recovery.tolerance,
-            instruments: BTreeMap::new(),
-            until: Until::Stopped,
-            heartbeat_interval: std::time::Duration::from_secs(5),
-        },
-        shared,
-    );
+    let mut startup = Startup::new(config(url, policy.recovery.tolerance), shared);
     let mut lifecycle = startup.watch_lifecycle();
     let (mut driver, init) = Driver::new(policy, "vigil-test", fastrand::Rng::with_seed(1));
     driver.publish_time(now_ms);
@@ -602,22 +557,7 @@ async fn a_returning_database_is_noticed_and_recovered() {
     let url = format!("sqlite://{}/later/vigil.db", dir.display());
     let (sender, mut inputs) = live::channel();
     let shared = Arc::new(vigil::shared::Shared::new("vigil-test", sender));
-    let mut startup = Startup::new(
-        StartupConfig {
-            database_url: url,
-            access: Access::ReadWrite,
-            instance: InstanceRecord {
-                instance_id: "vigil-test".into(),
-                hostname: "test-host".into(),
-                started_at: Utc::now(),
-            },
-            tolerance: Decimal::new(1, 2),
-            instruments: BTreeMap::new(),
-            until: Until::Stopped,
-            heartbeat_interval: std::time::Duration::from_secs(5),
-        },
-        Arc::clone(&shared),
-    );
+    let mut startup = Startup::new(config(&url, Decimal::new(1, 2)), Arc::clone(&shared));
     let mut lifecycle = startup.watch_lifecycle();
     let (mut driver, init) = Driver::new(
         &policy("default"),
@@ -675,23 +615,12 @@ async fn a_database_lost_while_active_is_noticed_and_recovered() {
     let Some(backend) = Backend::postgres("lost_while_active").await else {
         return;
     };
-    let (admin, name) = backend.drop.clone().unwrap();
+    let scratch = backend.scratch.clone().unwrap();
+    let (admin, name) = (scratch.admin.clone(), scratch.name.clone());
     let (sender, mut inputs) = live::channel();
     let shared = Arc::new(vigil::shared::Shared::new("vigil-test", sender));
     let mut startup = Startup::new(
-        StartupConfig {
-            database_url: backend.url.clone(),
-            access: Access::ReadWrite,
-            instance: InstanceRecord {
-                instance_id: "vigil-test".into(),
-                hostname: "test-host".into(),
-                started_at: Utc::now(),
-            },
-            tolerance: Decimal::new(1, 2),
-            instruments: BTreeMap::new(),
-            until: Until::Stopped,
-            heartbeat_interval: std::time::Duration::from_secs(5),
-        },
+        config(&backend.url, Decimal::new(1, 2)),
         Arc::clone(&shared),
     );
     let mut lifecycle = startup.watch_lifecycle();
@@ -702,17 +631,7 @@ async fn a_database_lost_while_active_is_noticed_and_recovered() {
     );
     let mut clock = InstantClock::default();
     let run = live::run(&mut driver, &init, &mut inputs, &mut startup, &mut clock);
-    let admin_sql = |sql: String| {
-        let admin = admin.clone();
-        async move {
-            let pool = sqlx::PgPool::connect(&admin).await.unwrap();
-            sqlx::query(sqlx::AssertSqlSafe(sql))
-                .execute(&pool)
-                .await
-                .unwrap();
-            pool.close().await;
-        }
-    };
+    let admin_sql = |sql: String| common::execute(&admin, sql);
     let story = async {
         lifecycle
             .wait_for(|view| view.state == "active")

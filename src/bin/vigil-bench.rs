@@ -259,26 +259,16 @@ fn bare_lifecycle(policy: &Policy, target: usize) -> anyhow::Result<(usize, Dura
     );
     outbox.clear();
 
-    let mut transitions = 0;
-    let started = Instant::now();
-    for event in events.iter().cycle() {
-        if transitions >= target {
-            break;
-        }
-        outbox.begin(event.name());
-        machine.handle_with_context(event, &mut outbox);
-        let taken = outbox.transitions.len();
-        if taken == 0 {
-            bail!(
-                "lifecycle event `{}` in {} took no transition",
-                event.name(),
-                machine.state().name()
-            );
-        }
-        transitions += taken;
-        outbox.clear();
-    }
-    Ok((transitions, started.elapsed()))
+    cycle(
+        &events,
+        target,
+        &mut outbox,
+        |event| event.name(),
+        |event, outbox| {
+            machine.handle_with_context(event, outbox);
+            machine.state().name()
+        },
+    )
 }
 
 /// Cycles a failure machine idle -> tolerating -> idle under the built-in policy's response
@@ -292,24 +282,40 @@ fn bare_failure(policy: &Policy, target: usize) -> anyhow::Result<(usize, Durati
         FailureResponse::new(REDIS, response).machine_at(failure::State::at_rest(false));
     let mut outbox = Outbox::default();
 
+    let events = [FailureEvent::Failed, FailureEvent::Succeeded];
+    cycle(
+        &events,
+        target,
+        &mut outbox,
+        |event| event.as_str(),
+        |event, outbox| {
+            machine.handle_with_context(event, outbox);
+            machine.state().name()
+        },
+    )
+}
+
+/// Feeds `events` round and round to a machine (through `handle`, which returns the state
+/// it is in) until `target` transitions are taken, and times it. An event that takes no
+/// transition is an error: the loop would never end.
+fn cycle<E>(
+    events: &[E],
+    target: usize,
+    outbox: &mut Outbox,
+    name: impl Fn(&E) -> &'static str,
+    mut handle: impl FnMut(&E, &mut Outbox) -> &'static str,
+) -> anyhow::Result<(usize, Duration)> {
     let mut transitions = 0;
     let started = Instant::now();
-    for event in [FailureEvent::Failed, FailureEvent::Succeeded]
-        .iter()
-        .cycle()
-    {
+    for event in events.iter().cycle() {
         if transitions >= target {
             break;
         }
-        outbox.begin(event.as_str());
-        machine.handle_with_context(event, &mut outbox);
+        outbox.begin(name(event));
+        let state = handle(event, outbox);
         let taken = outbox.transitions.len();
         if taken == 0 {
-            bail!(
-                "failure event `{}` in {} took no transition",
-                event.as_str(),
-                machine.state().name()
-            );
+            bail!("event `{}` in {state} took no transition", name(event));
         }
         transitions += taken;
         outbox.clear();

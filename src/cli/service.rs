@@ -75,6 +75,8 @@ struct Settings {
     policy: Policy,
     instance: String,
     instruments: BTreeMap<String, Instrument>,
+    /// The host this process runs on, read once.
+    hostname: String,
     /// From the deployment file; the flag and environment variable are layered by `run`.
     listen: Option<String>,
     /// From the environment or the deployment file.
@@ -114,7 +116,8 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
             .instance
             .clone()
             .or(deployment.instance)
-            .unwrap_or(hostname),
+            .unwrap_or_else(|| hostname.clone()),
+        hostname,
         instruments: deployment.instruments,
         listen: deployment.listen,
         passphrase: std::env::var(PASSPHRASE_ENV)
@@ -172,7 +175,7 @@ async fn start_up(
         access,
         instance: InstanceRecord {
             instance_id: settings.instance.clone(),
-            hostname: gethostname::gethostname().to_string_lossy().into_owned(),
+            hostname: settings.hostname.clone(),
             started_at: Utc::now(),
         },
         tolerance: settings.policy.recovery.tolerance,

@@ -130,13 +130,13 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
             ));
         }
     };
+    let now = Utc::now();
     let claim = SignalClaim {
         signal: &signal,
         fingerprint: &fingerprint,
         instance_id: &app.shared.instance,
-        received_at: Utc::now(),
+        received_at: now,
     };
-    let now = Utc::now();
     let applying = store.apply_signal(&claim, |book| {
         plan(&signal, &fingerprint, instrument, fill.price, now, book)
     });

@@ -15,7 +15,6 @@ use crate::domain::{Portfolio, Position, Pyramiding};
 use crate::trading::plan::Book;
 use crate::vocabulary::FailureKind;
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use std::future::Future;
 use std::time::Duration;
 
@@ -434,21 +433,18 @@ impl Store for AnyStore {
     }
 }
 
-/// Reads the instrument's open positions and the portfolio inside the signal's transaction.
+/// Decodes what a signal's transaction read. The transaction creates the portfolio row
+/// before reading it, so a missing row means the table was changed by hand.
 fn book_from_rows(
     positions: Vec<PositionRow>,
     portfolio: Option<PortfolioRow>,
-) -> Result<(Book, bool), StoreError> {
+) -> Result<Book, StoreError> {
     let (open, portfolio) =
         crate::recovery::decode_rows(positions, portfolio.as_ref()).map_err(StoreError::Corrupt)?;
-    let stored = portfolio.is_some();
-    Ok((
-        Book {
-            open,
-            portfolio: portfolio.unwrap_or_else(|| Portfolio::fresh(Decimal::ZERO)),
-        },
-        stored,
-    ))
+    let portfolio = portfolio.ok_or_else(|| {
+        StoreError::Corrupt("the portfolio row vanished inside a transaction".into())
+    })?;
+    Ok(Book { open, portfolio })
 }
 
 /// RFC 3339 with microseconds and `Z`, the one timestamp text both backends store and read.

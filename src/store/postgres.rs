@@ -139,7 +139,7 @@ impl Store for PgStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(classify_pg)?;
-        let (book, stored) = book_from_rows(positions, portfolio)?;
+        let book = book_from_rows(positions, portfolio)?;
         let plan = match decide(&book) {
             Ok(plan) => plan,
             Err(rejection) => {
@@ -182,37 +182,20 @@ impl Store for PgStore {
             .map_err(classify_pg)?;
         }
         let portfolio = &plan.portfolio;
-        let written = if stored {
-            // The version check: a writer holding a stale version changes nothing.
-            sqlx::query(
-                "UPDATE portfolio_state SET closed_equity = $1::numeric, total_risk = $2::numeric, \
-                 margin_used = $3::numeric, version = $4, updated_at = now() WHERE id = 1 AND version = $5",
-            )
-            .bind(portfolio.closed_equity.to_string())
-            .bind(portfolio.total_risk.to_string())
-            .bind(portfolio.margin_used.to_string())
-            .bind(portfolio.version)
-            .bind(portfolio.version - 1)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_pg)?
-            .rows_affected()
-        } else {
-            // Two first signals race to create the row; the loser conflicts and changes nothing.
-            sqlx::query(
-                "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
-                 VALUES (1, $1::numeric, $2::numeric, $3::numeric, $4::numeric, $5, now()) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(portfolio.initial_capital.to_string())
-            .bind(portfolio.closed_equity.to_string())
-            .bind(portfolio.total_risk.to_string())
-            .bind(portfolio.margin_used.to_string())
-            .bind(portfolio.version)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_pg)?
-            .rows_affected()
-        };
+        // The version check: a writer holding a stale version changes nothing.
+        let written = sqlx::query(
+            "UPDATE portfolio_state SET closed_equity = $1::numeric, total_risk = $2::numeric, \
+             margin_used = $3::numeric, version = $4, updated_at = now() WHERE id = 1 AND version = $5",
+        )
+        .bind(portfolio.closed_equity.to_string())
+        .bind(portfolio.total_risk.to_string())
+        .bind(portfolio.margin_used.to_string())
+        .bind(portfolio.version)
+        .bind(portfolio.version - 1)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify_pg)?
+        .rows_affected();
         if written != 1 {
             tx.rollback().await.map_err(classify_pg)?;
             return Err(ApplyError::Store(StoreError::Conflict(

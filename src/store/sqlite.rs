@@ -215,6 +215,16 @@ impl Store for SqliteStore {
             tx.rollback().await.map_err(classify_sqlite)?;
             return Ok(Applied::Duplicate);
         }
+        // A new database has no portfolio row yet; create it, so the update below always
+        // has a row and a version to check.
+        sqlx::query(
+            "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
+             VALUES (1, '0', '0', '0', '0', 0, ?1) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(timestamp_text(claim.received_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(classify_sqlite)?;
         let positions = sqlx::query_as::<_, PositionRow>(LOAD_INSTRUMENT)
             .bind(&signal.instrument)
             .fetch_all(&mut *tx)
@@ -224,7 +234,7 @@ impl Store for SqliteStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(classify_sqlite)?;
-        let (book, stored) = book_from_rows(positions, portfolio)?;
+        let book = book_from_rows(positions, portfolio)?;
         let plan = match decide(&book) {
             Ok(plan) => plan,
             Err(rejection) => {
@@ -250,38 +260,21 @@ impl Store for SqliteStore {
             .map_err(classify_sqlite)?;
         }
         let portfolio = &plan.portfolio;
-        let written = if stored {
-            // The version check: a writer holding a stale version changes nothing.
-            sqlx::query(
-                "UPDATE portfolio_state SET closed_equity = ?1, total_risk = ?2, margin_used = ?3, version = ?4, \
-                 updated_at = ?5 WHERE id = 1 AND version = ?6",
-            )
-            .bind(portfolio.closed_equity.to_string())
-            .bind(portfolio.total_risk.to_string())
-            .bind(portfolio.margin_used.to_string())
-            .bind(portfolio.version)
-            .bind(&now)
-            .bind(portfolio.version - 1)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_sqlite)?
-            .rows_affected()
-        } else {
-            sqlx::query(
-                "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
-                 VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .bind(portfolio.initial_capital.to_string())
-            .bind(portfolio.closed_equity.to_string())
-            .bind(portfolio.total_risk.to_string())
-            .bind(portfolio.margin_used.to_string())
-            .bind(portfolio.version)
-            .bind(&now)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_sqlite)?
-            .rows_affected()
-        };
+        // The version check: a writer holding a stale version changes nothing.
+        let written = sqlx::query(
+            "UPDATE portfolio_state SET closed_equity = ?1, total_risk = ?2, margin_used = ?3, version = ?4, \
+             updated_at = ?5 WHERE id = 1 AND version = ?6",
+        )
+        .bind(portfolio.closed_equity.to_string())
+        .bind(portfolio.total_risk.to_string())
+        .bind(portfolio.margin_used.to_string())
+        .bind(portfolio.version)
+        .bind(&now)
+        .bind(portfolio.version - 1)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify_sqlite)?
+        .rows_affected();
         if written != 1 {
             tx.rollback().await.map_err(classify_sqlite)?;
             return Err(ApplyError::Store(StoreError::Conflict(
