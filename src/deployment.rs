@@ -20,6 +20,8 @@ pub struct Deployment {
     pub instance: Option<String>,
     /// `sqlite://FILE` or `postgres://…`.
     pub database_url: Option<String>,
+    /// `redis://HOST:PORT`, for several instances on one PostgreSQL database.
+    pub redis_url: Option<String>,
     /// The policy file, relative to the deployment file.
     pub policy: Option<PathBuf>,
     /// Contract terms per instrument.
@@ -35,6 +37,7 @@ pub struct Deployment {
 struct RawDeployment {
     instance: Option<String>,
     database_url: Option<String>,
+    redis_url: Option<String>,
     policy: Option<PathBuf>,
     listen: Option<String>,
     webhook_passphrase: Option<String>,
@@ -130,6 +133,7 @@ impl Deployment {
         Ok(Deployment {
             instance: raw.instance,
             database_url: raw.database_url,
+            redis_url: raw.redis_url,
             policy: raw.policy.map(|policy| base.join(policy)),
             instruments,
             listen: raw.listen,

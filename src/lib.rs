@@ -3,6 +3,7 @@
 
 pub mod broker;
 pub mod cli;
+pub mod coordination;
 pub mod deployment;
 pub mod diagnostic;
 pub mod domain;

@@ -2,6 +2,7 @@
 //! the last receipt, recent transitions, and the signals in flight. Written by one side,
 //! read by the other, never held across an await.
 
+use crate::coordination::Coordination;
 use crate::driver::Input;
 use crate::machines::Transition;
 use crate::recovery::Receipt;
@@ -97,11 +98,27 @@ pub struct Shared {
     pub in_flight: InFlight,
     /// Reports to the machines (a failure seen while serving, a dependency back).
     pub inputs: mpsc::Sender<Input>,
+    /// Redis while it answers, the database otherwise.
+    pub coordination: Coordination,
+    /// The fencing token of the leader lease this instance holds, if it leads.
+    pub leadership: watch::Sender<Option<i64>>,
 }
 
 impl Shared {
-    /// Shared state for `instance`, reporting to the machines through `inputs`.
+    /// Shared state for `instance`, reporting to the machines through `inputs`, with
+    /// database-only coordination under the built-in policy's timings.
     pub fn new(instance: &str, inputs: mpsc::Sender<Input>) -> Shared {
+        let timings = crate::policy::Policy::builtin_default().ha;
+        let coordination = Coordination::new(None, timings, instance, inputs.clone());
+        Shared::with_coordination(instance, inputs, coordination)
+    }
+
+    /// Shared state for `instance` coordinating through `coordination`.
+    pub fn with_coordination(
+        instance: &str,
+        inputs: mpsc::Sender<Input>,
+        coordination: Coordination,
+    ) -> Shared {
         Shared {
             instance: instance.to_string(),
             lifecycle: watch::Sender::new(LifecycleView {
@@ -113,12 +130,19 @@ impl Shared {
             transitions: Mutex::new(VecDeque::with_capacity(RECENT_TRANSITIONS)),
             in_flight: InFlight::default(),
             inputs,
+            coordination,
+            leadership: watch::Sender::new(None),
         }
     }
 
     /// The lifecycle view now.
     pub fn view(&self) -> LifecycleView {
         *self.lifecycle.borrow()
+    }
+
+    /// The fencing token this instance leads with, if it leads.
+    pub fn leading(&self) -> Option<i64> {
+        *self.leadership.borrow()
     }
 
     /// The store, if connected.

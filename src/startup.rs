@@ -3,6 +3,7 @@
 //! This is the [`Executor`] of the live loop; it is the one place where the machines'
 //! effects meet storage.
 
+use crate::coordination::leader::{self, LeaderTasks};
 use crate::domain::Instrument;
 use crate::driver::live::Executor;
 use crate::driver::Input;
@@ -27,6 +28,9 @@ pub const DB_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long shutdown waits for signals in flight.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long shutdown waits for the pulse to give up the leader lease.
+pub const LEASE_RELEASE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The `tracing` target of start-up and recovery log lines.
 pub const STARTUP_TARGET: &str = "vigil::startup";
@@ -95,6 +99,12 @@ pub struct Startup {
     /// The background check that pings the database while the instance is active, so that
     /// an idle instance notices a lost database before the next signal does.
     watch: Option<tokio::task::JoinHandle<()>>,
+    /// The pulse: Redis heartbeats and the leader lease, from the first time the instance
+    /// serves until it stops.
+    pulse: Option<tokio::task::JoinHandle<()>>,
+    /// Whether the database is lost now (its failure machine is not idle); the heartbeat
+    /// watch runs only while it is not.
+    db_lost: bool,
 }
 
 impl Startup {
@@ -111,6 +121,8 @@ impl Startup {
             shared,
             probe: None,
             watch: None,
+            pulse: None,
+            db_lost: false,
         }
     }
 
@@ -308,10 +320,16 @@ impl Executor for Startup {
                     .send_modify(|view| view.accepts = *signals);
                 None
             }
-            Effect::Reattempt { .. } => Some(match self.phase {
-                Phase::Connecting => self.connect().await,
-                Phase::Recovering => self.recover().await,
-                Phase::Serving => self.probe().await,
+            Effect::Reattempt { kind, .. } => Some(match (self.phase, kind) {
+                (Phase::Connecting, _) => self.connect().await,
+                (Phase::Recovering, _) => self.recover().await,
+                (Phase::Serving, FailureKind::RedisUnavailable) => {
+                    match self.shared.coordination.check_redis().await {
+                        Some(Err(_)) => Input::Failure(FailureKind::RedisUnavailable),
+                        Some(Ok(())) | None => Input::Restored(FailureKind::RedisUnavailable),
+                    }
+                }
+                (Phase::Serving, _) => self.probe().await,
             }),
             Effect::ScheduleRetry { .. } | Effect::CancelRetry { .. } | Effect::Exit { .. } => None,
         }
@@ -320,6 +338,11 @@ impl Executor for Startup {
     fn observe(&mut self, step: &Step) {
         let at = crate::store::timestamp_text(Utc::now());
         for transition in &step.transitions {
+            if transition.machine == MachineName::Failure
+                && transition.reason == Some(FailureKind::DbUnavailable)
+            {
+                self.db_lost = transition.to != "idle";
+            }
             // Once the policy tolerates a lost database (retries spent, or no retries), only
             // a background check can tell when it is back.
             if transition.machine == MachineName::Failure
@@ -370,8 +393,13 @@ impl Startup {
                     .lifecycle
                     .send_modify(|view| view.state = status);
                 self.phase = Phase::Serving;
-                if status == "active" && self.config.until == Until::Stopped {
-                    self.keep_watch_on_database();
+                if self.config.until == Until::Stopped {
+                    // A degraded instance keeps its heartbeat too, unless the database is
+                    // what it lost: other instances must not take it for gone.
+                    if !self.db_lost {
+                        self.keep_watch_on_database();
+                    }
+                    self.start_pulse();
                 }
 
                 match self.config.until {
@@ -399,9 +427,31 @@ impl Startup {
                         self.shared.in_flight.count()
                     );
                 }
+                // The pulse saw `stopping` and gives up the lease; waiting for it lets
+                // another instance lead at once rather than after the lease expires.
+                if let Some(pulse) = self.pulse.take() {
+                    if tokio::time::timeout(LEASE_RELEASE_TIMEOUT, pulse)
+                        .await
+                        .is_err()
+                    {
+                        tracing::warn!(target: STARTUP_TARGET, instance = %self.config.instance.instance_id, "the leader lease was not released within {LEASE_RELEASE_TIMEOUT:?}; it expires by itself");
+                    }
+                }
                 Some(Input::Drained)
             }
             _ => None,
         }
+    }
+
+    /// Starts the pulse (Redis heartbeats, the leader lease) once.
+    fn start_pulse(&mut self) {
+        if self.pulse.is_some() {
+            return;
+        }
+        let tasks = LeaderTasks {
+            tolerance: self.config.tolerance,
+            instruments: self.config.instruments.clone(),
+        };
+        self.pulse = Some(tokio::spawn(leader::run(Arc::clone(&self.shared), tasks)));
     }
 }

@@ -4,6 +4,7 @@
 
 use super::Outcome;
 use crate::broker::PaperBroker;
+use crate::coordination::{self, instance_views, Coordination, RedisCoordinator};
 use crate::deployment::{Deployment, DeploymentError};
 use crate::domain::default_instruments;
 use crate::domain::Instrument;
@@ -60,6 +61,10 @@ pub struct ServiceArgs {
     /// The database: sqlite://FILE or postgres://USER@HOST/DB [default: sqlite://vigil.db].
     #[arg(long, value_name = "URL", env = "VIGIL_DATABASE_URL")]
     pub database_url: Option<String>,
+    /// The Redis that several instances on one PostgreSQL database share, redis://HOST:PORT
+    /// [default: none; instances coordinate through the database].
+    #[arg(long, value_name = "URL", env = "VIGIL_REDIS_URL")]
+    pub redis_url: Option<String>,
     /// The policy file [default: the built-in policy, policies/default.toml].
     #[arg(long, value_name = "FILE", env = "VIGIL_POLICY")]
     pub policy: Option<PathBuf>,
@@ -72,6 +77,8 @@ pub struct ServiceArgs {
 #[derive(Debug, Clone)]
 struct Settings {
     database_url: String,
+    /// Only with PostgreSQL.
+    redis_url: Option<String>,
     policy: Policy,
     instance: String,
     instruments: BTreeMap<String, Instrument>,
@@ -105,12 +112,31 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
         },
     };
     let hostname = gethostname::gethostname().to_string_lossy().into_owned();
+    let database_url = args
+        .database_url
+        .clone()
+        .or(deployment.database_url)
+        .unwrap_or_else(|| store::DEFAULT_DATABASE_URL.to_string());
+    let redis_url = args
+        .redis_url
+        .clone()
+        .or(deployment.redis_url)
+        .filter(|url| !url.is_empty());
+    if let Some(redis_url) = &redis_url {
+        if database_url.starts_with("sqlite:") {
+            eprintln!(
+                "error: a Redis URL ({}) configures several instances, but the database {} is SQLite, which \
+                 serves one instance only; use a postgres:// database for several instances, or remove \
+                 --redis-url / VIGIL_REDIS_URL / redis_url to run one instance on SQLite",
+                store::redact(redis_url),
+                store::redact(&database_url)
+            );
+            return Ok(None);
+        }
+    }
     Ok(Some(Settings {
-        database_url: args
-            .database_url
-            .clone()
-            .or(deployment.database_url)
-            .unwrap_or_else(|| store::DEFAULT_DATABASE_URL.to_string()),
+        database_url,
+        redis_url,
         policy,
         instance: args
             .instance
@@ -169,6 +195,7 @@ async fn start_up(
     access: Access,
     until: Until,
     http: Option<(tokio::net::TcpListener, Passphrase)>,
+    redis: Option<RedisCoordinator>,
 ) -> (u8, Startup) {
     let config = StartupConfig {
         database_url: settings.database_url.clone(),
@@ -185,7 +212,17 @@ async fn start_up(
     };
     // The sender stays alive until the loop ends: a closed channel would mean "stop now".
     let (sender, mut inputs) = live::channel();
-    let shared = Arc::new(Shared::new(&settings.instance, sender.clone()));
+    let coordination = Coordination::new(
+        redis,
+        settings.policy.ha.clone(),
+        &settings.instance,
+        sender.clone(),
+    );
+    let shared = Arc::new(Shared::with_coordination(
+        &settings.instance,
+        sender.clone(),
+        coordination,
+    ));
     let mut startup = Startup::new(config, Arc::clone(&shared));
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = http.map(|(listener, passphrase)| {
@@ -312,11 +349,26 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     tracing::info!(
         target: crate::startup::STARTUP_TARGET,
         instance = %settings.instance,
-        "starting with database {} and policy {}",
+        "starting with database {}, {} and policy {}",
         store::redact(&settings.database_url),
+        settings.redis_url.as_deref().map_or("no redis".to_string(), |url| format!("redis {}", store::redact(url))),
         settings.policy.name
     );
     let runtime = runtime()?;
+    // The connection is made lazily, so Redis being down at start is the policy's to answer;
+    // only a URL that cannot be used stops the start here.
+    let redis = match &settings.redis_url {
+        None => None,
+        Some(url) => match runtime
+            .block_on(async { RedisCoordinator::connect(url, coordination::DEFAULT_NAMESPACE) })
+        {
+            Ok(redis) => Some(redis),
+            Err(error) => {
+                eprintln!("error: {error}");
+                return Ok(Outcome::Invalid);
+            }
+        },
+    };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(address))
         .with_context(|| format!("cannot listen on {address}"))?;
@@ -326,6 +378,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         Access::ReadWrite,
         Until::Stopped,
         Some((listener, passphrase)),
+        redis,
     ));
     Ok(Outcome::Exit(code))
 }
@@ -352,8 +405,13 @@ pub fn recover_check(
         return Ok(Outcome::Invalid);
     };
     init_logging();
-    let (code, startup) =
-        runtime()?.block_on(start_up(&settings, Access::ReadOnly, Until::Settled, None));
+    let (code, startup) = runtime()?.block_on(start_up(
+        &settings,
+        Access::ReadOnly,
+        Until::Settled,
+        None,
+        None,
+    ));
     let (state, exit_code) = match startup.settled {
         Some("active") => ("active", 0),
         Some(state) => (state, EXIT_DEGRADED),
@@ -389,18 +447,6 @@ pub fn recover_check(
     Ok(Outcome::Exit(exit_code))
 }
 
-/// An instance as `vigil status` shows it.
-#[derive(Debug, Serialize)]
-struct InstanceView {
-    /// The row.
-    #[serde(flatten)]
-    row: store::InstanceRow,
-    /// Milliseconds since its last heartbeat, when that parses.
-    heartbeat_age_ms: Option<i64>,
-    /// Whether the heartbeat is older than the policy's `ha.instance_stale_after`.
-    stale: bool,
-}
-
 /// `vigil status`: the instances the database knows, with their last status and heartbeat.
 pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Result<Outcome> {
     let Some(settings) = settings(args)? else {
@@ -412,37 +458,21 @@ pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Res
             .await
             .with_context(|| format!("cannot open {shown}"))?;
         let rows = store
-            .instances()
+            .instances(Utc::now())
             .await
             .with_context(|| format!("cannot read the instances in {shown}"));
         store.close().await;
         rows
     })?;
-    let now = Utc::now();
-    let stale_after_ms =
-        i64::try_from(settings.policy.ha.instance_stale_after.as_millis()).unwrap_or(i64::MAX);
-    let views: Vec<InstanceView> = rows
-        .into_iter()
-        .map(|row| {
-            let heartbeat_age_ms = chrono::DateTime::parse_from_rfc3339(&row.last_heartbeat)
-                .ok()
-                .map(|beat| (now - beat.with_timezone(&Utc)).num_milliseconds().max(0));
-            let stale = heartbeat_age_ms.is_none_or(|age| age > stale_after_ms);
-            InstanceView {
-                row,
-                heartbeat_age_ms,
-                stale,
-            }
-        })
-        .collect();
+    let views = instance_views(rows, Utc::now(), settings.policy.ha.instance_stale_after);
     let text = match format {
         crate::dry_run::Format::Json => {
             serde_json::to_string_pretty(&views).context("cannot encode the instances")? + "\n"
         }
         crate::dry_run::Format::Text => {
             let mut text = format!(
-                "{:<20} {:<11} {:<20} {:>14}\n",
-                "INSTANCE", "STATUS", "HOST", "HEARTBEAT AGE"
+                "{:<20} {:<11} {:<6} {:<20} {:>14}\n",
+                "INSTANCE", "STATUS", "LEADER", "HOST", "HEARTBEAT AGE"
             );
             for view in &views {
                 let age = view.heartbeat_age_ms.map_or("unknown".to_string(), |ms| {
@@ -450,8 +480,12 @@ pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Res
                 });
                 let stale = if view.stale { "  stale" } else { "" };
                 text.push_str(&format!(
-                    "{:<20} {:<11} {:<20} {:>14}{stale}\n",
-                    view.row.instance_id, view.row.status, view.row.hostname, age
+                    "{:<20} {:<11} {:<6} {:<20} {:>14}{stale}\n",
+                    view.row.instance_id,
+                    view.row.status,
+                    if view.row.leader { "yes" } else { "no" },
+                    view.row.hostname,
+                    age
                 ));
             }
             if views.is_empty() {

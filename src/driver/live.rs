@@ -32,7 +32,7 @@ pub trait Executor {
     /// [`Effect::Reattempt`] is the next input for the machines.
     fn execute(&mut self, effect: &Effect) -> impl Future<Output = Option<Input>>;
 
-    /// Sees every step once its effects have been carried out (for status pages and tests).
+    /// Sees every step before its effects are carried out (for status pages and tests).
     fn observe(&mut self, step: &Step) {
         let _ = step;
     }
@@ -148,6 +148,8 @@ async fn drain_follow_ups<E: Executor, C: Clock>(
 }
 
 async fn carry_out<E: Executor>(executor: &mut E, step: &Step, follow_ups: &mut VecDeque<Input>) {
+    // Observed first, so effects are carried out knowing the transitions that caused them.
+    executor.observe(step);
     for effect in &step.effects {
         if let Some(input) = executor.execute(effect).await {
             assert!(
@@ -157,7 +159,6 @@ async fn carry_out<E: Executor>(executor: &mut E, step: &Step, follow_ups: &mut 
             follow_ups.push_back(input);
         }
     }
-    executor.observe(step);
 }
 
 async fn sleep_until<C: Clock>(clock: &mut C, deadline: Option<u64>) {

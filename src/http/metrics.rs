@@ -1,4 +1,6 @@
-//! Prometheus metrics: signals by outcome, signal latency, lifecycle state, recovery time.
+//! Prometheus metrics: signals by outcome, signal latency, lifecycle state, recovery time,
+//! leadership and Redis. The leader's consistency alarms and statistics snapshots are
+//! counted where they happen (`coordination::leader`).
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
@@ -11,6 +13,11 @@ pub const SIGNAL_LATENCY: &str = "vigil_signal_latency_seconds";
 pub const LIFECYCLE_STATE: &str = "vigil_lifecycle_state";
 /// The last recovery's fetch, rebuild and validate time, in seconds.
 pub const RECOVERY_DURATION: &str = "vigil_recovery_duration_seconds";
+
+/// 1 while this instance holds the leader lease, 0 otherwise.
+pub const LEADER: &str = "vigil_leader";
+/// 1 while the configured Redis answers, 0 while it does not; absent with no Redis.
+pub const REDIS_UP: &str = "vigil_redis_up";
 
 /// Latency buckets, in seconds: fine below 10 ms, where a healthy instance answers.
 const LATENCY_BUCKETS_S: [f64; 12] = [

@@ -1,16 +1,19 @@
 //! `GET /health`, `/ready`, `/status` and `/metrics`.
 
-use super::metrics::{prometheus, LIFECYCLE_STATE, RECOVERY_DURATION};
+use super::metrics::{prometheus, LEADER, LIFECYCLE_STATE, RECOVERY_DURATION, REDIS_UP};
 use super::{ApiError, AppState};
+use crate::coordination::{instance_views, InstanceView, Mode, RedisHealth};
 use crate::machines::lifecycle;
 use crate::recovery::Receipt;
 use crate::shared::RecentTransition;
+use crate::startup::DB_PING_TIMEOUT;
 use crate::store::Store;
 use crate::vocabulary::SignalSet;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use chrono::Utc;
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -28,6 +31,10 @@ pub struct Readiness {
     state: &'static str,
     /// The signal types accepted.
     accepts: SignalSet,
+    /// Which coordination serves now: `redis`, or `database` (none configured, or lost).
+    coordination: Mode,
+    /// Redis as last seen: `up`, `down` or `not_configured`.
+    redis: RedisHealth,
     /// The last recovery receipt.
     receipt: Option<Receipt>,
 }
@@ -40,6 +47,8 @@ pub async fn ready(State(app): State<Arc<AppState>>) -> Response {
         ready,
         state: view.state,
         accepts: view.accepts,
+        coordination: app.shared.coordination.mode(),
+        redis: app.shared.coordination.redis_health(),
         receipt: app.shared.receipt.borrow().clone(),
     });
     if ready {
@@ -62,8 +71,17 @@ pub struct Status {
     state: &'static str,
     /// The signal types accepted.
     accepts: SignalSet,
-    /// Leader election arrives with high availability; a single instance leads nothing.
+    /// Whether this instance holds the leader lease for background tasks.
     leader: bool,
+    /// The fencing token it leads with.
+    fencing_token: Option<i64>,
+    /// Which coordination serves now.
+    coordination: Mode,
+    /// Redis as last seen.
+    redis: RedisHealth,
+    /// Every instance the database knows, with its status, leader flag and heartbeat age;
+    /// absent while the database is unreachable.
+    instances: Option<Vec<InstanceView>>,
     /// Open positions in the database; absent while it is unreachable.
     open_positions: Option<i64>,
     /// Closed positions in the database; absent while it is unreachable.
@@ -80,20 +98,34 @@ pub struct Status {
 pub async fn status(State(app): State<Arc<AppState>>) -> Result<Json<Status>, ApiError> {
     let view = app.shared.view();
     // A database that hangs must not hang the status page with it.
-    let counts = match app.shared.store() {
+    let (counts, instances) = match app.shared.store() {
         Some(store) => {
-            tokio::time::timeout(crate::startup::DB_PING_TIMEOUT, store.position_counts())
-                .await
-                .ok()
-                .and_then(Result::ok)
+            let now = Utc::now();
+            let (counts, instances) = tokio::join!(
+                tokio::time::timeout(DB_PING_TIMEOUT, store.position_counts()),
+                tokio::time::timeout(DB_PING_TIMEOUT, store.instances(now)),
+            );
+            let stale_after = app.shared.coordination.timings().instance_stale_after;
+            (
+                counts.ok().and_then(Result::ok),
+                instances
+                    .ok()
+                    .and_then(Result::ok)
+                    .map(|rows| instance_views(rows, now, stale_after)),
+            )
         }
-        None => None,
+        None => (None, None),
     };
+    let fencing_token = app.shared.leading();
     Ok(Json(Status {
         instance: app.shared.instance.clone(),
         state: view.state,
         accepts: view.accepts,
-        leader: false,
+        leader: fencing_token.is_some(),
+        fencing_token,
+        coordination: app.shared.coordination.mode(),
+        redis: app.shared.coordination.redis_health(),
+        instances,
         open_positions: counts.map(|(open, _)| open),
         closed_positions: counts.map(|(_, closed)| closed),
         signals_in_flight: app.shared.in_flight.count(),
@@ -108,6 +140,17 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     for state in lifecycle::State::NAMES {
         let value = if state == view.state { 1.0 } else { 0.0 };
         metrics::gauge!(LIFECYCLE_STATE, "state" => state).set(value);
+    }
+    let leader = if app.shared.leading().is_some() {
+        1.0
+    } else {
+        0.0
+    };
+    metrics::gauge!(LEADER).set(leader);
+    match app.shared.coordination.redis_health() {
+        RedisHealth::Up => metrics::gauge!(REDIS_UP).set(1.0),
+        RedisHealth::Down => metrics::gauge!(REDIS_UP).set(0.0),
+        RedisHealth::NotConfigured => {}
     }
     if let Some(receipt) = app.shared.receipt.borrow().as_ref() {
         metrics::gauge!(RECOVERY_DURATION)

@@ -2,12 +2,15 @@
 //!
 //! Order of checks: the body is JSON (400), the passphrase matches (401), the fields make a
 //! signal for a configured instrument (422), the lifecycle accepts this signal type (503),
-//! it was not seen recently (200 duplicate), then one transaction claims the fingerprint and
-//! applies the change (200, or 200 duplicate, or 422 when the state does not allow it).
+//! it was not seen recently (200 duplicate), it is not marked applied in Redis (200
+//! duplicate), its instrument's lock is free within a bound (503 otherwise), then one
+//! transaction claims the fingerprint and applies the change (200, or 200 duplicate, or 422
+//! when the state does not allow it). Redis only saves work; the transaction decides.
 
 use super::metrics::{SIGNALS_TOTAL, SIGNAL_LATENCY};
 use super::{ApiError, AppState};
 use crate::broker::{Broker, Order};
+use crate::coordination::Gate;
 use crate::driver::Input;
 use crate::store::{Applied, ApplyError, SignalClaim, Store, StoreError};
 use crate::trading::plan::plan;
@@ -40,6 +43,17 @@ pub struct Accepted {
     /// Positions opened or closed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     positions: Vec<String>,
+}
+
+impl Accepted {
+    fn duplicate(fingerprint: String) -> Accepted {
+        Accepted {
+            status: "duplicate",
+            duplicate: true,
+            fingerprint,
+            positions: Vec::new(),
+        }
+    }
 }
 
 /// Handles one alert and records its outcome and latency.
@@ -103,15 +117,24 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
         .unwrap_or_else(PoisonError::into_inner)
         .contains(&fingerprint)
     {
-        return Ok(Accepted {
-            status: "duplicate",
-            duplicate: true,
-            fingerprint,
-            positions: Vec::new(),
-        });
+        return Ok(Accepted::duplicate(fingerprint));
     }
     let Some(store) = app.shared.store() else {
         return Err(ApiError::unavailable("the database is not connected yet"));
+    };
+    let coordination = &app.shared.coordination;
+    let ticket = match coordination
+        .before_signal(&signal.instrument, &fingerprint)
+        .await
+    {
+        Gate::Duplicate => return Ok(Accepted::duplicate(fingerprint)),
+        Gate::Busy => {
+            return Err(ApiError::unavailable(format!(
+                "another instance is processing a signal for {}; nothing was changed",
+                signal.instrument
+            )))
+        }
+        Gate::Proceed(ticket) => ticket,
     };
     let order = Order {
         client_order_id: format!("vigil-{}", &fingerprint[..24]),
@@ -124,6 +147,7 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
         Ok(fill) => fill,
         Err(error) => {
             tracing::warn!(target: "vigil::signal", "order not executed: {error}");
+            ticket.settle(false, coordination).await;
             report(app, FailureKind::BrokerUnavailable);
             return Err(ApiError::unavailable(
                 "the broker is unavailable; nothing was changed",
@@ -148,6 +172,7 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
             "no answer within {SIGNAL_STORE_DEADLINE:?}"
         )))),
     };
+    ticket.settle(applied.is_ok(), coordination).await;
     match applied {
         Ok(applied) => {
             app.recent
@@ -171,12 +196,7 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
                         positions: plan.position_ids(),
                     }
                 }
-                Applied::Duplicate => Accepted {
-                    status: "duplicate",
-                    duplicate: true,
-                    fingerprint,
-                    positions: Vec::new(),
-                },
+                Applied::Duplicate => Accepted::duplicate(fingerprint),
             })
         }
         Err(ApplyError::Rejected(rejection)) => {
@@ -202,9 +222,10 @@ fn store_failure(app: &AppState, error: StoreError) -> ApiError {
             report(app, FailureKind::DataCorrupt);
             ApiError::unavailable("stored data failed to decode; nothing was changed")
         }
-        StoreError::NoSchema(_) | StoreError::BadUrl(_) | StoreError::Other(_) => {
-            ApiError::internal()
-        }
+        StoreError::NoSchema(_)
+        | StoreError::BadUrl(_)
+        | StoreError::Fenced(_)
+        | StoreError::Other(_) => ApiError::internal(),
     }
 }
 

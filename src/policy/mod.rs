@@ -178,6 +178,8 @@ pub struct HaTimings {
     pub signal_lock_ttl: Duration,
     /// How long a signal fingerprint is remembered by the fast dedup layers.
     pub dedup_window: Duration,
+    /// How often the leader snapshots statistics and checks the portfolio's consistency.
+    pub leader_task_interval: Duration,
 }
 
 /// At most `max_restarts` restarts within `window`.

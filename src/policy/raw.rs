@@ -62,6 +62,7 @@ struct RawHa {
     leader_lease: Option<Value>,
     signal_lock_ttl: Option<Value>,
     dedup_window: Option<Value>,
+    leader_task_interval: Option<Value>,
 }
 
 /// `[restarts]`.
@@ -614,6 +615,7 @@ impl Checker<'_> {
                 leader_lease: Duration::from_secs(15),
                 signal_lock_ttl: Duration::from_secs(30),
                 dedup_window: Duration::from_secs(24 * 3600),
+                leader_task_interval: Duration::from_secs(60),
             },
             |base| base.ha.clone(),
         );
@@ -632,7 +634,9 @@ impl Checker<'_> {
         let lease = field(raw.leader_lease, fallback.leader_lease);
         let lock = field(raw.signal_lock_ttl, fallback.signal_lock_ttl);
         let dedup = field(raw.dedup_window, fallback.dedup_window);
-        let (heartbeat, stale, lease, lock, dedup) = (heartbeat?, stale?, lease?, lock?, dedup?);
+        let tasks = field(raw.leader_task_interval, fallback.leader_task_interval);
+        let (heartbeat, stale, lease, lock, dedup, tasks) =
+            (heartbeat?, stale?, lease?, lock?, dedup?, tasks?);
         // A heartbeat may be missed once without the instance being declared gone.
         if stale.0 < heartbeat.0 * HEARTBEATS_BEFORE_STALE {
             self.report(
@@ -652,6 +656,7 @@ impl Checker<'_> {
             leader_lease: lease.0,
             signal_lock_ttl: lock.0,
             dedup_window: dedup.0,
+            leader_task_interval: tasks.0,
         })
     }
 

@@ -120,6 +120,8 @@ pub struct InstanceRow {
     pub started_at: String,
     /// Its last heartbeat, RFC 3339.
     pub last_heartbeat: String,
+    /// Whether it holds an unexpired leader lease now.
+    pub leader: bool,
 }
 
 /// Who is writing the instance status.
@@ -162,6 +164,10 @@ pub enum StoreError {
     /// A concurrent writer changed what this transaction read; nothing was written.
     #[error("write conflict: {0}")]
     Conflict(String),
+    /// A background-task write carried a fencing token older than the current leader's;
+    /// nothing was written.
+    #[error("fenced off: {0}")]
+    Fenced(String),
     /// Anything else.
     #[error("database error: {0}")]
     Other(String),
@@ -176,6 +182,7 @@ impl StoreError {
             StoreError::NoSchema(_)
             | StoreError::BadUrl(_)
             | StoreError::Conflict(_)
+            | StoreError::Fenced(_)
             | StoreError::Other(_) => FailureKind::Unexpected,
         }
     }
@@ -257,6 +264,25 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
+/// Whether taking the leadership row may displace a leader whose lease has not expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Takeover {
+    /// Only when the row is free, expired, or this instance's own (database-only
+    /// coordination: the row is the lease).
+    IfFree,
+    /// Always: Redis granted the lease, and the displaced holder's token is fenced off.
+    Force,
+}
+
+/// What a background task writes, with the fencing token it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence<'a> {
+    /// The leader writing.
+    pub instance_id: &'a str,
+    /// Its fencing token; a write with a token older than the leadership row's is refused.
+    pub fencing_token: i64,
+}
+
 /// Storage as the rest of vigil sees it.
 pub trait Store {
     /// Claims the signal's fingerprint and applies what `decide` plans, in one transaction:
@@ -298,8 +324,46 @@ pub trait Store {
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<(), StoreError>>;
 
-    /// Every instance the table knows, by id.
-    fn instances(&self) -> impl Future<Output = Result<Vec<InstanceRow>, StoreError>>;
+    /// Every instance the table knows, by id, with whether it leads at `now`.
+    /// PostgreSQL judges leases by its own clock, so instances need not agree on the time.
+    fn instances(
+        &self,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<InstanceRow>, StoreError>>;
+
+    /// Takes the leadership row for `instance_id` for `lease`, with a new fencing token
+    /// higher than any before. `None` when another instance's lease is still valid and
+    /// `takeover` is [`Takeover::IfFree`].
+    fn take_leadership(
+        &self,
+        instance_id: &str,
+        lease: Duration,
+        takeover: Takeover,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Option<i64>, StoreError>>;
+
+    /// Extends the lease `fence` holds by `lease`; `false` when it no longer holds it.
+    fn renew_leadership(
+        &self,
+        fence: Fence<'_>,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<bool, StoreError>>;
+
+    /// Ends the lease `fence` holds, so another instance may lead at once.
+    fn release_leadership(
+        &self,
+        fence: Fence<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Writes a statistics snapshot (open positions and portfolio totals, read in the same
+    /// transaction) under `fence`: [`StoreError::Fenced`] when a newer leader exists.
+    fn record_statistics(
+        &self,
+        fence: Fence<'_>,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>>;
 
     /// The recorded status of `instance_id`, if any.
     fn instance_status(
@@ -416,8 +480,43 @@ impl Store for AnyStore {
         delegate!(self, store => store.heartbeat(instance_id, now).await)
     }
 
-    async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
-        delegate!(self, store => store.instances().await)
+    async fn instances(&self, now: DateTime<Utc>) -> Result<Vec<InstanceRow>, StoreError> {
+        delegate!(self, store => store.instances(now).await)
+    }
+
+    async fn take_leadership(
+        &self,
+        instance_id: &str,
+        lease: Duration,
+        takeover: Takeover,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>, StoreError> {
+        delegate!(self, store => store.take_leadership(instance_id, lease, takeover, now).await)
+    }
+
+    async fn renew_leadership(
+        &self,
+        fence: Fence<'_>,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        delegate!(self, store => store.renew_leadership(fence, lease, now).await)
+    }
+
+    async fn release_leadership(
+        &self,
+        fence: Fence<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        delegate!(self, store => store.release_leadership(fence, now).await)
+    }
+
+    async fn record_statistics(
+        &self,
+        fence: Fence<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        delegate!(self, store => store.record_statistics(fence, now).await)
     }
 
     async fn write_state(&self, state: &StateWrite) -> Result<(), StoreError> {
@@ -445,6 +544,25 @@ fn book_from_rows(
         StoreError::Corrupt("the portfolio row vanished inside a transaction".into())
     })?;
     Ok(Book { open, portfolio })
+}
+
+/// A lease length in whole milliseconds, as both backends add it to their clock.
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The refusal of a background-task write whose token is older than the leadership row's.
+fn fenced(fence: Fence<'_>, current: Option<i64>) -> StoreError {
+    StoreError::Fenced(match current {
+        Some(current) => format!(
+            "{} holds fencing token {}, but the current leader's token is {current}",
+            fence.instance_id, fence.fencing_token
+        ),
+        None => format!(
+            "{} holds fencing token {}, but no leadership was ever granted",
+            fence.instance_id, fence.fencing_token
+        ),
+    })
 }
 
 /// RFC 3339 with microseconds and `Z`, the one timestamp text both backends store and read.

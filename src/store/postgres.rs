@@ -6,12 +6,25 @@ use super::{
     InstanceRow, PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, StateWrite,
     Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
+use super::{fenced, lease_ms, Fence, Takeover};
 use crate::domain::Pyramiding;
 use crate::trading::plan::{Book, Plan, PyramidingChange, Rejection};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
 use std::str::FromStr;
+use std::time::Duration;
+
+/// The first key of vigil's advisory locks, so they cannot collide with another
+/// application's locks on the same database.
+const ADVISORY_LOCK_CLASS: i32 = 0x7669_6700;
+
+/// The second key of the advisory lock that serialises leadership decisions. Instrument
+/// locks use `hashtext(instrument)` under their own class.
+const LEADERSHIP_LOCK_KEY: i32 = 0;
+
+/// The class of per-instrument signal locks.
+const INSTRUMENT_LOCK_CLASS: i32 = ADVISORY_LOCK_CLASS + 1;
 
 /// A PostgreSQL database.
 #[derive(Debug, Clone)]
@@ -97,6 +110,14 @@ impl Store for PgStore {
     {
         let mut tx = self.pool.begin().await.map_err(classify_pg)?;
         let signal = claim.signal;
+        // Database-only coordination: signals of one instrument never interleave, whether or
+        // not Redis holds its lock too. The lock ends with the transaction.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(INSTRUMENT_LOCK_CLASS)
+            .bind(&signal.instrument)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_pg)?;
         // A concurrent claim of the same fingerprint waits here for the first to commit,
         // then finds the conflict: exactly one of them applies.
         let claimed = sqlx::query(
@@ -369,16 +390,124 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
+    async fn instances(&self, _now: DateTime<Utc>) -> Result<Vec<InstanceRow>, StoreError> {
         sqlx::query_as::<_, InstanceRow>(
-            "SELECT instance_id, status, hostname, \
-             to_char(started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS started_at, \
-             to_char(last_heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS last_heartbeat \
-             FROM instance_metadata ORDER BY instance_id",
+            "SELECT m.instance_id, m.status, m.hostname, \
+             to_char(m.started_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS started_at, \
+             to_char(m.last_heartbeat AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS last_heartbeat, \
+             COALESCE(l.expires_at > clock_timestamp(), false) AS leader \
+             FROM instance_metadata m LEFT JOIN leadership l ON l.instance_id = m.instance_id \
+             ORDER BY m.instance_id",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(classify_pg)
+    }
+
+    async fn take_leadership(
+        &self,
+        instance_id: &str,
+        lease: Duration,
+        takeover: Takeover,
+        _now: DateTime<Utc>,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify_pg)?;
+        // Database-only coordination: one leadership decision at a time, across instances.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(ADVISORY_LOCK_CLASS)
+            .bind(LEADERSHIP_LOCK_KEY)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_pg)?;
+        // Expiry is judged by the database's clock, the one clock all instances share.
+        let token: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO leadership (id, instance_id, fencing_token, acquired_at, expires_at) \
+             VALUES (1, $1, nextval('leader_fencing_token'), clock_timestamp(), \
+                     clock_timestamp() + $2 * interval '1 millisecond') \
+             ON CONFLICT (id) DO UPDATE SET instance_id = excluded.instance_id, \
+                 fencing_token = excluded.fencing_token, acquired_at = excluded.acquired_at, \
+                 expires_at = excluded.expires_at \
+             WHERE $3 OR leadership.expires_at <= clock_timestamp() OR leadership.instance_id = $1 \
+             RETURNING fencing_token",
+        )
+        .bind(instance_id)
+        .bind(lease_ms(lease))
+        .bind(takeover == Takeover::Force)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(classify_pg)?;
+        tx.commit().await.map_err(classify_pg)?;
+        Ok(token.map(|(token,)| token))
+    }
+
+    async fn renew_leadership(
+        &self,
+        fence: Fence<'_>,
+        lease: Duration,
+        _now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let renewed = sqlx::query(
+            "UPDATE leadership SET expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
+             WHERE id = 1 AND instance_id = $1 AND fencing_token = $2 AND expires_at > clock_timestamp()",
+        )
+        .bind(fence.instance_id)
+        .bind(fence.fencing_token)
+        .bind(lease_ms(lease))
+        .execute(&self.pool)
+        .await
+        .map_err(classify_pg)?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    async fn release_leadership(
+        &self,
+        fence: Fence<'_>,
+        _now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE leadership SET expires_at = clock_timestamp() \
+             WHERE id = 1 AND instance_id = $1 AND fencing_token = $2",
+        )
+        .bind(fence.instance_id)
+        .bind(fence.fencing_token)
+        .execute(&self.pool)
+        .await
+        .map_err(classify_pg)?;
+        Ok(())
+    }
+
+    async fn record_statistics(
+        &self,
+        fence: Fence<'_>,
+        _now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify_pg)?;
+        // The fencing check: the row lock holds off a new leader until this write commits,
+        // and a token older than the row's writes nothing.
+        let current: Option<(i64,)> =
+            sqlx::query_as("SELECT fencing_token FROM leadership WHERE id = 1 FOR UPDATE")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify_pg)?;
+        let current = current.map(|(token,)| token);
+        if current != Some(fence.fencing_token) {
+            tx.rollback().await.map_err(classify_pg)?;
+            return Err(fenced(fence, current));
+        }
+        sqlx::query(
+            "INSERT INTO statistics (taken_at, instance_id, open_positions, closed_equity, total_risk, \
+             margin_used, fencing_token) \
+             SELECT clock_timestamp(), $1, (SELECT COUNT(*) FROM positions WHERE status = 'open'), \
+                    COALESCE(p.closed_equity, 0), COALESCE(p.total_risk, 0), COALESCE(p.margin_used, 0), $2 \
+             FROM (SELECT 1) AS one LEFT JOIN portfolio_state p ON p.id = 1",
+        )
+        .bind(fence.instance_id)
+        .bind(fence.fencing_token)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify_pg)?;
+        tx.commit().await.map_err(classify_pg)?;
+        Ok(())
     }
 
     async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {

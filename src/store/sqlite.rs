@@ -5,12 +5,14 @@ use super::{
     InstanceRow, PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, StateWrite,
     Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
+use super::{fenced, lease_ms, Fence, Takeover};
 use crate::domain::{Position, Pyramiding};
 use crate::trading::plan::{Book, Plan, PyramidingChange, Rejection};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A SQLite database file.
 #[derive(Debug, Clone)]
@@ -417,13 +419,127 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn instances(&self) -> Result<Vec<InstanceRow>, StoreError> {
+    async fn instances(&self, now: DateTime<Utc>) -> Result<Vec<InstanceRow>, StoreError> {
+        // Timestamps are stored in one fixed-width UTC format, so text order is time order.
         sqlx::query_as::<_, InstanceRow>(
-            "SELECT instance_id, status, hostname, started_at, last_heartbeat FROM instance_metadata ORDER BY instance_id",
+            "SELECT m.instance_id, m.status, m.hostname, m.started_at, m.last_heartbeat, \
+             COALESCE(l.expires_at > ?1, 0) AS leader \
+             FROM instance_metadata m LEFT JOIN leadership l ON l.instance_id = m.instance_id \
+             ORDER BY m.instance_id",
         )
+        .bind(timestamp_text(now))
         .fetch_all(&self.pool)
         .await
         .map_err(classify_sqlite)
+    }
+
+    async fn take_leadership(
+        &self,
+        instance_id: &str,
+        lease: Duration,
+        takeover: Takeover,
+        now: DateTime<Utc>,
+    ) -> Result<Option<i64>, StoreError> {
+        let _writer = self.writer.lock().await;
+        let expires = now + chrono::Duration::milliseconds(lease_ms(lease));
+        // SQLite has no sequence; the row's own token, plus one, only increases because the
+        // row is never deleted.
+        let token: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO leadership (id, instance_id, fencing_token, acquired_at, expires_at) \
+             VALUES (1, ?1, COALESCE((SELECT fencing_token FROM leadership WHERE id = 1), 0) + 1, ?2, ?3) \
+             ON CONFLICT (id) DO UPDATE SET instance_id = excluded.instance_id, \
+                 fencing_token = leadership.fencing_token + 1, acquired_at = excluded.acquired_at, \
+                 expires_at = excluded.expires_at \
+             WHERE ?4 OR leadership.expires_at <= ?2 OR leadership.instance_id = ?1 \
+             RETURNING fencing_token",
+        )
+        .bind(instance_id)
+        .bind(timestamp_text(now))
+        .bind(timestamp_text(expires))
+        .bind(takeover == Takeover::Force)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify_sqlite)?;
+        Ok(token.map(|(token,)| token))
+    }
+
+    async fn renew_leadership(
+        &self,
+        fence: Fence<'_>,
+        lease: Duration,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let _writer = self.writer.lock().await;
+        let expires = now + chrono::Duration::milliseconds(lease_ms(lease));
+        let renewed = sqlx::query(
+            "UPDATE leadership SET expires_at = ?3 \
+             WHERE id = 1 AND instance_id = ?1 AND fencing_token = ?2 AND expires_at > ?4",
+        )
+        .bind(fence.instance_id)
+        .bind(fence.fencing_token)
+        .bind(timestamp_text(expires))
+        .bind(timestamp_text(now))
+        .execute(&self.pool)
+        .await
+        .map_err(classify_sqlite)?;
+        Ok(renewed.rows_affected() == 1)
+    }
+
+    async fn release_leadership(
+        &self,
+        fence: Fence<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        sqlx::query(
+            "UPDATE leadership SET expires_at = ?3 WHERE id = 1 AND instance_id = ?1 AND fencing_token = ?2",
+        )
+        .bind(fence.instance_id)
+        .bind(fence.fencing_token)
+        .bind(timestamp_text(now))
+        .execute(&self.pool)
+        .await
+        .map_err(classify_sqlite)?;
+        Ok(())
+    }
+
+    async fn record_statistics(
+        &self,
+        fence: Fence<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify_sqlite)?;
+        let current: Option<(i64,)> =
+            sqlx::query_as("SELECT fencing_token FROM leadership WHERE id = 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(classify_sqlite)?;
+        let current = current.map(|(token,)| token);
+        if current != Some(fence.fencing_token) {
+            tx.rollback().await.map_err(classify_sqlite)?;
+            return Err(fenced(fence, current));
+        }
+        // Totals are copied as stored text: SQLite keeps money as TEXT and never sums it.
+        sqlx::query(
+            "INSERT INTO statistics (taken_at, instance_id, open_positions, closed_equity, total_risk, \
+             margin_used, fencing_token) \
+             SELECT ?1, ?2, (SELECT COUNT(*) FROM positions WHERE status = 'open'), \
+                    COALESCE(p.closed_equity, '0'), COALESCE(p.total_risk, '0'), COALESCE(p.margin_used, '0'), ?3 \
+             FROM (SELECT 1) AS one LEFT JOIN portfolio_state p ON p.id = 1",
+        )
+        .bind(timestamp_text(now))
+        .bind(fence.instance_id)
+        .bind(fence.fencing_token)
+        .execute(&mut *tx)
+        .await
+        .map_err(classify_sqlite)?;
+        tx.commit().await.map_err(classify_sqlite)?;
+        Ok(())
     }
 
     async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {

@@ -1,5 +1,6 @@
-//! What several integration tests share: the PostgreSQL server to test against, scratch
-//! databases on it, and log capture that cannot lose lines.
+//! What several integration tests share: the PostgreSQL and Redis servers to test against,
+//! scratch databases, several real instances at once, and log capture that cannot lose lines.
+#![allow(dead_code)] // Each test crate uses a different part of what is shared.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -33,6 +34,21 @@ pub fn postgres_admin_url(test: &str) -> Option<String> {
     let notice = format!(
         "notice: VIGIL_TEST_DATABASE_URL is not set; skipping the PostgreSQL half of {test}\n"
     );
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), notice.as_bytes());
+    None
+}
+
+/// The Redis server to test against, if configured; like [`postgres_admin_url`].
+pub fn redis_url(test: &str) -> Option<String> {
+    if let Ok(url) = std::env::var("VIGIL_TEST_REDIS_URL") {
+        return Some(url);
+    }
+    assert!(
+        std::env::var("VIGIL_REQUIRE_SERVICES").as_deref() != Ok("1"),
+        "VIGIL_REQUIRE_SERVICES=1 but VIGIL_TEST_REDIS_URL is not set"
+    );
+    let notice =
+        format!("notice: VIGIL_TEST_REDIS_URL is not set; skipping the Redis half of {test}\n");
     let _ = std::io::Write::write_all(&mut std::io::stderr(), notice.as_bytes());
     None
 }
@@ -86,3 +102,4 @@ pub async fn execute(admin: &str, sql: String) {
         .expect("an admin statement failed");
     pool.close().await;
 }
+pub mod cluster;

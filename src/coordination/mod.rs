@@ -1,0 +1,564 @@
+//! Coordination between instances that share one database (and, optionally, one Redis):
+//! the leader lease for background tasks, the per-instrument signal lock, the fast dedup
+//! layer and heartbeats.
+//!
+//! The [`Coordinator`] port has two implementations: [`RedisCoordinator`] (the fast layer)
+//! and [`DatabaseCoordinator`] (the store alone: the leadership row under a PostgreSQL
+//! advisory lock, and the signal transaction's per-instrument advisory lock). [`Coordination`]
+//! uses Redis while it answers and the database otherwise, and tells the machines when Redis
+//! goes and comes back.
+//!
+//! Correctness never rests on this module: the database's fingerprint claim and the
+//! portfolio version check make each signal exactly-once, and the leadership row's fencing
+//! token refuses a former leader's writes. Coordination only saves work and keeps signals of
+//! one instrument from interleaving.
+
+mod database;
+pub mod leader;
+mod redis;
+
+pub use self::database::DatabaseCoordinator;
+pub use self::redis::{RedisCoordinator, DEFAULT_NAMESPACE, REDIS_COMMAND_TIMEOUT};
+
+use crate::driver::Input;
+use crate::policy::HaTimings;
+use crate::store::{AnyStore, Fence, InstanceRow, StoreError};
+use crate::vocabulary::FailureKind;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long a signal waits for its instrument's lock before it is answered 503. With the
+/// signal's database deadline it stays below the request timeout.
+pub const SIGNAL_LOCK_WAIT: Duration = Duration::from_millis(750);
+
+/// How often a waiting signal asks for its instrument's lock again.
+pub const SIGNAL_LOCK_POLL: Duration = Duration::from_millis(5);
+
+/// The most times a signal asks for its instrument's lock.
+const SIGNAL_LOCK_ATTEMPTS: u128 = SIGNAL_LOCK_WAIT.as_millis() / SIGNAL_LOCK_POLL.as_millis();
+
+/// The `tracing` target of coordination log lines.
+pub const COORDINATION_TARGET: &str = "vigil::coordination";
+
+/// Bytes of randomness in an owner token.
+const OWNER_TOKEN_BYTES: usize = 16;
+
+/// Why coordination failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoordinationError {
+    /// Redis refused, timed out or dropped the connection.
+    #[error("redis unavailable: {0}")]
+    Redis(String),
+    /// The database failed (or fenced the write off).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The Redis URL cannot be used.
+    #[error("{0}")]
+    BadUrl(String),
+}
+
+/// A random token naming one holder of one lease, lock or claim, so that releasing checks
+/// the holder (compare-and-delete).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// Hex text of [`OWNER_TOKEN_BYTES`] random bytes.
+    pub token: String,
+}
+
+impl Owner {
+    /// A fresh token.
+    pub fn new() -> Owner {
+        let mut bytes = [0_u8; OWNER_TOKEN_BYTES];
+        // Without randomness, tokens from one clock and counter would still be unique per
+        // process; the fallback keeps the service running rather than halting it.
+        if getrandom::fill(&mut bytes).is_err() {
+            let nanos = Utc::now().timestamp_nanos_opt().unwrap_or_default();
+            bytes[..8].copy_from_slice(&nanos.to_le_bytes());
+            bytes[8..].copy_from_slice(&u64::from(std::process::id()).to_le_bytes());
+        }
+        Owner {
+            token: hex::encode(bytes),
+        }
+    }
+}
+
+impl Default for Owner {
+    fn default() -> Owner {
+        Owner::new()
+    }
+}
+
+/// What the fast dedup layer knows of a fingerprint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastClaim {
+    /// This caller claimed it first.
+    Claimed,
+    /// Another caller claimed it and has not finished; the database claim decides.
+    Pending,
+    /// Its signal was applied: a duplicate.
+    Applied,
+    /// The layer knows nothing (database-only coordination): the database claim decides.
+    Unknown,
+}
+
+/// The coordination port: what instances agree on through a shared service.
+#[allow(async_fn_in_trait)] // Called on concrete types only, never through `dyn`.
+pub trait Coordinator {
+    /// Tries to take the leader lease for `lease`; the new fencing token when taken.
+    async fn acquire_lease(
+        &self,
+        store: &AnyStore,
+        owner: &Owner,
+        instance_id: &str,
+        lease: Duration,
+    ) -> Result<Option<i64>, CoordinationError>;
+
+    /// Extends a lease held with `fence`; `false` when it is no longer held.
+    async fn renew_lease(
+        &self,
+        store: &AnyStore,
+        owner: &Owner,
+        fence: Fence<'_>,
+        lease: Duration,
+    ) -> Result<bool, CoordinationError>;
+
+    /// Gives the lease up, so another instance may lead at once.
+    async fn release_lease(
+        &self,
+        store: &AnyStore,
+        owner: &Owner,
+        fence: Fence<'_>,
+    ) -> Result<(), CoordinationError>;
+
+    /// Takes `instrument`'s signal lock for `ttl`: whether `owner` holds it now.
+    async fn lock_instrument(
+        &self,
+        instrument: &str,
+        owner: &Owner,
+        ttl: Duration,
+    ) -> Result<bool, CoordinationError>;
+
+    /// Releases `instrument`'s signal lock if `owner` holds it.
+    async fn unlock_instrument(
+        &self,
+        instrument: &str,
+        owner: &Owner,
+    ) -> Result<(), CoordinationError>;
+
+    /// Claims `fingerprint` in the fast dedup layer for `window`.
+    async fn claim_fingerprint(
+        &self,
+        fingerprint: &str,
+        owner: &Owner,
+        window: Duration,
+    ) -> Result<FastClaim, CoordinationError>;
+
+    /// Records how a claimed signal ended: applied (remembered for `window`) or not
+    /// (forgotten, so a resend is processed).
+    async fn settle_fingerprint(
+        &self,
+        fingerprint: &str,
+        owner: &Owner,
+        applied: bool,
+        window: Duration,
+    ) -> Result<(), CoordinationError>;
+}
+
+/// Which implementation serves now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Redis answers.
+    Redis,
+    /// No Redis is configured, or it does not answer.
+    Database,
+}
+
+/// Redis as the instance sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisHealth {
+    /// No Redis URL was configured.
+    NotConfigured,
+    /// It answered last time.
+    Up,
+    /// It did not answer last time.
+    Down,
+}
+
+/// What a signal may do after the fast checks.
+#[derive(Debug)]
+pub enum Gate {
+    /// The fast dedup layer knows the signal was applied.
+    Duplicate,
+    /// Another instance holds the instrument's lock longer than [`SIGNAL_LOCK_WAIT`].
+    Busy,
+    /// Go on to the database; settle the ticket with the outcome.
+    Proceed(Ticket),
+}
+
+/// What a signal holds in Redis while the database decides. Dropped without
+/// [`Ticket::settle`] (a cancelled request), it releases what it holds in the background.
+#[derive(Debug)]
+pub struct Ticket {
+    /// The Redis it holds things in; `None` under database-only coordination.
+    redis: Option<RedisCoordinator>,
+    /// The signal's fingerprint.
+    fingerprint: String,
+    /// The signal's instrument.
+    instrument: String,
+    /// The dedup claim this signal made, if it was first.
+    claim: Option<Owner>,
+    /// The instrument lock this signal holds.
+    lock: Option<Owner>,
+    /// How long an applied fingerprint is remembered.
+    window: Duration,
+}
+
+impl Ticket {
+    fn database_only(fingerprint: &str, instrument: &str) -> Ticket {
+        Ticket {
+            redis: None,
+            fingerprint: fingerprint.to_string(),
+            instrument: instrument.to_string(),
+            claim: None,
+            lock: None,
+            window: Duration::ZERO,
+        }
+    }
+
+    /// Whether this signal holds its instrument's Redis lock.
+    pub fn holds_lock(&self) -> bool {
+        self.lock.is_some()
+    }
+
+    /// Records the outcome and releases the lock; Redis errors are reported to `coordination`.
+    pub async fn settle(mut self, applied: bool, coordination: &Coordination) {
+        let Some(redis) = self.redis.take() else {
+            return;
+        };
+        let result = release(
+            &redis,
+            &self.fingerprint,
+            &self.instrument,
+            self.claim.take(),
+            self.lock.take(),
+            applied,
+            self.window,
+        )
+        .await;
+        if let Err(error) = result {
+            coordination.redis_failed(&error);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let Some(redis) = self.redis.take() else {
+            return;
+        };
+        if self.claim.is_none() && self.lock.is_none() {
+            return;
+        }
+        let (fingerprint, instrument) = (self.fingerprint.clone(), self.instrument.clone());
+        let (claim, lock, window) = (self.claim.take(), self.lock.take(), self.window);
+        // Outside a runtime nothing is left to release into; the TTLs clean up.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = release(
+                    &redis,
+                    &fingerprint,
+                    &instrument,
+                    claim,
+                    lock,
+                    false,
+                    window,
+                )
+                .await;
+            });
+        }
+    }
+}
+
+/// Settles a claim and releases a lock.
+async fn release(
+    redis: &RedisCoordinator,
+    fingerprint: &str,
+    instrument: &str,
+    claim: Option<Owner>,
+    lock: Option<Owner>,
+    applied: bool,
+    window: Duration,
+) -> Result<(), CoordinationError> {
+    // An applied signal is remembered even when another caller made the claim, so later
+    // resends stop at the fast layer.
+    let settled = match (&claim, applied) {
+        (_, true) => redis.mark_applied(fingerprint, window).await,
+        (Some(owner), false) => redis.forget_claim(fingerprint, owner).await,
+        (None, false) => Ok(()),
+    };
+    let unlocked = match &lock {
+        Some(owner) => redis.unlock_instrument(instrument, owner).await.map(drop),
+        None => Ok(()),
+    };
+    settled.and(unlocked)
+}
+
+/// Coordination as the service uses it: Redis while it answers, the database otherwise.
+#[derive(Debug)]
+pub struct Coordination {
+    /// The configured Redis, if any.
+    redis: Option<RedisCoordinator>,
+    /// Whether Redis answered last time; starts `true` so the first heartbeat decides.
+    redis_up: AtomicBool,
+    /// The policy's HA timings.
+    timings: HaTimings,
+    /// Which instance this is.
+    instance: String,
+    /// Reports to the machines: Redis lost, Redis back.
+    inputs: mpsc::Sender<Input>,
+}
+
+impl Coordination {
+    /// Coordination through `redis` when given, the database otherwise.
+    pub fn new(
+        redis: Option<RedisCoordinator>,
+        timings: HaTimings,
+        instance: &str,
+        inputs: mpsc::Sender<Input>,
+    ) -> Coordination {
+        Coordination {
+            redis,
+            redis_up: AtomicBool::new(true),
+            timings,
+            instance: instance.to_string(),
+            inputs,
+        }
+    }
+
+    /// The policy's HA timings.
+    pub fn timings(&self) -> &HaTimings {
+        &self.timings
+    }
+
+    /// Which implementation serves now.
+    pub fn mode(&self) -> Mode {
+        match self.live_redis() {
+            Some(_) => Mode::Redis,
+            None => Mode::Database,
+        }
+    }
+
+    /// Redis as last seen.
+    pub fn redis_health(&self) -> RedisHealth {
+        match (&self.redis, self.redis_up.load(Ordering::Acquire)) {
+            (None, _) => RedisHealth::NotConfigured,
+            (Some(_), true) => RedisHealth::Up,
+            (Some(_), false) => RedisHealth::Down,
+        }
+    }
+
+    /// The configured Redis, whether or not it answers.
+    pub fn configured_redis(&self) -> Option<&RedisCoordinator> {
+        self.redis.as_ref()
+    }
+
+    /// Redis, while it answers.
+    fn live_redis(&self) -> Option<&RedisCoordinator> {
+        self.redis
+            .as_ref()
+            .filter(|_| self.redis_up.load(Ordering::Acquire))
+    }
+
+    /// Redis failed: coordinate through the database and tell the machines, once per loss.
+    pub fn redis_failed(&self, error: &CoordinationError) {
+        let CoordinationError::Redis(reason) = error else {
+            return;
+        };
+        if self.redis_up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(target: COORDINATION_TARGET, instance = %self.instance, "redis lost ({reason}); coordinating through the database");
+            // A full queue means the driver has news already; it hears again next heartbeat.
+            let _ = self
+                .inputs
+                .try_send(Input::Failure(FailureKind::RedisUnavailable));
+        }
+    }
+
+    /// Redis answered: use it again and tell the machines, once per return.
+    pub fn redis_answered(&self) {
+        if self.redis.is_some() && !self.redis_up.swap(true, Ordering::AcqRel) {
+            tracing::info!(target: COORDINATION_TARGET, instance = %self.instance, "redis answers again; coordinating through redis");
+            let _ = self
+                .inputs
+                .try_send(Input::Restored(FailureKind::RedisUnavailable));
+        }
+    }
+
+    /// Asks Redis whether it answers, and records the answer; `None` with no Redis.
+    pub async fn check_redis(&self) -> Option<Result<(), CoordinationError>> {
+        let redis = self.redis.as_ref()?;
+        let answer = redis.ping().await;
+        match &answer {
+            Ok(()) => self.redis_answered(),
+            Err(error) => self.redis_failed(error),
+        }
+        Some(answer)
+    }
+
+    /// The fast checks before a signal's transaction: the dedup layer, then the
+    /// instrument's lock, waiting at most [`SIGNAL_LOCK_WAIT`].
+    pub async fn before_signal(&self, instrument: &str, fingerprint: &str) -> Gate {
+        let Some(redis) = self.live_redis() else {
+            return Gate::Proceed(Ticket::database_only(fingerprint, instrument));
+        };
+        let mut ticket = Ticket {
+            redis: Some(redis.clone()),
+            fingerprint: fingerprint.to_string(),
+            instrument: instrument.to_string(),
+            claim: None,
+            lock: None,
+            window: self.timings.dedup_window,
+        };
+        let owner = Owner::new();
+        match redis
+            .claim_fingerprint(fingerprint, &owner, self.timings.dedup_window)
+            .await
+        {
+            Ok(FastClaim::Applied) => return Gate::Duplicate,
+            Ok(FastClaim::Claimed) => ticket.claim = Some(owner),
+            Ok(FastClaim::Pending | FastClaim::Unknown) => {}
+            Err(error) => {
+                self.redis_failed(&error);
+                return Gate::Proceed(ticket);
+            }
+        }
+        let owner = Owner::new();
+        for _ in 0..SIGNAL_LOCK_ATTEMPTS {
+            match redis
+                .lock_instrument(instrument, &owner, self.timings.signal_lock_ttl)
+                .await
+            {
+                Ok(true) => {
+                    ticket.lock = Some(owner);
+                    return Gate::Proceed(ticket);
+                }
+                Ok(false) => tokio::time::sleep(SIGNAL_LOCK_POLL).await,
+                Err(error) => {
+                    self.redis_failed(&error);
+                    return Gate::Proceed(ticket);
+                }
+            }
+        }
+        ticket.settle(false, self).await;
+        Gate::Busy
+    }
+
+    /// Tries to take the leader lease through whichever implementation serves now.
+    pub async fn acquire_lease(
+        &self,
+        store: &AnyStore,
+        owner: &Owner,
+    ) -> Result<Option<i64>, CoordinationError> {
+        let lease = self.timings.leader_lease;
+        if let Some(redis) = self.live_redis() {
+            match redis
+                .acquire_lease(store, owner, &self.instance, lease)
+                .await
+            {
+                Err(error @ CoordinationError::Redis(_)) => self.redis_failed(&error),
+                other => return other,
+            }
+        }
+        DatabaseCoordinator
+            .acquire_lease(store, owner, &self.instance, lease)
+            .await
+    }
+
+    /// Renews the lease held with `fencing_token`.
+    pub async fn renew_lease(
+        &self,
+        store: &AnyStore,
+        owner: &Owner,
+        fencing_token: i64,
+    ) -> Result<bool, CoordinationError> {
+        let lease = self.timings.leader_lease;
+        let fence = self.fence(fencing_token);
+        if let Some(redis) = self.live_redis() {
+            match redis.renew_lease(store, owner, fence, lease).await {
+                Err(error @ CoordinationError::Redis(_)) => self.redis_failed(&error),
+                other => return other,
+            }
+        }
+        DatabaseCoordinator
+            .renew_lease(store, owner, fence, lease)
+            .await
+    }
+
+    /// Releases the lease held with `fencing_token`.
+    pub async fn release_lease(
+        &self,
+        store: &AnyStore,
+        owner: &Owner,
+        fencing_token: i64,
+    ) -> Result<(), CoordinationError> {
+        let fence = self.fence(fencing_token);
+        if let Some(redis) = self.live_redis() {
+            match redis.release_lease(store, owner, fence).await {
+                Err(error @ CoordinationError::Redis(_)) => self.redis_failed(&error),
+                other => return other,
+            }
+        }
+        DatabaseCoordinator.release_lease(store, owner, fence).await
+    }
+
+    /// The fence of this instance holding `fencing_token`.
+    pub fn fence(&self, fencing_token: i64) -> Fence<'_> {
+        Fence {
+            instance_id: &self.instance,
+            fencing_token,
+        }
+    }
+
+    /// The instance this coordination speaks for.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+}
+
+/// An instance as `/status` and `vigil status` show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstanceView {
+    /// The row.
+    #[serde(flatten)]
+    pub row: InstanceRow,
+    /// Milliseconds since its last heartbeat, when that parses.
+    pub heartbeat_age_ms: Option<i64>,
+    /// Whether the heartbeat is older than the policy's `ha.instance_stale_after`.
+    pub stale: bool,
+}
+
+/// Adds heartbeat ages, as of `now`, to instance rows.
+pub fn instance_views(
+    rows: Vec<InstanceRow>,
+    now: DateTime<Utc>,
+    stale_after: Duration,
+) -> Vec<InstanceView> {
+    let stale_after_ms = i64::try_from(stale_after.as_millis()).unwrap_or(i64::MAX);
+    rows.into_iter()
+        .map(|row| {
+            let heartbeat_age_ms = DateTime::parse_from_rfc3339(&row.last_heartbeat)
+                .ok()
+                .map(|beat| (now - beat.with_timezone(&Utc)).num_milliseconds().max(0));
+            let stale = heartbeat_age_ms.is_none_or(|age| age > stale_after_ms);
+            InstanceView {
+                row,
+                heartbeat_age_ms,
+                stale,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,344 @@
+//! Several real `vigil` instances on one PostgreSQL database and one private Redis, as an
+//! operator runs them: each its own process, port, instance id and log file.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The webhook passphrase every instance is given.
+pub const PASSPHRASE: &str = "ha-passphrase";
+
+/// How often conditions are polled.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
+
+/// How long an instance may take to become ready, or Redis to start, before the test fails.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How many instruments the deployment lists, so that many independent signals can flow.
+pub const INSTRUMENTS: usize = 60;
+
+/// HA timings short enough for tests: a heartbeat every 250 ms, a 1.5 s lease renewed every
+/// 500 ms, a 1 s signal lock, and background tasks every 500 ms.
+pub const POLICY: &str = r#"# Short HA timings for tests; everything else is the built-in policy.
+[ha]
+heartbeat_interval = "250ms"
+instance_stale_after = "750ms"
+leader_lease = "1500ms"
+signal_lock_ttl = "1s"
+leader_task_interval = "500ms"
+"#;
+
+/// The lease [`POLICY`] sets.
+pub const LEASE: Duration = Duration::from_millis(1500);
+/// The renewal interval [`POLICY`] implies (a third of the lease).
+pub const RENEWAL: Duration = Duration::from_millis(500);
+/// The heartbeat interval [`POLICY`] sets.
+pub const HEARTBEAT: Duration = Duration::from_millis(250);
+/// The signal lock TTL [`POLICY`] sets.
+pub const LOCK_TTL: Duration = Duration::from_secs(1);
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A private `redis-server` that a test may stop and start again on the same port.
+pub struct RedisServer {
+    /// Its port.
+    pub port: u16,
+    /// The process, while running.
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port and waits until it answers.
+    pub async fn start() -> RedisServer {
+        let mut server = RedisServer {
+            port: free_port(),
+            child: None,
+        };
+        server.resume().await;
+        server
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server again on its port, empty, and waits until it answers.
+    pub async fn resume(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is not installed (.ci/services installs it)");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        while self.command(&["PING"]).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Kills the server (SIGKILL: no goodbye to clients).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Runs one command.
+    pub async fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
+        let client = redis::Client::open(self.url())?;
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        let mut command = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            command.arg(*arg);
+        }
+        command.query_async(&mut connection).await
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A running instance; killed when dropped, so a failing test leaves nothing behind.
+pub struct Instance {
+    /// Its instance id.
+    pub id: String,
+    /// Its base URL.
+    pub url: String,
+    /// Its port.
+    pub port: u16,
+    /// Its log file (standard error).
+    pub log: PathBuf,
+    /// The process.
+    child: Child,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Instance {
+    /// kill -9.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Posts a webhook body; the status and the JSON answer.
+    pub async fn post(&self, body: &str) -> (u16, serde_json::Value) {
+        post(self.url.clone(), body.to_string()).await
+    }
+
+    /// GETs a JSON page, or `None` when the instance does not answer.
+    pub async fn get(&self, path: &str) -> Option<serde_json::Value> {
+        let response = reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await
+            .ok()?;
+        serde_json::from_slice(&response.bytes().await.ok()?).ok()
+    }
+}
+
+/// Posts a webhook body to the instance at `url`; the status and the JSON answer (null when
+/// the body is not JSON).
+pub async fn post(url: String, body: String) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/webhook"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// One database, one private Redis, a directory with the policy and deployment files.
+pub struct Cluster {
+    /// The database URL.
+    pub database_url: String,
+    /// The Redis every instance is given.
+    pub redis: RedisServer,
+    /// Where files and logs live.
+    pub dir: PathBuf,
+}
+
+impl Cluster {
+    /// Writes the files into a fresh directory named for `test`.
+    pub async fn new(test: &str, database_url: &str) -> Cluster {
+        let dir = std::env::temp_dir().join(format!("vigil-ha-{}-{test}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("policy.toml"), POLICY).unwrap();
+        let mut deployment = String::from("policy = \"policy.toml\"\n");
+        for slot in 0..INSTRUMENTS {
+            deployment.push_str(&format!(
+                "\n[instruments.{}]\nlot_size = \"1\"\npoint_value = \"1\"\nmargin_per_lot = \"100\"\n",
+                instrument(slot)
+            ));
+        }
+        std::fs::write(dir.join("vigil.toml"), deployment).unwrap();
+        Cluster {
+            database_url: database_url.to_string(),
+            redis: RedisServer::start().await,
+            dir,
+        }
+    }
+
+    /// Starts instance `id` on `port` without waiting for it.
+    pub fn spawn(&self, id: &str, port: u16) -> Instance {
+        let log = self.dir.join(format!("{id}.log"));
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args([
+                "run",
+                "--config",
+                "vigil.toml",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--instance",
+                id,
+                "--database-url",
+                &self.database_url,
+                "--redis-url",
+                &self.redis.url(),
+            ])
+            .current_dir(&self.dir)
+            .env("VIGIL_WEBHOOK_PASSPHRASE", PASSPHRASE)
+            .env_remove("VIGIL_POLICY")
+            .env_remove("VIGIL_LISTEN")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Instance {
+            id: id.to_string(),
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            log,
+            child,
+        }
+    }
+
+    /// Starts instance `id` and waits until it is ready.
+    pub async fn start(&self, id: &str) -> Instance {
+        let instance = self.spawn(id, free_port());
+        wait_ready(&instance).await;
+        instance
+    }
+
+    /// Starts `count` instances, `ha-1` to `ha-{count}`, and waits until all are ready.
+    pub async fn start_all(&self, count: usize) -> Vec<Instance> {
+        let instances: Vec<Instance> = (1..=count)
+            .map(|n| self.spawn(&format!("ha-{n}"), free_port()))
+            .collect();
+        for instance in &instances {
+            wait_ready(instance).await;
+        }
+        instances
+    }
+}
+
+/// Waits until `instance` answers `/ready` with 200.
+pub async fn wait_ready(instance: &Instance) {
+    wait_for(instance, "/ready", |ready| ready["ready"] == true).await;
+}
+
+/// Polls `path` on `instance` until `condition` holds; fails the test after
+/// [`START_TIMEOUT`], showing the instance's log.
+pub async fn wait_for(
+    instance: &Instance,
+    path: &str,
+    condition: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    loop {
+        if let Some(page) = instance.get(path).await {
+            if condition(&page) {
+                return page;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never reached the awaited condition on {path}; its log:\n{}",
+            instance.id,
+            instance.log_text()
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// The name of instrument `slot`.
+pub fn instrument(slot: usize) -> String {
+    format!("INS{slot:02}")
+}
+
+/// A BASE_ENTRY on instrument `slot`: each slot's signal is distinct.
+pub fn entry(slot: usize) -> String {
+    format!(
+        r#"{{"passphrase":"{PASSPHRASE}","signal":"BASE_ENTRY","instrument":"{}","position":"long","price":"1000","stop":"990","lots":"1","timestamp":"2026-11-21T09:15:00Z"}}"#,
+        instrument(slot)
+    )
+}
+
+/// The lines of `log` from `target`, without their timestamps.
+pub fn lines_of(log: &str, target: &str) -> Vec<String> {
+    let needle = format!(" {target}: ");
+    log.lines()
+        .filter(|line| line.contains(&needle))
+        .map(|line| {
+            line.split_once(' ')
+                .map_or(line, |(_, rest)| rest)
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Removes the files of a passed test.
+pub fn clean(dir: &Path) {
+    let _ = std::fs::remove_dir_all(dir);
+}

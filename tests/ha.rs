@@ -1,0 +1,393 @@
+//! Several real `vigil` instances on one PostgreSQL database and one Redis: duplicates
+//! spread over instances, a leader killed with -9, Redis lost under load, an instance
+//! restarted while the others serve.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::cluster::{
+    clean, entry, lines_of, post, wait_for, wait_ready, Cluster, Instance, HEARTBEAT, INSTRUMENTS,
+    LEASE, LOCK_TTL, POLL_INTERVAL, RENEWAL,
+};
+use common::{postgres_admin_url, ScratchDatabase};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How often a client resends a signal answered 503 before the test fails: TradingView
+/// resends on a 5xx, and "nothing lost" means every signal is applied once in the end.
+const MAX_RESENDS: usize = 40;
+
+/// The pause before a resend.
+const RESEND_PAUSE: Duration = Duration::from_millis(50);
+
+/// Scheduling and polling slack on top of the protocol's own bound for a takeover: process
+/// start-up of the poll, HTTP round trips, and a busy CI machine.
+const TAKEOVER_SLACK: Duration = Duration::from_millis(1500);
+
+/// The pause between signals of the mid-load test.
+const LOAD_PACE: Duration = Duration::from_millis(30);
+
+async fn setup(test: &str) -> Option<(ScratchDatabase, Cluster)> {
+    let admin = postgres_admin_url(test)?;
+    let database = ScratchDatabase::create(&admin, "ha").await;
+    let cluster = Cluster::new(test, &database.url).await;
+    Some((database, cluster))
+}
+
+/// Sends `body` to `url` until it is answered 200, as TradingView resends on a 5xx; the
+/// final answer's `status` field (`accepted` or `duplicate`).
+async fn deliver(url: String, body: String) -> String {
+    for _ in 0..MAX_RESENDS {
+        let (status, json) = post(url.clone(), body.clone()).await;
+        if status == 200 {
+            return json["status"].as_str().unwrap().to_string();
+        }
+        assert_eq!(status, 503, "only 503 may be resent: {json}");
+        tokio::time::sleep(RESEND_PAUSE).await;
+    }
+    panic!("{url} did not accept a signal after {MAX_RESENDS} resends");
+}
+
+/// Rows in the signal log and open positions, straight from the database.
+async fn database_counts(url: &str) -> (i64, i64) {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let signals: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM signal_log")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let open: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM positions WHERE status = 'open'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    (signals.0, open.0)
+}
+
+/// The fencing tokens every statistics snapshot was written with, in write order.
+async fn statistics_tokens(url: &str) -> Vec<i64> {
+    let pool = sqlx::PgPool::connect(url).await.unwrap();
+    let tokens: Vec<(i64,)> = sqlx::query_as("SELECT fencing_token FROM statistics ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    tokens.into_iter().map(|(token,)| token).collect()
+}
+
+/// The instance that leads now, by index, once exactly one does.
+async fn leader(instances: &[&Instance]) -> usize {
+    let deadline = Instant::now() + common::cluster::START_TIMEOUT;
+    loop {
+        let mut leaders = Vec::new();
+        for (index, instance) in instances.iter().enumerate() {
+            if let Some(status) = instance.get("/status").await {
+                if status["leader"] == true {
+                    leaders.push(index);
+                }
+            }
+        }
+        if let [only] = leaders[..] {
+            return only;
+        }
+        assert!(Instant::now() < deadline, "no single leader: {leaders:?}");
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Every "leading ... with fencing token N" line of `logs`, as (time, instance, token),
+/// in time order.
+fn leadership_grants(logs: &[(String, String)]) -> Vec<(String, String, i64)> {
+    let mut grants = Vec::new();
+    for (id, log) in logs {
+        for line in log.lines() {
+            if let Some((_, rest)) = line.split_once("leading background tasks with fencing token ")
+            {
+                let token = rest.split_whitespace().next().unwrap().parse().unwrap();
+                let at = line.split_whitespace().next().unwrap().to_string();
+                grants.push((at, id.clone(), token));
+            }
+        }
+    }
+    grants.sort();
+    grants
+}
+
+/// A transition log with the instance id made generic, so instances can be compared.
+fn transitions(instance: &Instance, log: &str) -> String {
+    lines_of(log, "vigil::transition")
+        .join("\n")
+        .replace(&format!("instance={}", instance.id), "instance=ha-N")
+}
+
+fn snapshot(name: &str, text: &str) {
+    insta::with_settings!({ snapshot_path => "../snapshots", prepend_module_to_snapshot => false }, {
+        insta::assert_snapshot!(name, text);
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_duplicate_storm_over_three_instances_opens_one_position() {
+    let Some((database, cluster)) = setup("storm").await else {
+        return;
+    };
+    let instances = cluster.start_all(3).await;
+    let urls: Vec<String> = instances.iter().map(|i| i.url.clone()).collect();
+    let body = entry(0);
+    for round in ["at once", "after the lock TTL", "after FLUSHALL"] {
+        match round {
+            "after the lock TTL" => tokio::time::sleep(LOCK_TTL + HEARTBEAT).await,
+            "after FLUSHALL" => {
+                cluster.redis.command(&["FLUSHALL"]).await.unwrap();
+            }
+            _ => {}
+        }
+        let sends: Vec<_> = (0..10)
+            .map(|n| tokio::spawn(post(urls[n % 3].clone(), body.clone())))
+            .collect();
+        let mut outcomes = Vec::new();
+        for send in sends {
+            let (status, json) = send.await.unwrap();
+            assert_eq!(status, 200, "{round}: {json}");
+            outcomes.push(json["status"].as_str().unwrap().to_string());
+        }
+        let accepted = outcomes.iter().filter(|o| *o == "accepted").count();
+        let duplicates = outcomes.iter().filter(|o| *o == "duplicate").count();
+        let expected = if round == "at once" { 1 } else { 0 };
+        assert_eq!(
+            (accepted, duplicates),
+            (expected, 10 - expected),
+            "{round}: {outcomes:?}"
+        );
+    }
+    assert_eq!(database_counts(&database.url).await, (1, 1));
+    for instance in &instances {
+        let status = instance.get("/status").await.unwrap();
+        assert_eq!(status["open_positions"], 1, "{status}");
+    }
+    drop(instances);
+    database.drop_now().await;
+    clean(&cluster.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn another_instance_leads_after_the_leader_is_killed() {
+    let Some((database, cluster)) = setup("failover").await else {
+        return;
+    };
+    let mut instances = cluster.start_all(3).await;
+    let first = leader(&instances.iter().collect::<Vec<_>>()).await;
+    // Let the leader write a few statistics snapshots under its token.
+    tokio::time::sleep(RENEWAL * 2).await;
+    let killed_id = instances[first].id.clone();
+    let killed_at = Instant::now();
+    instances[first].kill();
+    let killed_log = instances[first].log_text();
+    let survivors: Vec<&Instance> = instances
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != first)
+        .map(|(_, instance)| instance)
+        .collect();
+    let second = leader(&survivors).await;
+    let took = killed_at.elapsed();
+    eprintln!(
+        "takeover after {took:?} (lease {LEASE:?}, renewal every {RENEWAL:?}); new leader {}",
+        survivors[second].id
+    );
+    assert!(
+        took <= LEASE + RENEWAL + TAKEOVER_SLACK,
+        "took {took:?}, beyond the lease plus one renewal interval (and {TAKEOVER_SLACK:?} of slack)"
+    );
+    // The new leader writes under its token too.
+    tokio::time::sleep(RENEWAL * 2).await;
+
+    let mut logs = vec![(killed_id.clone(), killed_log)];
+    for instance in &survivors {
+        logs.push((instance.id.clone(), instance.log_text()));
+    }
+    let grants = leadership_grants(&logs);
+    eprintln!("leadership grants (time, instance, fencing token): {grants:#?}");
+    assert!(grants.len() >= 2, "{grants:?}");
+    assert_eq!(grants[0].1, killed_id, "{grants:?}");
+    assert!(
+        grants.windows(2).all(|pair| pair[0].2 < pair[1].2),
+        "fencing tokens must only increase: {grants:?}"
+    );
+    assert_eq!(grants.last().unwrap().1, survivors[second].id, "{grants:?}");
+    // Every background write carried the token current when it was written.
+    let tokens = statistics_tokens(&database.url).await;
+    assert!(
+        tokens.windows(2).all(|pair| pair[0] <= pair[1]),
+        "{tokens:?}"
+    );
+    assert!(tokens.contains(&grants[0].2) && tokens.contains(&grants.last().unwrap().2));
+    drop(survivors);
+    drop(instances);
+    database.drop_now().await;
+    clean(&cluster.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn losing_redis_under_load_loses_and_doubles_nothing() {
+    let Some((database, mut cluster)) = setup("redis-lost").await else {
+        return;
+    };
+    let instances = cluster.start_all(3).await;
+    let urls: Vec<String> = instances.iter().map(|i| i.url.clone()).collect();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let (degraded_tx, degraded_rx) = tokio::sync::watch::channel(false);
+    let (resumed_tx, resumed_rx) = tokio::sync::watch::channel(false);
+    let sender = {
+        let (sent, urls) = (Arc::clone(&sent), urls.clone());
+        let (mut degraded, mut resumed) = (degraded_rx, resumed_rx);
+        tokio::spawn(async move {
+            let mut outcomes = Vec::new();
+            for slot in 0..INSTRUMENTS {
+                // Some signals flow once every instance is degraded, and some while Redis
+                // comes back.
+                if slot == INSTRUMENTS / 3 {
+                    degraded.wait_for(|done| *done).await.unwrap();
+                }
+                if slot == 2 * INSTRUMENTS / 3 {
+                    resumed.wait_for(|done| *done).await.unwrap();
+                }
+                // Each signal twice at once, on two instances: a resend racing the original.
+                let first = tokio::spawn(deliver(urls[slot % 3].clone(), entry(slot)));
+                let second = tokio::spawn(deliver(urls[(slot + 1) % 3].clone(), entry(slot)));
+                outcomes.push((first.await.unwrap(), second.await.unwrap()));
+                sent.fetch_add(1, Ordering::AcqRel);
+                tokio::time::sleep(LOAD_PACE).await;
+            }
+            outcomes
+        })
+    };
+    while sent.load(Ordering::Acquire) < INSTRUMENTS / 6 {
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let stopped_at = Instant::now();
+    cluster.redis.stop();
+    for instance in &instances {
+        wait_for(instance, "/ready", |ready| {
+            ready["state"] == "degraded" && ready["redis"] == "down"
+        })
+        .await;
+    }
+    eprintln!(
+        "all three degraded {:?} after Redis stopped (heartbeat every {HEARTBEAT:?})",
+        stopped_at.elapsed()
+    );
+    for instance in &instances {
+        let status = instance.get("/status").await.unwrap();
+        assert_eq!(status["coordination"], "database", "{status}");
+    }
+    degraded_tx.send_replace(true);
+    while sent.load(Ordering::Acquire) < INSTRUMENTS / 2 {
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    cluster.redis.resume().await;
+    resumed_tx.send_replace(true);
+    for instance in &instances {
+        wait_for(instance, "/ready", |ready| {
+            ready["state"] == "active" && ready["redis"] == "up"
+        })
+        .await;
+    }
+    let outcomes = sender.await.unwrap();
+    for (slot, (first, second)) in outcomes.iter().enumerate() {
+        let mut pair = [first.as_str(), second.as_str()];
+        pair.sort_unstable();
+        assert_eq!(pair, ["accepted", "duplicate"], "signal {slot}");
+    }
+    assert_eq!(
+        database_counts(&database.url).await,
+        (INSTRUMENTS as i64, INSTRUMENTS as i64)
+    );
+    let metrics = reqwest::get(format!("{}/metrics", urls[0]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("vigil_redis_up 1"), "{metrics}");
+
+    let logs: Vec<String> = instances
+        .iter()
+        .map(|instance| transitions(instance, &instance.log_text()))
+        .collect();
+    assert!(
+        logs.iter().all(|log| log == &logs[0]),
+        "every instance degrades and returns the same way: {logs:#?}"
+    );
+    snapshot("ha__redis_lost_and_back", &logs[0]);
+    drop(instances);
+    database.drop_now().await;
+    clean(&cluster.dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_restarted_instance_recovers_while_the_others_serve() {
+    let Some((database, cluster)) = setup("restart").await else {
+        return;
+    };
+    let mut instances = cluster.start_all(3).await;
+    // The leader is the one restarted: its lease row still names it when it comes back.
+    let index = leader(&instances.iter().collect::<Vec<_>>()).await;
+    let mut restarted = instances.remove(index);
+    restarted.kill();
+    let earlier = restarted.log_text().len();
+    let port = restarted.port;
+    let id = restarted.id.clone();
+    drop(restarted);
+
+    let urls: Vec<String> = instances.iter().map(|i| i.url.clone()).collect();
+    let load = tokio::spawn(async move {
+        let mut outcomes = Vec::new();
+        for slot in 0..INSTRUMENTS / 3 {
+            outcomes.push(deliver(urls[slot % 2].clone(), entry(slot)).await);
+        }
+        outcomes
+    });
+    let restarted = cluster.spawn(&id, port);
+    wait_ready(&restarted).await;
+    let outcomes = load.await.unwrap();
+    assert!(outcomes.iter().all(|o| o == "accepted"), "{outcomes:?}");
+    // Give it time to take the lease, which is free only once the old one lapses.
+    tokio::time::sleep(LEASE + RENEWAL).await;
+
+    let log = restarted.log_text()[earlier..].to_string();
+    let lines: Vec<&str> = log.lines().collect();
+    let active = lines
+        .iter()
+        .position(|line| line.contains("from=recovering to=active"))
+        .expect("the restarted instance became active");
+    let recovering = lines
+        .iter()
+        .position(|line| line.contains("to=recovering"))
+        .expect("the restarted instance recovered");
+    assert!(recovering < active);
+    for (at, line) in lines.iter().enumerate() {
+        if line.contains("leading background tasks") {
+            assert!(at > active, "led before it was active:\n{log}");
+        }
+    }
+    snapshot("ha__restarted_instance", &transitions(&restarted, &log));
+    let status = restarted.get("/status").await.unwrap();
+    assert_eq!(
+        status["open_positions"],
+        INSTRUMENTS / 3,
+        "the others' signals are all there: {status}"
+    );
+    let listed = status["instances"].as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{status}");
+    assert_eq!(
+        listed.iter().filter(|i| i["leader"] == true).count(),
+        1,
+        "{status}"
+    );
+    drop(restarted);
+    drop(instances);
+    database.drop_now().await;
+    clean(&cluster.dir);
+}
