@@ -184,6 +184,28 @@ const CASES: &[(&str, &[&str], i32)] = &[
     ),
     ("machines_table", &["machines"], 0),
     (
+        "run_refuses_redis_with_sqlite",
+        &[
+            "run",
+            "--database-url",
+            "sqlite://never-created.db",
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+        ],
+        3,
+    ),
+    (
+        "run_refuses_a_bad_redis_url",
+        &[
+            "run",
+            "--database-url",
+            "postgres://127.0.0.1:1/never",
+            "--redis-url",
+            "http://127.0.0.1:6379",
+        ],
+        3,
+    ),
+    (
         "machines_lifecycle_mermaid",
         &["machines", "lifecycle", "--format", "mermaid"],
         0,

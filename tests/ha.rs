@@ -391,3 +391,53 @@ async fn a_restarted_instance_recovers_while_the_others_serve() {
     database.drop_now().await;
     clean(&cluster.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_leader_raises_an_alarm_when_totals_disagree_and_changes_nothing() {
+    let Some((database, cluster)) = setup("alarm").await else {
+        return;
+    };
+    let instance = cluster.start("ha-1").await;
+    assert_eq!(deliver(instance.url.clone(), entry(0)).await, "accepted");
+    wait_for(&instance, "/status", |status| status["leader"] == true).await;
+    let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
+    sqlx::query("UPDATE portfolio_state SET total_risk = 999999.99")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + common::cluster::START_TIMEOUT;
+    while !instance.log_text().contains("consistency alarm") {
+        assert!(Instant::now() < deadline, "{}", instance.log_text());
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+    let alarm = lines_of(&instance.log_text(), "vigil::coordination")
+        .into_iter()
+        .filter(|line| line.starts_with("ERROR"))
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("\n");
+    // How long the check took differs from run to run; nothing else may.
+    let took = regex::Regex::new(r"; \d+ ms ").unwrap();
+    snapshot("ha__consistency_alarm", &took.replace(&alarm, "; <n> ms "));
+    let metrics = reqwest::get(format!("{}/metrics", instance.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("vigil_consistency_ok 0"), "{metrics}");
+    assert!(
+        metrics.contains("vigil_consistency_alarms_total"),
+        "{metrics}"
+    );
+    // The check only reads: the tampered total is still there for an operator to see.
+    let (total,): (String,) = sqlx::query_as("SELECT total_risk::text FROM portfolio_state")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(total, "999999.99");
+    pool.close().await;
+    drop(instance);
+    database.drop_now().await;
+    clean(&cluster.dir);
+}

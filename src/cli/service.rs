@@ -123,6 +123,10 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
         .or(deployment.redis_url)
         .filter(|url| !url.is_empty());
     if let Some(redis_url) = &redis_url {
+        if let Err(error) = RedisCoordinator::check_url(redis_url) {
+            eprintln!("error: {error}; set it with --redis-url, VIGIL_REDIS_URL or redis_url in the deployment file");
+            return Ok(None);
+        }
         if database_url.starts_with("sqlite:") {
             eprintln!(
                 "error: a Redis URL ({}) configures several instances, but the database {} is SQLite, which \

@@ -244,6 +244,7 @@ async fn check_consistency(
     consistent: &mut bool,
 ) {
     let instance = shared.coordination.instance();
+    let started = std::time::Instant::now();
     let rows = match store.load_recovery_rows().await {
         Ok(rows) => rows,
         Err(error) => {
@@ -251,7 +252,8 @@ async fn check_consistency(
             return;
         }
     };
-    let (_, receipt) = recovery::recover(rows, tasks.tolerance, &tasks.instruments, 0);
+    let (_, mut receipt) = recovery::recover(rows, tasks.tolerance, &tasks.instruments, 0);
+    receipt.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match receipt.failure() {
         None => {
             metrics::gauge!(CONSISTENCY_OK).set(1.0);

@@ -74,20 +74,29 @@ fn unavailable(error: redis::RedisError) -> CoordinationError {
     CoordinationError::Redis(error.to_string())
 }
 
+fn bad_url(url: &str, error: &redis::RedisError) -> CoordinationError {
+    CoordinationError::BadUrl(format!(
+        "Redis URL `{}` is not valid: {error}; expected redis://HOST:PORT[/DB]",
+        crate::store::redact(url)
+    ))
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl RedisCoordinator {
+    /// Checks that `url` is a Redis URL, without connecting.
+    pub fn check_url(url: &str) -> Result<(), CoordinationError> {
+        redis::Client::open(url)
+            .map(drop)
+            .map_err(|error| bad_url(url, &error))
+    }
+
     /// Prepares a connection to `url` under `namespace`. Nothing is sent yet: Redis may be
     /// down at start, and the heartbeat reports it to the policy like any later loss.
     pub fn connect(url: &str, namespace: &str) -> Result<RedisCoordinator, CoordinationError> {
-        let client = redis::Client::open(url).map_err(|error| {
-            CoordinationError::BadUrl(format!(
-                "Redis URL `{}` is not valid: {error}; expected redis://HOST:PORT[/DB]",
-                crate::store::redact(url)
-            ))
-        })?;
+        let client = redis::Client::open(url).map_err(|error| bad_url(url, &error))?;
         let config = ConnectionManagerConfig::new()
             .set_response_timeout(Some(REDIS_COMMAND_TIMEOUT))
             .set_connection_timeout(Some(REDIS_CONNECT_TIMEOUT))
