@@ -320,16 +320,18 @@ impl Executor for Startup {
                     .send_modify(|view| view.accepts = *signals);
                 None
             }
-            Effect::Reattempt { kind, .. } => Some(match (self.phase, kind) {
-                (Phase::Connecting, _) => self.connect().await,
-                (Phase::Recovering, _) => self.recover().await,
-                (Phase::Serving, FailureKind::RedisUnavailable) => {
+            // A Redis retry asks Redis, whatever step the instance is in; every other retry
+            // re-runs the step that failed.
+            Effect::Reattempt { kind, .. } => Some(match (kind, self.phase) {
+                (FailureKind::RedisUnavailable, _) => {
                     match self.shared.coordination.check_redis().await {
                         Some(Err(_)) => Input::Failure(FailureKind::RedisUnavailable),
                         Some(Ok(())) | None => Input::Restored(FailureKind::RedisUnavailable),
                     }
                 }
-                (Phase::Serving, _) => self.probe().await,
+                (_, Phase::Connecting) => self.connect().await,
+                (_, Phase::Recovering) => self.recover().await,
+                (_, Phase::Serving) => self.probe().await,
             }),
             Effect::ScheduleRetry { .. } | Effect::CancelRetry { .. } | Effect::Exit { .. } => None,
         }

@@ -43,8 +43,9 @@ struct Leading {
     owner: Owner,
     /// The fencing token every background write carries.
     fencing_token: i64,
-    /// When the lease was last renewed (or taken).
-    renewed_at: Instant,
+    /// Until when the lease is surely held: the start of the last renewal that succeeded
+    /// (or of the take), plus the lease. Taken before the request, so it never overstates.
+    held_until: Instant,
     /// When the background tasks run next.
     tasks_due: Instant,
 }
@@ -56,10 +57,12 @@ enum StepDown {
     Ineligible(&'static str),
     /// Another instance holds the lease now.
     Lost,
-    /// No renewal succeeded within a whole lease.
+    /// No renewal succeeded in time: the lease may lapse before the next one.
     Unrenewed,
     /// A background write was refused for an older fencing token.
     Fenced,
+    /// The store is gone (the database is being reopened).
+    NoStore,
 }
 
 impl std::fmt::Display for StepDown {
@@ -69,96 +72,132 @@ impl std::fmt::Display for StepDown {
             StepDown::Lost => f.write_str("another instance holds the lease"),
             StepDown::Unrenewed => f.write_str("the lease could not be renewed in time"),
             StepDown::Fenced => f.write_str("a newer leader fenced this one off"),
+            StepDown::NoStore => f.write_str("the database is not connected"),
         }
     }
 }
 
 /// How often the pulse wakes: every heartbeat, and at least three times per lease, so a
-/// lease is renewed at no more than a third of its length.
+/// lease is renewed at no more than a third of its length. It is also the longest any one
+/// coordination call of the pulse may take.
 pub fn tick(coordination: &Coordination) -> Duration {
     let timings = coordination.timings();
     timings.heartbeat_interval.min(timings.leader_lease / 3)
 }
 
+fn eligible(state: &str) -> bool {
+    matches!(state, "active" | "degraded")
+}
+
 /// Runs until the lifecycle stops or crashes, then gives up any lease it holds.
 pub async fn run(shared: Arc<Shared>, tasks: LeaderTasks) {
-    let coordination = &shared.coordination;
-    let timings = coordination.timings().clone();
-    let tick = tick(coordination);
+    // The heartbeat has its own task, so a slow database cannot delay noticing Redis.
+    let beating = tokio::spawn(beat_loop(Arc::clone(&shared)));
+    let tick = tick(&shared.coordination);
     let mut lifecycle = shared.lifecycle.subscribe();
+    let mut renewals = tokio::time::interval(tick);
+    renewals.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leading: Option<Leading> = None;
-    let mut next_beat = Instant::now();
     let mut consistent = true;
     loop {
         let state = lifecycle.borrow_and_update().state;
-        let now = Instant::now();
-        if now >= next_beat {
-            beat(
-                &shared,
-                state,
-                leading.as_ref().map(|lead| lead.fencing_token),
-            )
-            .await;
-            next_beat = now + timings.heartbeat_interval;
-        }
-        let store = shared.store();
-        let eligible = matches!(state, "active" | "degraded");
-        leading = match (leading, store.as_ref()) {
-            (Some(lead), Some(store)) if !eligible => {
-                step_down(&shared, store, lead, StepDown::Ineligible(state)).await;
+        leading = match (leading, shared.store()) {
+            (Some(lead), None) => {
+                publish(&shared, None);
+                log_step_down(&shared, lead.fencing_token, StepDown::NoStore);
                 None
             }
-            (Some(lead), None) => {
-                // Without a store nothing can be written or renewed; the lease lapses.
-                publish(&shared, None);
-                log_step_down(&shared, lead.fencing_token, StepDown::Unrenewed);
+            (Some(lead), Some(store)) if !eligible(state) => {
+                step_down(&shared, &store, lead, StepDown::Ineligible(state)).await;
                 None
             }
             (Some(lead), Some(store)) => {
-                keep_leading(&shared, store, lead, &tasks, &mut consistent).await
+                keep_leading(&shared, &store, lead, &tasks, &mut consistent).await
             }
-            (None, Some(store)) if eligible => try_to_lead(&shared, store).await,
+            (None, Some(store)) if eligible(state) => {
+                match try_to_lead(&shared, &store).await {
+                    // The lifecycle may have moved on while the lease was being taken.
+                    Some(lead) if !eligible(shared.view().state) => {
+                        let now = shared.view().state;
+                        step_down(&shared, &store, lead, StepDown::Ineligible(now)).await;
+                        None
+                    }
+                    taken => taken,
+                }
+            }
             (None, _) => None,
         };
-        if matches!(state, "stopping" | "stopped" | "crashed") {
+        if matches!(state, "stopping" | "stopped" | "crashed") && leading.is_none() {
+            beating.abort();
             return;
         }
-        let wake = (Instant::now() + tick).min(next_beat);
         tokio::select! {
             changed = lifecycle.changed() => {
                 if changed.is_err() {
+                    beating.abort();
                     return;
                 }
             }
-            () = tokio::time::sleep_until(wake) => {}
+            _ = renewals.tick() => {}
         }
     }
 }
 
-/// Refreshes the Redis heartbeat key; its answer says whether Redis is there.
-async fn beat(shared: &Shared, state: &str, fencing_token: Option<i64>) {
+/// Refreshes the Redis heartbeat key every heartbeat interval; its answer says whether
+/// Redis is there.
+async fn beat_loop(shared: Arc<Shared>) {
     let coordination = &shared.coordination;
     let Some(redis) = coordination.configured_redis() else {
         return;
     };
-    let summary = serde_json::json!({
-        "state": state,
-        "leader": fencing_token.is_some(),
-        "fencing_token": fencing_token,
-        "at": crate::store::timestamp_text(Utc::now()),
-    })
-    .to_string();
-    let ttl = coordination.timings().instance_stale_after;
-    match redis.beat(coordination.instance(), &summary, ttl).await {
-        Ok(()) => coordination.redis_answered(),
-        Err(error) => coordination.redis_failed(&error),
+    let timings = coordination.timings().clone();
+    let mut beats = tokio::time::interval(timings.heartbeat_interval);
+    beats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        beats.tick().await;
+        let fencing_token = shared.leading();
+        let summary = serde_json::json!({
+            "state": shared.view().state,
+            "leader": fencing_token.is_some(),
+            "fencing_token": fencing_token,
+            "at": crate::store::timestamp_text(Utc::now()),
+        })
+        .to_string();
+        let beat = redis.beat(
+            coordination.instance(),
+            &summary,
+            timings.instance_stale_after,
+        );
+        match tokio::time::timeout(timings.heartbeat_interval, beat).await {
+            Ok(Ok(())) => coordination.redis_answered(),
+            Ok(Err(error)) => coordination.redis_failed(&error),
+            Err(_) => coordination.redis_failed(&super::CoordinationError::Redis(format!(
+                "the heartbeat took longer than {:?}",
+                timings.heartbeat_interval
+            ))),
+        }
+    }
+}
+
+/// Runs one coordination call of the pulse within a tick.
+async fn bounded<T>(
+    shared: &Shared,
+    call: impl std::future::Future<Output = Result<T, super::CoordinationError>>,
+) -> Result<T, super::CoordinationError> {
+    let tick = tick(&shared.coordination);
+    match tokio::time::timeout(tick, call).await {
+        Ok(result) => result,
+        Err(_) => Err(super::CoordinationError::Store(StoreError::Unavailable(
+            format!("no answer within {tick:?}"),
+        ))),
     }
 }
 
 async fn try_to_lead(shared: &Shared, store: &AnyStore) -> Option<Leading> {
     let coordination = &shared.coordination;
     let owner = Owner::new();
-    match coordination.acquire_lease(store, &owner).await {
+    let started = Instant::now();
+    match bounded(shared, coordination.acquire_lease(store, &owner)).await {
         Ok(Some(fencing_token)) => {
             tracing::info!(
                 target: COORDINATION_TARGET,
@@ -167,16 +206,18 @@ async fn try_to_lead(shared: &Shared, store: &AnyStore) -> Option<Leading> {
                 "leading background tasks with fencing token {fencing_token}"
             );
             publish(shared, Some(fencing_token));
-            let now = Instant::now();
             Some(Leading {
                 owner,
                 fencing_token,
-                renewed_at: now,
-                tasks_due: now,
+                held_until: started + coordination.timings().leader_lease,
+                tasks_due: Instant::now(),
             })
         }
         Ok(None) => None,
         Err(error) => {
+            // A lease request that timed out may still have been granted; giving it back
+            // (compare-and-delete) keeps it from blocking others until it expires.
+            let _ = bounded(shared, coordination.release_lease(store, &owner, 0)).await;
             tracing::debug!(target: COORDINATION_TARGET, instance = %coordination.instance(), "cannot take the lease: {error}");
             None
         }
@@ -191,23 +232,25 @@ async fn keep_leading(
     consistent: &mut bool,
 ) -> Option<Leading> {
     let coordination = &shared.coordination;
-    let lease = coordination.timings().leader_lease;
-    match coordination
-        .renew_lease(store, &lead.owner, lead.fencing_token)
-        .await
-    {
-        Ok(true) => lead.renewed_at = Instant::now(),
+    let (lease, tick) = (coordination.timings().leader_lease, tick(coordination));
+    let started = Instant::now();
+    let renewed = bounded(
+        shared,
+        coordination.renew_lease(store, &lead.owner, lead.fencing_token),
+    )
+    .await;
+    match renewed {
+        Ok(true) => lead.held_until = started + lease,
         Ok(false) => {
-            publish(shared, None);
-            log_step_down(shared, lead.fencing_token, StepDown::Lost);
+            step_down(shared, store, lead, StepDown::Lost).await;
             return None;
         }
         Err(error) => {
             tracing::warn!(target: COORDINATION_TARGET, instance = %coordination.instance(), "cannot renew the lease (fencing token {}): {error}", lead.fencing_token);
-            // Others may take the lease once it expires; stop before that can happen.
-            if lead.renewed_at.elapsed() >= lease {
-                publish(shared, None);
-                log_step_down(shared, lead.fencing_token, StepDown::Unrenewed);
+            // The next renewal comes a tick from now: stop leading unless the lease surely
+            // lasts past it, so that two instances never both believe they lead.
+            if Instant::now() + tick >= lead.held_until {
+                step_down(shared, store, lead, StepDown::Unrenewed).await;
                 return None;
             }
         }
@@ -216,15 +259,12 @@ async fn keep_leading(
         return Some(lead);
     }
     lead.tasks_due = Instant::now() + coordination.timings().leader_task_interval;
-    match store
-        .record_statistics(coordination.fence(lead.fencing_token), Utc::now())
-        .await
-    {
+    let snapshot = store.record_statistics(coordination.fence(lead.fencing_token), Utc::now());
+    match bounded(shared, async { Ok(snapshot.await?) }).await {
         Ok(()) => metrics::counter!(STATISTICS_SNAPSHOTS).increment(1),
-        Err(StoreError::Fenced(reason)) => {
+        Err(super::CoordinationError::Store(StoreError::Fenced(reason))) => {
             tracing::warn!(target: COORDINATION_TARGET, instance = %coordination.instance(), "statistics snapshot refused: {reason}");
-            publish(shared, None);
-            log_step_down(shared, lead.fencing_token, StepDown::Fenced);
+            step_down(shared, store, lead, StepDown::Fenced).await;
             return None;
         }
         Err(error) => {
@@ -245,7 +285,8 @@ async fn check_consistency(
 ) {
     let instance = shared.coordination.instance();
     let started = std::time::Instant::now();
-    let rows = match store.load_recovery_rows().await {
+    let read = async { Ok(store.load_recovery_rows().await?) };
+    let rows = match bounded(shared, read).await {
         Ok(rows) => rows,
         Err(error) => {
             tracing::warn!(target: COORDINATION_TARGET, instance = %instance, "consistency check could not read the database: {error}");
@@ -276,13 +317,13 @@ async fn check_consistency(
 
 async fn step_down(shared: &Shared, store: &AnyStore, lead: Leading, why: StepDown) {
     // Published first: from here on this instance claims no leadership, whatever the
-    // release below answers.
+    // release below answers. The release is compare-and-delete, so it never frees a lease
+    // another instance took meanwhile.
     publish(shared, None);
-    if let Err(error) = shared
+    let release = shared
         .coordination
-        .release_lease(store, &lead.owner, lead.fencing_token)
-        .await
-    {
+        .release_lease(store, &lead.owner, lead.fencing_token);
+    if let Err(error) = bounded(shared, release).await {
         tracing::warn!(target: COORDINATION_TARGET, instance = %shared.coordination.instance(), "cannot release the lease (it expires by itself): {error}");
     }
     log_step_down(shared, lead.fencing_token, why);

@@ -26,19 +26,24 @@ use crate::store::{AnyStore, Fence, InstanceRow, StoreError};
 use crate::vocabulary::FailureKind;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// How long a signal waits for its instrument's lock before it is answered 503. With the
-/// signal's database deadline it stays below the request timeout.
-pub const SIGNAL_LOCK_WAIT: Duration = Duration::from_millis(750);
+/// How long a signal waits for its instrument's lock before it is answered 503.
+pub const SIGNAL_LOCK_WAIT: Duration = Duration::from_millis(500);
 
 /// How often a waiting signal asks for its instrument's lock again.
 pub const SIGNAL_LOCK_POLL: Duration = Duration::from_millis(5);
 
-/// The most times a signal asks for its instrument's lock.
+/// The most times a signal asks for its instrument's lock; the wait's deadline usually
+/// ends it first.
 const SIGNAL_LOCK_ATTEMPTS: u128 = SIGNAL_LOCK_WAIT.as_millis() / SIGNAL_LOCK_POLL.as_millis();
+
+/// All the Redis work before a signal's transaction may take: the lock wait and one more
+/// command. With the signal's database deadline (1.5 s) it stays below the 2.5 s request
+/// timeout; past it, the signal goes on under database-only coordination.
+pub const SIGNAL_REDIS_BUDGET: Duration = SIGNAL_LOCK_WAIT.saturating_add(REDIS_COMMAND_TIMEOUT);
 
 /// The `tracing` target of coordination log lines.
 pub const COORDINATION_TARGET: &str = "vigil::coordination";
@@ -200,8 +205,9 @@ pub enum Gate {
     Proceed(Ticket),
 }
 
-/// What a signal holds in Redis while the database decides. Dropped without
-/// [`Ticket::settle`] (a cancelled request), it releases what it holds in the background.
+/// What a signal holds in Redis while the database decides. Whether settled or dropped (a
+/// cancelled request), it releases what it holds in a background task, so neither the
+/// answer nor a cancellation waits on Redis, and nothing is left held until its TTL.
 #[derive(Debug)]
 pub struct Ticket {
     /// The Redis it holds things in; `None` under database-only coordination.
@@ -210,10 +216,15 @@ pub struct Ticket {
     fingerprint: String,
     /// The signal's instrument.
     instrument: String,
-    /// The dedup claim this signal made, if it was first.
+    /// The dedup claim this signal made (or asked for), if it was first.
     claim: Option<Owner>,
-    /// The instrument lock this signal holds.
+    /// The instrument lock this signal holds (or asked for); set before the request is
+    /// sent, so a cancellation between Redis setting it and the reply still releases it.
     lock: Option<Owner>,
+    /// Whether the lock request was answered yes.
+    locked: bool,
+    /// Whether the signal was applied (or found applied): then the fingerprint is kept.
+    applied: bool,
     /// How long an applied fingerprint is remembered.
     window: Duration,
 }
@@ -226,33 +237,20 @@ impl Ticket {
             instrument: instrument.to_string(),
             claim: None,
             lock: None,
+            locked: false,
+            applied: false,
             window: Duration::ZERO,
         }
     }
 
     /// Whether this signal holds its instrument's Redis lock.
     pub fn holds_lock(&self) -> bool {
-        self.lock.is_some()
+        self.locked
     }
 
-    /// Records the outcome and releases the lock; Redis errors are reported to `coordination`.
-    pub async fn settle(mut self, applied: bool, coordination: &Coordination) {
-        let Some(redis) = self.redis.take() else {
-            return;
-        };
-        let result = release(
-            &redis,
-            &self.fingerprint,
-            &self.instrument,
-            self.claim.take(),
-            self.lock.take(),
-            applied,
-            self.window,
-        )
-        .await;
-        if let Err(error) = result {
-            coordination.redis_failed(&error);
-        }
+    /// Records the outcome; the release runs in the background.
+    pub fn settle(mut self, applied: bool) {
+        self.applied = applied;
     }
 }
 
@@ -261,12 +259,14 @@ impl Drop for Ticket {
         let Some(redis) = self.redis.take() else {
             return;
         };
-        if self.claim.is_none() && self.lock.is_none() {
+        if self.claim.is_none() && self.lock.is_none() && !self.applied {
             return;
         }
         let (fingerprint, instrument) = (self.fingerprint.clone(), self.instrument.clone());
-        let (claim, lock, window) = (self.claim.take(), self.lock.take(), self.window);
-        // Outside a runtime nothing is left to release into; the TTLs clean up.
+        let (claim, lock) = (self.claim.take(), self.lock.take());
+        let (applied, window) = (self.applied, self.window);
+        // Outside a runtime nothing is left to release into; the TTLs clean up. A failure
+        // here is not reported: the next heartbeat tells the machines about a lost Redis.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = release(
@@ -275,7 +275,7 @@ impl Drop for Ticket {
                     &instrument,
                     claim,
                     lock,
-                    false,
+                    applied,
                     window,
                 )
                 .await;
@@ -313,8 +313,10 @@ async fn release(
 pub struct Coordination {
     /// The configured Redis, if any.
     redis: Option<RedisCoordinator>,
-    /// Whether Redis answered last time; starts `true` so the first heartbeat decides.
-    redis_up: AtomicBool,
+    /// Whether Redis answered last time; starts `true` so the first heartbeat decides. A
+    /// mutex rather than an atomic, so that the flag and the report to the machines change
+    /// together and reports cannot overtake each other.
+    redis_up: Mutex<bool>,
     /// The policy's HA timings.
     timings: HaTimings,
     /// Which instance this is.
@@ -333,7 +335,7 @@ impl Coordination {
     ) -> Coordination {
         Coordination {
             redis,
-            redis_up: AtomicBool::new(true),
+            redis_up: Mutex::new(true),
             timings,
             instance: instance.to_string(),
             inputs,
@@ -355,7 +357,7 @@ impl Coordination {
 
     /// Redis as last seen.
     pub fn redis_health(&self) -> RedisHealth {
-        match (&self.redis, self.redis_up.load(Ordering::Acquire)) {
+        match (&self.redis, self.redis_is_up()) {
             (None, _) => RedisHealth::NotConfigured,
             (Some(_), true) => RedisHealth::Up,
             (Some(_), false) => RedisHealth::Down,
@@ -369,9 +371,23 @@ impl Coordination {
 
     /// Redis, while it answers.
     fn live_redis(&self) -> Option<&RedisCoordinator> {
-        self.redis
-            .as_ref()
-            .filter(|_| self.redis_up.load(Ordering::Acquire))
+        self.redis.as_ref().filter(|_| self.redis_is_up())
+    }
+
+    fn redis_is_up(&self) -> bool {
+        *self.redis_up.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Flips the Redis flag to `up` and reports `input`, unless the flag already says so. A
+    /// report the full queue refuses leaves the flag as it was, so the next heartbeat
+    /// reports again.
+    fn redis_became(&self, up: bool, input: Input) -> bool {
+        let mut flag = self.redis_up.lock().unwrap_or_else(PoisonError::into_inner);
+        if *flag == up || self.inputs.try_send(input).is_err() {
+            return false;
+        }
+        *flag = up;
+        true
     }
 
     /// Redis failed: coordinate through the database and tell the machines, once per loss.
@@ -379,22 +395,17 @@ impl Coordination {
         let CoordinationError::Redis(reason) = error else {
             return;
         };
-        if self.redis_up.swap(false, Ordering::AcqRel) {
+        if self.redis_became(false, Input::Failure(FailureKind::RedisUnavailable)) {
             tracing::warn!(target: COORDINATION_TARGET, instance = %self.instance, "redis lost ({reason}); coordinating through the database");
-            // A full queue means the driver has news already; it hears again next heartbeat.
-            let _ = self
-                .inputs
-                .try_send(Input::Failure(FailureKind::RedisUnavailable));
         }
     }
 
     /// Redis answered: use it again and tell the machines, once per return.
     pub fn redis_answered(&self) {
-        if self.redis.is_some() && !self.redis_up.swap(true, Ordering::AcqRel) {
+        if self.redis.is_some()
+            && self.redis_became(true, Input::Restored(FailureKind::RedisUnavailable))
+        {
             tracing::info!(target: COORDINATION_TARGET, instance = %self.instance, "redis answers again; coordinating through redis");
-            let _ = self
-                .inputs
-                .try_send(Input::Restored(FailureKind::RedisUnavailable));
         }
     }
 
@@ -410,51 +421,98 @@ impl Coordination {
     }
 
     /// The fast checks before a signal's transaction: the dedup layer, then the
-    /// instrument's lock, waiting at most [`SIGNAL_LOCK_WAIT`].
+    /// instrument's lock, waiting at most [`SIGNAL_LOCK_WAIT`]; all of it within
+    /// [`SIGNAL_REDIS_BUDGET`]. [`Gate::Duplicate`] is the fast layer's word only: the
+    /// caller confirms it against the database before answering.
     pub async fn before_signal(&self, instrument: &str, fingerprint: &str) -> Gate {
         let Some(redis) = self.live_redis() else {
             return Gate::Proceed(Ticket::database_only(fingerprint, instrument));
         };
-        let mut ticket = Ticket {
-            redis: Some(redis.clone()),
-            fingerprint: fingerprint.to_string(),
-            instrument: instrument.to_string(),
-            claim: None,
-            lock: None,
-            window: self.timings.dedup_window,
-        };
+        match tokio::time::timeout(
+            SIGNAL_REDIS_BUDGET,
+            self.gate(redis, instrument, fingerprint),
+        )
+        .await
+        {
+            Ok(gate) => gate,
+            // The unfinished ticket was dropped and releases what it got in the background.
+            Err(_) => {
+                self.redis_failed(&CoordinationError::Redis(format!(
+                    "no answer within {SIGNAL_REDIS_BUDGET:?}"
+                )));
+                Gate::Proceed(Ticket::database_only(fingerprint, instrument))
+            }
+        }
+    }
+
+    async fn gate(&self, redis: &RedisCoordinator, instrument: &str, fingerprint: &str) -> Gate {
+        let mut ticket = Ticket::database_only(fingerprint, instrument);
+        ticket.redis = Some(redis.clone());
+        ticket.window = self.timings.dedup_window;
         let owner = Owner::new();
+        ticket.claim = Some(owner.clone());
         match redis
             .claim_fingerprint(fingerprint, &owner, self.timings.dedup_window)
             .await
         {
             Ok(FastClaim::Applied) => return Gate::Duplicate,
-            Ok(FastClaim::Claimed) => ticket.claim = Some(owner),
-            Ok(FastClaim::Pending | FastClaim::Unknown) => {}
+            Ok(FastClaim::Claimed) => {}
+            // Not ours: nothing of ours to forget.
+            Ok(FastClaim::Pending | FastClaim::Unknown) => ticket.claim = None,
             Err(error) => {
                 self.redis_failed(&error);
                 return Gate::Proceed(ticket);
             }
         }
         let owner = Owner::new();
+        ticket.lock = Some(owner.clone());
+        let deadline = tokio::time::Instant::now() + SIGNAL_LOCK_WAIT;
         for _ in 0..SIGNAL_LOCK_ATTEMPTS {
             match redis
                 .lock_instrument(instrument, &owner, self.timings.signal_lock_ttl)
                 .await
             {
                 Ok(true) => {
-                    ticket.lock = Some(owner);
-                    return Gate::Proceed(ticket);
+                    ticket.locked = true;
+                    return self.recheck(redis, ticket).await;
                 }
-                Ok(false) => tokio::time::sleep(SIGNAL_LOCK_POLL).await,
+                Ok(false) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(SIGNAL_LOCK_POLL).await;
+                }
+                Ok(false) => break,
                 Err(error) => {
                     self.redis_failed(&error);
                     return Gate::Proceed(ticket);
                 }
             }
         }
-        ticket.settle(false, self).await;
+        // Dropping the ticket forgets the claim and the lock request.
         Gate::Busy
+    }
+
+    /// A signal that waited for another caller's claim asks again once it holds the lock:
+    /// the other caller has finished by then, and a signal it applied need not reach the
+    /// broker again.
+    async fn recheck(&self, redis: &RedisCoordinator, mut ticket: Ticket) -> Gate {
+        if ticket.claim.is_some() {
+            return Gate::Proceed(ticket);
+        }
+        let owner = Owner::new();
+        match redis
+            .claim_fingerprint(&ticket.fingerprint, &owner, self.timings.dedup_window)
+            .await
+        {
+            Ok(FastClaim::Applied) => Gate::Duplicate,
+            Ok(FastClaim::Claimed) => {
+                ticket.claim = Some(owner);
+                Gate::Proceed(ticket)
+            }
+            Ok(FastClaim::Pending | FastClaim::Unknown) => Gate::Proceed(ticket),
+            Err(error) => {
+                self.redis_failed(&error);
+                Gate::Proceed(ticket)
+            }
+        }
     }
 
     /// Tries to take the leader lease through whichever implementation serves now.

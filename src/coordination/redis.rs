@@ -315,17 +315,19 @@ impl super::Coordinator for RedisCoordinator {
         if !self.take_lease_key(owner, lease).await? {
             return Ok(None);
         }
-        // Redis granted the lease; the database issues the fencing token, which displaces
-        // any holder the database knew, so that holder's next write is refused.
+        // Redis granted the lease; the database issues the fencing token, unless it still
+        // knows a valid leader (one that led through the database while Redis was away, or
+        // whose row outlives its Redis key by a moment). That leader keeps leading and its
+        // renewals take the Redis key back.
         match store
-            .take_leadership(instance_id, lease, Takeover::Force, Utc::now())
+            .take_leadership(instance_id, lease, Takeover::IfFree, Utc::now())
             .await
         {
-            Ok(token) => Ok(token),
-            Err(error) => {
+            Ok(Some(token)) => Ok(Some(token)),
+            other => {
                 // Holding a lease with no token would only keep others from leading.
                 let _ = self.release_lease_key(owner).await;
-                Err(error.into())
+                Ok(other?)
             }
         }
     }

@@ -127,14 +127,20 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
         .before_signal(&signal.instrument, &fingerprint)
         .await
     {
-        Gate::Duplicate => return Ok(Accepted::duplicate(fingerprint)),
+        // Redis may remember a fingerprint the database lost (a restored database) or never
+        // held (another deployment on the same Redis): only the signal log says duplicate.
+        Gate::Duplicate => match store.signal_claimed(&fingerprint).await {
+            Ok(true) => return Ok(Accepted::duplicate(fingerprint)),
+            Ok(false) => None,
+            Err(error) => return Err(store_failure(app, error)),
+        },
         Gate::Busy => {
             return Err(ApiError::unavailable(format!(
                 "another instance is processing a signal for {}; nothing was changed",
                 signal.instrument
             )))
         }
-        Gate::Proceed(ticket) => ticket,
+        Gate::Proceed(ticket) => Some(ticket),
     };
     let order = Order {
         client_order_id: format!("vigil-{}", &fingerprint[..24]),
@@ -147,7 +153,7 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
         Ok(fill) => fill,
         Err(error) => {
             tracing::warn!(target: "vigil::signal", "order not executed: {error}");
-            ticket.settle(false, coordination).await;
+            drop(ticket);
             report(app, FailureKind::BrokerUnavailable);
             return Err(ApiError::unavailable(
                 "the broker is unavailable; nothing was changed",
@@ -172,7 +178,9 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
             "no answer within {SIGNAL_STORE_DEADLINE:?}"
         )))),
     };
-    ticket.settle(applied.is_ok(), coordination).await;
+    if let Some(ticket) = ticket {
+        ticket.settle(applied.is_ok());
+    }
     match applied {
         Ok(applied) => {
             app.recent

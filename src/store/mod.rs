@@ -270,7 +270,7 @@ pub enum Takeover {
     /// Only when the row is free, expired, or this instance's own (database-only
     /// coordination: the row is the lease).
     IfFree,
-    /// Always: Redis granted the lease, and the displaced holder's token is fenced off.
+    /// Always: the displaced holder's token is fenced off from then on.
     Force,
 }
 
@@ -295,6 +295,9 @@ pub trait Store {
     ) -> impl Future<Output = Result<Applied, ApplyError>>
     where
         F: FnOnce(&Book) -> Result<crate::trading::plan::Plan, crate::trading::plan::Rejection>;
+
+    /// Whether `fingerprint` is claimed in the signal log.
+    fn signal_claimed(&self, fingerprint: &str) -> impl Future<Output = Result<bool, StoreError>>;
 
     /// Answers whether the database is reachable (a trivial query).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>>;
@@ -445,6 +448,10 @@ impl Store for AnyStore {
         F: FnOnce(&Book) -> Result<crate::trading::plan::Plan, crate::trading::plan::Rejection>,
     {
         delegate!(self, store => store.apply_signal(claim, decide).await)
+    }
+
+    async fn signal_claimed(&self, fingerprint: &str) -> Result<bool, StoreError> {
+        delegate!(self, store => store.signal_claimed(fingerprint).await)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -23,6 +23,11 @@ const ADVISORY_LOCK_CLASS: i32 = 0x7669_6700;
 /// locks use `hashtext(instrument)` under their own class.
 const LEADERSHIP_LOCK_KEY: i32 = 0;
 
+/// How long a signal's transaction waits for any lock (the instrument's advisory lock, the
+/// portfolio row), as SQL: below the signal's 1.5 s deadline, so the wait ends on the server
+/// rather than being abandoned by the client.
+const SIGNAL_LOCK_TIMEOUT_SQL: &str = "SET LOCAL lock_timeout = '1200ms'";
+
 /// The class of per-instrument signal locks.
 const INSTRUMENT_LOCK_CLASS: i32 = ADVISORY_LOCK_CLASS + 1;
 
@@ -46,6 +51,8 @@ fn classify_pg(error: sqlx::Error) -> StoreError {
                 Some(StoreError::Unavailable(message))
             }
             "42P01" => Some(StoreError::NoSchema(message)),
+            // lock_not_available: a signal's lock wait ran past SIGNAL_LOCK_TIMEOUT.
+            "55P03" => Some(StoreError::Conflict(message)),
             _ => None,
         }
     })
@@ -110,6 +117,12 @@ impl Store for PgStore {
     {
         let mut tx = self.pool.begin().await.map_err(classify_pg)?;
         let signal = claim.signal;
+        // A waiter abandoned at the signal's deadline would otherwise stay queued for the
+        // lock on the server, holding its pooled connection.
+        sqlx::query(SIGNAL_LOCK_TIMEOUT_SQL)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_pg)?;
         // Database-only coordination: signals of one instrument never interleave, whether or
         // not Redis holds its lock too. The lock ends with the transaction.
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
@@ -238,6 +251,16 @@ impl Store for PgStore {
         }
         tx.commit().await.map_err(classify_pg)?;
         Ok(Applied::Done(plan))
+    }
+
+    async fn signal_claimed(&self, fingerprint: &str) -> Result<bool, StoreError> {
+        let found: Option<(i64,)> =
+            sqlx::query_as("SELECT 1::bigint FROM signal_log WHERE fingerprint = $1")
+                .bind(fingerprint)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify_pg)?;
+        Ok(found.is_some())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

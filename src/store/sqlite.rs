@@ -300,6 +300,16 @@ impl Store for SqliteStore {
         Ok(Applied::Done(plan))
     }
 
+    async fn signal_claimed(&self, fingerprint: &str) -> Result<bool, StoreError> {
+        let found: Option<(i64,)> =
+            sqlx::query_as("SELECT 1 FROM signal_log WHERE fingerprint = ?1")
+                .bind(fingerprint)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(classify_sqlite)?;
+        Ok(found.is_some())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
