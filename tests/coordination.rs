@@ -308,3 +308,86 @@ async fn a_silent_redis_hands_coordination_to_the_database_and_back() {
     assert!(matches!(gate, Gate::Duplicate), "{gate:?}");
     clean_up(&url, &answering_namespace).await;
 }
+
+/// A webhook app on a fresh SQLite database, coordinating through `redis`.
+async fn app_on_fresh_database(redis: RedisCoordinator) -> axum::Router {
+    let dir = std::env::temp_dir().join(format!("vigil-coordination-app-{}", Owner::new().token));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}/vigil.db", dir.display());
+    let store = AnyStore::connect(&url, Access::ReadWrite).await.unwrap();
+    store.migrate().await.unwrap();
+    let (sender, receiver) = vigil::driver::live::channel();
+    // Reports to the machines are not looked at here; keep the channel open.
+    std::mem::forget(receiver);
+    let timings = Policy::builtin_default().ha;
+    let coordination = Coordination::new(Some(redis), timings, "ha-test", sender.clone());
+    let shared = std::sync::Arc::new(vigil::shared::Shared::with_coordination(
+        "ha-test",
+        sender,
+        coordination,
+    ));
+    shared.store.send_replace(Some(store));
+    shared.lifecycle.send_modify(|view| {
+        view.state = "active";
+        view.accepts = vigil::vocabulary::SignalSet::ALL;
+    });
+    vigil::http::app(std::sync::Arc::new(vigil::http::AppState {
+        shared,
+        passphrase: vigil::http::Passphrase::new("p"),
+        instruments: vigil::domain::default_instruments(),
+        broker: vigil::broker::PaperBroker,
+        recent: std::sync::Mutex::default(),
+    }))
+}
+
+async fn post(app: &axum::Router, body: &str) -> serde_json::Value {
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+    let request = axum::http::Request::post("/webhook")
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// Redis remembers a signal as applied, but this database never saw it (a database restored
+/// from backup, or another deployment on the same Redis): it is applied, not called a
+/// duplicate.
+#[tokio::test]
+async fn redis_alone_never_calls_a_signal_duplicate() {
+    let Some(url) = redis_url("redis_alone_never_calls_a_signal_duplicate") else {
+        return;
+    };
+    let shared_namespace = namespace("shared");
+    let body = r#"{"passphrase":"p","signal":"BASE_ENTRY","instrument":"NIFTY","position":"long","price":"22000","stop":"21900","lots":"1","timestamp":"2026-11-21T09:15:00Z"}"#;
+    let first =
+        app_on_fresh_database(RedisCoordinator::connect(&url, &shared_namespace).unwrap()).await;
+    let second =
+        app_on_fresh_database(RedisCoordinator::connect(&url, &shared_namespace).unwrap()).await;
+    let answer = post(&first, body).await;
+    assert_eq!(answer["status"], "accepted");
+    // The first app marks the fingerprint applied in the background.
+    let key = format!(
+        "{shared_namespace}:dedup:{}",
+        answer["fingerprint"].as_str().unwrap()
+    );
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    for _ in 0..200 {
+        let value: Option<String> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if value.as_deref() == Some("applied") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(post(&second, body).await["status"], "accepted");
+    assert_eq!(post(&second, body).await["status"], "duplicate");
+    clean_up(&url, &shared_namespace).await;
+}
