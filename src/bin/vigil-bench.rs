@@ -47,6 +47,35 @@
 //! warnings, and then fails. Each instance is stopped with SIGTERM (and killed if the command
 //! fails first); the temporary directory, with the service logs, is kept when anything failed.
 //!
+//! `vigil-bench ha` measures several instances of the real `vigil run` sharing one PostgreSQL
+//! database (fresh databases `vigil_load_<pid>_<n>` created from `--postgres-url` or
+//! `VIGIL_TEST_DATABASE_URL` and dropped per run; without an admin URL it is skipped) and one
+//! private `redis-server` (`--redis-server`), started on a free loopback port with no
+//! persistence (`--save "" --appendonly no`). It writes a policy with only an `[ha]` table
+//! (`--heartbeat`, `--lease`, instances stale after three heartbeats, `HEARTBEATS_BEFORE_STALE`;
+//! the lease is renewed every min(heartbeat, lease / 3)), starts `--instances` instances
+//! `ha-1`, `ha-2`, ... with it, and:
+//! 1. leader takeover, `--rounds` times: finds the single leader through `GET /status`, kills
+//!    it with SIGKILL, polls the survivors' `/status` every 10 ms (`HA_POLL_INTERVAL_MS`) until one
+//!    reports `leader: true`, and prints the time and both fencing tokens next to the bound,
+//!    the lease plus one renewal interval; the killed instance is restarted under its id and
+//!    waited for before the next round; the longest takeover closes the list;
+//! 2. Redis loss: kills the `redis-server` with SIGKILL, polls every instance's `GET /ready`
+//!    at the same pace until each reports `redis: "down"`, and prints each detection time next
+//!    to the heartbeat interval and the bound of two heartbeats
+//!    (`REDIS_DETECTION_BOUND_HEARTBEATS`); then starts Redis again, empty, on the same port and prints how long after
+//!    it answered `PING` each instance was `active` with Redis `up` again, against the same
+//!    bound;
+//! 3. throughput: the `load` signals (`--signals` over `--instruments`, bases first), unpaced
+//!    at `--concurrency` in flight, through one instance and then through `--instances`
+//!    instances (requests dealt round-robin), each run on a fresh database with Redis flushed
+//!    first and the same policy, and the in-process raw transaction rate on another fresh
+//!    database: the limit every instance shares.
+//!
+//! Nothing there asserts a time: each wait gives up only after its bound plus a slack of 10 s
+//! (`HA_WAIT_SLACK_MS`), and then fails the command. Every instance and the `redis-server` are killed if the command
+//! fails; the temporary directory `vigil-ha-<pid>`, with the logs, is kept when anything failed.
+//!
 //! Run it in release mode:
 //!
 //! ```text
@@ -55,6 +84,10 @@
 //!     [--sqlite-dir DIR] [--postgres-url ADMIN_URL] [--runs 3]
 //! cargo build --release && cargo run --release --bin vigil-bench -- load [--signals 2000] \
 //!     [--instruments 50] [--concurrency 16] [--rate 50] [--postgres-url ADMIN_URL] \
+//!     [--binary target/release/vigil]
+//! cargo build --release && cargo run --release --bin vigil-bench -- ha [--instances 3] \
+//!     [--lease 3s] [--heartbeat 500ms] [--rounds 3] [--signals 1000] [--instruments 50] \
+//!     [--concurrency 16] [--postgres-url ADMIN_URL] [--redis-server redis-server] \
 //!     [--binary target/release/vigil]
 //! ```
 
@@ -80,7 +113,7 @@ use vigil::logging::{self, VirtualTimer};
 use vigil::machines::failure::{self, FailureEvent, FailureResponse};
 use vigil::machines::lifecycle::{self, Lifecycle, LifecycleEvent, Reasons};
 use vigil::machines::Outbox;
-use vigil::policy::{Policy, Response};
+use vigil::policy::{HaTimings, Policy, Response};
 use vigil::recovery;
 use vigil::store::{redact, Access, AnyStore, Applied, ApplyError, SignalClaim, StateWrite, Store};
 use vigil::trading::plan::plan;
@@ -111,6 +144,9 @@ enum Command {
     /// Webhook latency and throughput through the real `vigil run` binary, against the raw
     /// rate of the same signal transactions in-process, on SQLite and PostgreSQL.
     Load(LoadArgs),
+    /// Several `vigil run` instances on one PostgreSQL database and a private Redis: leader
+    /// takeover after kill -9, Redis-loss detection, and throughput against one instance.
+    Ha(HaArgs),
 }
 
 /// Sizes of the `machines` benchmark.
@@ -177,12 +213,55 @@ struct LoadArgs {
     binary: Option<PathBuf>,
 }
 
+/// Instances, timings, sizes and servers of the `ha` benchmark.
+#[derive(Debug, clap::Args)]
+struct HaArgs {
+    /// Instances started for the takeover and Redis-loss measurements and the several-instance
+    /// throughput run.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(2..=16))]
+    instances: u32,
+    /// The policy's `leader_lease`.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    lease: Duration,
+    /// The policy's `heartbeat_interval`.
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration)]
+    heartbeat: Duration,
+    /// Takeovers measured: the leader is killed, and restarted afterwards, once per round.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Signals per throughput run: one BASE_ENTRY per instrument first, then PYRAMIDs.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    signals: u32,
+    /// Instruments the signals are spread over, INST00, INST01, ...
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    instruments: u32,
+    /// Requests (or transactions) in flight at once, over all instances.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: u32,
+    /// PostgreSQL admin URL: a fresh database is created from it, and dropped, per run.
+    /// Without it (or the environment variable) the benchmark is skipped.
+    #[arg(
+        long,
+        value_name = "ADMIN_URL",
+        env = "VIGIL_TEST_DATABASE_URL",
+        hide_env_values = true
+    )]
+    postgres_url: Option<String>,
+    /// The `redis-server` binary started, privately, on a free port.
+    #[arg(long, value_name = "FILE", default_value = "redis-server")]
+    redis_server: PathBuf,
+    /// The `vigil` binary to start [default: `vigil` next to this executable].
+    #[arg(long, value_name = "FILE")]
+    binary: Option<PathBuf>,
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Machines(args) => machines(&args),
         Command::Recovery(args) => tokio_runtime()?.block_on(recovery_bench(&args)),
         Command::Load(args) => tokio_runtime()?.block_on(load_bench(&args)),
+        Command::Ha(args) => tokio_runtime()?.block_on(ha_bench(&args)),
     }
 }
 
@@ -690,6 +769,14 @@ fn human(rate: f64) -> String {
 /// The environment variable `vigil run` reads the webhook passphrase from.
 const PASSPHRASE_ENV: &str = "VIGIL_WEBHOOK_PASSPHRASE";
 
+/// The environment variable `vigil run` reads a Redis URL from: removed from every started
+/// service, so that only `--redis-url` decides whether it uses Redis.
+const REDIS_URL_ENV: &str = "VIGIL_REDIS_URL";
+
+/// The environment variable `vigil run` reads a policy file from: removed likewise, so that
+/// only `--policy` (or the deployment file) decides.
+const POLICY_ENV: &str = "VIGIL_POLICY";
+
 /// The passphrase every load signal carries.
 const LOAD_PASSPHRASE: &str = "vigil-load-benchmark";
 
@@ -737,8 +824,6 @@ const ANSWER_SHOWN_CHARS: usize = 300;
 /// The `load` benchmark's inputs, shared by every run.
 #[derive(Debug)]
 struct Load {
-    /// The `vigil` binary.
-    binary: PathBuf,
     /// The signals, bases first.
     signals: Arc<Vec<Signal>>,
     /// The webhook body of each signal.
@@ -749,8 +834,79 @@ struct Load {
     instruments: BTreeMap<String, Instrument>,
     /// Requests or transactions in flight at once.
     concurrency: usize,
-    /// Signals per second in the paced run.
-    rate: u32,
+}
+
+impl Load {
+    /// `count` signals over `instruments` instruments (see [`load_signals`]), their webhook
+    /// bodies, and the instruments' terms, sent `concurrency` at a time.
+    fn new(count: u32, instruments: u32, concurrency: u32) -> anyhow::Result<Load> {
+        let signals = load_signals(count, instruments)?;
+        let bodies = signals
+            .iter()
+            .map(webhook_body)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let bases = signals
+            .iter()
+            .take_while(|signal| signal.kind == SignalType::BaseEntry)
+            .count();
+        let terms = Instrument {
+            lot_size: Decimal::ONE,
+            point_value: Decimal::ONE,
+            margin_per_lot: Decimal::from(1000),
+        };
+        let instruments = (0..instruments)
+            .map(|slot| (instrument_name(slot), terms.clone()))
+            .collect();
+        Ok(Load {
+            signals: Arc::new(signals),
+            bodies: Arc::new(bodies),
+            bases,
+            instruments,
+            concurrency: usize::try_from(concurrency).context("--concurrency is too large")?,
+        })
+    }
+}
+
+/// How `vigil run` is started: the binary, files and flags every instance of a run shares.
+#[derive(Debug, Clone)]
+struct Launch {
+    /// The `vigil` binary.
+    binary: PathBuf,
+    /// The deployment file (`--config`).
+    config: PathBuf,
+    /// The working directory, where the logs go too.
+    work: PathBuf,
+    /// `--redis-url`, for several instances on one PostgreSQL database.
+    redis_url: Option<String>,
+    /// `--policy` [default: none, the deployment file's or the built-in policy].
+    policy: Option<PathBuf>,
+}
+
+/// `binary`, or the `vigil` next to this executable; it must exist.
+fn vigil_binary(binary: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let binary = match binary {
+        Some(binary) => binary.to_path_buf(),
+        None => std::env::current_exe()
+            .context("cannot find this executable")?
+            .parent()
+            .context("this executable has no directory")?
+            .join("vigil"),
+    };
+    if !binary.is_file() {
+        bail!(
+            "{} does not exist: build it with `cargo build --release`, or name it with --binary",
+            binary.display()
+        );
+    }
+    Ok(binary)
+}
+
+/// A free TCP port on loopback (free when asked: it is bound and released at once).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .context("cannot find a free port")?
+        .port())
 }
 
 /// Where the databases of one backend come from.
@@ -839,46 +995,8 @@ impl Database {
 /// The `load` benchmark: SQLite, then PostgreSQL when configured. Fails at the end if any
 /// signal was not accepted or a service did not stop cleanly.
 async fn load_bench(args: &LoadArgs) -> anyhow::Result<()> {
-    let binary = match &args.binary {
-        Some(binary) => binary.clone(),
-        None => std::env::current_exe()
-            .context("cannot find this executable")?
-            .parent()
-            .context("this executable has no directory")?
-            .join("vigil"),
-    };
-    if !binary.is_file() {
-        bail!(
-            "{} does not exist: build it with `cargo build --release`, or name it with --binary",
-            binary.display()
-        );
-    }
-    let signals = load_signals(args.signals, args.instruments)?;
-    let bodies = signals
-        .iter()
-        .map(webhook_body)
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let bases = signals
-        .iter()
-        .take_while(|signal| signal.kind == SignalType::BaseEntry)
-        .count();
-    let terms = Instrument {
-        lot_size: Decimal::ONE,
-        point_value: Decimal::ONE,
-        margin_per_lot: Decimal::from(1000),
-    };
-    let instruments = (0..args.instruments)
-        .map(|slot| (instrument_name(slot), terms.clone()))
-        .collect();
-    let load = Load {
-        binary,
-        signals: Arc::new(signals),
-        bodies: Arc::new(bodies),
-        bases,
-        instruments,
-        concurrency: usize::try_from(args.concurrency).context("--concurrency is too large")?,
-        rate: args.rate,
-    };
+    let binary = vigil_binary(args.binary.as_deref())?;
+    let load = Load::new(args.signals, args.instruments, args.concurrency)?;
 
     let dir = std::env::temp_dir().join(format!("vigil-load-{}", std::process::id()));
     if dir.exists() {
@@ -899,15 +1017,21 @@ async fn load_bench(args: &LoadArgs) -> anyhow::Result<()> {
             let work = dir.join(backend.name());
             std::fs::create_dir_all(&work)
                 .with_context(|| format!("cannot create {}", work.display()))?;
-            load_backend(&load, backend, &work, &mut problems)
+            load_backend(&load, &binary, backend, &work, args.rate, &mut problems)
                 .await
                 .with_context(|| format!("{} load benchmark", backend.name()))?;
         }
         anyhow::Ok(())
     }
     .await;
+    finish(&dir, outcome, &problems)
+}
+
+/// Removes the work directory `dir` when `outcome` is fine and there are no problems, and
+/// keeps it (saying so) otherwise; then fails with the outcome's error, or the problems.
+fn finish(dir: &Path, outcome: anyhow::Result<()>, problems: &[String]) -> anyhow::Result<()> {
     if outcome.is_ok() && problems.is_empty() {
-        if let Err(error) = std::fs::remove_dir_all(&dir) {
+        if let Err(error) = std::fs::remove_dir_all(dir) {
             eprintln!("warning: cannot remove {}: {error}", dir.display());
         }
     } else {
@@ -987,21 +1111,31 @@ fn deployment_file(load: &Load) -> String {
     text
 }
 
-/// The three runs on one backend, each on a fresh database, and their lines.
+/// The three runs on one backend, each on a fresh database, and their lines; the paced run
+/// sends `rate` signals per second.
 async fn load_backend(
     load: &Load,
+    binary: &Path,
     backend: &Backend,
     work: &Path,
+    rate: u32,
     problems: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     let name = backend.name();
     let config = work.join("vigil.toml");
     std::fs::write(&config, deployment_file(load))
         .with_context(|| format!("cannot write {}", config.display()))?;
+    let launch = Launch {
+        binary: binary.to_path_buf(),
+        config,
+        work: work.to_path_buf(),
+        redis_url: None,
+        policy: None,
+    };
 
-    let paced_label = format!("paced {}/s", load.rate);
+    let paced_label = format!("paced {rate}/s");
     let database = Database::fresh(backend, work, 1).await?;
-    let paced = http_run(load, &database, &config, work, "paced", Some(load.rate)).await;
+    let paced = http_run(load, &database, &launch, "paced", Some(rate), 1).await;
     let removed = database.remove().await;
     let paced = paced?;
     removed?;
@@ -1017,7 +1151,7 @@ async fn load_backend(
 
     let unpaced_label = format!("unpaced c={}", load.concurrency);
     let database = Database::fresh(backend, work, 2).await?;
-    let unpaced = http_run(load, &database, &config, work, "unpaced", None).await;
+    let unpaced = http_run(load, &database, &launch, "unpaced", None, 1).await;
     let removed = database.remove().await;
     let unpaced = unpaced?;
     removed?;
@@ -1175,57 +1309,75 @@ fn millis(duration: Duration) -> f64 {
 struct HttpRun {
     /// Figures.
     stats: Stats,
-    /// The service log.
-    log: PathBuf,
-    /// Its warning and error lines.
-    findings: Vec<String>,
-    /// Why the service did not stop cleanly, if it did not.
-    stop_problem: Option<String>,
+    /// Each service's log and its warning and error lines.
+    logs: Vec<(PathBuf, Vec<String>)>,
+    /// Why services did not stop cleanly, if any did not.
+    stop_problems: Vec<String>,
 }
 
 impl HttpRun {
-    /// Prints refusals, the service's warnings and a bad stop, and records problems.
+    /// Prints refusals, the services' warnings and bad stops, and records problems.
     fn report(&self, label: &str, problems: &mut Vec<String>) {
         if let Some(summary) = self.stats.refusals() {
             println!("  not accepted: {summary}");
             problems.push(format!("{label}: not accepted: {summary}"));
         }
-        if !self.findings.is_empty() {
+        for (log, findings) in &self.logs {
+            if findings.is_empty() {
+                continue;
+            }
             println!(
                 "  service log {}: {} WARN/ERROR line(s), first {}:",
-                self.log.display(),
-                self.findings.len(),
-                self.findings.len().min(LOG_FINDINGS_SHOWN)
+                log.display(),
+                findings.len(),
+                findings.len().min(LOG_FINDINGS_SHOWN)
             );
-            for line in self.findings.iter().take(LOG_FINDINGS_SHOWN) {
+            for line in findings.iter().take(LOG_FINDINGS_SHOWN) {
                 println!("    {line}");
             }
         }
-        if let Some(problem) = &self.stop_problem {
+        for problem in &self.stop_problems {
             println!("  {problem}");
             problems.push(format!("{label}: {problem}"));
         }
     }
 }
 
-/// Starts a service on `database`, sends every signal (paced at `rate` per second, or
-/// unpaced), and stops it.
+/// Starts `instances` services on `database` (one is [`LOAD_INSTANCE`] and logs to
+/// `<label>.log`; several are `vigil-load-1`, ... logging to `<label>-1.log`, ...), sends
+/// every signal (paced at `rate` per second, or unpaced), dealing them round-robin over the
+/// services, and stops them.
 async fn http_run(
     load: &Load,
     database: &Database,
-    config: &Path,
-    work: &Path,
+    launch: &Launch,
     label: &str,
     rate: Option<u32>,
+    instances: usize,
 ) -> anyhow::Result<HttpRun> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .context("cannot find a free port")?
-        .port();
-    let address = format!("127.0.0.1:{port}");
-    let log = work.join(format!("{label}.log"));
-    let mut service = Service::start(load, database, config, work, &address, &log)?;
-    service.wait_ready().await?;
+    if instances == 0 {
+        bail!("an HTTP run needs at least one instance");
+    }
+    let mut services = Vec::with_capacity(instances);
+    for n in 1..=instances {
+        let (instance, log) = if instances == 1 {
+            (LOAD_INSTANCE.to_string(), format!("{label}.log"))
+        } else {
+            (format!("{LOAD_INSTANCE}-{n}"), format!("{label}-{n}.log"))
+        };
+        let address = format!("127.0.0.1:{}", free_port()?);
+        let log = launch.work.join(log);
+        services.push(Service::start(
+            launch,
+            &database.url,
+            &instance,
+            &address,
+            &log,
+        )?);
+    }
+    for service in &mut services {
+        service.wait_ready().await?;
+    }
 
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -1234,29 +1386,31 @@ async fn http_run(
         .tcp_nodelay(true)
         .build()
         .context("cannot build the HTTP client")?;
-    let url = format!("http://{address}/webhook");
+    let urls: Arc<Vec<String>> = Arc::new(
+        services
+            .iter()
+            .map(|service| format!("{}/webhook", service.base))
+            .collect(),
+    );
     let bodies = Arc::clone(&load.bodies);
     let sent = drive(load, rate, |index| {
         let client = client.clone();
-        let url = url.clone();
+        let url = urls.get(index % urls.len()).cloned().unwrap_or_default();
         let body = bodies.get(index).cloned().unwrap_or_default();
         async move { post(&client, &url, body).await }
     })
     .await;
-    let stop_problem = match service.stop() {
-        Ok(status) if status.success() => None,
-        Ok(status) => Some(format!(
-            "the service exited with {status} after SIGTERM; log tail:\n{}",
-            log_tail(&log)
-        )),
-        Err(error) => Some(format!("{error:#}")),
-    };
+    let mut stop_problems = Vec::new();
+    let mut logs = Vec::with_capacity(services.len());
+    for service in &mut services {
+        stop_problems.extend(service.stop_problem());
+        logs.push((service.log.clone(), log_findings(&service.log)));
+    }
     let (samples, elapsed, max_lag) = sent?;
     Ok(HttpRun {
         stats: Stats::new(samples, elapsed, max_lag),
-        findings: log_findings(&log),
-        log,
-        stop_problem,
+        logs,
+        stop_problems,
     })
 }
 
@@ -1466,6 +1620,8 @@ where
 struct Service {
     /// The process.
     child: std::process::Child,
+    /// Its instance id.
+    instance: String,
     /// Its standard output and error.
     log: PathBuf,
     /// `http://127.0.0.1:PORT`.
@@ -1473,42 +1629,67 @@ struct Service {
 }
 
 impl Service {
-    /// Starts `vigil run` on `database`, logging to `log`.
+    /// Starts `vigil run` as `instance` on `database_url`, listening on `address` and
+    /// appending to `log`. Settings the launch leaves out are not taken from the environment.
     fn start(
-        load: &Load,
-        database: &Database,
-        config: &Path,
-        work: &Path,
+        launch: &Launch,
+        database_url: &str,
+        instance: &str,
         address: &str,
         log: &Path,
     ) -> anyhow::Result<Service> {
-        let stderr = std::fs::File::create(log)
-            .with_context(|| format!("cannot create {}", log.display()))?;
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("cannot open {}", log.display()))?;
         let stdout = stderr
             .try_clone()
             .with_context(|| format!("cannot share {}", log.display()))?;
-        let child = std::process::Command::new(&load.binary)
+        let mut command = std::process::Command::new(&launch.binary);
+        command
             .arg("run")
             .arg("--config")
-            .arg(config)
+            .arg(&launch.config)
             .arg("--database-url")
-            .arg(&database.url)
+            .arg(database_url)
             .arg("--listen")
             .arg(address)
             .arg("--instance")
-            .arg(LOAD_INSTANCE)
+            .arg(instance)
             .env(PASSPHRASE_ENV, LOAD_PASSPHRASE)
-            .current_dir(work)
+            .env_remove(REDIS_URL_ENV)
+            .env_remove(POLICY_ENV);
+        if let Some(redis_url) = &launch.redis_url {
+            command.arg("--redis-url").arg(redis_url);
+        }
+        if let Some(policy) = &launch.policy {
+            command.arg("--policy").arg(policy);
+        }
+        let child = command
+            .current_dir(&launch.work)
             .stdin(std::process::Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
-            .with_context(|| format!("cannot start {}", load.binary.display()))?;
+            .with_context(|| format!("cannot start {}", launch.binary.display()))?;
         Ok(Service {
             child,
+            instance: instance.to_string(),
             log: log.to_path_buf(),
             base: format!("http://{address}"),
         })
+    }
+
+    /// kill -9: no goodbye, no lease given up. Reaps the process.
+    fn kill(&mut self) -> anyhow::Result<()> {
+        self.child
+            .kill()
+            .with_context(|| format!("cannot kill {}", self.instance))?;
+        self.child
+            .wait()
+            .with_context(|| format!("cannot reap {}", self.instance))?;
+        Ok(())
     }
 
     /// Polls `GET /ready` until it answers 200, at most [`READY_TRIES`] times.
@@ -1527,7 +1708,8 @@ impl Service {
                 .context("cannot check on the service")?
             {
                 bail!(
-                    "the service exited with {status} before it was ready; log tail:\n{}",
+                    "{} exited with {status} before it was ready; log tail:\n{}",
+                    self.instance,
                     log_tail(&self.log)
                 );
             }
@@ -1539,10 +1721,25 @@ impl Service {
             tokio::time::sleep(READY_INTERVAL).await;
         }
         bail!(
-            "{url} did not answer 200 after {READY_TRIES} tries {} ms apart (last: {last}); log tail:\n{}",
+            "{url} ({}) did not answer 200 after {READY_TRIES} tries {} ms apart (last: {last}); log tail:\n{}",
+            self.instance,
             READY_INTERVAL.as_millis(),
             log_tail(&self.log)
         )
+    }
+
+    /// Stops the service (see [`Service::stop`]) and says what went wrong, if anything did:
+    /// an exit other than success is a problem.
+    fn stop_problem(&mut self) -> Option<String> {
+        match self.stop() {
+            Ok(status) if status.success() => None,
+            Ok(status) => Some(format!(
+                "{} exited with {status} after SIGTERM; log tail:\n{}",
+                self.instance,
+                log_tail(&self.log)
+            )),
+            Err(error) => Some(format!("{error:#}")),
+        }
     }
 
     /// Sends SIGTERM and waits for the exit, killing the process if it outlasts
@@ -1576,7 +1773,8 @@ impl Service {
         self.child.kill().context("cannot kill the service")?;
         let status = self.child.wait().context("cannot reap the service")?;
         bail!(
-            "the service did not stop within {} ms of SIGTERM and was killed ({status}); log tail:\n{}",
+            "{} did not stop within {} ms of SIGTERM and was killed ({status}); log tail:\n{}",
+            self.instance,
             STOP_INTERVAL.as_millis() * u128::from(STOP_TRIES),
             log_tail(&self.log)
         )
@@ -1586,7 +1784,7 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         if let Err(error) = self.stop() {
-            eprintln!("warning: stopping the service: {error:#}");
+            eprintln!("warning: stopping {}: {error:#}", self.instance);
         }
     }
 }
@@ -1612,5 +1810,724 @@ fn log_findings(log: &Path) -> Vec<String> {
             .map(str::to_string)
             .collect(),
         Err(error) => vec![format!("(cannot read {}: {error})", log.display())],
+    }
+}
+
+/// The `ha` benchmark's name: the first column of its lines, and its instances' id prefix.
+const HA: &str = "ha";
+
+/// How often the `ha` benchmark polls `/status` and `/ready`: with one loopback round trip,
+/// the resolution of its takeover and detection times.
+const HA_POLL_INTERVAL_MS: u64 = 10;
+
+/// How long one `/status` or `/ready` poll may take before it counts as no answer.
+const HA_PROBE_TIMEOUT_MS: u64 = 1000;
+
+/// Slack on top of each bound the `ha` benchmark waits against (one leader, a takeover, Redis
+/// seen lost or back) before it gives up and fails: scheduling, reconnection back-off and a
+/// busy machine. Generous, because times are printed, never asserted: only a wait that would
+/// otherwise never end fails.
+const HA_WAIT_SLACK_MS: u64 = 10_000;
+
+/// Heartbeats after which the written policy declares an instance stale: the policy requires
+/// at least two, and a third keeps a busy machine from declaring a healthy instance gone.
+const HEARTBEATS_BEFORE_STALE: u32 = 3;
+
+/// Heartbeat intervals within which every instance should see Redis lost (or back): each
+/// instance checks Redis once per heartbeat, and the check itself may take up to another.
+const REDIS_DETECTION_BOUND_HEARTBEATS: u32 = 2;
+
+/// How long the private `redis-server` may take to answer `PING` after it is started.
+const REDIS_START_TIMEOUT_MS: u64 = 10_000;
+
+/// How long one command to the private `redis-server` may take, connecting included.
+const REDIS_COMMAND_TIMEOUT_MS: u64 = 1000;
+
+/// The takeover and Redis-loss run: every run of the `ha` benchmark has its own fresh
+/// database, `vigil_load_<pid>_<n>` with `n` one of these.
+const HA_RUN_FAILOVER: usize = 1;
+/// The one-instance throughput run.
+const HA_RUN_ONE: usize = 2;
+/// The several-instance throughput run.
+const HA_RUN_SEVERAL: usize = 3;
+/// The in-process raw transaction run.
+const HA_RUN_RAW: usize = 4;
+
+/// The `ha` benchmark: takeovers and Redis loss on one set of instances, then throughput.
+/// Needs PostgreSQL; fails at the end if any signal was not accepted or an instance did not
+/// stop cleanly.
+async fn ha_bench(args: &HaArgs) -> anyhow::Result<()> {
+    let Some(admin) = &args.postgres_url else {
+        println!(
+            "{HA} skipped: several instances need PostgreSQL: give --postgres-url ADMIN_URL or set VIGIL_TEST_DATABASE_URL"
+        );
+        return Ok(());
+    };
+    let binary = vigil_binary(args.binary.as_deref())?;
+    let load = Load::new(args.signals, args.instruments, args.concurrency)?;
+    let dir = std::env::temp_dir().join(format!("vigil-ha-{}", std::process::id()));
+    if dir.exists() {
+        bail!("{} already exists; remove it first", dir.display());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut problems = Vec::new();
+    let outcome = ha_runs(args, admin, &binary, &load, &dir, &mut problems).await;
+    finish(&dir, outcome, &problems)
+}
+
+/// Writes the files, starts the private Redis, and runs the three measurements in `dir`.
+async fn ha_runs(
+    args: &HaArgs,
+    admin: &str,
+    binary: &Path,
+    load: &Load,
+    dir: &Path,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let config = dir.join("vigil.toml");
+    std::fs::write(&config, deployment_file(load))
+        .with_context(|| format!("cannot write {}", config.display()))?;
+    let policy = dir.join("policy.toml");
+    let timings = write_ha_policy(&policy, args.lease, args.heartbeat)?;
+    // As `vigil::coordination::leader::tick`: every heartbeat, and at least three times a lease.
+    let renewal = timings.heartbeat_interval.min(timings.leader_lease / 3);
+    let instances = usize::try_from(args.instances).context("--instances is too large")?;
+    println!(
+        "{HA:<8} policy: heartbeat {}, lease {} renewed every {}, stale after {}; {instances} instances, private redis-server",
+        humantime::format_duration(timings.heartbeat_interval),
+        humantime::format_duration(timings.leader_lease),
+        humantime::format_duration(renewal),
+        humantime::format_duration(timings.instance_stale_after),
+    );
+
+    let mut redis = RedisServer::start(&args.redis_server, dir).await?;
+    let launch = Launch {
+        binary: binary.to_path_buf(),
+        config,
+        work: dir.to_path_buf(),
+        redis_url: Some(redis.url()),
+        policy: Some(policy),
+    };
+    let backend = Backend::Postgres {
+        admin: admin.to_string(),
+    };
+
+    let database = Database::fresh(&backend, dir, HA_RUN_FAILOVER).await?;
+    let measured = async {
+        let mut cluster = HaCluster::start(&launch, &database.url, instances).await?;
+        takeovers(&mut cluster, &timings, renewal, args.rounds).await?;
+        redis_loss(&cluster, &mut redis, &timings).await?;
+        problems.extend(cluster.stop());
+        anyhow::Ok(())
+    }
+    .await;
+    let removed = database.remove().await;
+    measured?;
+    removed?;
+
+    ha_throughput(load, &backend, &launch, &redis, instances, problems).await
+}
+
+/// Writes a policy with only an `[ha]` table to `path` and loads it back as `vigil run`
+/// will, so that an invalid combination fails here and the printed bounds are those in force.
+/// Durations are written in whole milliseconds.
+fn write_ha_policy(path: &Path, lease: Duration, heartbeat: Duration) -> anyhow::Result<HaTimings> {
+    let stale = heartbeat
+        .checked_mul(HEARTBEATS_BEFORE_STALE)
+        .context("--heartbeat is too long")?;
+    let text = format!(
+        "# Written by vigil-bench ha; everything else is the built-in policy.\n\
+         [ha]\n\
+         heartbeat_interval = \"{}ms\"\n\
+         instance_stale_after = \"{}ms\"\n\
+         leader_lease = \"{}ms\"\n",
+        heartbeat.as_millis(),
+        stale.as_millis(),
+        lease.as_millis(),
+    );
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    let policy = Policy::load(path)
+        .with_context(|| format!("the written policy {} is not valid", path.display()))?;
+    Ok(policy.ha)
+}
+
+/// `rounds` times: kills the single leader with SIGKILL, times how long until a survivor
+/// leads, and restarts the killed instance.
+async fn takeovers(
+    cluster: &mut HaCluster,
+    timings: &HaTimings,
+    renewal: Duration,
+    rounds: u32,
+) -> anyhow::Result<()> {
+    let bound = timings.leader_lease + renewal;
+    let timeout = bound + Duration::from_millis(HA_WAIT_SLACK_MS);
+    let bound_text = format!(
+        "lease {} + one renewal {} = {:.3}s",
+        humantime::format_duration(timings.leader_lease),
+        humantime::format_duration(renewal),
+        bound.as_secs_f64()
+    );
+    let mut longest = Duration::ZERO;
+    for round in 1..=rounds {
+        let (leader, token) = cluster.single_leader(timeout).await?;
+        let survivors: Vec<usize> = cluster
+            .everyone()
+            .into_iter()
+            .filter(|&index| index != leader)
+            .collect();
+        let killed = cluster.id(leader).to_string();
+        let killed_at = Instant::now();
+        cluster.kill(leader)?;
+        let deadline = killed_at + timeout;
+        let (successor, successor_token, took) = loop {
+            let probes = cluster.probe(&survivors, "/status").await;
+            let first = probes
+                .iter()
+                .filter(|probe| probe.page.as_ref().is_some_and(leads))
+                .min_by_key(|probe| probe.at);
+            if let Some(probe) = first {
+                break (
+                    probe.index,
+                    probe.page.as_ref().and_then(fencing_token),
+                    probe.at.saturating_duration_since(killed_at),
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "takeover {round}: no survivor of {killed} led within {:.3}s of its kill",
+                    timeout.as_secs_f64()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(HA_POLL_INTERVAL_MS)).await;
+        };
+        longest = longest.max(took);
+        println!(
+            "{HA:<8} takeover {round}/{rounds}: SIGKILL to leader {killed} (token {token}), {} leads (token {}) after {:.3}s (bound: {bound_text})",
+            cluster.id(successor),
+            successor_token.map_or_else(|| String::from("?"), |token| token.to_string()),
+            took.as_secs_f64(),
+        );
+        cluster
+            .restart(leader)
+            .await
+            .with_context(|| format!("restarting {killed} after takeover {round}"))?;
+    }
+    println!(
+        "{HA:<8} takeover max over {rounds} round(s): {:.3}s (bound: {bound_text})",
+        longest.as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Kills the private Redis with SIGKILL and times how long each instance takes to report it
+/// down; then starts it again and times how long each takes to be active with it again.
+async fn redis_loss(
+    cluster: &HaCluster,
+    redis: &mut RedisServer,
+    timings: &HaTimings,
+) -> anyhow::Result<()> {
+    let heartbeat = timings.heartbeat_interval;
+    let bound = heartbeat * REDIS_DETECTION_BOUND_HEARTBEATS;
+    let timeout = bound + Duration::from_millis(HA_WAIT_SLACK_MS);
+    let bound_text = format!(
+        "heartbeat {}, bound {REDIS_DETECTION_BOUND_HEARTBEATS}x = {}",
+        humantime::format_duration(heartbeat),
+        humantime::format_duration(bound)
+    );
+    let everyone = cluster.everyone();
+    let count = everyone.len();
+    cluster
+        .first_times(
+            &everyone,
+            Instant::now(),
+            timeout,
+            "state active and redis up before Redis is killed",
+            active_with_redis,
+        )
+        .await?;
+
+    let killed_at = Instant::now();
+    redis.kill()?;
+    let lost = cluster
+        .first_times(&everyone, killed_at, timeout, "redis down", |page| {
+            text_field(page, "redis") == Some("down")
+        })
+        .await?;
+    for (index, took, page) in &lost {
+        println!(
+            "{HA:<8} redis lost: {} reports redis down after {:.0} ms, state {} ({bound_text})",
+            cluster.id(*index),
+            millis(*took),
+            text_field(page, "state").unwrap_or("?"),
+        );
+    }
+    let slowest = lost.iter().map(|(_, took, _)| *took).max();
+    println!(
+        "{HA:<8} redis lost: all {count} report it within {:.0} ms ({bound_text})",
+        millis(slowest.unwrap_or_default())
+    );
+
+    let answered = redis.resume().await?;
+    let answered_at = Instant::now();
+    let back = cluster
+        .first_times(
+            &everyone,
+            answered_at,
+            timeout,
+            "state active and redis up after Redis returned",
+            active_with_redis,
+        )
+        .await?;
+    for (index, took, _) in &back {
+        println!(
+            "{HA:<8} redis back: {} active with redis up {:.0} ms after redis-server answered PING ({bound_text})",
+            cluster.id(*index),
+            millis(*took),
+        );
+    }
+    let slowest = back.iter().map(|(_, took, _)| *took).max();
+    println!(
+        "{HA:<8} redis back: all {count} active within {:.0} ms of PING; redis-server took {:.0} ms to answer (not measured) ({bound_text})",
+        millis(slowest.unwrap_or_default()),
+        millis(answered),
+    );
+    Ok(())
+}
+
+/// The load signals through one instance and through `instances`, each on a fresh database
+/// after `FLUSHALL` (the signals would otherwise be duplicates in Redis), and the raw
+/// transaction rate on another.
+async fn ha_throughput(
+    load: &Load,
+    backend: &Backend,
+    launch: &Launch,
+    redis: &RedisServer,
+    instances: usize,
+    problems: &mut Vec<String>,
+) -> anyhow::Result<()> {
+    let concurrency = load.concurrency;
+    let mut rates = Vec::with_capacity(2);
+    for (run, count) in [(HA_RUN_ONE, 1), (HA_RUN_SEVERAL, instances)] {
+        redis.command("FLUSHALL").await?;
+        let label = if count == 1 {
+            format!("1 instance c={concurrency}")
+        } else {
+            format!("{count} instances c={concurrency}")
+        };
+        let database = Database::fresh(backend, &launch.work, run).await?;
+        let sent = http_run(
+            load,
+            &database,
+            launch,
+            &format!("throughput-{count}"),
+            None,
+            count,
+        )
+        .await;
+        let removed = database.remove().await;
+        let sent = sent.with_context(|| format!("{HA} {label}"))?;
+        removed?;
+        println!(
+            "{HA:<8} {label}: {} signals in {:.2}s = {:.0} signals/s, {}",
+            sent.stats.count,
+            sent.stats.elapsed.as_secs_f64(),
+            sent.stats.rate(),
+            sent.stats.latencies(),
+        );
+        sent.report(&format!("{HA} {label}"), problems);
+        rates.push(sent.stats.rate());
+    }
+
+    let database = Database::fresh(backend, &launch.work, HA_RUN_RAW).await?;
+    let raw = raw_run(load, &database).await;
+    let removed = database.remove().await;
+    let raw = raw?;
+    removed?;
+    println!(
+        "{HA:<8} raw c={concurrency}: {} transactions in {:.2}s = {:.0}/s, {}",
+        raw.count,
+        raw.elapsed.as_secs_f64(),
+        raw.rate(),
+        raw.latencies(),
+    );
+    if let Some(summary) = raw.refusals() {
+        println!("{HA:<8} raw c={concurrency}: not applied: {summary}");
+        problems.push(format!("{HA} raw transactions: not applied: {summary}"));
+    }
+    if let [one, several] = rates[..] {
+        let share = if one > 0.0 {
+            format!("{:.0}%", several / one * 100.0)
+        } else {
+            String::from("n/a")
+        };
+        println!(
+            "{HA:<8} {instances} instances c={concurrency}: {several:.0} signals/s = {share} of 1 instance ({one:.0} signals/s); limit: raw transactions {:.0}/s on the one database",
+            raw.rate(),
+        );
+    }
+    Ok(())
+}
+
+/// Whether a `/status` page says the instance leads.
+fn leads(page: &serde_json::Value) -> bool {
+    page.get("leader").and_then(serde_json::Value::as_bool) == Some(true)
+}
+
+/// The fencing token on a `/status` page.
+fn fencing_token(page: &serde_json::Value) -> Option<i64> {
+    page.get("fencing_token")
+        .and_then(serde_json::Value::as_i64)
+}
+
+/// A string field of a page.
+fn text_field<'a>(page: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    page.get(name).and_then(serde_json::Value::as_str)
+}
+
+/// Whether a `/ready` page says `active` with Redis `up`.
+fn active_with_redis(page: &serde_json::Value) -> bool {
+    text_field(page, "state") == Some("active") && text_field(page, "redis") == Some("up")
+}
+
+/// One poll's answer from one instance.
+#[derive(Debug)]
+struct Probe {
+    /// The instance's index in its cluster.
+    index: usize,
+    /// The JSON page, or `None` when it did not answer with JSON in time.
+    page: Option<serde_json::Value>,
+    /// When the answer (or its absence) was known.
+    at: Instant,
+}
+
+/// The instances of the takeover and Redis-loss measurements, `ha-1`, `ha-2`, ..., on one
+/// database and one Redis; dropping it stops them all.
+#[derive(Debug)]
+struct HaCluster {
+    /// How each is started.
+    launch: Launch,
+    /// The database they share.
+    database_url: String,
+    /// The instances, in id order.
+    services: Vec<Service>,
+    /// For the polls, with [`HA_PROBE_TIMEOUT_MS`].
+    client: reqwest::Client,
+}
+
+impl HaCluster {
+    /// Starts `count` instances and waits until each is ready.
+    async fn start(launch: &Launch, database_url: &str, count: usize) -> anyhow::Result<HaCluster> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_millis(HA_PROBE_TIMEOUT_MS))
+            .build()
+            .context("cannot build the HTTP client")?;
+        let mut cluster = HaCluster {
+            launch: launch.clone(),
+            database_url: database_url.to_string(),
+            services: Vec::with_capacity(count),
+            client,
+        };
+        for n in 1..=count {
+            let service = cluster.spawn(&format!("{HA}-{n}"))?;
+            cluster.services.push(service);
+        }
+        for service in &mut cluster.services {
+            service.wait_ready().await?;
+        }
+        Ok(cluster)
+    }
+
+    /// Starts `instance` on a free port, appending to its log.
+    fn spawn(&self, instance: &str) -> anyhow::Result<Service> {
+        let address = format!("127.0.0.1:{}", free_port()?);
+        let log = self.launch.work.join(format!("{instance}.log"));
+        Service::start(&self.launch, &self.database_url, instance, &address, &log)
+    }
+
+    /// Every instance's index.
+    fn everyone(&self) -> Vec<usize> {
+        (0..self.services.len()).collect()
+    }
+
+    /// The id of the instance at `index`.
+    fn id(&self, index: usize) -> &str {
+        self.services
+            .get(index)
+            .map_or("?", |service| service.instance.as_str())
+    }
+
+    /// kill -9 to the instance at `index`.
+    fn kill(&mut self, index: usize) -> anyhow::Result<()> {
+        self.services
+            .get_mut(index)
+            .with_context(|| format!("there is no instance {index}"))?
+            .kill()
+    }
+
+    /// Starts the (killed) instance at `index` again under its id and waits until it is ready.
+    async fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        let instance = self.id(index).to_string();
+        let mut service = self.spawn(&instance)?;
+        service.wait_ready().await?;
+        let slot = self
+            .services
+            .get_mut(index)
+            .with_context(|| format!("there is no instance {index}"))?;
+        // The old process is reaped already; dropping it finds it gone.
+        *slot = service;
+        Ok(())
+    }
+
+    /// `GET path` on the instances `indices`, all at once; answers in index order.
+    async fn probe(&self, indices: &[usize], path: &str) -> Vec<Probe> {
+        let mut polls = tokio::task::JoinSet::new();
+        for &index in indices {
+            let Some(service) = self.services.get(index) else {
+                continue;
+            };
+            let client = self.client.clone();
+            let url = format!("{}{path}", service.base);
+            polls.spawn(async move {
+                let page = match client.get(&url).send().await {
+                    Ok(response) => response
+                        .bytes()
+                        .await
+                        .ok()
+                        .and_then(|bytes| serde_json::from_slice(&bytes).ok()),
+                    Err(_) => None,
+                };
+                Probe {
+                    index,
+                    page,
+                    at: Instant::now(),
+                }
+            });
+        }
+        let mut probes = Vec::with_capacity(indices.len());
+        while let Some(joined) = polls.join_next().await {
+            // A poll that panicked is a poll without an answer.
+            if let Ok(probe) = joined {
+                probes.push(probe);
+            }
+        }
+        probes.sort_by_key(|probe| probe.index);
+        probes
+    }
+
+    /// The instance that leads and its fencing token, once exactly one reports
+    /// `leader: true` on `/status`; fails after `timeout`.
+    async fn single_leader(&self, timeout: Duration) -> anyhow::Result<(usize, i64)> {
+        let everyone = self.everyone();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let leaders: Vec<(usize, Option<i64>)> = self
+                .probe(&everyone, "/status")
+                .await
+                .into_iter()
+                .filter_map(|probe| {
+                    let page = probe.page?;
+                    leads(&page).then(|| (probe.index, fencing_token(&page)))
+                })
+                .collect();
+            if let [(index, Some(token))] = leaders[..] {
+                return Ok((index, token));
+            }
+            if Instant::now() >= deadline {
+                let names: Vec<&str> = leaders.iter().map(|&(index, _)| self.id(index)).collect();
+                bail!(
+                    "no single leader with a fencing token within {:.3}s (leading: [{}])",
+                    timeout.as_secs_f64(),
+                    names.join(", ")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(HA_POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// Polls `/ready` on the instances `indices` every [`HA_POLL_INTERVAL_MS`] until
+    /// `condition` has held on each; returns, in index order, when it first held (counted from
+    /// `since`) and the page it held on. Fails `timeout` after `since`, naming `what`.
+    async fn first_times(
+        &self,
+        indices: &[usize],
+        since: Instant,
+        timeout: Duration,
+        what: &str,
+        condition: impl Fn(&serde_json::Value) -> bool,
+    ) -> anyhow::Result<Vec<(usize, Duration, serde_json::Value)>> {
+        let deadline = since + timeout;
+        let mut seen: BTreeMap<usize, (Duration, serde_json::Value)> = BTreeMap::new();
+        loop {
+            let pending: Vec<usize> = indices
+                .iter()
+                .copied()
+                .filter(|index| !seen.contains_key(index))
+                .collect();
+            if pending.is_empty() {
+                break;
+            }
+            for probe in self.probe(&pending, "/ready").await {
+                if let Some(page) = probe.page.filter(|page| condition(page)) {
+                    seen.insert(
+                        probe.index,
+                        (probe.at.saturating_duration_since(since), page),
+                    );
+                }
+            }
+            if seen.len() < indices.len() {
+                if Instant::now() >= deadline {
+                    let names: Vec<&str> = pending
+                        .iter()
+                        .filter(|index| !seen.contains_key(index))
+                        .map(|&index| self.id(index))
+                        .collect();
+                    bail!(
+                        "{} did not report {what} within {:.3}s",
+                        names.join(", "),
+                        timeout.as_secs_f64()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(HA_POLL_INTERVAL_MS)).await;
+            }
+        }
+        Ok(seen
+            .into_iter()
+            .map(|(index, (took, page))| (index, took, page))
+            .collect())
+    }
+
+    /// Stops every instance with SIGTERM; what went wrong, if anything did.
+    fn stop(&mut self) -> Vec<String> {
+        self.services
+            .iter_mut()
+            .filter_map(Service::stop_problem)
+            .map(|problem| format!("{HA}: {problem}"))
+            .collect()
+    }
+}
+
+/// A private `redis-server` on a free loopback port with no persistence, which the benchmark
+/// kills and starts again, empty, on the same port; dropping it kills it.
+#[derive(Debug)]
+struct RedisServer {
+    /// The `redis-server` binary.
+    binary: PathBuf,
+    /// Its port.
+    port: u16,
+    /// Its standard output and error, appended to by every start.
+    log: PathBuf,
+    /// The process, while running.
+    child: Option<std::process::Child>,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port, logging into `work`, and waits until it answers.
+    async fn start(binary: &Path, work: &Path) -> anyhow::Result<RedisServer> {
+        let mut server = RedisServer {
+            binary: binary.to_path_buf(),
+            port: free_port()?,
+            log: work.join("redis.log"),
+            child: None,
+        };
+        server.resume().await?;
+        Ok(server)
+    }
+
+    /// `redis://127.0.0.1:PORT`.
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server on its port and waits until it answers `PING`, at most
+    /// [`REDIS_START_TIMEOUT_MS`]; how long that took.
+    async fn resume(&mut self) -> anyhow::Result<Duration> {
+        if self.child.is_some() {
+            bail!("redis-server on port {} is already running", self.port);
+        }
+        let stdout = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("cannot open {}", self.log.display()))?;
+        let stderr = stdout
+            .try_clone()
+            .with_context(|| format!("cannot share {}", self.log.display()))?;
+        let started = Instant::now();
+        let child = std::process::Command::new(&self.binary)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdin(std::process::Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.binary.display()))?;
+        self.child = Some(child);
+        let deadline = started + Duration::from_millis(REDIS_START_TIMEOUT_MS);
+        loop {
+            let answered = self.command("PING").await;
+            let elapsed = started.elapsed();
+            let error = match answered {
+                Ok(()) => return Ok(elapsed),
+                Err(error) => error,
+            };
+            if let Some(child) = &mut self.child {
+                if let Some(status) = child.try_wait().context("cannot check on redis-server")? {
+                    self.child = None;
+                    bail!(
+                        "redis-server on port {} exited with {status}; log tail:\n{}",
+                        self.port,
+                        log_tail(&self.log)
+                    );
+                }
+            }
+            if Instant::now() >= deadline {
+                bail!(
+                    "redis-server on port {} did not answer PING within {REDIS_START_TIMEOUT_MS} ms: {error:#}",
+                    self.port
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(HA_POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// kill -9 (no goodbye to clients), and reaps the process.
+    fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(child) = &mut self.child {
+            child.kill().context("cannot kill redis-server")?;
+            child.wait().context("cannot reap redis-server")?;
+        }
+        self.child = None;
+        Ok(())
+    }
+
+    /// Runs one argument-less command (`PING`, `FLUSHALL`) that answers a status, within
+    /// [`REDIS_COMMAND_TIMEOUT_MS`].
+    async fn command(&self, name: &str) -> anyhow::Result<()> {
+        let url = self.url();
+        let sent = tokio::time::timeout(Duration::from_millis(REDIS_COMMAND_TIMEOUT_MS), async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut connection = client.get_multiplexed_async_connection().await?;
+            redis::cmd(name)
+                .query_async::<String>(&mut connection)
+                .await
+        })
+        .await;
+        match sent {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(error).with_context(|| format!("{name} to {url} failed")),
+            Err(_) => bail!("{name} to {url} had no answer within {REDIS_COMMAND_TIMEOUT_MS} ms"),
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Err(error) = self.kill() {
+            eprintln!(
+                "warning: stopping redis-server on port {}: {error:#}",
+                self.port
+            );
+        }
     }
 }
