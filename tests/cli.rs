@@ -394,8 +394,10 @@ fn run_starts_recovers_and_stops_on_sigterm() {
         .lines()
         .find(|line| line.starts_with("vigil-cli"))
         .unwrap_or_default();
-    assert!(
-        line.split_whitespace().nth(1) == Some("stopped"),
+    // Stopping gave the leader lease up.
+    assert_eq!(
+        line.split_whitespace().take(3).collect::<Vec<_>>(),
+        ["vigil-cli", "stopped", "no"],
         "vigil status:\n{listing}"
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -376,17 +376,20 @@ async fn redis_alone_never_calls_a_signal_duplicate() {
     );
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let mut marked = false;
     for _ in 0..200 {
         let value: Option<String> = redis::cmd("GET")
             .arg(&key)
             .query_async(&mut connection)
             .await
             .unwrap();
-        if value.as_deref() == Some("applied") {
+        marked = value.as_deref() == Some("applied");
+        if marked {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    assert!(marked, "{key} was never marked applied");
     assert_eq!(post(&second, body).await["status"], "accepted");
     assert_eq!(post(&second, body).await["status"], "duplicate");
     clean_up(&url, &shared_namespace).await;
