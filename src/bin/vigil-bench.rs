@@ -82,7 +82,7 @@
 //! cargo run --release --bin vigil-bench -- machines [--transitions N] [--events N]
 //! cargo run --release --bin vigil-bench -- recovery [--sizes 10,10000,100000] \
 //!     [--sqlite-dir DIR] [--postgres-url ADMIN_URL] [--runs 3]
-//! cargo build --release && cargo run --release --bin vigil-bench -- load [--signals 2000] \
+//! cargo build --release && cargo run --release --bin vigil-bench -- load [--signals 1000] \
 //!     [--instruments 50] [--concurrency 16] [--rate 50] [--postgres-url ADMIN_URL] \
 //!     [--binary target/release/vigil]
 //! cargo build --release && cargo run --release --bin vigil-bench -- ha [--instances 3] \
@@ -184,21 +184,19 @@ struct RecoveryArgs {
     runs: u32,
 }
 
-/// Sizes, pace and databases of the `load` benchmark.
+/// The signals sent, the database they go to and the binary that serves them: the part
+/// `load` and `ha` share.
 #[derive(Debug, clap::Args)]
-struct LoadArgs {
+struct Workload {
     /// Signals per run: one BASE_ENTRY per instrument first, then PYRAMIDs.
-    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     signals: u32,
     /// Instruments the signals are spread over, INST00, INST01, ...
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     instruments: u32,
-    /// Requests (or transactions) in flight at once.
+    /// Requests (or transactions) in flight at once, over all instances.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
     concurrency: u32,
-    /// Signals per second in the paced run.
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
-    rate: u32,
     /// PostgreSQL admin URL: a fresh database is created from it, and dropped, per run.
     /// Without it (or the environment variable) PostgreSQL is skipped.
     #[arg(
@@ -213,7 +211,18 @@ struct LoadArgs {
     binary: Option<PathBuf>,
 }
 
-/// Instances, timings, sizes and servers of the `ha` benchmark.
+/// Pace and workload of the `load` benchmark.
+#[derive(Debug, clap::Args)]
+struct LoadArgs {
+    /// Signals per second in the paced run.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    rate: u32,
+    /// Signals, database and binary.
+    #[command(flatten)]
+    workload: Workload,
+}
+
+/// Instances, timings, workload and servers of the `ha` benchmark.
 #[derive(Debug, clap::Args)]
 struct HaArgs {
     /// Instances started for the takeover and Redis-loss measurements and the several-instance
@@ -229,30 +238,12 @@ struct HaArgs {
     /// Takeovers measured: the leader is killed, and restarted afterwards, once per round.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
-    /// Signals per throughput run: one BASE_ENTRY per instrument first, then PYRAMIDs.
-    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
-    signals: u32,
-    /// Instruments the signals are spread over, INST00, INST01, ...
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
-    instruments: u32,
-    /// Requests (or transactions) in flight at once, over all instances.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..))]
-    concurrency: u32,
-    /// PostgreSQL admin URL: a fresh database is created from it, and dropped, per run.
-    /// Without it (or the environment variable) the benchmark is skipped.
-    #[arg(
-        long,
-        value_name = "ADMIN_URL",
-        env = "VIGIL_TEST_DATABASE_URL",
-        hide_env_values = true
-    )]
-    postgres_url: Option<String>,
     /// The `redis-server` binary started, privately, on a free port.
     #[arg(long, value_name = "FILE", default_value = "redis-server")]
     redis_server: PathBuf,
-    /// The `vigil` binary to start [default: `vigil` next to this executable].
-    #[arg(long, value_name = "FILE")]
-    binary: Option<PathBuf>,
+    /// Signals, database and binary.
+    #[command(flatten)]
+    workload: Workload,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -995,8 +986,12 @@ impl Database {
 /// The `load` benchmark: SQLite, then PostgreSQL when configured. Fails at the end if any
 /// signal was not accepted or a service did not stop cleanly.
 async fn load_bench(args: &LoadArgs) -> anyhow::Result<()> {
-    let binary = vigil_binary(args.binary.as_deref())?;
-    let load = Load::new(args.signals, args.instruments, args.concurrency)?;
+    let binary = vigil_binary(args.workload.binary.as_deref())?;
+    let load = Load::new(
+        args.workload.signals,
+        args.workload.instruments,
+        args.workload.concurrency,
+    )?;
 
     let dir = std::env::temp_dir().join(format!("vigil-load-{}", std::process::id()));
     if dir.exists() {
@@ -1005,7 +1000,7 @@ async fn load_bench(args: &LoadArgs) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     let outcome = async {
         let mut backends = vec![Backend::Sqlite];
-        match &args.postgres_url {
+        match &args.workload.postgres_url {
             Some(admin) => backends.push(Backend::Postgres {
                 admin: admin.clone(),
             }),
@@ -1857,14 +1852,18 @@ const HA_RUN_RAW: usize = 4;
 /// Needs PostgreSQL; fails at the end if any signal was not accepted or an instance did not
 /// stop cleanly.
 async fn ha_bench(args: &HaArgs) -> anyhow::Result<()> {
-    let Some(admin) = &args.postgres_url else {
+    let Some(admin) = &args.workload.postgres_url else {
         println!(
             "{HA} skipped: several instances need PostgreSQL: give --postgres-url ADMIN_URL or set VIGIL_TEST_DATABASE_URL"
         );
         return Ok(());
     };
-    let binary = vigil_binary(args.binary.as_deref())?;
-    let load = Load::new(args.signals, args.instruments, args.concurrency)?;
+    let binary = vigil_binary(args.workload.binary.as_deref())?;
+    let load = Load::new(
+        args.workload.signals,
+        args.workload.instruments,
+        args.workload.concurrency,
+    )?;
     let dir = std::env::temp_dir().join(format!("vigil-ha-{}", std::process::id()));
     if dir.exists() {
         bail!("{} already exists; remove it first", dir.display());
