@@ -497,3 +497,67 @@ async fn the_leader_raises_an_alarm_when_totals_disagree_and_changes_nothing() {
     database.drop_now().await;
     clean(&cluster.dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn with_no_redis_the_database_alone_coordinates() {
+    let Some((database, mut cluster)) = setup("database-only").await else {
+        return;
+    };
+    cluster.use_redis = false;
+    let mut instances = cluster.start_all(3).await;
+    let urls: Vec<String> = instances.iter().map(|i| i.url.clone()).collect();
+    let sends: Vec<_> = (0..10)
+        .map(|n| tokio::spawn(post(urls[n % 3].clone(), entry(0))))
+        .collect();
+    let mut outcomes = Vec::new();
+    for send in sends {
+        let (status, json) = send.await.unwrap();
+        assert_eq!(status, 200, "{json}");
+        outcomes.push(json["status"].as_str().unwrap().to_string());
+    }
+    assert_eq!(
+        outcomes.iter().filter(|o| *o == "accepted").count(),
+        1,
+        "{outcomes:?}"
+    );
+    assert_eq!(database_counts(&database.url).await, (1, 1));
+
+    let first = leader(&instances.iter().collect::<Vec<_>>()).await;
+    let status = instances[first].get("/status").await.unwrap();
+    assert_eq!(
+        (&status["coordination"], &status["redis"]),
+        (
+            &serde_json::json!("database"),
+            &serde_json::json!("not_configured")
+        ),
+        "{status}"
+    );
+    let killed_at = Instant::now();
+    instances[first].kill();
+    let survivors: Vec<&Instance> = instances
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != first)
+        .map(|(_, instance)| instance)
+        .collect();
+    leader(&survivors).await;
+    let took = killed_at.elapsed();
+    eprintln!("database-only takeover after {took:?} (lease {LEASE:?}, renewal every {RENEWAL:?})");
+    assert!(
+        took <= LEASE + RENEWAL + TAKEOVER_SLACK,
+        "took {took:?}, beyond the lease plus one renewal interval (and {TAKEOVER_SLACK:?} of slack)"
+    );
+    let logs: Vec<(String, String)> = instances
+        .iter()
+        .map(|instance| (instance.id.clone(), instance.log_text()))
+        .collect();
+    let grants = leadership_grants(&logs);
+    assert!(
+        grants.windows(2).all(|pair| pair[0].2 < pair[1].2),
+        "fencing tokens must only increase: {grants:?}"
+    );
+    drop(survivors);
+    drop(instances);
+    database.drop_now().await;
+    clean(&cluster.dir);
+}

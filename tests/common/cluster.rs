@@ -200,6 +200,9 @@ pub struct Cluster {
     pub redis: RedisServer,
     /// Where files and logs live.
     pub dir: PathBuf,
+    /// Whether instances are given the Redis; without it they coordinate through the
+    /// database alone.
+    pub use_redis: bool,
 }
 
 impl Cluster {
@@ -221,6 +224,7 @@ impl Cluster {
             database_url: database_url.to_string(),
             redis: RedisServer::start().await,
             dir,
+            use_redis: true,
         }
     }
 
@@ -232,23 +236,26 @@ impl Cluster {
             .append(true)
             .open(&log)
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
-            .args([
-                "run",
-                "--config",
-                "vigil.toml",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--instance",
-                id,
-                "--database-url",
-                &self.database_url,
-                "--redis-url",
-                &self.redis.url(),
-            ])
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        command.args([
+            "run",
+            "--config",
+            "vigil.toml",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--instance",
+            id,
+            "--database-url",
+            &self.database_url,
+        ]);
+        if self.use_redis {
+            command.args(["--redis-url", &self.redis.url()]);
+        }
+        let child = command
             .current_dir(&self.dir)
             .env("VIGIL_WEBHOOK_PASSPHRASE", PASSPHRASE)
             .env_remove("VIGIL_POLICY")
+            .env_remove("VIGIL_REDIS_URL")
             .env_remove("VIGIL_LISTEN")
             .stdout(Stdio::null())
             .stderr(file)
