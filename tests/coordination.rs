@@ -177,7 +177,8 @@ async fn redis_holders_release_only_what_they_hold() {
     let holders = namespace("holders");
     let redis = RedisCoordinator::connect(&url, &holders).unwrap();
     let (first, second, third) = (Owner::new(), Owner::new(), Owner::new());
-    let ttl = Duration::from_millis(300);
+    // Long enough that it cannot expire between two calls on a busy machine.
+    let ttl = Duration::from_secs(1);
 
     // The lease: SET NX PX, renewal and compare-and-delete.
     assert!(redis.take_lease_key(&first, LEASE).await.unwrap());
@@ -393,4 +394,78 @@ async fn redis_alone_never_calls_a_signal_duplicate() {
     assert_eq!(post(&second, body).await["status"], "accepted");
     assert_eq!(post(&second, body).await["status"], "duplicate");
     clean_up(&url, &shared_namespace).await;
+}
+
+/// What a signal meets in Redis while another holds its instrument or its claim: it waits,
+/// and ends busy, a duplicate, or free to go on; a dropped (cancelled) signal releases what
+/// it held.
+#[tokio::test]
+async fn waiting_signals_end_busy_duplicate_or_free() {
+    let Some(url) = redis_url("waiting_signals_end_busy_duplicate_or_free") else {
+        return;
+    };
+    let space = namespace("waiting");
+    let (sender, _inputs) = tokio::sync::mpsc::channel(8);
+    let coordination = std::sync::Arc::new(Coordination::new(
+        Some(RedisCoordinator::connect(&url, &space).unwrap()),
+        Policy::builtin_default().ha,
+        "ha-test",
+        sender,
+    ));
+    let proceed = |gate: Gate| match gate {
+        Gate::Proceed(ticket) => ticket,
+        other => panic!("expected to proceed: {other:?}"),
+    };
+
+    // Another signal of the instrument holds the lock past the wait: busy.
+    let holder = proceed(coordination.before_signal("NIFTY", "fp-a").await);
+    assert!(holder.holds_lock());
+    let waited = std::time::Instant::now();
+    assert!(matches!(
+        coordination.before_signal("NIFTY", "fp-b").await,
+        Gate::Busy
+    ));
+    eprintln!(
+        "busy after {:?} (wait {:?})",
+        waited.elapsed(),
+        vigil::coordination::SIGNAL_LOCK_WAIT
+    );
+
+    // The holder is cancelled: its lock and claim are released, and the other goes on.
+    drop(holder);
+    let mut freed = None;
+    for _ in 0..100 {
+        if let Gate::Proceed(ticket) = coordination.before_signal("NIFTY", "fp-b").await {
+            freed = Some(ticket);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let freed = freed.expect("the cancelled holder's lock was released");
+    assert!(freed.holds_lock());
+    // The cancelled signal's claim was forgotten: a resend claims it anew.
+    freed.settle(false);
+
+    // A copy of a signal being applied waits for it, then is a duplicate.
+    let first = proceed(coordination.before_signal("BANKNIFTY", "fp-c").await);
+    let copy = {
+        let coordination = std::sync::Arc::clone(&coordination);
+        tokio::spawn(async move { coordination.before_signal("BANKNIFTY", "fp-c").await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    first.settle(true);
+    assert!(matches!(copy.await.unwrap(), Gate::Duplicate));
+
+    // The signal whose holder was cancelled can be claimed again.
+    let mut resent = None;
+    for _ in 0..100 {
+        if let Gate::Proceed(ticket) = coordination.before_signal("NIFTY", "fp-a").await {
+            resent = Some(ticket);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(resent.expect("fp-a can be claimed again").holds_lock());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    clean_up(&url, &space).await;
 }

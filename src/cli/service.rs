@@ -376,7 +376,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(address))
         .with_context(|| format!("cannot listen on {address}"))?;
-    tracing::info!(target: crate::startup::STARTUP_TARGET, instance = %settings.instance, "listening on http://{address}");
+    // The bound address, which differs from the asked one for port 0.
+    let bound = listener.local_addr().unwrap_or(address);
+    tracing::info!(target: crate::startup::STARTUP_TARGET, instance = %settings.instance, "listening on http://{bound}");
     let (code, _) = runtime.block_on(start_up(
         &settings,
         Access::ReadWrite,

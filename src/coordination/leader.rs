@@ -187,9 +187,7 @@ async fn bounded<T>(
     let tick = tick(&shared.coordination);
     match tokio::time::timeout(tick, call).await {
         Ok(result) => result,
-        Err(_) => Err(super::CoordinationError::Store(StoreError::Unavailable(
-            format!("no answer within {tick:?}"),
-        ))),
+        Err(_) => Err(super::CoordinationError::TimedOut(tick)),
     }
 }
 
@@ -253,6 +251,9 @@ async fn keep_leading(
                 step_down(shared, store, lead, StepDown::Unrenewed).await;
                 return None;
             }
+            // Background tasks run only right after a renewal, so that none can outlast
+            // the lease this instance surely holds.
+            return Some(lead);
         }
     }
     if Instant::now() < lead.tasks_due {

@@ -30,20 +30,20 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// How long a signal waits for its instrument's lock before it is answered 503.
-pub const SIGNAL_LOCK_WAIT: Duration = Duration::from_millis(500);
+/// How long a signal waits, in all, for its instrument's lock or for a copy of itself that
+/// another caller is applying, before it is answered 503 for the client to resend.
+pub const SIGNAL_LOCK_WAIT: Duration = Duration::from_millis(400);
 
-/// How often a waiting signal asks for its instrument's lock again.
+/// How often a waiting signal asks again.
 pub const SIGNAL_LOCK_POLL: Duration = Duration::from_millis(5);
 
-/// The most times a signal asks for its instrument's lock; the wait's deadline usually
-/// ends it first.
+/// The most times a waiting signal asks; the wait's deadline usually ends it first.
 const SIGNAL_LOCK_ATTEMPTS: u128 = SIGNAL_LOCK_WAIT.as_millis() / SIGNAL_LOCK_POLL.as_millis();
 
-/// All the Redis work before a signal's transaction may take: the lock wait and one more
-/// command. With the signal's database deadline (1.5 s) it stays below the 2.5 s request
-/// timeout; past it, the signal goes on under database-only coordination.
-pub const SIGNAL_REDIS_BUDGET: Duration = SIGNAL_LOCK_WAIT.saturating_add(REDIS_COMMAND_TIMEOUT);
+/// All the Redis work before a signal's transaction may take: the wait and the commands
+/// around it. A Redis slower than this is not lost (each command has its own timeout, and
+/// the heartbeat judges loss); the signal just goes on under database-only coordination.
+pub const SIGNAL_REDIS_BUDGET: Duration = Duration::from_millis(600);
 
 /// The `tracing` target of coordination log lines.
 pub const COORDINATION_TARGET: &str = "vigil::coordination";
@@ -63,6 +63,9 @@ pub enum CoordinationError {
     /// The Redis URL cannot be used.
     #[error("{0}")]
     BadUrl(String),
+    /// Redis or the database did not answer in time.
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
 }
 
 /// A random token naming one holder of one lease, lock or claim, so that releasing checks
@@ -199,7 +202,8 @@ pub enum RedisHealth {
 pub enum Gate {
     /// The fast dedup layer knows the signal was applied.
     Duplicate,
-    /// Another instance holds the instrument's lock longer than [`SIGNAL_LOCK_WAIT`].
+    /// The wait for the instrument's lock, or for a copy of the signal another caller is
+    /// applying, ran past [`SIGNAL_LOCK_WAIT`].
     Busy,
     /// Go on to the database; settle the ticket with the outcome.
     Proceed(Ticket),
@@ -420,8 +424,10 @@ impl Coordination {
         Some(answer)
     }
 
-    /// The fast checks before a signal's transaction: the dedup layer, then the
-    /// instrument's lock, waiting at most [`SIGNAL_LOCK_WAIT`]; all of it within
+    /// The fast checks before a signal's transaction: claim the fingerprint in the dedup
+    /// layer, then take the instrument's lock. A copy of a signal another caller is applying
+    /// waits until that caller finishes, and is then a duplicate or claims it anew. All
+    /// waiting ends after [`SIGNAL_LOCK_WAIT`] ([`Gate::Busy`]) and all Redis work after
     /// [`SIGNAL_REDIS_BUDGET`]. [`Gate::Duplicate`] is the fast layer's word only: the
     /// caller confirms it against the database before answering.
     pub async fn before_signal(&self, instrument: &str, fingerprint: &str) -> Gate {
@@ -436,12 +442,7 @@ impl Coordination {
         {
             Ok(gate) => gate,
             // The unfinished ticket was dropped and releases what it got in the background.
-            Err(_) => {
-                self.redis_failed(&CoordinationError::Redis(format!(
-                    "no answer within {SIGNAL_REDIS_BUDGET:?}"
-                )));
-                Gate::Proceed(Ticket::database_only(fingerprint, instrument))
-            }
+            Err(_) => Gate::Proceed(Ticket::database_only(fingerprint, instrument)),
         }
     }
 
@@ -449,24 +450,42 @@ impl Coordination {
         let mut ticket = Ticket::database_only(fingerprint, instrument);
         ticket.redis = Some(redis.clone());
         ticket.window = self.timings.dedup_window;
-        let owner = Owner::new();
-        ticket.claim = Some(owner.clone());
-        match redis
-            .claim_fingerprint(fingerprint, &owner, self.timings.dedup_window)
-            .await
-        {
-            Ok(FastClaim::Applied) => return Gate::Duplicate,
-            Ok(FastClaim::Claimed) => {}
-            // Not ours: nothing of ours to forget.
-            Ok(FastClaim::Pending | FastClaim::Unknown) => ticket.claim = None,
-            Err(error) => {
-                self.redis_failed(&error);
-                return Gate::Proceed(ticket);
+        let deadline = tokio::time::Instant::now() + SIGNAL_LOCK_WAIT;
+        // Claim the fingerprint, or wait while another caller holds the claim.
+        let mut claimed = false;
+        for _ in 0..SIGNAL_LOCK_ATTEMPTS {
+            // Recorded before the request, so a cancellation still forgets it.
+            let owner = Owner::new();
+            ticket.claim = Some(owner.clone());
+            match redis
+                .claim_fingerprint(fingerprint, &owner, self.timings.dedup_window)
+                .await
+            {
+                Ok(FastClaim::Claimed) => {
+                    claimed = true;
+                    break;
+                }
+                Ok(FastClaim::Applied) => {
+                    ticket.claim = None;
+                    return Gate::Duplicate;
+                }
+                Ok(FastClaim::Pending | FastClaim::Unknown) => ticket.claim = None,
+                Err(error) => {
+                    self.redis_failed(&error);
+                    return Gate::Proceed(ticket);
+                }
             }
+            if tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(SIGNAL_LOCK_POLL).await;
         }
+        if !claimed {
+            return Gate::Busy;
+        }
+        // Hold the instrument's lock.
         let owner = Owner::new();
         ticket.lock = Some(owner.clone());
-        let deadline = tokio::time::Instant::now() + SIGNAL_LOCK_WAIT;
         for _ in 0..SIGNAL_LOCK_ATTEMPTS {
             match redis
                 .lock_instrument(instrument, &owner, self.timings.signal_lock_ttl)
@@ -474,7 +493,7 @@ impl Coordination {
             {
                 Ok(true) => {
                     ticket.locked = true;
-                    return self.recheck(redis, ticket).await;
+                    return Gate::Proceed(ticket);
                 }
                 Ok(false) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(SIGNAL_LOCK_POLL).await;
@@ -488,31 +507,6 @@ impl Coordination {
         }
         // Dropping the ticket forgets the claim and the lock request.
         Gate::Busy
-    }
-
-    /// A signal that waited for another caller's claim asks again once it holds the lock:
-    /// the other caller has finished by then, and a signal it applied need not reach the
-    /// broker again.
-    async fn recheck(&self, redis: &RedisCoordinator, mut ticket: Ticket) -> Gate {
-        if ticket.claim.is_some() {
-            return Gate::Proceed(ticket);
-        }
-        let owner = Owner::new();
-        match redis
-            .claim_fingerprint(&ticket.fingerprint, &owner, self.timings.dedup_window)
-            .await
-        {
-            Ok(FastClaim::Applied) => Gate::Duplicate,
-            Ok(FastClaim::Claimed) => {
-                ticket.claim = Some(owner);
-                Gate::Proceed(ticket)
-            }
-            Ok(FastClaim::Pending | FastClaim::Unknown) => Gate::Proceed(ticket),
-            Err(error) => {
-                self.redis_failed(&error);
-                Gate::Proceed(ticket)
-            }
-        }
     }
 
     /// Tries to take the leader lease through whichever implementation serves now.

@@ -339,9 +339,10 @@ impl super::Coordinator for RedisCoordinator {
         fence: Fence<'_>,
         lease: Duration,
     ) -> Result<bool, CoordinationError> {
-        if !self.renew_lease_key(owner, lease).await? {
-            return Ok(false);
-        }
+        // The database row decides. A contender may hold the Redis key for a moment (it
+        // takes the key, the row refuses it, and it gives the key back); the leader keeps
+        // leading, and its next renewal takes the key again.
+        let _key_held = self.renew_lease_key(owner, lease).await?;
         Ok(store.renew_leadership(fence, lease, Utc::now()).await?)
     }
 

@@ -10,7 +10,7 @@
 use super::metrics::{SIGNALS_TOTAL, SIGNAL_LATENCY};
 use super::{ApiError, AppState};
 use crate::broker::{Broker, Order};
-use crate::coordination::Gate;
+use crate::coordination::{Gate, SIGNAL_REDIS_BUDGET};
 use crate::driver::Input;
 use crate::store::{Applied, ApplyError, SignalClaim, Store, StoreError};
 use crate::trading::plan::plan;
@@ -30,6 +30,19 @@ use std::time::{Duration, Instant};
 /// so that a database that stops answering is answered with a 503 and reported to the
 /// machines rather than cut off by the timeout layer.
 pub const SIGNAL_STORE_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// How long confirming a fast-layer duplicate against the signal log may take; past it the
+/// signal's own transaction decides.
+pub const DUPLICATE_CHECK_TIMEOUT: Duration = Duration::from_millis(250);
+
+// The Redis work, a duplicate check and the transaction fit inside the request timeout, so a
+// slow dependency is answered by this handler rather than cut off by the timeout layer.
+const _: () = assert!(
+    SIGNAL_REDIS_BUDGET.as_millis()
+        + DUPLICATE_CHECK_TIMEOUT.as_millis()
+        + SIGNAL_STORE_DEADLINE.as_millis()
+        < super::REQUEST_TIMEOUT.as_millis()
+);
 
 /// The answer to an accepted or duplicate signal.
 #[derive(Debug, Serialize)]
@@ -129,11 +142,14 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
     {
         // Redis may remember a fingerprint the database lost (a restored database) or never
         // held (another deployment on the same Redis): only the signal log says duplicate.
-        Gate::Duplicate => match store.signal_claimed(&fingerprint).await {
-            Ok(true) => return Ok(Accepted::duplicate(fingerprint)),
-            Ok(false) => None,
-            Err(error) => return Err(store_failure(app, error)),
-        },
+        Gate::Duplicate => {
+            let check = store.signal_claimed(&fingerprint);
+            match tokio::time::timeout(DUPLICATE_CHECK_TIMEOUT, check).await {
+                Ok(Ok(true)) => return Ok(Accepted::duplicate(fingerprint)),
+                Ok(Ok(false)) | Err(_) => None,
+                Ok(Err(error)) => return Err(store_failure(app, error)),
+            }
+        }
         Gate::Busy => {
             return Err(ApiError::unavailable(format!(
                 "another instance is processing a signal for {}; nothing was changed",
@@ -223,9 +239,9 @@ fn store_failure(app: &AppState, error: StoreError) -> ApiError {
             report(app, FailureKind::DbUnavailable);
             ApiError::unavailable("the database is unavailable; nothing was changed")
         }
-        StoreError::Conflict(_) => {
-            ApiError::unavailable("a concurrent signal changed the portfolio; nothing was changed")
-        }
+        StoreError::Conflict(_) => ApiError::unavailable(
+            "the portfolio was busy with a concurrent signal; nothing was changed",
+        ),
         StoreError::Corrupt(_) => {
             report(app, FailureKind::DataCorrupt);
             ApiError::unavailable("stored data failed to decode; nothing was changed")

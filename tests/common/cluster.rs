@@ -18,25 +18,29 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How many instruments the deployment lists, so that many independent signals can flow.
 pub const INSTRUMENTS: usize = 60;
 
-/// HA timings short enough for tests: a heartbeat every 250 ms, a 1.5 s lease renewed every
-/// 500 ms, a 1 s signal lock, and background tasks every 500 ms.
+/// HA timings short enough for tests, yet long enough that a busy two-core machine does not
+/// miss them: a heartbeat every 400 ms, a 2.4 s lease renewed at every heartbeat, a 1 s signal lock, and background tasks every 500 ms.
 pub const POLICY: &str = r#"# Short HA timings for tests; everything else is the built-in policy.
 [ha]
-heartbeat_interval = "250ms"
-instance_stale_after = "750ms"
-leader_lease = "1500ms"
+heartbeat_interval = "400ms"
+instance_stale_after = "1200ms"
+leader_lease = "2400ms"
 signal_lock_ttl = "1s"
 leader_task_interval = "500ms"
 "#;
 
 /// The lease [`POLICY`] sets.
-pub const LEASE: Duration = Duration::from_millis(1500);
-/// The renewal interval [`POLICY`] implies (a third of the lease).
-pub const RENEWAL: Duration = Duration::from_millis(500);
+pub const LEASE: Duration = Duration::from_millis(2400);
+/// How often the lease is renewed under [`POLICY`]: the heartbeat interval, which is
+/// shorter than a third of the lease.
+pub const RENEWAL: Duration = Duration::from_millis(400);
 /// The heartbeat interval [`POLICY`] sets.
-pub const HEARTBEAT: Duration = Duration::from_millis(250);
+pub const HEARTBEAT: Duration = Duration::from_millis(400);
 /// The signal lock TTL [`POLICY`] sets.
 pub const LOCK_TTL: Duration = Duration::from_secs(1);
+
+/// How many ports a private Redis tries before the test fails.
+const REDIS_START_ATTEMPTS: usize = 5;
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
@@ -58,12 +62,18 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start() -> RedisServer {
-        let mut server = RedisServer {
-            port: free_port(),
-            child: None,
-        };
-        server.resume().await;
-        server
+        for _ in 0..REDIS_START_ATTEMPTS {
+            let mut server = RedisServer {
+                port: free_port(),
+                child: None,
+            };
+            // Another process may take the port between picking it and the server binding
+            // it; then pick another.
+            if server.try_resume().await {
+                return server;
+            }
+        }
+        panic!("redis-server did not start in {REDIS_START_ATTEMPTS} attempts");
     }
 
     /// Its URL.
@@ -73,7 +83,16 @@ impl RedisServer {
 
     /// Starts the server again on its port, empty, and waits until it answers.
     pub async fn resume(&mut self) {
-        let child = Command::new("redis-server")
+        assert!(
+            self.try_resume().await,
+            "redis-server did not start again on port {}",
+            self.port
+        );
+    }
+
+    /// Starts the server on its port; whether it is this server that answers there.
+    async fn try_resume(&mut self) -> bool {
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 &self.port.to_string(),
@@ -88,13 +107,25 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server is not installed (.ci/services installs it)");
-        self.child = Some(child);
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        while self.command(&["PING"]).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
+        let pid = format!("process_id:{}", child.id());
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if self
+                .info_server()
+                .await
+                .is_some_and(|info| info.contains(&pid))
+            {
+                self.child = Some(child);
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
             tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
@@ -105,6 +136,17 @@ impl RedisServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// `INFO server`, when a server answers on the port.
+    async fn info_server(&self) -> Option<String> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("INFO")
+            .arg("server")
+            .query_async(&mut connection)
+            .await
+            .ok()
     }
 
     /// Runs one command.
@@ -131,8 +173,6 @@ pub struct Instance {
     pub id: String,
     /// Its base URL.
     pub url: String,
-    /// Its port.
-    pub port: u16,
     /// Its log file (standard error).
     pub log: PathBuf,
     /// The process.
@@ -228,9 +268,11 @@ impl Cluster {
         }
     }
 
-    /// Starts instance `id` on `port` without waiting for it.
-    pub fn spawn(&self, id: &str, port: u16) -> Instance {
+    /// Starts instance `id` on a port the system picks, and waits until it listens (not
+    /// until it is ready). A restarted instance appends to the same log.
+    pub async fn spawn(&self, id: &str) -> Instance {
         let log = self.dir.join(format!("{id}.log"));
+        let earlier = std::fs::metadata(&log).map_or(0, |meta| meta.len());
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -242,7 +284,7 @@ impl Cluster {
             "--config",
             "vigil.toml",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--instance",
             id,
             "--database-url",
@@ -261,27 +303,46 @@ impl Cluster {
             .stderr(file)
             .spawn()
             .unwrap();
-        Instance {
+        let mut instance = Instance {
             id: id.to_string(),
-            url: format!("http://127.0.0.1:{port}"),
-            port,
+            url: String::new(),
             log,
             child,
+        };
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let text = std::fs::read(&instance.log).unwrap_or_default();
+            let fresh =
+                String::from_utf8_lossy(&text[usize::try_from(earlier).unwrap()..]).to_string();
+            if let Some((_, rest)) = fresh.split_once("listening on http://") {
+                let address = rest.split_whitespace().next().unwrap();
+                instance.url = format!("http://{address}");
+                return instance;
+            }
+            if let Ok(Some(exit)) = instance.child.try_wait() {
+                panic!("{id} exited ({exit}) before listening:\n{fresh}");
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{id} never listened:\n{fresh}"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
         }
     }
 
     /// Starts instance `id` and waits until it is ready.
     pub async fn start(&self, id: &str) -> Instance {
-        let instance = self.spawn(id, free_port());
+        let instance = self.spawn(id).await;
         wait_ready(&instance).await;
         instance
     }
 
     /// Starts `count` instances, `ha-1` to `ha-{count}`, and waits until all are ready.
     pub async fn start_all(&self, count: usize) -> Vec<Instance> {
-        let instances: Vec<Instance> = (1..=count)
-            .map(|n| self.spawn(&format!("ha-{n}"), free_port()))
-            .collect();
+        let mut instances = Vec::new();
+        for n in 1..=count {
+            instances.push(self.spawn(&format!("ha-{n}")).await);
+        }
         for instance in &instances {
             wait_ready(instance).await;
         }
