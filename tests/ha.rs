@@ -402,6 +402,10 @@ async fn a_restarted_instance_recovers_while_the_others_serve() {
     );
     let listed = status["instances"].as_array().unwrap();
     assert_eq!(listed.len(), 3, "{status}");
+    assert!(
+        listed.iter().all(|i| i["redis_heartbeat"] == true),
+        "every instance beats in Redis: {status}"
+    );
     assert_eq!(
         listed.iter().filter(|i| i["leader"] == true).count(),
         1,

@@ -104,6 +104,10 @@ pub async fn run(shared: Arc<Shared>, tasks: LeaderTasks) {
         leading = match (leading, shared.store()) {
             (Some(lead), None) => {
                 publish(&shared, None);
+                // The row lapses by itself; the Redis key is given back now.
+                if let Some(redis) = shared.coordination.configured_redis() {
+                    let _ = bounded(&shared, redis.release_lease_key(&lead.owner)).await;
+                }
                 log_step_down(&shared, lead.fencing_token, StepDown::NoStore);
                 None
             }

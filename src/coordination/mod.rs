@@ -567,6 +567,26 @@ impl Coordination {
         DatabaseCoordinator.release_lease(store, owner, fence).await
     }
 
+    /// Adds to `views` whether each instance's Redis heartbeat key is alive, while Redis
+    /// answers; a Redis that does not answer within [`REDIS_COMMAND_TIMEOUT`] adds nothing.
+    pub async fn add_redis_heartbeats(&self, views: &mut [InstanceView]) {
+        let Some(redis) = self.live_redis() else {
+            return;
+        };
+        let asked = async {
+            let mut beating = Vec::with_capacity(views.len());
+            for view in views.iter() {
+                beating.push(redis.beating(&view.row.instance_id).await?);
+            }
+            Ok::<_, CoordinationError>(beating)
+        };
+        if let Ok(Ok(beating)) = tokio::time::timeout(REDIS_COMMAND_TIMEOUT, asked).await {
+            for (view, beating) in views.iter_mut().zip(beating) {
+                view.redis_heartbeat = Some(beating);
+            }
+        }
+    }
+
     /// The fence of this instance holding `fencing_token`.
     pub fn fence(&self, fencing_token: i64) -> Fence<'_> {
         Fence {
@@ -591,6 +611,10 @@ pub struct InstanceView {
     pub heartbeat_age_ms: Option<i64>,
     /// Whether the heartbeat is older than the policy's `ha.instance_stale_after`.
     pub stale: bool,
+    /// Whether its Redis heartbeat key is alive; absent where Redis is not asked (no Redis,
+    /// Redis down, or `vigil status`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_heartbeat: Option<bool>,
 }
 
 /// Adds heartbeat ages, as of `now`, to instance rows.
@@ -610,6 +634,7 @@ pub fn instance_views(
                 row,
                 heartbeat_age_ms,
                 stale,
+                redis_heartbeat: None,
             }
         })
         .collect()

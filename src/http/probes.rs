@@ -116,6 +116,10 @@ pub async fn status(State(app): State<Arc<AppState>>) -> Result<Json<Status>, Ap
         }
         None => (None, None),
     };
+    let mut instances = instances;
+    if let Some(views) = instances.as_mut() {
+        app.shared.coordination.add_redis_heartbeats(views).await;
+    }
     let fencing_token = app.shared.leading();
     Ok(Json(Status {
         instance: app.shared.instance.clone(),
