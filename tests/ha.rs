@@ -564,3 +564,33 @@ async fn with_no_redis_the_database_alone_coordinates() {
     database.drop_now().await;
     clean(&cluster.dir);
 }
+
+/// Under the strict policy a lost Redis is retried twice, then the instance halts with exit
+/// code 1: losing Redis follows the policy, whichever it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_the_strict_policy_a_lost_redis_halts_the_instance() {
+    let Some((database, mut cluster)) = setup("strict").await else {
+        return;
+    };
+    let strict = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/strict.toml"),
+    )
+    .unwrap();
+    // The strict policy with the tests' HA timings.
+    let (failures, _) = strict.split_once("[ha]").unwrap();
+    let (_, timings) = common::cluster::POLICY.split_once("[ha]").unwrap();
+    std::fs::write(
+        cluster.dir.join("policy.toml"),
+        format!("{failures}[ha]{timings}"),
+    )
+    .unwrap();
+    let mut instance = cluster.start("ha-1").await;
+    cluster.redis.stop();
+    assert_eq!(instance.exit_code().await, Some(1));
+    snapshot(
+        "ha__strict_redis_lost",
+        &transitions(&instance, &instance.log_text()),
+    );
+    database.drop_now().await;
+    clean(&cluster.dir);
+}
