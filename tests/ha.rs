@@ -114,6 +114,57 @@ fn leadership_grants(logs: &[(String, String)]) -> Vec<(String, String, i64)> {
     grants
 }
 
+/// Sends `body` 10 times at once, spread over the instances at `urls`; every answer must be
+/// 200. The count of `accepted` answers (the rest are duplicates).
+async fn storm(urls: &[String], body: &str) -> usize {
+    let sends: Vec<_> = (0..10)
+        .map(|n| tokio::spawn(post(urls[n % urls.len()].clone(), body.to_string())))
+        .collect();
+    let mut outcomes = Vec::new();
+    for send in sends {
+        let (status, json) = send.await.unwrap();
+        assert_eq!(status, 200, "{json}");
+        outcomes.push(json["status"].as_str().unwrap().to_string());
+    }
+    let accepted = outcomes.iter().filter(|o| *o == "accepted").count();
+    let duplicates = outcomes.iter().filter(|o| *o == "duplicate").count();
+    assert_eq!(accepted + duplicates, 10, "{outcomes:?}");
+    accepted
+}
+
+/// Kills the leader `instances[first]` with -9 and waits until one of the others leads,
+/// within the lease plus one renewal interval (and [`TAKEOVER_SLACK`]); the survivors and
+/// the index of the new leader among them.
+async fn kill_the_leader(instances: &mut [Instance], first: usize) -> (Vec<&Instance>, usize) {
+    let killed_at = Instant::now();
+    instances[first].kill();
+    let survivors: Vec<&Instance> = instances
+        .iter()
+        .enumerate()
+        .filter(|(index, _)| *index != first)
+        .map(|(_, instance)| instance)
+        .collect();
+    let second = leader(&survivors).await;
+    let took = killed_at.elapsed();
+    eprintln!(
+        "takeover after {took:?} (lease {LEASE:?}, renewal every {RENEWAL:?}); new leader {}",
+        survivors[second].id
+    );
+    assert!(
+        took <= LEASE + RENEWAL + TAKEOVER_SLACK,
+        "took {took:?}, beyond the lease plus one renewal interval (and {TAKEOVER_SLACK:?} of slack)"
+    );
+    (survivors, second)
+}
+
+/// Asserts that fencing tokens were granted in increasing order over time.
+fn assert_tokens_increase(grants: &[(String, String, i64)]) {
+    assert!(
+        grants.windows(2).all(|pair| pair[0].2 < pair[1].2),
+        "fencing tokens must only increase: {grants:?}"
+    );
+}
+
 /// A transition log with the instance id made generic, so instances can be compared.
 fn transitions(instance: &Instance, log: &str) -> String {
     lines_of(log, "vigil::transition")
@@ -158,23 +209,8 @@ async fn a_duplicate_storm_over_three_instances_opens_one_position() {
             }
             _ => {}
         }
-        let sends: Vec<_> = (0..10)
-            .map(|n| tokio::spawn(post(urls[n % 3].clone(), body.clone())))
-            .collect();
-        let mut outcomes = Vec::new();
-        for send in sends {
-            let (status, json) = send.await.unwrap();
-            assert_eq!(status, 200, "{round}: {json}");
-            outcomes.push(json["status"].as_str().unwrap().to_string());
-        }
-        let accepted = outcomes.iter().filter(|o| *o == "accepted").count();
-        let duplicates = outcomes.iter().filter(|o| *o == "duplicate").count();
         let expected = if round == "at once" { 1 } else { 0 };
-        assert_eq!(
-            (accepted, duplicates),
-            (expected, 10 - expected),
-            "{round}: {outcomes:?}"
-        );
+        assert_eq!(storm(&urls, &body).await, expected, "{round}");
     }
     assert_eq!(database_counts(&database.url).await, (1, 1));
     for instance in &instances {
@@ -196,25 +232,8 @@ async fn another_instance_leads_after_the_leader_is_killed() {
     // Let the leader write a few statistics snapshots under its token.
     tokio::time::sleep(RENEWAL * 2).await;
     let killed_id = instances[first].id.clone();
-    let killed_at = Instant::now();
-    instances[first].kill();
-    let killed_log = instances[first].log_text();
-    let survivors: Vec<&Instance> = instances
-        .iter()
-        .enumerate()
-        .filter(|(index, _)| *index != first)
-        .map(|(_, instance)| instance)
-        .collect();
-    let second = leader(&survivors).await;
-    let took = killed_at.elapsed();
-    eprintln!(
-        "takeover after {took:?} (lease {LEASE:?}, renewal every {RENEWAL:?}); new leader {}",
-        survivors[second].id
-    );
-    assert!(
-        took <= LEASE + RENEWAL + TAKEOVER_SLACK,
-        "took {took:?}, beyond the lease plus one renewal interval (and {TAKEOVER_SLACK:?} of slack)"
-    );
+    let (survivors, second) = kill_the_leader(&mut instances, first).await;
+    let killed_log = std::fs::read_to_string(cluster.dir.join(format!("{killed_id}.log"))).unwrap();
     // The new leader writes under its token too.
     tokio::time::sleep(RENEWAL * 2).await;
 
@@ -233,10 +252,7 @@ async fn another_instance_leads_after_the_leader_is_killed() {
         killed_grant < grants.len() - 1,
         "the new leader's grant comes after the killed leader's: {grants:?}"
     );
-    assert!(
-        grants.windows(2).all(|pair| pair[0].2 < pair[1].2),
-        "fencing tokens must only increase: {grants:?}"
-    );
+    assert_tokens_increase(&grants);
     assert_eq!(grants.last().unwrap().1, survivors[second].id, "{grants:?}");
     // Every background write carried the token current when it was written.
     let tokens = statistics_tokens(&database.url).await;
@@ -509,20 +525,7 @@ async fn with_no_redis_the_database_alone_coordinates() {
     cluster.use_redis = false;
     let mut instances = cluster.start_all(3).await;
     let urls: Vec<String> = instances.iter().map(|i| i.url.clone()).collect();
-    let sends: Vec<_> = (0..10)
-        .map(|n| tokio::spawn(post(urls[n % 3].clone(), entry(0))))
-        .collect();
-    let mut outcomes = Vec::new();
-    for send in sends {
-        let (status, json) = send.await.unwrap();
-        assert_eq!(status, 200, "{json}");
-        outcomes.push(json["status"].as_str().unwrap().to_string());
-    }
-    assert_eq!(
-        outcomes.iter().filter(|o| *o == "accepted").count(),
-        1,
-        "{outcomes:?}"
-    );
+    assert_eq!(storm(&urls, &entry(0)).await, 1);
     assert_eq!(database_counts(&database.url).await, (1, 1));
 
     let first = leader(&instances.iter().collect::<Vec<_>>()).await;
@@ -535,31 +538,13 @@ async fn with_no_redis_the_database_alone_coordinates() {
         ),
         "{status}"
     );
-    let killed_at = Instant::now();
-    instances[first].kill();
-    let survivors: Vec<&Instance> = instances
-        .iter()
-        .enumerate()
-        .filter(|(index, _)| *index != first)
-        .map(|(_, instance)| instance)
-        .collect();
-    leader(&survivors).await;
-    let took = killed_at.elapsed();
-    eprintln!("database-only takeover after {took:?} (lease {LEASE:?}, renewal every {RENEWAL:?})");
-    assert!(
-        took <= LEASE + RENEWAL + TAKEOVER_SLACK,
-        "took {took:?}, beyond the lease plus one renewal interval (and {TAKEOVER_SLACK:?} of slack)"
-    );
+    let (survivors, _) = kill_the_leader(&mut instances, first).await;
+    drop(survivors);
     let logs: Vec<(String, String)> = instances
         .iter()
         .map(|instance| (instance.id.clone(), instance.log_text()))
         .collect();
-    let grants = leadership_grants(&logs);
-    assert!(
-        grants.windows(2).all(|pair| pair[0].2 < pair[1].2),
-        "fencing tokens must only increase: {grants:?}"
-    );
-    drop(survivors);
+    assert_tokens_increase(&leadership_grants(&logs));
     drop(instances);
     database.drop_now().await;
     clean(&cluster.dir);
