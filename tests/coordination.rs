@@ -12,7 +12,7 @@ use vigil::coordination::{
 };
 use vigil::driver::Input;
 use vigil::policy::Policy;
-use vigil::store::{Access, AnyStore, Fence, InstanceRecord, Store, StoreError, Takeover};
+use vigil::store::{Access, AnyStore, Fence, InstanceRecord, Store, StoreError};
 use vigil::vocabulary::FailureKind;
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -21,7 +21,9 @@ const LEASE: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy)]
 enum Step {
     /// Take the row; expect a new, higher token (`true`) or a refusal.
-    Take(&'static str, Takeover, bool),
+    Take(&'static str, bool),
+    /// Renew with a lease that lapses at once, as for a leader that stalled past its lease.
+    Lapse(&'static str),
     /// Renew with the token it last got; expect this answer.
     Renew(&'static str, bool),
     /// Write statistics with the token it last got; expect success or a fencing refusal.
@@ -33,31 +35,20 @@ enum Step {
 }
 
 const SCRIPT: &[(&str, Step)] = &[
-    (
-        "a takes a free row",
-        Step::Take("a", Takeover::IfFree, true),
-    ),
-    (
-        "b cannot take a valid lease",
-        Step::Take("b", Takeover::IfFree, false),
-    ),
+    ("a takes a free row", Step::Take("a", true)),
+    ("b cannot take a valid lease", Step::Take("b", false)),
     ("a is listed as leader", Step::Leader(Some("a"))),
     ("a writes under its token", Step::Stats("a", true)),
     ("a renews", Step::Renew("a", true)),
-    (
-        "b takes by force, as when Redis granted it",
-        Step::Take("b", Takeover::Force, true),
-    ),
+    ("a stalls past its lease", Step::Lapse("a")),
+    ("b takes the lapsed row", Step::Take("b", true)),
     ("b is listed as leader", Step::Leader(Some("b"))),
     ("a's renewal fails", Step::Renew("a", false)),
     ("a's write is fenced off", Step::Stats("a", false)),
     ("b writes under its token", Step::Stats("b", true)),
     ("b releases", Step::Release("b")),
     ("nobody is listed as leader", Step::Leader(None)),
-    (
-        "a takes the released row",
-        Step::Take("a", Takeover::IfFree, true),
-    ),
+    ("a takes the released row", Step::Take("a", true)),
     ("b's old token is fenced off", Step::Stats("b", false)),
 ];
 
@@ -82,17 +73,19 @@ async fn check_leadership(store: &AnyStore, backend: &str) {
             fencing_token: tokens[id],
         };
         match *step {
-            Step::Take(id, takeover, expected) => {
-                let token = store
-                    .take_leadership(id, LEASE, takeover, now)
-                    .await
-                    .unwrap();
+            Step::Take(id, expected) => {
+                let token = store.take_leadership(id, LEASE, now).await.unwrap();
                 assert_eq!(token.is_some(), expected, "{context}");
                 if let Some(token) = token {
                     assert!(token > highest, "{context}: token {token} after {highest}");
                     highest = token;
                     tokens.insert(id, token);
                 }
+            }
+            Step::Lapse(id) => {
+                let lapse = Duration::from_millis(1);
+                assert!(store.renew_leadership(fence(id), lapse, now).await.unwrap());
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Step::Renew(id, expected) => {
                 let renewed = store.renew_leadership(fence(id), LEASE, now).await.unwrap();

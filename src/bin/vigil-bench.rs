@@ -211,6 +211,20 @@ struct Workload {
     binary: Option<PathBuf>,
 }
 
+impl Workload {
+    /// The binary to start, the signals to send, and a work directory named `prefix-PID`
+    /// that must not exist yet (it is not created).
+    fn prepare(&self, prefix: &str) -> anyhow::Result<(PathBuf, Load, PathBuf)> {
+        let binary = vigil_binary(self.binary.as_deref())?;
+        let load = Load::new(self.signals, self.instruments, self.concurrency)?;
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        if dir.exists() {
+            bail!("{} already exists; remove it first", dir.display());
+        }
+        Ok((binary, load, dir))
+    }
+}
+
 /// Pace and workload of the `load` benchmark.
 #[derive(Debug, clap::Args)]
 struct LoadArgs {
@@ -965,6 +979,22 @@ impl Database {
     }
 
     /// Drops a PostgreSQL database (`WITH (FORCE)`); SQLite files go with their directory.
+    /// Runs `measure` on a fresh database, which is removed afterwards whatever `measure`
+    /// answered; `measure`'s error comes first.
+    async fn scoped<T>(
+        backend: &Backend,
+        dir: &Path,
+        run: usize,
+        measure: impl AsyncFnOnce(&Database) -> anyhow::Result<T>,
+    ) -> anyhow::Result<T> {
+        let database = Database::fresh(backend, dir, run).await?;
+        let measured = measure(&database).await;
+        let removed = database.remove().await;
+        let measured = measured?;
+        removed?;
+        Ok(measured)
+    }
+
     async fn remove(self) -> anyhow::Result<()> {
         let Some((admin, name)) = self.drop else {
             return Ok(());
@@ -986,17 +1016,7 @@ impl Database {
 /// The `load` benchmark: SQLite, then PostgreSQL when configured. Fails at the end if any
 /// signal was not accepted or a service did not stop cleanly.
 async fn load_bench(args: &LoadArgs) -> anyhow::Result<()> {
-    let binary = vigil_binary(args.workload.binary.as_deref())?;
-    let load = Load::new(
-        args.workload.signals,
-        args.workload.instruments,
-        args.workload.concurrency,
-    )?;
-
-    let dir = std::env::temp_dir().join(format!("vigil-load-{}", std::process::id()));
-    if dir.exists() {
-        bail!("{} already exists; remove it first", dir.display());
-    }
+    let (binary, load, dir) = args.workload.prepare("vigil-load")?;
     let mut problems = Vec::new();
     let outcome = async {
         let mut backends = vec![Backend::Sqlite];
@@ -1129,11 +1149,10 @@ async fn load_backend(
     };
 
     let paced_label = format!("paced {rate}/s");
-    let database = Database::fresh(backend, work, 1).await?;
-    let paced = http_run(load, &database, &launch, "paced", Some(rate), 1).await;
-    let removed = database.remove().await;
-    let paced = paced?;
-    removed?;
+    let paced = Database::scoped(backend, work, 1, async |database| {
+        http_run(load, database, &launch, "paced", Some(rate), 1).await
+    })
+    .await?;
     println!(
         "{name:<8} {paced_label}: {} signals in {:.2}s = {:.0} signals/s, {}, sent up to {:.1} ms behind schedule (target p99 < 10 ms)",
         paced.stats.count,
@@ -1145,11 +1164,10 @@ async fn load_backend(
     paced.report(&format!("{name} {paced_label}"), problems);
 
     let unpaced_label = format!("unpaced c={}", load.concurrency);
-    let database = Database::fresh(backend, work, 2).await?;
-    let unpaced = http_run(load, &database, &launch, "unpaced", None, 1).await;
-    let removed = database.remove().await;
-    let unpaced = unpaced?;
-    removed?;
+    let unpaced = Database::scoped(backend, work, 2, async |database| {
+        http_run(load, database, &launch, "unpaced", None, 1).await
+    })
+    .await?;
     println!(
         "{name:<8} {unpaced_label}: {} signals in {:.2}s = {:.0} signals/s, {}",
         unpaced.stats.count,
@@ -1159,11 +1177,10 @@ async fn load_backend(
     );
     unpaced.report(&format!("{name} {unpaced_label}"), problems);
 
-    let database = Database::fresh(backend, work, 3).await?;
-    let raw = raw_run(load, &database).await;
-    let removed = database.remove().await;
-    let raw = raw?;
-    removed?;
+    let raw = Database::scoped(backend, work, 3, async |database| {
+        raw_run(load, database).await
+    })
+    .await?;
     println!(
         "{name:<8} raw c={}: {} transactions in {:.2}s = {:.0}/s, {}",
         load.concurrency,
@@ -1858,16 +1875,7 @@ async fn ha_bench(args: &HaArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     };
-    let binary = vigil_binary(args.workload.binary.as_deref())?;
-    let load = Load::new(
-        args.workload.signals,
-        args.workload.instruments,
-        args.workload.concurrency,
-    )?;
-    let dir = std::env::temp_dir().join(format!("vigil-ha-{}", std::process::id()));
-    if dir.exists() {
-        bail!("{} already exists; remove it first", dir.display());
-    }
+    let (binary, load, dir) = args.workload.prepare("vigil-ha")?;
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut problems = Vec::new();
     let outcome = ha_runs(args, admin, &binary, &load, &dir, &mut problems).await;
@@ -1911,18 +1919,14 @@ async fn ha_runs(
         admin: admin.to_string(),
     };
 
-    let database = Database::fresh(&backend, dir, HA_RUN_FAILOVER).await?;
-    let measured = async {
+    Database::scoped(&backend, dir, HA_RUN_FAILOVER, async |database| {
         let mut cluster = HaCluster::start(&launch, &database.url, instances).await?;
         takeovers(&mut cluster, &timings, renewal, args.rounds).await?;
         redis_loss(&cluster, &mut redis, &timings).await?;
         problems.extend(cluster.stop());
         anyhow::Ok(())
-    }
-    .await;
-    let removed = database.remove().await;
-    measured?;
-    removed?;
+    })
+    .await?;
 
     ha_throughput(load, &backend, &launch, &redis, instances, problems).await
 }
@@ -2113,19 +2117,19 @@ async fn ha_throughput(
         } else {
             format!("{count} instances c={concurrency}")
         };
-        let database = Database::fresh(backend, &launch.work, run).await?;
-        let sent = http_run(
-            load,
-            &database,
-            launch,
-            &format!("throughput-{count}"),
-            None,
-            count,
-        )
-        .await;
-        let removed = database.remove().await;
-        let sent = sent.with_context(|| format!("{HA} {label}"))?;
-        removed?;
+        let sent = Database::scoped(backend, &launch.work, run, async |database| {
+            http_run(
+                load,
+                database,
+                launch,
+                &format!("throughput-{count}"),
+                None,
+                count,
+            )
+            .await
+            .with_context(|| format!("{HA} {label}"))
+        })
+        .await?;
         println!(
             "{HA:<8} {label}: {} signals in {:.2}s = {:.0} signals/s, {}",
             sent.stats.count,
@@ -2137,11 +2141,10 @@ async fn ha_throughput(
         rates.push(sent.stats.rate());
     }
 
-    let database = Database::fresh(backend, &launch.work, HA_RUN_RAW).await?;
-    let raw = raw_run(load, &database).await;
-    let removed = database.remove().await;
-    let raw = raw?;
-    removed?;
+    let raw = Database::scoped(backend, &launch.work, HA_RUN_RAW, async |database| {
+        raw_run(load, database).await
+    })
+    .await?;
     println!(
         "{HA:<8} raw c={concurrency}: {} transactions in {:.2}s = {:.0}/s, {}",
         raw.count,

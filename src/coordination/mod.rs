@@ -2,9 +2,10 @@
 //! the leader lease for background tasks, the per-instrument signal lock, the fast dedup
 //! layer and heartbeats.
 //!
-//! The [`Coordinator`] port has two implementations: [`RedisCoordinator`] (the fast layer)
-//! and [`DatabaseCoordinator`] (the store alone: the leadership row under a PostgreSQL
-//! advisory lock, and the signal transaction's per-instrument advisory lock). [`Coordination`]
+//! The [`Coordinator`] port (the leader lease) has two implementations: [`RedisCoordinator`]
+//! (the fast layer, which also holds signal locks and dedup claims) and
+//! [`DatabaseCoordinator`] (the store alone: the leadership row under a PostgreSQL advisory
+//! lock; signals rely on their transaction's per-instrument advisory lock). [`Coordination`]
 //! uses Redis while it answers and the database otherwise, and tells the machines when Redis
 //! goes and comes back.
 //!
@@ -104,15 +105,16 @@ impl Default for Owner {
 pub enum FastClaim {
     /// This caller claimed it first.
     Claimed,
-    /// Another caller claimed it and has not finished; the database claim decides.
+    /// Another caller claimed it and has not finished.
     Pending,
     /// Its signal was applied: a duplicate.
     Applied,
-    /// The layer knows nothing (database-only coordination): the database claim decides.
-    Unknown,
 }
 
-/// The coordination port: what instances agree on through a shared service.
+/// The coordination port: the leader lease, which instances agree on through Redis or the
+/// database alone. Locks and dedup claims need no port: their database-only forms live in
+/// the signal's own transaction (the advisory lock, the signal log's unique fingerprint), so
+/// only Redis offers them separately.
 #[allow(async_fn_in_trait)] // Called on concrete types only, never through `dyn`.
 pub trait Coordinator {
     /// Tries to take the leader lease for `lease`; the new fencing token when taken.
@@ -139,39 +141,6 @@ pub trait Coordinator {
         store: &AnyStore,
         owner: &Owner,
         fence: Fence<'_>,
-    ) -> Result<(), CoordinationError>;
-
-    /// Takes `instrument`'s signal lock for `ttl`: whether `owner` holds it now.
-    async fn lock_instrument(
-        &self,
-        instrument: &str,
-        owner: &Owner,
-        ttl: Duration,
-    ) -> Result<bool, CoordinationError>;
-
-    /// Releases `instrument`'s signal lock if `owner` holds it.
-    async fn unlock_instrument(
-        &self,
-        instrument: &str,
-        owner: &Owner,
-    ) -> Result<(), CoordinationError>;
-
-    /// Claims `fingerprint` in the fast dedup layer for `window`.
-    async fn claim_fingerprint(
-        &self,
-        fingerprint: &str,
-        owner: &Owner,
-        window: Duration,
-    ) -> Result<FastClaim, CoordinationError>;
-
-    /// Records how a claimed signal ended: applied (remembered for `window`) or not
-    /// (forgotten, so a resend is processed).
-    async fn settle_fingerprint(
-        &self,
-        fingerprint: &str,
-        owner: &Owner,
-        applied: bool,
-        window: Duration,
     ) -> Result<(), CoordinationError>;
 }
 
@@ -469,7 +438,7 @@ impl Coordination {
                     ticket.claim = None;
                     return Gate::Duplicate;
                 }
-                Ok(FastClaim::Pending | FastClaim::Unknown) => ticket.claim = None,
+                Ok(FastClaim::Pending) => ticket.claim = None,
                 Err(error) => {
                     self.redis_failed(&error);
                     return Gate::Proceed(ticket);

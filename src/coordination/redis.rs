@@ -4,7 +4,7 @@
 //! somebody else now holds.
 
 use super::{CoordinationError, FastClaim, Owner};
-use crate::store::{AnyStore, Fence, Store, Takeover};
+use crate::store::{AnyStore, Fence, Store};
 use chrono::Utc;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
@@ -319,10 +319,7 @@ impl super::Coordinator for RedisCoordinator {
         // knows a valid leader (one that led through the database while Redis was away, or
         // whose row outlives its Redis key by a moment). That leader keeps leading and its
         // renewals take the Redis key back.
-        match store
-            .take_leadership(instance_id, lease, Takeover::IfFree, Utc::now())
-            .await
-        {
+        match store.take_leadership(instance_id, lease, Utc::now()).await {
             Ok(Some(token)) => Ok(Some(token)),
             other => {
                 // Holding a lease with no token would only keep others from leading.
@@ -355,47 +352,5 @@ impl super::Coordinator for RedisCoordinator {
         let released = self.release_lease_key(owner).await;
         store.release_leadership(fence, Utc::now()).await?;
         released.map(drop)
-    }
-
-    async fn lock_instrument(
-        &self,
-        instrument: &str,
-        owner: &Owner,
-        ttl: Duration,
-    ) -> Result<bool, CoordinationError> {
-        RedisCoordinator::lock_instrument(self, instrument, owner, ttl).await
-    }
-
-    async fn unlock_instrument(
-        &self,
-        instrument: &str,
-        owner: &Owner,
-    ) -> Result<(), CoordinationError> {
-        RedisCoordinator::unlock_instrument(self, instrument, owner)
-            .await
-            .map(drop)
-    }
-
-    async fn claim_fingerprint(
-        &self,
-        fingerprint: &str,
-        owner: &Owner,
-        window: Duration,
-    ) -> Result<FastClaim, CoordinationError> {
-        RedisCoordinator::claim_fingerprint(self, fingerprint, owner, window).await
-    }
-
-    async fn settle_fingerprint(
-        &self,
-        fingerprint: &str,
-        owner: &Owner,
-        applied: bool,
-        window: Duration,
-    ) -> Result<(), CoordinationError> {
-        if applied {
-            self.mark_applied(fingerprint, window).await
-        } else {
-            self.forget_claim(fingerprint, owner).await
-        }
     }
 }

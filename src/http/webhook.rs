@@ -135,8 +135,9 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
     let Some(store) = app.shared.store() else {
         return Err(ApiError::unavailable("the database is not connected yet"));
     };
-    let coordination = &app.shared.coordination;
-    let ticket = match coordination
+    let ticket = match app
+        .shared
+        .coordination
         .before_signal(&signal.instrument, &fingerprint)
         .await
     {

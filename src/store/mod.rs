@@ -264,16 +264,6 @@ pub enum ApplyError {
     Store(#[from] StoreError),
 }
 
-/// Whether taking the leadership row may displace a leader whose lease has not expired.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Takeover {
-    /// Only when the row is free, expired, or this instance's own (database-only
-    /// coordination: the row is the lease).
-    IfFree,
-    /// Always: the displaced holder's token is fenced off from then on.
-    Force,
-}
-
 /// What a background task writes, with the fencing token it holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Fence<'a> {
@@ -335,13 +325,12 @@ pub trait Store {
     ) -> impl Future<Output = Result<Vec<InstanceRow>, StoreError>>;
 
     /// Takes the leadership row for `instance_id` for `lease`, with a new fencing token
-    /// higher than any before. `None` when another instance's lease is still valid and
-    /// `takeover` is [`Takeover::IfFree`].
+    /// higher than any before, when the row is free, expired, or this instance's own
+    /// (a restart under the same id). `None` while another instance's lease is valid.
     fn take_leadership(
         &self,
         instance_id: &str,
         lease: Duration,
-        takeover: Takeover,
         now: DateTime<Utc>,
     ) -> impl Future<Output = Result<Option<i64>, StoreError>>;
 
@@ -495,10 +484,9 @@ impl Store for AnyStore {
         &self,
         instance_id: &str,
         lease: Duration,
-        takeover: Takeover,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
-        delegate!(self, store => store.take_leadership(instance_id, lease, takeover, now).await)
+        delegate!(self, store => store.take_leadership(instance_id, lease, now).await)
     }
 
     async fn renew_leadership(

@@ -6,7 +6,7 @@ use super::{
     InstanceRow, PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, StateWrite,
     Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
-use super::{fenced, lease_ms, Fence, Takeover};
+use super::{fenced, lease_ms, Fence};
 use crate::domain::Pyramiding;
 use crate::trading::plan::{Book, Plan, PyramidingChange, Rejection};
 use chrono::{DateTime, Utc};
@@ -431,7 +431,6 @@ impl Store for PgStore {
         &self,
         instance_id: &str,
         lease: Duration,
-        takeover: Takeover,
         _now: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(classify_pg)?;
@@ -450,12 +449,11 @@ impl Store for PgStore {
              ON CONFLICT (id) DO UPDATE SET instance_id = excluded.instance_id, \
                  fencing_token = excluded.fencing_token, acquired_at = excluded.acquired_at, \
                  expires_at = excluded.expires_at \
-             WHERE $3 OR leadership.expires_at <= clock_timestamp() OR leadership.instance_id = $1 \
+             WHERE leadership.expires_at <= clock_timestamp() OR leadership.instance_id = $1 \
              RETURNING fencing_token",
         )
         .bind(instance_id)
         .bind(lease_ms(lease))
-        .bind(takeover == Takeover::Force)
         .fetch_optional(&mut *tx)
         .await
         .map_err(classify_pg)?;

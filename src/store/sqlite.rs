@@ -5,7 +5,7 @@ use super::{
     InstanceRow, PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, StateWrite,
     Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
-use super::{fenced, lease_ms, Fence, Takeover};
+use super::{fenced, lease_ms, Fence};
 use crate::domain::{Position, Pyramiding};
 use crate::trading::plan::{Book, Plan, PyramidingChange, Rejection};
 use chrono::{DateTime, Utc};
@@ -447,7 +447,6 @@ impl Store for SqliteStore {
         &self,
         instance_id: &str,
         lease: Duration,
-        takeover: Takeover,
         now: DateTime<Utc>,
     ) -> Result<Option<i64>, StoreError> {
         let _writer = self.writer.lock().await;
@@ -460,13 +459,12 @@ impl Store for SqliteStore {
              ON CONFLICT (id) DO UPDATE SET instance_id = excluded.instance_id, \
                  fencing_token = leadership.fencing_token + 1, acquired_at = excluded.acquired_at, \
                  expires_at = excluded.expires_at \
-             WHERE ?4 OR leadership.expires_at <= ?2 OR leadership.instance_id = ?1 \
+             WHERE leadership.expires_at <= ?2 OR leadership.instance_id = ?1 \
              RETURNING fencing_token",
         )
         .bind(instance_id)
         .bind(timestamp_text(now))
         .bind(timestamp_text(expires))
-        .bind(takeover == Takeover::Force)
         .fetch_optional(&self.pool)
         .await
         .map_err(classify_sqlite)?;
