@@ -1,5 +1,5 @@
 //! `vigil dry-run`: drives the real machines through the real driver with virtual time, and
-//! prints every transition, its effects and the exact log lines the service would write.
+//! prints every transition, the commands it gives and the exact log lines the service would write.
 
 use crate::diagnostic::{did_you_mean, Diagnostic, Diagnostics};
 use crate::driver::virtual_time::{run_script, Ending};
@@ -7,7 +7,7 @@ use crate::driver::{Driver, Input, Step};
 use crate::logging::{self, Capture, VirtualTimer};
 use crate::machines::lifecycle::{self, Reasons};
 use crate::machines::{format_seconds, MachineName};
-use crate::policy::Policy;
+use crate::policy::{Exhausted, Policy, Response};
 use crate::vocabulary::{FailureKind, SignalSet};
 use serde::{Deserialize, Serialize};
 use std::io::{self, Write};
@@ -48,14 +48,15 @@ impl Default for Start {
 }
 
 impl Start {
-    /// Parses `--from STATE` and `--reason KIND`. `degraded` needs a reason; it defaults to
-    /// `db_unavailable`.
-    pub fn parse(state: &str, reason: Option<&str>) -> Result<Start, String> {
+    /// Parses `--from STATE` and `--reason KIND`, and checks that `policy` can reach that
+    /// state. `degraded` needs a reason the policy tolerates (default `db_unavailable`);
+    /// `crashed` needs one it halts on (default: the first it halts on), and exits with that
+    /// reason's code.
+    pub fn parse(state: &str, reason: Option<&str>, policy: &Policy) -> Result<Start, String> {
         let Some(parsed) = lifecycle::State::from_name(state) else {
             return Err(unknown("state", state, &lifecycle::State::NAMES));
         };
         let reason = match reason {
-            None if state == "degraded" => Some(FailureKind::DbUnavailable),
             None => None,
             Some(name) => match FailureKind::parse(name) {
                 Some(kind) => Some(kind),
@@ -68,15 +69,67 @@ impl Start {
                 }
             },
         };
-        if reason.is_some() && state != "degraded" {
-            return Err(format!(
-                "--reason only applies to --from degraded, not --from {state}"
-            ));
-        }
+        let reason = match parsed {
+            lifecycle::State::Degraded {} => {
+                let kind = reason.unwrap_or(FailureKind::DbUnavailable);
+                if !policy.tolerates(kind) {
+                    return Err(format!(
+                        "under {} an instance is never left degraded by {kind}: {}; it is \
+                         degraded by it only while a retry is pending, so reach that with \
+                         --events (for example --events started,recovered,{kind})",
+                        policy.name,
+                        describe(policy.response(kind))
+                    ));
+                }
+                Some(kind)
+            }
+            lifecycle::State::Crashed {} => {
+                let halting = |kind: &FailureKind| policy.halt_code(*kind).is_some();
+                let kind = match reason {
+                    Some(kind) if halting(&kind) => kind,
+                    Some(kind) => {
+                        return Err(format!(
+                            "{} never halts on {kind}: {}; name a kind it halts on with --reason",
+                            policy.name,
+                            describe(policy.response(kind))
+                        ))
+                    }
+                    None => FailureKind::ALL.into_iter().find(halting).ok_or_else(|| {
+                        format!("{} never halts, so it never reaches crashed", policy.name)
+                    })?,
+                };
+                Some(kind)
+            }
+            _ if reason.is_some() => {
+                return Err(format!(
+                    "--reason only applies to --from degraded or --from crashed, not --from {state}"
+                ))
+            }
+            _ => None,
+        };
         Ok(Start {
             state: parsed,
             reasons: reason.into_iter().collect(),
         })
+    }
+}
+
+/// What a policy does with a failure, in a few words.
+fn describe(response: &Response) -> String {
+    match response {
+        Response::Halt { exit_code } => format!("it halts at once with exit code {exit_code}"),
+        Response::Continue { .. } => "it continues degraded at once".to_string(),
+        Response::Retry {
+            then: Exhausted::Halt { exit_code },
+            schedule,
+        } => format!(
+            "it retries {} times, then halts with exit code {exit_code}",
+            schedule.attempts
+        ),
+        Response::Retry { schedule, .. } => format!(
+            "it retries {} times, then continues degraded",
+            schedule.attempts
+        ),
     }
 }
 
@@ -278,13 +331,13 @@ impl Printer<'_> {
                         transition.from, transition.to
                     )?;
                 }
-                for effect in &step.effects {
-                    writeln!(self.out, "  effect: {effect}")?;
+                for command in &step.commands {
+                    writeln!(self.out, "  command: {command}")?;
                 }
                 for line in &log {
                     writeln!(self.out, "  log: {line}")?;
                 }
-                if step.transitions.is_empty() && step.effects.is_empty() {
+                if step.transitions.is_empty() && step.commands.is_empty() {
                     writeln!(
                         self.out,
                         "  (no transition: the event changes nothing in this state)"

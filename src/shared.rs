@@ -4,7 +4,7 @@
 
 use crate::coordination::Coordination;
 use crate::driver::Input;
-use crate::machines::Transition;
+use crate::machines::{lifecycle, Transition};
 use crate::recovery::Receipt;
 use crate::store::AnyStore;
 use crate::vocabulary::SignalSet;
@@ -17,11 +17,12 @@ use tokio::sync::{mpsc, watch, Notify};
 /// How many transitions `/status` shows.
 pub const RECENT_TRANSITIONS: usize = 50;
 
-/// The lifecycle as the HTTP layer sees it.
+/// The lifecycle as the HTTP layer sees it: what the machines last published.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct LifecycleView {
     /// The lifecycle state.
-    pub state: &'static str,
+    #[serde(serialize_with = "crate::machines::serialize_state")]
+    pub state: lifecycle::State,
     /// The signal types accepted now.
     pub accepts: SignalSet,
 }
@@ -122,7 +123,7 @@ impl Shared {
         Shared {
             instance: instance.to_string(),
             lifecycle: watch::Sender::new(LifecycleView {
-                state: "starting",
+                state: lifecycle::State::initial(),
                 accepts: SignalSet::NONE,
             }),
             store: watch::Sender::new(None),

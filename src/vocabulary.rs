@@ -77,6 +77,14 @@ impl FailureKind {
         )
     }
 
+    /// Whether something besides this kind's probe reports the dependency's return while the
+    /// instance serves: Redis's heartbeat does, so it may hear Redis back before a pending
+    /// retry is due. The database and the broker are only heard back from by their probe
+    /// (a retry, or a watch while tolerated).
+    pub const fn return_heard_by_heartbeat(self) -> bool {
+        matches!(self, FailureKind::RedisUnavailable)
+    }
+
     /// Looks a kind up by its policy-file name.
     pub fn parse(name: &str) -> Option<FailureKind> {
         FailureKind::ALL

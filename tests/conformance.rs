@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 use vigil::machines::failure::{self, FailureEvent, FailureResponse};
 use vigil::machines::lifecycle::{self, Lifecycle, LifecycleEvent, Reasons};
-use vigil::machines::{Effect, MachineName, Outbox, Transition};
+use vigil::machines::{Command, MachineName, Outbox, Transition};
 use vigil::policy::{Exhausted, Policy, Response, RetrySchedule};
 use vigil::spec::MachineSpec;
 use vigil::vocabulary::{FailureKind, SignalSet, SignalType};
@@ -40,6 +40,16 @@ fn template(log: &str) -> Regex {
     Regex::new(&regex).unwrap()
 }
 
+/// What a machine did with one event.
+struct Taken<'a> {
+    /// The state it reached.
+    reached: &'a str,
+    /// The transitions it logged.
+    transitions: &'a [Transition],
+    /// The commands it gave, when the transition itself lists them (not its target's entry).
+    commands: Option<&'a [Command]>,
+}
+
 /// The one check every case goes through.
 fn check(
     spec: &MachineSpec,
@@ -47,9 +57,13 @@ fn check(
     state: &str,
     event: &str,
     holds: &dyn Fn(&str) -> bool,
-    reached: &str,
-    transitions: &[Transition],
+    taken: Taken<'_>,
 ) {
+    let Taken {
+        reached,
+        transitions,
+        commands,
+    } = taken;
     let expected: Vec<_> = spec
         .transitions_from(state, event)
         .filter(|transition| transition.when.as_deref().is_none_or(holds))
@@ -72,6 +86,12 @@ fn check(
                 ours.is_empty(),
                 "{situation}: unlisted {state} --{event}--> logged {ours:?}"
             );
+            if let Some(commands) = commands {
+                assert!(
+                    commands.is_empty(),
+                    "{situation}: unlisted {state} --{event}--> gave commands {commands:?}"
+                );
+            }
         }
         Some(listed) => {
             assert_eq!(
@@ -100,6 +120,13 @@ fn check(
                 taken.message,
                 listed.log
             );
+            if let Some(commands) = commands {
+                let given: Vec<&str> = commands.iter().map(Command::name).collect();
+                assert_eq!(
+                    given, listed.commands,
+                    "{situation}: {state} --{event}--> commands"
+                );
+            }
         }
     }
 }
@@ -253,8 +280,11 @@ fn failure_machine_conforms() {
                     state.name(),
                     event.as_str(),
                     &holds,
-                    machine.state().name(),
-                    &outbox.transitions,
+                    Taken {
+                        reached: machine.state().name(),
+                        transitions: &outbox.transitions,
+                        commands: Some(&outbox.commands),
+                    },
                 );
             }
         }
@@ -336,8 +366,11 @@ fn lifecycle_machine_conforms() {
                         reasons.contains(kind) && kind.needs_recovery() && !rest.needs_recovery();
                     match when {
                         "it leaves stored state in doubt" => kind.needs_recovery(),
-                        "no reason remains" => reasons.is_empty(),
-                        "reasons remain" => !reasons.is_empty(),
+                        "every reason is one recovery answers" => reasons.iter().all(FailureKind::needs_recovery),
+                        "a reason recovery cannot answer remains" => !reasons.iter().all(FailureKind::needs_recovery),
+                        "it is a reason that needs recovery" => reasons.contains(kind) && kind.needs_recovery(),
+                        "a reason needs recovery, and every reason is one recovery answers" => reasons.needs_recovery() && reasons.iter().all(FailureKind::needs_recovery),
+                        "a reason needs recovery, and a reason recovery cannot answer remains" => reasons.needs_recovery() && !reasons.iter().all(FailureKind::needs_recovery),
                         "it is not yet a reason" => !reasons.contains(kind),
                         "it needs recovery and no remaining reason does" => recovery_due,
                         "it needs no recovery and was the only reason" => {
@@ -354,61 +387,97 @@ fn lifecycle_machine_conforms() {
                     state_name,
                     event.name(),
                     &holds,
-                    machine.state().name(),
-                    &outbox.transitions,
+                    Taken {
+                        reached: machine.state().name(),
+                        transitions: &outbox.transitions,
+                        // A lifecycle transition's commands are its target's entry, checked
+                        // below.
+                        commands: None,
+                    },
                 );
-                let verified = matches!(state_name, "active" | "degraded")
-                    || *event == LifecycleEvent::Recovered;
-                check_effects(
+                // The positions are known once served, after a recovery, or after one whose
+                // only finding was a failed consistency check.
+                let loaded = matches!(state_name, "active" | "degraded")
+                    || *event == LifecycleEvent::Recovered
+                    || matches!(
+                        event,
+                        LifecycleEvent::Tolerated {
+                            kind: FailureKind::ValidationFailed,
+                            ..
+                        }
+                    );
+                check_commands(
+                    &spec,
                     &situation,
-                    machine.state(),
-                    machine.inner(),
+                    &machine,
                     event,
                     &accepts_while,
-                    verified,
-                    &outbox.effects,
+                    loaded,
+                    &outbox,
                 );
             }
         }
     }
 }
 
-/// The effects of entering a state: its status, what it accepts and, for a terminal state,
-/// the exit code.
-fn check_effects(
+/// The commands of entering a state: exactly its spec's entry commands; the state and what
+/// it accepts published first, the status recorded, and for a terminal state the exit code.
+/// A log line that names an accept set names the one published.
+fn check_commands(
+    spec: &MachineSpec,
     situation: &str,
-    state: &lifecycle::State,
-    machine: &Lifecycle,
+    machine: &statig::blocking::InitializedStateMachine<Lifecycle>,
     event: &LifecycleEvent,
     accepts_while: &[SignalSet; 6],
-    verified: bool,
-    effects: &[Effect],
+    loaded: bool,
+    outbox: &Outbox,
 ) {
-    if effects.is_empty() {
+    let (state, machine) = (machine.state(), machine.inner());
+    let commands = &outbox.commands;
+    if outbox.transitions.is_empty() {
+        assert!(
+            commands.is_empty(),
+            "{situation}: commands without a transition: {commands:?}"
+        );
         return;
     }
+    let entry = &spec
+        .states
+        .iter()
+        .find(|listed| listed.name == state.name())
+        .unwrap()
+        .commands;
+    let given: Vec<&str> = commands.iter().map(Command::name).collect();
     assert_eq!(
-        effects[0],
-        Effect::RecordStatus {
-            status: state.name()
-        },
-        "{situation}"
+        &given,
+        entry,
+        "{situation}: commands entering {}",
+        state.name()
     );
-    let accepted = match effects[1] {
-        Effect::Accept { signals } => signals,
-        ref other => panic!("{situation}: expected an accept effect, got {other:?}"),
+    let accepted = match commands[0] {
+        Command::Publish {
+            state: published,
+            signals,
+        } => {
+            assert_eq!(published, *state, "{situation}");
+            signals
+        }
+        ref other => panic!("{situation}: expected publish first, got {other:?}"),
     };
+    if let Some(Command::RecordStatus { status }) = commands.get(1) {
+        assert_eq!(status, state, "{situation}");
+    }
     let expected = match state.name() {
         "active" => SignalSet::ALL,
         "degraded" => machine.accepts(machine.reasons()),
         _ => SignalSet::NONE,
     };
     assert_eq!(accepted, expected, "{situation}");
-    if !verified {
+    if !loaded {
         assert_eq!(
             accepted,
             SignalSet::NONE,
-            "{situation}: accepts signals before a recovery verified the state"
+            "{situation}: accepts signals before a recovery read the positions"
         );
     }
     if state.name() == "degraded" && accepted != SignalSet::NONE {
@@ -420,23 +489,30 @@ fn check_effects(
             "{situation}: degraded accepts more than every reason allows"
         );
     }
-    match (state.name(), event) {
-        ("crashed", LifecycleEvent::Halt { exit_code, .. }) => {
+    for transition in &outbox.transitions {
+        if let Some(named) = vigil::machines::named_accept_set(&transition.message) {
             assert_eq!(
-                effects.get(2),
-                Some(&Effect::Exit { code: *exit_code }),
+                named,
+                accepted.to_string(),
+                "{situation}: the log line {:?} names an accept set that is not the one published",
+                transition.message
+            );
+        }
+    }
+    match (state.name(), event, commands.last()) {
+        ("crashed", LifecycleEvent::Halt { exit_code, .. }, last) => {
+            assert_eq!(
+                last,
+                Some(&Command::Exit { code: *exit_code }),
                 "{situation}"
             )
         }
-        ("stopped", _) => assert_eq!(
-            effects.get(2),
-            Some(&Effect::Exit { code: 0 }),
-            "{situation}"
+        ("stopped", _, last) => assert_eq!(last, Some(&Command::Exit { code: 0 }), "{situation}"),
+        ("degraded", _, Some(Command::Serve { heartbeat })) => assert_eq!(
+            *heartbeat,
+            !machine.reasons().contains(FailureKind::DbUnavailable),
+            "{situation}: the database heartbeat runs unless the database is a reason"
         ),
-        _ => assert_eq!(
-            effects.len(),
-            2,
-            "{situation}: unexpected effects {effects:?}"
-        ),
+        _ => {}
     }
 }

@@ -322,14 +322,14 @@ async fn app_on_fresh_database(redis: RedisCoordinator) -> axum::Router {
     ));
     shared.store.send_replace(Some(store));
     shared.lifecycle.send_modify(|view| {
-        view.state = "active";
+        view.state = vigil::machines::lifecycle::State::from_name("active").unwrap();
         view.accepts = vigil::vocabulary::SignalSet::ALL;
     });
     vigil::http::app(std::sync::Arc::new(vigil::http::AppState {
         shared,
         passphrase: vigil::http::Passphrase::new("p"),
         instruments: vigil::domain::default_instruments(),
-        broker: vigil::broker::PaperBroker,
+        broker: std::sync::Arc::new(vigil::broker::PaperBroker),
         recent: std::sync::Mutex::default(),
     }))
 }

@@ -64,14 +64,14 @@ fn service(
     let shared = Arc::new(Shared::new("vigil-http", sender));
     shared.store.send_replace(Some(store.clone()));
     shared.lifecycle.send_modify(|view| {
-        view.state = state;
+        view.state = vigil::machines::lifecycle::State::from_name(state).expect("a state name");
         view.accepts = accepts;
     });
     let state = Arc::new(AppState {
         shared,
         passphrase: Passphrase::new(PASSPHRASE),
         instruments: default_instruments(),
-        broker: PaperBroker,
+        broker: Arc::new(PaperBroker),
         recent: std::sync::Mutex::default(),
     });
     (app(Arc::clone(&state)), state)

@@ -27,9 +27,10 @@ use std::sync::Arc;
 use vigil::domain::{Portfolio, Position, PositionStatus, Pyramiding};
 use vigil::driver::live::{self, InstantClock};
 use vigil::driver::Driver;
+use vigil::executor::ports::{RedisCheck, StoreDatabase};
+use vigil::executor::{Executor, ExecutorConfig, Ports, Until};
 use vigil::logging::{self, Capture, VirtualTimer};
 use vigil::policy::Policy;
-use vigil::startup::{Startup, StartupConfig, Until};
 use vigil::store::{Access, AnyStore, InstanceRecord, StateWrite, Store};
 
 /// A scenario: a name, how to damage the seeded data per backend, and whether to seed.
@@ -342,17 +343,11 @@ fn snapshot(name: &str, text: &str) {
     });
 }
 
-/// The start-up settings every test here uses: read-write, no instruments, until stopped,
-/// a heartbeat every 5 s.
-fn config(url: &str, tolerance: Decimal) -> StartupConfig {
-    StartupConfig {
-        database_url: url.to_string(),
-        access: Access::ReadWrite,
-        instance: InstanceRecord {
-            instance_id: "vigil-test".into(),
-            hostname: "test-host".into(),
-            started_at: Utc.with_ymd_and_hms(2026, 11, 21, 8, 0, 0).unwrap(),
-        },
+/// The executor settings every test here uses: no instruments, until stopped, a heartbeat
+/// every 5 s.
+fn config(tolerance: Decimal) -> ExecutorConfig {
+    ExecutorConfig {
+        instance: "vigil-test".into(),
         tolerance,
         instruments: BTreeMap::new(),
         until: Until::Stopped,
@@ -360,16 +355,37 @@ fn config(url: &str, tolerance: Decimal) -> StartupConfig {
     }
 }
 
+/// The real executor against the database at `url`, read-write, with the paper broker.
+fn executor(url: &str, tolerance: Decimal, shared: &Arc<vigil::shared::Shared>) -> Executor {
+    let instance = InstanceRecord {
+        instance_id: "vigil-test".into(),
+        hostname: "test-host".into(),
+        started_at: Utc.with_ymd_and_hms(2026, 11, 21, 8, 0, 0).unwrap(),
+    };
+    let ports = Ports {
+        database: Arc::new(StoreDatabase::new(
+            url,
+            Access::ReadWrite,
+            instance,
+            Arc::clone(shared),
+        )),
+        redis: Arc::new(RedisCheck(Arc::clone(shared))),
+        broker: Arc::new(vigil::broker::PaperBroker),
+        shared: Arc::clone(shared),
+    };
+    Executor::new(config(tolerance), ports)
+}
+
 /// Runs the real start-up against `url` until it settles (active or degraded) or ends
 /// (crashed), and reports what happened.
-async fn start_up(url: &str, policy: &Policy) -> (String, Startup) {
+async fn start_up(url: &str, policy: &Policy) -> (String, Executor) {
     let now_ms = Arc::new(AtomicU64::new(0));
     let capture = Capture::default();
     let subscriber = logging::subscriber(capture.clone(), VirtualTimer::new(Arc::clone(&now_ms)));
     let _guard = tracing::subscriber::set_default(subscriber);
     let (sender, mut inputs) = live::channel();
     let shared = Arc::new(vigil::shared::Shared::new("vigil-test", sender));
-    let mut startup = Startup::new(config(url, policy.recovery.tolerance), shared);
+    let mut startup = executor(url, policy.recovery.tolerance, &shared);
     let mut lifecycle = startup.watch_lifecycle();
     let (mut driver, init) = Driver::new(policy, "vigil-test", fastrand::Rng::with_seed(1));
     driver.publish_time(now_ms);
@@ -379,11 +395,12 @@ async fn start_up(url: &str, policy: &Policy) -> (String, Startup) {
         let run = live::run(&mut driver, &init, &mut inputs, &mut startup, &mut clock);
         tokio::select! {
             code = run => format!("exit code {code}"),
-            _ = lifecycle.wait_for(|view| matches!(view.state, "active" | "degraded")) => "still running".to_string(),
+            _ = lifecycle.wait_for(|view| view.state.is_serving()) => "still running".to_string(),
         }
     };
     let state = driver.state().name();
-    let recorded = match startup.store() {
+    startup.flush_status().await;
+    let recorded = match shared.store() {
         Some(store) => store
             .instance_status("vigil-test")
             .await
@@ -392,7 +409,7 @@ async fn start_up(url: &str, policy: &Policy) -> (String, Startup) {
         None => "none (no database)".into(),
     };
     let receipt = startup
-        .receipt
+        .receipt()
         .as_ref()
         .map_or("none".to_string(), ToString::to_string);
     // Leadership, which starts once the instance serves, is covered by tests/ha.rs; whether
@@ -406,7 +423,7 @@ async fn start_up(url: &str, policy: &Policy) -> (String, Startup) {
         "final state: {state}\n{ending}\nrecorded status: {recorded}\nreceipt:\n{receipt}\nlog:\n{}\n",
         log.join("\n")
     );
-    if let Some(store) = startup.store() {
+    if let Some(store) = shared.store() {
         store.close().await;
     }
     (report, startup)
@@ -495,8 +512,10 @@ async fn recovery_scenarios() {
 
 /// Recovery restored every open position, the closed equity, and each instrument's last
 /// pyramid price and base.
-fn assert_restored(startup: Startup) {
-    let state = startup.state.expect("a clean recovery keeps its state");
+fn assert_restored(startup: Executor) {
+    let state = startup
+        .recovered_state()
+        .expect("a clean recovery keeps its state");
     let seeded = seeded_state();
     let open: Vec<&Position> = seeded
         .positions
@@ -564,7 +583,7 @@ async fn a_returning_database_is_noticed_and_recovered() {
     let url = format!("sqlite://{}/later/vigil.db", dir.display());
     let (sender, mut inputs) = live::channel();
     let shared = Arc::new(vigil::shared::Shared::new("vigil-test", sender));
-    let mut startup = Startup::new(config(&url, Decimal::new(1, 2)), Arc::clone(&shared));
+    let mut startup = executor(&url, Decimal::new(1, 2), &shared);
     let mut lifecycle = startup.watch_lifecycle();
     let (mut driver, init) = Driver::new(
         &policy("default"),
@@ -575,13 +594,13 @@ async fn a_returning_database_is_noticed_and_recovered() {
     let run = live::run(&mut driver, &init, &mut inputs, &mut startup, &mut clock);
     let story = async {
         lifecycle
-            .wait_for(|view| view.state == "degraded")
+            .wait_for(|view| view.state.name() == "degraded")
             .await
             .unwrap();
         std::fs::create_dir_all(dir.join("later")).unwrap();
         tokio::time::timeout(
             RETURN_WAIT,
-            lifecycle.wait_for(|view| view.state == "active"),
+            lifecycle.wait_for(|view| view.state.name() == "active"),
         )
         .await
         .is_ok()
@@ -626,10 +645,7 @@ async fn a_database_lost_while_active_is_noticed_and_recovered() {
     let (admin, name) = (scratch.admin.clone(), scratch.name.clone());
     let (sender, mut inputs) = live::channel();
     let shared = Arc::new(vigil::shared::Shared::new("vigil-test", sender));
-    let mut startup = Startup::new(
-        config(&backend.url, Decimal::new(1, 2)),
-        Arc::clone(&shared),
-    );
+    let mut startup = executor(&backend.url, Decimal::new(1, 2), &shared);
     let mut lifecycle = startup.watch_lifecycle();
     let (mut driver, init) = Driver::new(
         &policy("default"),
@@ -641,7 +657,7 @@ async fn a_database_lost_while_active_is_noticed_and_recovered() {
     let admin_sql = |sql: String| common::execute(&admin, sql);
     let story = async {
         lifecycle
-            .wait_for(|view| view.state == "active")
+            .wait_for(|view| view.state.name() == "active")
             .await
             .unwrap();
         // Take the database away: no new connections, existing ones cut.
@@ -652,7 +668,7 @@ async fn a_database_lost_while_active_is_noticed_and_recovered() {
         .await;
         let degraded = tokio::time::timeout(
             PHASE_WAIT,
-            lifecycle.wait_for(|view| view.state == "degraded"),
+            lifecycle.wait_for(|view| view.state.name() == "degraded"),
         )
         .await
         .is_ok();
@@ -673,7 +689,7 @@ async fn a_database_lost_while_active_is_noticed_and_recovered() {
         admin_sql(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true")).await;
         let active = tokio::time::timeout(
             PHASE_WAIT,
-            lifecycle.wait_for(|view| view.state == "active"),
+            lifecycle.wait_for(|view| view.state.name() == "active"),
         )
         .await
         .is_ok();

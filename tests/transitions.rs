@@ -36,22 +36,45 @@ fn policy(path: &Path) -> Policy {
     Policy::parse(&relative, &std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Every start the dry-run offers: each lifecycle state, and `degraded` once per reason.
-fn starts() -> Vec<(String, Start)> {
+/// Every start the dry-run offers under `policy`: each lifecycle state, `degraded` once per
+/// reason the policy tolerates, and `crashed` once per reason it halts on.
+fn starts(policy: &Policy) -> Vec<(String, Start)> {
     let mut starts = Vec::new();
     for state in lifecycle::State::NAMES {
-        if state == "degraded" {
-            for kind in FailureKind::ALL {
-                starts.push((
-                    format!("degraded_{kind}"),
-                    Start::parse(state, Some(kind.as_str())).unwrap(),
-                ));
+        match state {
+            "degraded" | "crashed" => {
+                for kind in FailureKind::ALL {
+                    if let Ok(start) = Start::parse(state, Some(kind.as_str()), policy) {
+                        starts.push((format!("{state}_{kind}"), start));
+                    }
+                }
             }
-        } else {
-            starts.push((state.to_string(), Start::parse(state, None).unwrap()));
+            _ => starts.push((
+                state.to_string(),
+                Start::parse(state, None, policy).unwrap(),
+            )),
         }
     }
     starts
+}
+
+/// The accept set a step's JSON publishes last, rendered as log lines render it.
+fn published(step: &serde_json::Value) -> Option<String> {
+    let publish = step["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|command| command["command"] == "publish")?;
+    let names: Vec<&str> = publish["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap())
+        .collect();
+    Some(match names.is_empty() {
+        true => "none".to_string(),
+        false => names.join("+"),
+    })
 }
 
 /// Runs one dry-run and returns its text transcript and the transitions it took.
@@ -71,6 +94,18 @@ fn dry_run(
             let field = |name: &str| transition[name].as_str().unwrap().to_string();
             if field("event") != "init" {
                 taken.push((field("machine"), field("from"), field("event"), field("to")));
+            }
+            // A log line never names an accept set other than the one in effect.
+            if field("machine") == "lifecycle" {
+                if let Some(named) = vigil::machines::named_accept_set(&field("message")) {
+                    assert_eq!(
+                        Some(named),
+                        published(step),
+                        "{}: {:?} names an accept set the step does not publish",
+                        policy.name,
+                        field("message")
+                    );
+                }
             }
         }
     }
@@ -105,7 +140,7 @@ fn every_transition_under_every_policy() {
         let policy = policy(&path);
         let name = stem(&path);
         // One event from every start state.
-        for (label, start) in starts() {
+        for (label, start) in starts(&policy) {
             let mut transcript = String::new();
             for input in Input::all() {
                 let (text, taken) = dry_run(&policy, start, &[input]);

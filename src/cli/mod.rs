@@ -103,7 +103,9 @@ pub struct DryRunArgs {
     /// Start from this lifecycle state instead of the initial one.
     #[arg(long, value_name = "STATE")]
     pub from: Option<String>,
-    /// With `--from degraded`: the failure kind it is degraded for (default db_unavailable).
+    /// With `--from degraded`: the failure kind it is degraded for (default db_unavailable;
+    /// the policy must tolerate it). With `--from crashed`: the kind it halted on (default:
+    /// the first the policy halts on), whose exit code the run ends with.
     #[arg(long, value_name = "KIND", requires = "from")]
     pub reason: Option<String>,
     /// One event to deliver from the `--from` state.
@@ -208,7 +210,7 @@ fn dry_run_command(args: &DryRunArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Invalid);
     };
     let start = match &args.from {
-        Some(state) => match Start::parse(state, args.reason.as_deref()) {
+        Some(state) => match Start::parse(state, args.reason.as_deref(), &policy) {
             Ok(start) => start,
             Err(problem) => {
                 eprintln!("error: {problem}");

@@ -3,19 +3,21 @@
 //! then defaults.
 
 use super::Outcome;
-use crate::broker::PaperBroker;
+use crate::broker::{Broker, PaperBroker};
 use crate::coordination::{self, instance_views, Coordination, RedisCoordinator};
 use crate::deployment::{Deployment, DeploymentError};
 use crate::domain::default_instruments;
 use crate::domain::Instrument;
 use crate::driver::live::{self, TokioClock};
 use crate::driver::{Driver, Input};
+use crate::executor::ports::{RedisCheck, StoreDatabase};
+use crate::executor::{Executor, ExecutorConfig, Ports, Until};
 use crate::http::{self, Passphrase};
 use crate::logging;
+use crate::machines::lifecycle;
 use crate::policy::{Policy, PolicyError};
 use crate::recovery::Receipt;
 use crate::shared::Shared;
-use crate::startup::{Startup, StartupConfig, Until};
 use crate::store::{self, Access, AnyStore, InstanceRecord, Store};
 use anyhow::Context;
 use chrono::Utc;
@@ -192,23 +194,27 @@ pub fn migrate(args: &ServiceArgs) -> anyhow::Result<Outcome> {
     })
 }
 
-/// Runs start-up to its end under the live loop and returns the exit code and what it found.
-/// With `http`, the webhook listener serves on it while the instance runs.
+/// What a run found, for `recover --check`.
+struct RunReport {
+    /// The state the instance would have served in, with [`Until::Settled`].
+    settled: Option<lifecycle::State>,
+    /// The last recovery receipt.
+    receipt: Option<Receipt>,
+    /// The last failure found.
+    last_error: Option<String>,
+}
+
+/// Runs the instance under the live loop until it ends and returns the exit code and what it
+/// found. With `http`, the webhook listener serves on it while the instance runs.
 async fn start_up(
     settings: &Settings,
     access: Access,
     until: Until,
     http: Option<(tokio::net::TcpListener, Passphrase)>,
     redis: Option<RedisCoordinator>,
-) -> (u8, Startup) {
-    let config = StartupConfig {
-        database_url: settings.database_url.clone(),
-        access,
-        instance: InstanceRecord {
-            instance_id: settings.instance.clone(),
-            hostname: settings.hostname.clone(),
-            started_at: Utc::now(),
-        },
+) -> (u8, RunReport) {
+    let config = ExecutorConfig {
+        instance: settings.instance.clone(),
         tolerance: settings.policy.recovery.tolerance,
         instruments: settings.instruments.clone(),
         until,
@@ -227,7 +233,24 @@ async fn start_up(
         sender.clone(),
         coordination,
     ));
-    let mut startup = Startup::new(config, Arc::clone(&shared));
+    let broker: Arc<dyn Broker> = Arc::new(PaperBroker);
+    let database = StoreDatabase::new(
+        &settings.database_url,
+        access,
+        InstanceRecord {
+            instance_id: settings.instance.clone(),
+            hostname: settings.hostname.clone(),
+            started_at: Utc::now(),
+        },
+        Arc::clone(&shared),
+    );
+    let ports = Ports {
+        database: Arc::new(database),
+        redis: Arc::new(RedisCheck(Arc::clone(&shared))),
+        broker: Arc::clone(&broker),
+        shared: Arc::clone(&shared),
+    };
+    let mut executor = Executor::new(config, ports);
     let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = http.map(|(listener, passphrase)| {
         let state = Arc::new(http::AppState {
@@ -240,7 +263,7 @@ async fn start_up(
             } else {
                 settings.instruments.clone()
             },
-            broker: PaperBroker,
+            broker,
             recent: std::sync::Mutex::default(),
         });
         tokio::spawn(http::serve(listener, state, async {
@@ -256,7 +279,7 @@ async fn start_up(
         &mut driver,
         &init,
         &mut inputs,
-        &mut startup,
+        &mut executor,
         &mut TokioClock::start(),
     )
     .await;
@@ -265,10 +288,13 @@ async fn start_up(
     if let Some(server) = server {
         let _ = server.await;
     }
-    if let Some(store) = startup.store() {
-        store.close().await;
-    }
-    (code, startup)
+    executor.close().await;
+    let report = RunReport {
+        settled: executor.settled(),
+        receipt: executor.receipt(),
+        last_error: executor.last_error(),
+    };
+    (code, report)
 }
 
 /// Sends `stop` on SIGTERM or SIGINT.
@@ -351,7 +377,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     let (passphrase, _) = passphrase(&settings)?;
     init_logging();
     tracing::info!(
-        target: crate::startup::STARTUP_TARGET,
+        target: crate::executor::STARTUP_TARGET,
         instance = %settings.instance,
         "starting with database {}, {} and policy {}",
         store::redact(&settings.database_url),
@@ -378,7 +404,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         .with_context(|| format!("cannot listen on {address}"))?;
     // The bound address, which differs from the asked one for port 0.
     let bound = listener.local_addr().unwrap_or(address);
-    tracing::info!(target: crate::startup::STARTUP_TARGET, instance = %settings.instance, "listening on http://{bound}");
+    tracing::info!(target: crate::executor::STARTUP_TARGET, instance = %settings.instance, "listening on http://{bound}");
     let (code, _) = runtime.block_on(start_up(
         &settings,
         Access::ReadWrite,
@@ -411,26 +437,26 @@ pub fn recover_check(
         return Ok(Outcome::Invalid);
     };
     init_logging();
-    let (code, startup) = runtime()?.block_on(start_up(
+    let (code, found) = runtime()?.block_on(start_up(
         &settings,
         Access::ReadOnly,
         Until::Settled,
         None,
         None,
     ));
-    let (state, exit_code) = match startup.settled {
-        Some("active") => ("active", 0),
-        Some(state) => (state, EXIT_DEGRADED),
+    let (state, exit_code) = match found.settled {
+        Some(lifecycle::State::Active {}) => ("active", 0),
+        Some(state) => (state.name(), EXIT_DEGRADED),
         None => ("crashed", code),
     };
-    let error = match (&startup.receipt, &startup.last_error) {
-        (None, Some(error)) => Some(error.to_string()),
+    let error = match (&found.receipt, &found.last_error) {
+        (None, Some(error)) => Some(error.clone()),
         _ => None,
     };
     let report = CheckReport {
         state,
         exit_code,
-        receipt: startup.receipt.as_ref(),
+        receipt: found.receipt.as_ref(),
         error,
     };
     let text = match format {

@@ -8,6 +8,7 @@
 
 use super::{Coordination, Owner, COORDINATION_TARGET};
 use crate::domain::Instrument;
+use crate::machines::lifecycle;
 use crate::recovery;
 use crate::shared::Shared;
 use crate::store::{AnyStore, Store, StoreError};
@@ -54,7 +55,7 @@ struct Leading {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum StepDown {
     /// The lifecycle left `active`/`degraded`.
-    Ineligible(&'static str),
+    Ineligible(lifecycle::State),
     /// Another instance holds the lease now.
     Lost,
     /// No renewal succeeded in time: the lease may lapse before the next one.
@@ -68,7 +69,7 @@ enum StepDown {
 impl std::fmt::Display for StepDown {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StepDown::Ineligible(state) => write!(f, "the instance is {state}"),
+            StepDown::Ineligible(state) => write!(f, "the instance is {}", state.name()),
             StepDown::Lost => f.write_str("another instance holds the lease"),
             StepDown::Unrenewed => f.write_str("the lease could not be renewed in time"),
             StepDown::Fenced => f.write_str("a newer leader fenced this one off"),
@@ -85,8 +86,9 @@ pub fn tick(coordination: &Coordination) -> Duration {
     timings.heartbeat_interval.min(timings.leader_lease / 3)
 }
 
-fn eligible(state: &str) -> bool {
-    matches!(state, "active" | "degraded")
+/// Only a serving instance leads.
+fn eligible(state: lifecycle::State) -> bool {
+    state.is_serving()
 }
 
 /// Runs until the lifecycle stops or crashes, then gives up any lease it holds.
@@ -131,7 +133,7 @@ pub async fn run(shared: Arc<Shared>, tasks: LeaderTasks) {
             }
             (None, _) => None,
         };
-        if matches!(state, "stopping" | "stopped" | "crashed") && leading.is_none() {
+        if state.is_ending() && leading.is_none() {
             beating.abort();
             return;
         }
@@ -161,7 +163,7 @@ async fn beat_loop(shared: Arc<Shared>) {
         beats.tick().await;
         let fencing_token = shared.leading();
         let summary = serde_json::json!({
-            "state": shared.view().state,
+            "state": shared.view().state.name(),
             "leader": fencing_token.is_some(),
             "fencing_token": fencing_token,
             "at": crate::store::timestamp_text(Utc::now()),

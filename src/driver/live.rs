@@ -1,10 +1,10 @@
-//! The live loop: inputs arrive on a channel, every effect is handed to an [`Executor`] that
+//! The live loop: inputs arrive on a channel, every command is handed to an [`Executor`] that
 //! carries it out for real, and retries wait on a [`Clock`]. The service uses tokio's clock
 //! ([`TokioClock`]); tests that drive real storage use [`InstantClock`], which jumps straight
 //! to each deadline so a 1s/2s/4s schedule runs at once and still reads t=1s, t=3s, t=7s.
 
 use super::{Driver, Input, Step};
-use crate::machines::Effect;
+use crate::machines::Command;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
@@ -15,10 +15,11 @@ use tokio::time::Instant;
 /// so a full queue means the driver is stuck, and senders should wait rather than pile up.
 pub const INPUT_QUEUE_DEPTH: usize = 64;
 
-/// The most follow-up inputs waiting at once. Only a reattempt or a status change produces
-/// one (its outcome), a step holds at most one reattempt per failure kind, and outcome steps
-/// schedule retries rather than run them, so the queue stays short; exceeding this bound
-/// means the effects loop, which is a bug.
+/// The most follow-up inputs waiting at once. Only a command with an outcome produces one
+/// (connect, recover, probe, drain, serve when it settles), a step holds at most one probe
+/// per failure kind and one entry's commands, and outcome steps schedule retries rather than
+/// run them, so the queue stays short; exceeding this bound means the commands loop, which
+/// is a bug.
 pub const MAX_PENDING_FOLLOW_UPS: usize = 16;
 
 /// The input channel the service feeds the driver through, bounded by [`INPUT_QUEUE_DEPTH`].
@@ -26,13 +27,14 @@ pub fn channel() -> (mpsc::Sender<Input>, mpsc::Receiver<Input>) {
     mpsc::channel(INPUT_QUEUE_DEPTH)
 }
 
-/// Carries out effects in the real world.
+/// Carries out commands in the real world.
 pub trait Executor {
-    /// Carries out `effect`. Returns the input it produced, if any: the outcome of a
-    /// [`Effect::Reattempt`] is the next input for the machines.
-    fn execute(&mut self, effect: &Effect) -> impl Future<Output = Option<Input>>;
+    /// Carries out `command`. Returns the input it produced, if any: the outcome of a
+    /// [`Command::Connect`], [`Command::Recover`], [`Command::Probe`], [`Command::Drain`] or
+    /// [`Command::Serve`] is the next input for the machines.
+    fn execute(&mut self, command: &Command) -> impl Future<Output = Option<Input>>;
 
-    /// Sees every step before its effects are carried out (for status pages and tests).
+    /// Sees every step before its commands are carried out (for status pages and tests).
     fn observe(&mut self, step: &Step) {
         let _ = step;
     }
@@ -148,13 +150,13 @@ async fn drain_follow_ups<E: Executor, C: Clock>(
 }
 
 async fn carry_out<E: Executor>(executor: &mut E, step: &Step, follow_ups: &mut VecDeque<Input>) {
-    // Observed first, so effects are carried out knowing the transitions that caused them.
+    // Observed first, so commands are carried out knowing the transitions that caused them.
     executor.observe(step);
-    for effect in &step.effects {
-        if let Some(input) = executor.execute(effect).await {
+    for command in &step.commands {
+        if let Some(input) = executor.execute(command).await {
             assert!(
                 follow_ups.len() < MAX_PENDING_FOLLOW_UPS,
-                "effects produced too many follow-up inputs"
+                "commands produced too many follow-up inputs"
             );
             follow_ups.push_back(input);
         }
@@ -195,9 +197,11 @@ mod tests {
     }
 
     impl Executor for Persisting {
-        async fn execute(&mut self, effect: &Effect) -> Option<Input> {
-            match effect {
-                Effect::Reattempt { kind, .. } => Some(Input::Failure(*kind)),
+        async fn execute(&mut self, command: &Command) -> Option<Input> {
+            match command {
+                Command::Probe { kind, .. } => Some(Input::Failure(*kind)),
+                Command::Connect => Some(Input::Started),
+                Command::Drain => Some(Input::Drained),
                 _ => None,
             }
         }

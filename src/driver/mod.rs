@@ -11,7 +11,7 @@ pub mod virtual_time;
 
 use crate::machines::failure::{self, FailureEvent, FailureResponse};
 use crate::machines::lifecycle::{self, Lifecycle, LifecycleEvent, Reasons};
-use crate::machines::{Effect, Escalation, Level, MachineName, Outbox, Transition};
+use crate::machines::{Command, Escalation, Level, MachineName, Outbox, Transition};
 use crate::policy::Policy;
 use crate::vocabulary::{FailureKind, SignalSet};
 use rust_decimal::Decimal;
@@ -145,8 +145,8 @@ pub struct Step {
     pub cause: Cause,
     /// Transitions of both machines, in order.
     pub transitions: Vec<Transition>,
-    /// Effects to carry out, in order.
-    pub effects: Vec<Effect>,
+    /// Commands to carry out, in order.
+    pub commands: Vec<Command>,
 }
 
 /// Runs the lifecycle machine and one failure machine per failure kind.
@@ -185,7 +185,9 @@ impl Driver {
     }
 
     /// A driver whose lifecycle starts in `state`, degraded for `reasons` (whose failure
-    /// machines start `tolerating`). Used by dry-runs that examine one transition.
+    /// machines start `tolerating`), or crashed by the one kind in `reasons` (whose failure
+    /// machine starts `halted`, and whose halt code the process exits with). Used by
+    /// dry-runs that examine one transition.
     pub fn at(
         policy: &Policy,
         instance: &str,
@@ -194,12 +196,20 @@ impl Driver {
         reasons: Reasons,
     ) -> (Driver, Step) {
         let mut outbox = Outbox::default();
-        let lifecycle =
-            Lifecycle::new(policy.degraded_accepts).machine_at(state, reasons, &mut outbox);
+        let crashed = matches!(state, lifecycle::State::Crashed {});
+        let mut machine = Lifecycle::new(policy.degraded_accepts);
+        if let Some(code) = reasons.iter().find_map(|kind| policy.halt_code(kind)) {
+            machine = machine.with_exit_code(code);
+        }
+        let lifecycle_reasons = if crashed { Reasons::NONE } else { reasons };
+        let lifecycle = machine.machine_at(state, lifecycle_reasons, &mut outbox);
         let failures = FailureKind::ALL
             .iter()
             .map(|kind| {
-                let initial = failure::State::at_rest(reasons.contains(*kind));
+                let initial = match (crashed, reasons.contains(*kind)) {
+                    (true, true) => failure::State::terminal(),
+                    (_, found) => failure::State::at_rest(found),
+                };
                 FailureResponse::new(*kind, policy.response(*kind).clone()).machine_at(initial)
             })
             .collect();
@@ -246,6 +256,9 @@ impl Driver {
             match input {
                 Input::Started => self.send_lifecycle(&LifecycleEvent::Started),
                 Input::Recovered => {
+                    // The lifecycle hears first, so that it moves on with this recovery rather
+                    // than run another for each failure it answers.
+                    self.send_lifecycle(&LifecycleEvent::Recovered);
                     // A successful recovery answers every failure that recovery can hit.
                     for kind in FailureKind::ALL
                         .into_iter()
@@ -253,7 +266,6 @@ impl Driver {
                     {
                         self.send_failure(kind, FailureEvent::Succeeded);
                     }
-                    self.send_lifecycle(&LifecycleEvent::Recovered);
                 }
                 Input::Failure(kind) => self.send_failure(kind, FailureEvent::Failed),
                 Input::Restored(kind) => self.send_failure(kind, FailureEvent::Succeeded),
@@ -262,6 +274,20 @@ impl Driver {
             }
         }
         self.finish(Cause::Input { input })
+    }
+
+    /// Whether `input` reports what a step found, now: a failure or a recovery always does;
+    /// a dependency's return does while that dependency's retry is pending, when only its
+    /// probe can find it (see [`FailureKind::return_heard_by_heartbeat`]).
+    pub fn is_outcome(&self, input: Input) -> bool {
+        match input {
+            Input::Restored(kind) if kind.return_heard_by_heartbeat() => false,
+            Input::Restored(kind) => matches!(
+                self.failure_state(kind),
+                failure::State::BackingOff { .. } | failure::State::Retrying { .. }
+            ),
+            other => other.is_outcome(),
+        }
     }
 
     /// When the earliest pending retry is due, if any.
@@ -393,25 +419,27 @@ impl Driver {
         }
     }
 
-    /// Applies timer effects, logs the transitions, and hands the step out.
+    /// Applies timer commands, logs the transitions, and hands the step out.
     fn finish(&mut self, cause: Cause) -> Step {
-        let mut effects = std::mem::take(&mut self.outbox.effects);
+        let mut commands = std::mem::take(&mut self.outbox.commands);
         if self.is_winding_down() {
             // The process is ending: no retry will run, so none can turn a requested stop
-            // into a crash. A retry asked for now is cancelled at once, visibly.
-            for effect in &mut effects {
-                if let Effect::ScheduleRetry { kind, .. } = *effect {
-                    *effect = Effect::CancelRetry { kind };
+            // into a crash. A retry asked for now is cancelled at once, visibly; a watch
+            // would outlive the drain, so none starts.
+            for command in &mut commands {
+                if let Command::ScheduleRetry { kind, .. } = *command {
+                    *command = Command::CancelRetry { kind };
                 }
             }
+            commands.retain(|command| !matches!(command, Command::Watch { .. }));
         }
-        for effect in &effects {
-            match effect {
-                Effect::ScheduleRetry { kind, delay, .. } => {
+        for command in &commands {
+            match command {
+                Command::ScheduleRetry { kind, delay, .. } => {
                     let delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                     self.retry_due_ms[kind.index()] = Some(self.now_ms.saturating_add(delay_ms));
                 }
-                Effect::CancelRetry { kind } => self.retry_due_ms[kind.index()] = None,
+                Command::CancelRetry { kind } => self.retry_due_ms[kind.index()] = None,
                 _ => {}
             }
         }
@@ -427,7 +455,7 @@ impl Driver {
             at_ms: self.now_ms,
             cause,
             transitions,
-            effects,
+            commands,
         }
     }
 }

@@ -3,8 +3,11 @@
 //!
 //! A scripted run follows two rules, which make a script read like a story:
 //! 1. a failure or `recovered` is what a step found, so it happens once every pending retry
-//!    has come due: it is that retry's outcome. Any other input (`db_restored`, `stop`, ...)
-//!    is news from outside and happens at once, before pending retries;
+//!    has come due: it is that retry's outcome. So is the database's or the broker's
+//!    return (`db_restored`, `broker_restored`) while its retry is pending: only its probe
+//!    can find it, as in the service. Any other input (`stop`, `redis_restored`, which the
+//!    Redis heartbeat may hear first, a return with no retry pending) is news from outside
+//!    and happens at once, before pending retries;
 //! 2. after the last input nothing changes: a retry that runs finds the same failure, until
 //!    the policy's answer is final (tolerated, halted) or the process ends.
 
@@ -35,7 +38,7 @@ pub fn run_script(
             undelivered += 1;
             continue;
         }
-        if input.is_outcome() {
+        if driver.is_outcome(input) {
             fire_pending_timers(driver, &mut on_step);
         }
         let step = driver.deliver(driver.now_ms(), input);

@@ -9,7 +9,7 @@ mod webhook;
 pub use error::{ApiError, RETRY_AFTER_S};
 pub use metrics::prometheus;
 
-use crate::broker::PaperBroker;
+use crate::broker::Broker;
 use crate::domain::Instrument;
 use crate::shared::Shared;
 use axum::extract::DefaultBodyLimit;
@@ -102,7 +102,7 @@ pub struct AppState {
     /// Contract terms per instrument; a signal for another instrument is refused.
     pub instruments: BTreeMap<String, Instrument>,
     /// Executes orders.
-    pub broker: PaperBroker,
+    pub broker: Arc<dyn Broker>,
     /// The in-memory duplicate check.
     pub recent: Mutex<RecentFingerprints>,
 }

@@ -3,10 +3,10 @@
 use super::metrics::{prometheus, LEADER, LIFECYCLE_STATE, RECOVERY_DURATION, REDIS_UP};
 use super::{ApiError, AppState};
 use crate::coordination::{instance_views, InstanceView, Mode, RedisHealth};
+use crate::executor::DB_PING_TIMEOUT;
 use crate::machines::lifecycle;
 use crate::recovery::Receipt;
 use crate::shared::RecentTransition;
-use crate::startup::DB_PING_TIMEOUT;
 use crate::store::Store;
 use crate::vocabulary::SignalSet;
 use axum::extract::State;
@@ -28,7 +28,8 @@ pub struct Readiness {
     /// Whether any signal type is accepted.
     ready: bool,
     /// The lifecycle state.
-    state: &'static str,
+    #[serde(serialize_with = "crate::machines::serialize_state")]
+    state: lifecycle::State,
     /// The signal types accepted.
     accepts: SignalSet,
     /// Which coordination serves now: `redis`, or `database` (none configured, or lost).
@@ -68,7 +69,8 @@ pub struct Status {
     /// The instance id.
     instance: String,
     /// The lifecycle state.
-    state: &'static str,
+    #[serde(serialize_with = "crate::machines::serialize_state")]
+    state: lifecycle::State,
     /// The signal types accepted.
     accepts: SignalSet,
     /// Whether this instance holds the leader lease for background tasks.
@@ -142,7 +144,7 @@ pub async fn status(State(app): State<Arc<AppState>>) -> Result<Json<Status>, Ap
 pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
     let view = app.shared.view();
     for state in lifecycle::State::NAMES {
-        let value = if state == view.state { 1.0 } else { 0.0 };
+        let value = if state == view.state.name() { 1.0 } else { 0.0 };
         metrics::gauge!(LIFECYCLE_STATE, "state" => state).set(value);
     }
     let leader = if app.shared.leading().is_some() {

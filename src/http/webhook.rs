@@ -9,7 +9,7 @@
 
 use super::metrics::{SIGNALS_TOTAL, SIGNAL_LATENCY};
 use super::{ApiError, AppState};
-use crate::broker::{Broker, Order};
+use crate::broker::Order;
 use crate::coordination::{Gate, SIGNAL_REDIS_BUDGET};
 use crate::driver::Input;
 use crate::store::{Applied, ApplyError, SignalClaim, Store, StoreError};
@@ -120,7 +120,8 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
     if !view.accepts.contains(signal.kind) {
         return Err(ApiError::unavailable(format!(
             "not accepting {} while {}",
-            signal.kind, view.state
+            signal.kind,
+            view.state.name()
         )));
     }
     let fingerprint = signal.fingerprint();

@@ -7,7 +7,7 @@
 //!   \--failed--> tolerating | halted          retrying --succeeded--> idle
 //! ```
 
-use super::{format_duration, Effect, Escalation, Level, MachineName, Outbox};
+use super::{format_duration, Command, Escalation, Level, MachineName, Outbox};
 use crate::policy::{Exhausted, Response, RetrySchedule};
 use crate::vocabulary::FailureKind;
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
@@ -101,7 +101,7 @@ impl FailureResponse {
             FailureEvent::RetryDue => {
                 let message = format!("{}: retry {attempt}/{attempts} now", self.kind);
                 context.note(Level::Info, Some(self.kind), message);
-                context.effects.push(Effect::Reattempt {
+                context.commands.push(Command::Probe {
                     kind: self.kind,
                     attempt: *attempt,
                     attempts,
@@ -115,8 +115,8 @@ impl FailureResponse {
                 );
                 context.note(Level::Info, Some(self.kind), message);
                 context
-                    .effects
-                    .push(Effect::CancelRetry { kind: self.kind });
+                    .commands
+                    .push(Command::CancelRetry { kind: self.kind });
                 context
                     .escalations
                     .push(Escalation::Clear { kind: self.kind });
@@ -185,6 +185,7 @@ impl FailureResponse {
                     Some(self.kind),
                     format!("{}: resolved; no longer tolerated", self.kind),
                 );
+                context.commands.push(Command::Unwatch { kind: self.kind });
                 context
                     .escalations
                     .push(Escalation::Clear { kind: self.kind });
@@ -244,7 +245,7 @@ impl FailureResponse {
     fn schedule(&self, context: &mut Outbox, attempt: u32) -> (std::time::Duration, u32) {
         let schedule = self.schedule_ref();
         let delay = schedule.jittered_delay(attempt, context.jitter_unit);
-        context.effects.push(Effect::ScheduleRetry {
+        context.commands.push(Command::ScheduleRetry {
             kind: self.kind,
             attempt,
             attempts: schedule.attempts,
@@ -266,6 +267,7 @@ impl FailureResponse {
     fn tolerate(&self, context: &mut Outbox, warning: String, spent: String) -> Outcome<State> {
         let message = format!("{}: {spent}continuing degraded: {warning}", self.kind);
         context.note(Level::Warn, Some(self.kind), message);
+        context.commands.push(Command::Watch { kind: self.kind });
         context.escalations.push(Escalation::Tolerate {
             kind: self.kind,
             warning,

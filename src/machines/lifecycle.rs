@@ -10,7 +10,7 @@
 //! The lifecycle keeps the set of reasons it is degraded for. While degraded it accepts only
 //! the signal types that every current reason allows (the policy's `[degraded]` table).
 
-use super::{Effect, Level, MachineName, Outbox};
+use super::{Command, Level, MachineName, Outbox};
 use crate::vocabulary::{FailureKind, SignalSet};
 use statig::blocking::{InitializedStateMachine, IntoStateMachineExt};
 use statig::prelude::*;
@@ -148,10 +148,11 @@ pub struct Lifecycle {
     reasons: Reasons,
     /// The exit code of the halt that crashed the instance.
     exit_code: u8,
-    /// Whether a recovery has completed since the state was last in doubt. Until one has,
-    /// the in-memory state is not known to match storage, so nothing is accepted whatever
-    /// the policy's `[degraded]` table allows.
-    verified: bool,
+    /// Whether a recovery has read every stored position since the state was last in doubt
+    /// (it passed, or it decoded everything and only a consistency check failed). Until one
+    /// has, the positions are not known, so nothing is accepted whatever the policy's
+    /// `[degraded]` table allows.
+    loaded: bool,
 }
 
 #[state_machine(
@@ -208,6 +209,9 @@ impl Lifecycle {
             LifecycleEvent::Tolerated { kind, warning } => {
                 self.tolerate_before_serving(context, *kind, warning)
             }
+            LifecycleEvent::Cleared { kind } if self.blocked_by(*kind) => {
+                self.run_again(context, *kind, "starting again", State::starting())
+            }
             _ => Super,
         }
     }
@@ -216,28 +220,16 @@ impl Lifecycle {
     #[state(superstate = "running", entry_action = "enter_recovering")]
     fn recovering(&mut self, context: &mut Outbox, event: &LifecycleEvent) -> Outcome<State> {
         match event {
-            LifecycleEvent::Recovered if self.reasons.is_empty() => {
-                self.verified = true;
-                context.note(
-                    Level::Info,
-                    None,
-                    "recovery complete; accepting all signals".to_string(),
-                );
-                Transition(State::active())
-            }
-            LifecycleEvent::Recovered => {
-                self.verified = true;
-                let message = format!(
-                    "recovery complete; still degraded by {}; accepting {}",
-                    self.reasons,
-                    self.accepts(self.reasons)
-                );
-                context.note(Level::Warn, None, message);
-                Transition(State::degraded())
-            }
+            LifecycleEvent::Recovered => self.recovered(context),
             LifecycleEvent::Tolerated { kind, warning } => {
                 self.tolerate_before_serving(context, *kind, warning)
             }
+            LifecycleEvent::Cleared { kind } if self.blocked_by(*kind) => self.run_again(
+                context,
+                *kind,
+                "recovering state again",
+                State::recovering(),
+            ),
             _ => Super,
         }
     }
@@ -302,6 +294,8 @@ impl Lifecycle {
                 }
             }
             LifecycleEvent::Cleared { .. } => Handled,
+            // A watch re-ran recovery for a tolerated reason and it passed.
+            LifecycleEvent::Recovered if self.reasons.needs_recovery() => self.recovered(context),
             _ => Super,
         }
     }
@@ -341,13 +335,18 @@ impl Lifecycle {
 
     #[action]
     fn enter_starting(&mut self, context: &mut Outbox) {
-        self.enter(context, "starting", SignalSet::NONE);
+        self.publish(context, State::starting(), SignalSet::NONE);
+        context.commands.push(Command::Connect);
     }
 
     #[action]
     fn enter_recovering(&mut self, context: &mut Outbox) {
-        self.verified = false;
-        self.enter(context, "recovering", SignalSet::NONE);
+        self.loaded = false;
+        self.publish(context, State::recovering(), SignalSet::NONE);
+        context.commands.push(Command::RecordStatus {
+            status: State::recovering(),
+        });
+        context.commands.push(Command::Recover);
     }
 
     #[action]
@@ -357,30 +356,35 @@ impl Lifecycle {
             "active with degraded reasons {}",
             self.reasons
         );
-        self.enter(context, "active", SignalSet::ALL);
+        self.enter(context, State::active(), SignalSet::ALL);
+        context.commands.push(Command::Serve { heartbeat: true });
     }
 
     #[action]
     fn enter_degraded(&mut self, context: &mut Outbox) {
         assert!(!self.reasons.is_empty(), "degraded without a reason");
-        self.enter(context, "degraded", self.accepts(self.reasons));
+        self.enter(context, State::degraded(), self.accepts(self.reasons));
+        context.commands.push(Command::Serve {
+            heartbeat: !self.reasons.contains(FailureKind::DbUnavailable),
+        });
     }
 
     #[action]
     fn enter_stopping(&mut self, context: &mut Outbox) {
-        self.enter(context, "stopping", SignalSet::NONE);
+        self.enter(context, State::stopping(), SignalSet::NONE);
+        context.commands.push(Command::Drain);
     }
 
     #[action]
     fn enter_stopped(&mut self, context: &mut Outbox) {
-        self.enter(context, "stopped", SignalSet::NONE);
-        context.effects.push(Effect::Exit { code: 0 });
+        self.enter(context, State::stopped(), SignalSet::NONE);
+        context.commands.push(Command::Exit { code: 0 });
     }
 
     #[action]
     fn enter_crashed(&mut self, context: &mut Outbox) {
-        self.enter(context, "crashed", SignalSet::NONE);
-        context.effects.push(Effect::Exit {
+        self.enter(context, State::crashed(), SignalSet::NONE);
+        context.commands.push(Command::Exit {
             code: self.exit_code,
         });
     }
@@ -393,8 +397,15 @@ impl Lifecycle {
             accepts_while,
             reasons: Reasons::NONE,
             exit_code: 1,
-            verified: false,
+            loaded: false,
         }
+    }
+
+    /// The same lifecycle, crashing with `exit_code` (for dry-runs that start crashed).
+    #[must_use]
+    pub fn with_exit_code(mut self, exit_code: u8) -> Lifecycle {
+        self.exit_code = exit_code;
+        self
     }
 
     /// Builds the machine in `state` with `reasons` (for dry-runs that start mid-way) and
@@ -406,8 +417,8 @@ impl Lifecycle {
         context: &mut Outbox,
     ) -> InitializedStateMachine<Lifecycle> {
         self.reasons = reasons;
-        // A serving state is only reached through a completed recovery.
-        self.verified = matches!(state, State::Active {} | State::Degraded {});
+        // A serving state is only reached through a recovery that read the positions.
+        self.loaded = matches!(state, State::Active {} | State::Degraded {});
         let mut machine = self.uninitialized_state_machine();
         *machine.state_mut() = state;
         machine.init_with_context(context)
@@ -424,9 +435,9 @@ impl Lifecycle {
     }
 
     /// What is accepted while degraded for all of `reasons`: only what each allows, and
-    /// nothing before a recovery has verified the state.
+    /// nothing before a recovery has read the positions.
     pub fn accepts(&self, reasons: Reasons) -> SignalSet {
-        if !self.verified {
+        if !self.loaded {
             return SignalSet::NONE;
         }
         reasons.iter().fold(SignalSet::ALL, |set, kind| {
@@ -434,9 +445,65 @@ impl Lifecycle {
         })
     }
 
-    fn enter(&self, context: &mut Outbox, status: &'static str, signals: SignalSet) {
-        context.effects.push(Effect::RecordStatus { status });
-        context.effects.push(Effect::Accept { signals });
+    /// Publishes `state` and what it accepts: always the first command of an entry, so
+    /// intake narrows or widens before any I/O.
+    fn publish(&self, context: &mut Outbox, state: State, signals: SignalSet) {
+        context.commands.push(Command::Publish { state, signals });
+    }
+
+    /// Publishes `state`, then records it.
+    fn enter(&self, context: &mut Outbox, state: State, signals: SignalSet) {
+        self.publish(context, state, signals);
+        context
+            .commands
+            .push(Command::RecordStatus { status: state });
+    }
+
+    /// A recovery passed: it answers every reason a recovery can answer; what is left (Redis,
+    /// the broker) does not touch stored state.
+    fn recovered(&mut self, context: &mut Outbox) -> Outcome<State> {
+        self.loaded = true;
+        self.reasons = self
+            .reasons
+            .iter()
+            .filter(|kind| !kind.needs_recovery())
+            .collect();
+        if self.reasons.is_empty() {
+            context.note(
+                Level::Info,
+                None,
+                "recovery complete; accepting all signals".to_string(),
+            );
+            Transition(State::active())
+        } else {
+            let message = format!(
+                "recovery complete; still degraded by {}; accepting {}",
+                self.reasons,
+                self.accepts(self.reasons)
+            );
+            context.note(Level::Warn, None, message);
+            Transition(State::degraded())
+        }
+    }
+
+    /// `kind`, which held up the step of `state`, cleared: enter `state` again, which gives
+    /// its step's command again.
+    fn run_again(
+        &mut self,
+        context: &mut Outbox,
+        kind: FailureKind,
+        what: &str,
+        state: State,
+    ) -> Outcome<State> {
+        self.reasons = self.reasons.without(kind);
+        context.note(Level::Info, Some(kind), format!("{kind} cleared; {what}"));
+        Transition(state)
+    }
+
+    /// Whether start-up or recovery was waiting on `kind`: it is a reason, and one whose
+    /// step (connect, recover) must run again now that it cleared.
+    fn blocked_by(&self, kind: FailureKind) -> bool {
+        self.reasons.contains(kind) && kind.needs_recovery()
     }
 
     fn degrade(
@@ -464,6 +531,11 @@ impl Lifecycle {
         warning: &str,
     ) -> Outcome<State> {
         if kind.needs_recovery() {
+            // A failed consistency check comes from a recovery that decoded every position:
+            // the positions are known, so what the policy accepts for it can be honoured.
+            if kind == FailureKind::ValidationFailed {
+                self.loaded = true;
+            }
             return self.degrade(context, kind, warning, "serving degraded");
         }
         self.reasons = self.reasons.with(kind);
@@ -522,5 +594,15 @@ impl State {
     /// Whether the process ends in this state.
     pub const fn is_terminal(&self) -> bool {
         matches!(self, State::Stopped {} | State::Crashed {})
+    }
+
+    /// Whether the instance serves (the `serving` superstate: active or degraded).
+    pub const fn is_serving(&self) -> bool {
+        matches!(self, State::Active {} | State::Degraded {})
+    }
+
+    /// Whether the instance is ending: stopping, stopped or crashed.
+    pub const fn is_ending(&self) -> bool {
+        matches!(self, State::Stopping {}) || self.is_terminal()
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! Invariant: the machines are pure. They never do I/O, never read the clock and never
 //! sleep. They take events and write what should happen into an [`Outbox`]: transitions (each
-//! becomes one log line) and [`Effect`]s, which the [driver](crate::driver) carries out.
+//! becomes one log line) and [`Command`]s, which the [executor](crate::executor) carries out.
 
 pub mod failure;
 pub mod lifecycle;
@@ -76,24 +76,44 @@ pub struct Transition {
     pub message: String,
 }
 
-/// The instance status recorded in storage and shown by `/ready` and `/status`.
-pub type Status = &'static str;
-
-/// Something the driver must do because a machine said so.
+/// Something a machine tells the executor to do. The machines decide every step; the
+/// executor carries commands out, one exhaustive `match`, and reports each command's outcome
+/// (if it has one) back to the machines as an input.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(tag = "effect", rename_all = "snake_case")]
-pub enum Effect {
-    /// Record the instance status (database, and Redis with HA).
-    RecordStatus {
-        /// The lifecycle state name.
-        status: Status,
-    },
-    /// From now on accept exactly these signal types (none stops the listener's intake).
-    Accept {
-        /// The accepted signal types.
+#[serde(tag = "command", rename_all = "snake_case")]
+pub enum Command {
+    /// Publish the lifecycle state and what it accepts, in memory, at once: `/ready` and the
+    /// webhook read it. Never waits on I/O.
+    Publish {
+        /// The lifecycle state.
+        #[serde(serialize_with = "serialize_state")]
+        state: lifecycle::State,
+        /// The signal types accepted from now on (none stops the webhook's intake).
         signals: SignalSet,
     },
-    /// Try the failed step again after `delay` (jitter already applied).
+    /// Record the instance status in storage: bounded, and carried out after publishing, so a
+    /// dead database delays nothing.
+    RecordStatus {
+        /// The lifecycle state.
+        #[serde(serialize_with = "serialize_state")]
+        status: lifecycle::State,
+    },
+    /// Open the database and, read-write, apply migrations. Outcome: `started` or a failure.
+    Connect,
+    /// Run recovery: read, rebuild and validate the stored state. Outcome: `recovered` or a
+    /// failure.
+    Recover,
+    /// The instance serves: run the serving tasks (the pulse: Redis heartbeat and leader
+    /// lease), and the database heartbeat while `heartbeat` holds.
+    Serve {
+        /// Whether to refresh the database heartbeat, which also notices a lost database.
+        /// Off while the database is what the instance lost: its retries and watch ask.
+        heartbeat: bool,
+    },
+    /// Stop every watch, wait (bounded) for the signals in flight and give up the leader
+    /// lease. Outcome: `drained`.
+    Drain,
+    /// Run the retry after `delay` (jitter already applied); the driver keeps the timer.
     ScheduleRetry {
         /// The failure being retried.
         kind: FailureKind,
@@ -110,8 +130,10 @@ pub enum Effect {
         /// The failure whose retry is dropped.
         kind: FailureKind,
     },
-    /// The retry is due: run the failed step again and report its outcome.
-    Reattempt {
+    /// The retry is due: ask the probe of `kind` (a database ping, a Redis ping, a broker
+    /// health check, a re-run of recovery) and report what it found. Outcome: the kind
+    /// restored (`recovered` for a re-run of recovery) or the failure again.
+    Probe {
         /// The failure being retried.
         kind: FailureKind,
         /// 1-based retry number.
@@ -119,19 +141,73 @@ pub enum Effect {
         /// Retries allowed in all.
         attempts: u32,
     },
-    /// Exit the process with this code.
+    /// The failure is tolerated: ask the probe of `kind` every watch interval, in the
+    /// background, and report once it answers. The way back from a tolerated failure.
+    Watch {
+        /// The failure tolerated.
+        kind: FailureKind,
+    },
+    /// The tolerated failure resolved: stop its watch.
+    Unwatch {
+        /// The failure that resolved.
+        kind: FailureKind,
+    },
+    /// Exit the process with this code, once the final status is recorded (bounded).
     Exit {
         /// The process exit code.
         code: u8,
     },
 }
 
-impl fmt::Display for Effect {
+impl Command {
+    /// The command's name, as `machines/*.toml` lists it.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            Command::Publish { .. } => "publish",
+            Command::RecordStatus { .. } => "record_status",
+            Command::Connect => "connect",
+            Command::Recover => "recover",
+            Command::Serve { .. } => "serve",
+            Command::Drain => "drain",
+            Command::ScheduleRetry { .. } => "schedule_retry",
+            Command::CancelRetry { .. } => "cancel_retry",
+            Command::Probe { .. } => "probe",
+            Command::Watch { .. } => "watch",
+            Command::Unwatch { .. } => "unwatch",
+            Command::Exit { .. } => "exit",
+        }
+    }
+
+    /// Every command name, in the order the README lists them.
+    pub const NAMES: [&'static str; 12] = [
+        "publish",
+        "record_status",
+        "connect",
+        "recover",
+        "serve",
+        "drain",
+        "schedule_retry",
+        "cancel_retry",
+        "probe",
+        "watch",
+        "unwatch",
+        "exit",
+    ];
+}
+
+impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Effect::RecordStatus { status } => write!(f, "record status {status}"),
-            Effect::Accept { signals } => write!(f, "accept {signals}"),
-            Effect::ScheduleRetry {
+            Command::Publish { state, signals } => {
+                write!(f, "publish {}, accepting {signals}", state.name())
+            }
+            Command::RecordStatus { status } => write!(f, "record status {}", status.name()),
+            Command::Connect => f.write_str("connect and migrate"),
+            Command::Recover => f.write_str("recover"),
+            Command::Serve { heartbeat: true } => f.write_str("serve, with database heartbeat"),
+            Command::Serve { heartbeat: false } => f.write_str("serve, without database heartbeat"),
+            Command::Drain => f.write_str("drain"),
+            Command::ScheduleRetry {
                 kind,
                 attempt,
                 attempts,
@@ -143,17 +219,27 @@ impl fmt::Display for Effect {
                     format_duration(*delay)
                 )
             }
-            Effect::CancelRetry { kind } => write!(f, "cancel retry of {kind}"),
-            Effect::Reattempt {
+            Command::CancelRetry { kind } => write!(f, "cancel retry of {kind}"),
+            Command::Probe {
                 kind,
                 attempt,
                 attempts,
             } => {
-                write!(f, "reattempt {kind} ({attempt}/{attempts})")
+                write!(f, "probe {kind} ({attempt}/{attempts})")
             }
-            Effect::Exit { code } => write!(f, "exit {code}"),
+            Command::Watch { kind } => write!(f, "watch for the end of {kind}"),
+            Command::Unwatch { kind } => write!(f, "stop watching {kind}"),
+            Command::Exit { code } => write!(f, "exit {code}"),
         }
     }
+}
+
+/// Serialises a lifecycle state as its name.
+pub fn serialize_state<S: serde::Serializer>(
+    state: &lifecycle::State,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(state.name())
 }
 
 fn serialize_duration_ms<S: serde::Serializer>(
@@ -186,6 +272,24 @@ pub fn format_seconds(ms: u128) -> String {
     }
     let fraction = format!("{fraction:03}");
     format!("{seconds}.{}s", fraction.trim_end_matches('0'))
+}
+
+/// The accept set a log message names (`accepting EXIT`, `accepting all signals`,
+/// `accepting none`, `accepting no new signals`), rendered as [`SignalSet`] renders, or
+/// `None` when it names none. Tests hold every such line to the set actually published.
+pub fn named_accept_set(message: &str) -> Option<String> {
+    let (_, rest) = message.split_once("accepting ")?;
+    if rest.starts_with("all signals") {
+        return Some(SignalSet::ALL.to_string());
+    }
+    if rest.starts_with("no new signals") {
+        return Some(SignalSet::NONE.to_string());
+    }
+    let named = rest
+        .split(|c: char| c.is_whitespace() || c == ';' || c == ',')
+        .next()
+        .unwrap_or_default();
+    Some(named.to_string())
 }
 
 /// Decisions a failure machine hands to the lifecycle machine.
@@ -228,8 +332,8 @@ pub struct Outbox {
     pub note: Option<(Level, Option<FailureKind>, String)>,
     /// Transitions taken, in order.
     pub transitions: Vec<Transition>,
-    /// Effects to carry out, in order.
-    pub effects: Vec<Effect>,
+    /// Commands to carry out, in order.
+    pub commands: Vec<Command>,
     /// Decisions for the lifecycle machine.
     pub escalations: Vec<Escalation>,
     /// A random draw in `0..1` for retry jitter, supplied by the driver before each event so
@@ -273,7 +377,7 @@ impl Outbox {
     pub fn clear(&mut self) {
         self.note = None;
         self.transitions.clear();
-        self.effects.clear();
+        self.commands.clear();
         self.escalations.clear();
     }
 }

@@ -241,6 +241,25 @@ impl Policy {
         &self.failures[kind.index()]
     }
 
+    /// The exit code the policy halts `kind` with, at once or once its retries are spent;
+    /// `None` when it never halts on it.
+    pub fn halt_code(&self, kind: FailureKind) -> Option<u8> {
+        match self.response(kind) {
+            Response::Halt { exit_code }
+            | Response::Retry {
+                then: Exhausted::Halt { exit_code },
+                ..
+            } => Some(*exit_code),
+            _ => None,
+        }
+    }
+
+    /// Whether the policy ever tolerates `kind` (continues degraded), at once or once its
+    /// retries are spent.
+    pub fn tolerates(&self, kind: FailureKind) -> bool {
+        self.halt_code(kind).is_none()
+    }
+
     /// What a degraded instance accepts while `reason` lasts.
     pub fn accepts_while(&self, reason: FailureKind) -> SignalSet {
         self.degraded_accepts[reason.index()]

@@ -6,6 +6,7 @@ mod render;
 
 pub use render::{render, RenderFormat};
 
+use crate::machines::Command;
 use serde::Deserialize;
 
 /// The shipped specs, in the order `vigil machines` prints them.
@@ -66,6 +67,9 @@ pub struct StateSpec {
     pub terminal: bool,
     /// What it means, in a sentence.
     pub doc: String,
+    /// The commands entering it gives the executor, in order.
+    #[serde(default)]
+    pub commands: Vec<String>,
 }
 
 /// An event.
@@ -115,6 +119,9 @@ pub struct TransitionSpec {
     pub level: String,
     /// Its log line; `{name}` stands for a value filled in at run time.
     pub log: String,
+    /// The commands it gives the executor, in order (besides those of entering `to`).
+    #[serde(default)]
+    pub commands: Vec<String>,
 }
 
 /// A spec that cannot be used.
@@ -154,6 +161,19 @@ impl MachineSpec {
                         state.name
                     )));
                 }
+            }
+        }
+        let commands = spec
+            .states
+            .iter()
+            .flat_map(|state| &state.commands)
+            .chain(spec.transitions.iter().flat_map(|t| &t.commands));
+        for command in commands {
+            if !Command::NAMES.contains(&command.as_str()) {
+                return Err(error(format!(
+                    "unknown command `{command}`; the commands are {}",
+                    Command::NAMES.join(", ")
+                )));
             }
         }
         for transition in &spec.transitions {

@@ -40,7 +40,12 @@ fn table(spec: &MachineSpec) -> String {
             if state.terminal {
                 place = "terminal".to_string();
             }
-            vec![state.name.clone(), place, state.doc.clone()]
+            vec![
+                state.name.clone(),
+                place,
+                commands(&state.commands),
+                state.doc.clone(),
+            ]
         })
         .collect();
     out.push_str(&columns(&states));
@@ -52,7 +57,7 @@ fn table(spec: &MachineSpec) -> String {
         .collect();
     out.push_str(&columns(&events));
     out.push_str("\nTRANSITIONS\n");
-    let mut rows = vec![["FROM", "EVENT", "WHEN", "TO", "LEVEL", "LOG"]
+    let mut rows = vec![["FROM", "EVENT", "WHEN", "TO", "LEVEL", "COMMANDS", "LOG"]
         .map(String::from)
         .to_vec()];
     for transition in &spec.transitions {
@@ -63,12 +68,21 @@ fn table(spec: &MachineSpec) -> String {
                 transition.when.clone().unwrap_or_else(|| "-".to_string()),
                 transition.to.clone(),
                 transition.level.clone(),
+                commands(&transition.commands),
                 transition.log.clone(),
             ]);
         }
     }
     out.push_str(&columns(&rows));
     out
+}
+
+/// A list of commands as one column: `publish+recover`, or `-` for none.
+fn commands(commands: &[String]) -> String {
+    match commands.is_empty() {
+        true => "-".to_string(),
+        false => commands.join("+"),
+    }
 }
 
 /// Lays rows out in left-aligned columns; the last column is not padded.
