@@ -1,0 +1,398 @@
+//! The live executor and `vigil dry-run` tell the same story. Each case is one line: a
+//! policy, the dependency lost while the instance is active, how many of its probes fail
+//! before it answers (or that it never does), and the dry-run events that say the same.
+//!
+//! The live side is the real driver, live loop and executor under tokio's paused clock, with
+//! ports that fail on cue: the database, Redis and the broker. Both sides must write the same
+//! transition log lines at the same (virtual) times and end with the same exit code, and the
+//! retries must probe exactly the lost dependency, at the times the dry-run shows.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use vigil::broker::{Broker, BrokerError, BrokerFuture, Fill, Order};
+use vigil::driver::{live, Driver, Input};
+use vigil::dry_run::{self, Format, Start, DRY_RUN_SEED};
+use vigil::executor::ports::{Database, HealthCheck, PortFuture};
+use vigil::executor::{Executor, ExecutorConfig, Ports, Until, WATCH_INTERVAL};
+use vigil::logging::{self, Capture, VirtualTimer};
+use vigil::machines::lifecycle;
+use vigil::policy::Policy;
+use vigil::shared::Shared;
+use vigil::store::{PortfolioRow, RecoveryRows, StoreError};
+use vigil::vocabulary::FailureKind;
+
+/// How long the live side runs before it is stopped, in virtual time: far past every retry
+/// schedule of the shipped policies.
+const HORIZON: Duration = Duration::from_secs(600);
+
+/// How a dependency answers: the first `failing` calls fail, then every call answers; `None`
+/// fails every call. Records when each call was made, in milliseconds since the run began.
+#[derive(Debug)]
+struct OnCue {
+    /// Calls still to fail; `None` for all.
+    failing: Mutex<Option<u32>>,
+    /// When each call came.
+    calls: Mutex<Vec<u64>>,
+    /// The run's time zero.
+    started: tokio::time::Instant,
+}
+
+impl OnCue {
+    fn new(failing: Option<u32>) -> Arc<OnCue> {
+        Arc::new(OnCue {
+            failing: Mutex::new(failing),
+            calls: Mutex::new(Vec::new()),
+            started: tokio::time::Instant::now(),
+        })
+    }
+
+    /// Whether this call answers.
+    fn answers(&self) -> bool {
+        let at = u64::try_from(self.started.elapsed().as_millis()).unwrap();
+        self.calls.lock().unwrap().push(at);
+        let mut failing = self.failing.lock().unwrap();
+        match *failing {
+            None => false,
+            Some(0) => true,
+            Some(left) => {
+                *failing = Some(left - 1);
+                false
+            }
+        }
+    }
+
+    fn calls(&self) -> Vec<u64> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+/// A database whose pings answer on cue, and whose recoveries read a consistent empty
+/// portfolio or, while they fail on cue, a total risk no position accounts for.
+#[derive(Debug)]
+struct FakeDatabase {
+    ping: Arc<OnCue>,
+    recovery: Arc<OnCue>,
+}
+
+impl Database for FakeDatabase {
+    fn open(&self) -> PortFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn ping(&self) -> PortFuture<'_, Result<(), StoreError>> {
+        Box::pin(async {
+            match self.ping.answers() {
+                true => Ok(()),
+                false => Err(StoreError::Unavailable("connection refused".into())),
+            }
+        })
+    }
+
+    fn load_recovery_rows(&self) -> PortFuture<'_, Result<RecoveryRows, StoreError>> {
+        Box::pin(async {
+            let total_risk = if self.recovery.answers() { "0" } else { "999" };
+            Ok(RecoveryRows {
+                portfolio: Some(PortfolioRow {
+                    initial_capital: "0".into(),
+                    closed_equity: "0".into(),
+                    total_risk: total_risk.into(),
+                    margin_used: "0".into(),
+                    version: 1,
+                }),
+                ..RecoveryRows::default()
+            })
+        })
+    }
+
+    fn record_status(&self, _: lifecycle::State) -> PortFuture<'_, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn heartbeat(&self) -> PortFuture<'_, Result<(), StoreError>> {
+        self.ping()
+    }
+
+    fn close(&self) -> PortFuture<'_, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Redis answering its pings on cue.
+#[derive(Debug)]
+struct FakeRedis(Arc<OnCue>);
+
+impl HealthCheck for FakeRedis {
+    fn check(&self) -> PortFuture<'_, Result<(), String>> {
+        Box::pin(async {
+            match self.0.answers() {
+                true => Ok(()),
+                false => Err("connection refused".into()),
+            }
+        })
+    }
+}
+
+/// A broker whose health check answers on cue.
+#[derive(Debug)]
+struct FakeBroker(Arc<OnCue>);
+
+impl Broker for FakeBroker {
+    fn execute<'a>(&'a self, order: &'a Order) -> BrokerFuture<'a, Result<Fill, BrokerError>> {
+        Box::pin(async move { Ok(Fill { price: order.price }) })
+    }
+
+    fn health(&self) -> BrokerFuture<'_, Result<(), BrokerError>> {
+        Box::pin(async {
+            match self.0.answers() {
+                true => Ok(()),
+                false => Err(BrokerError("no answer".into())),
+            }
+        })
+    }
+}
+
+/// One story: under `policy`, `lost` is reported while active (none: nothing is, and it is
+/// recovery that fails), its probes fail `failing` times before it answers (`None`: never),
+/// and `events` tell the dry-run the same.
+struct Case {
+    name: &'static str,
+    policy: &'static str,
+    lost: Option<FailureKind>,
+    failing: Option<u32>,
+    events: &'static str,
+}
+
+const BROKER: Option<FailureKind> = Some(FailureKind::BrokerUnavailable);
+const DATABASE: Option<FailureKind> = Some(FailureKind::DbUnavailable);
+const REDIS: Option<FailureKind> = Some(FailureKind::RedisUnavailable);
+
+#[rustfmt::skip]
+const CASES: &[Case] = &[
+    Case { name: "broker fails once", policy: "policies/default.toml", lost: BROKER, failing: Some(0),
+           events: "started,recovered,broker_unavailable,broker_restored" },
+    Case { name: "broker fails three times", policy: "policies/default.toml", lost: BROKER, failing: Some(2),
+           events: "started,recovered,broker_unavailable,broker_unavailable,broker_unavailable,broker_restored" },
+    Case { name: "broker fails for ever", policy: "policies/default.toml", lost: BROKER, failing: None,
+           events: "started,recovered,broker_unavailable" },
+    Case { name: "broker fails once, strict", policy: "policies/strict.toml", lost: BROKER, failing: Some(0),
+           events: "started,recovered,broker_unavailable,broker_restored" },
+    Case { name: "broker fails three times, strict", policy: "policies/strict.toml", lost: BROKER, failing: Some(2),
+           events: "started,recovered,broker_unavailable,broker_unavailable,broker_unavailable" },
+    Case { name: "broker fails for ever, strict", policy: "policies/strict.toml", lost: BROKER, failing: None,
+           events: "started,recovered,broker_unavailable" },
+    Case { name: "database lost, back on the third retry", policy: "policies/default.toml", lost: DATABASE, failing: Some(2),
+           events: "started,recovered,db_unavailable,db_unavailable,db_unavailable,db_restored,recovered" },
+    Case { name: "database lost for ever", policy: "policies/default.toml", lost: DATABASE, failing: None,
+           events: "started,recovered,db_unavailable" },
+    Case { name: "database lost for ever, strict", policy: "policies/strict.toml", lost: DATABASE, failing: None,
+           events: "started,recovered,db_unavailable" },
+    Case { name: "redis lost for ever", policy: "policies/default.toml", lost: REDIS, failing: None,
+           events: "started,recovered,redis_unavailable" },
+    Case { name: "redis lost for ever, strict", policy: "policies/strict.toml", lost: REDIS, failing: None,
+           events: "started,recovered,redis_unavailable" },
+    Case { name: "validation fails", policy: "policies/default.toml", lost: None, failing: Some(1),
+           events: "started,validation_failed" },
+    Case { name: "validation fails, tolerated", policy: "policies/paper.toml", lost: None, failing: None,
+           events: "started,validation_failed" },
+    Case { name: "validation fails once, retried", policy: "tests/data/valid_policies/retry_validation.toml", lost: None, failing: Some(1),
+           events: "started,validation_failed,recovered" },
+];
+
+/// What one side did: its transition log lines, when it probed the lost dependency (for
+/// the dry-run, its probe commands; live, the calls the dependency saw), its exit code
+/// (`None`: still running at the horizon).
+#[derive(Debug, PartialEq)]
+struct Story {
+    lines: Vec<String>,
+    probes: Vec<u64>,
+    exit_code: Option<u8>,
+}
+
+fn transition_lines(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .filter(|line| line.contains(" vigil::transition: "))
+        .collect()
+}
+
+fn policy(path: &str) -> Policy {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    Policy::parse(
+        std::path::Path::new(path),
+        &std::fs::read_to_string(full).unwrap(),
+    )
+    .unwrap()
+}
+
+fn dry(case: &Case) -> Story {
+    let events = dry_run::parse_events(case.events).unwrap();
+    let mut out = Vec::new();
+    let summary = dry_run::run(
+        &policy(case.policy),
+        "vigil",
+        Start::default(),
+        &events,
+        Format::Json,
+        &mut out,
+    )
+    .unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let mut lines = Vec::new();
+    let mut probes = Vec::new();
+    for step in json["steps"].as_array().unwrap() {
+        for line in step["log"].as_array().unwrap() {
+            lines.push(line.as_str().unwrap().to_string());
+        }
+        for command in step["commands"].as_array().unwrap() {
+            if command["command"] == "probe" {
+                probes.push(step["at_ms"].as_u64().unwrap());
+            }
+        }
+    }
+    Story {
+        lines: transition_lines(lines),
+        probes,
+        exit_code: summary.exit_code,
+    }
+}
+
+/// Runs the real loop and executor until they end, or until the horizon and then a stop.
+/// Also returns how often each dependency was asked.
+async fn live(case: &Case) -> (Story, BTreeMap<&'static str, usize>) {
+    let policy = policy(case.policy);
+    let healthy = || OnCue::new(Some(0));
+    let cue = OnCue::new(case.failing);
+    let pick = |kind| match case.lost == Some(kind) {
+        true => Arc::clone(&cue),
+        false => healthy(),
+    };
+    let (ping, redis, broker) = (
+        pick(FailureKind::DbUnavailable),
+        pick(FailureKind::RedisUnavailable),
+        pick(FailureKind::BrokerUnavailable),
+    );
+    let recovery = match case.lost {
+        None => Arc::clone(&cue),
+        Some(_) => healthy(),
+    };
+
+    let now_ms = Arc::new(AtomicU64::new(0));
+    let capture = Capture::default();
+    let subscriber = logging::subscriber(capture.clone(), VirtualTimer::new(Arc::clone(&now_ms)));
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (sender, mut inputs) = live::channel();
+    let shared = Arc::new(Shared::new("vigil", sender.clone()));
+    let ports = Ports {
+        database: Arc::new(FakeDatabase {
+            ping: Arc::clone(&ping),
+            recovery: Arc::clone(&recovery),
+        }),
+        redis: Arc::new(FakeRedis(Arc::clone(&redis))),
+        broker: Arc::new(FakeBroker(Arc::clone(&broker))),
+        shared: Arc::clone(&shared),
+    };
+    let config = ExecutorConfig {
+        instance: "vigil".into(),
+        tolerance: policy.recovery.tolerance,
+        instruments: BTreeMap::new(),
+        until: Until::Stopped,
+        // No heartbeat during the story: the loss is reported once, at t=0, as a signal's
+        // failure would report it.
+        heartbeat_interval: HORIZON * 2,
+    };
+    let mut executor = Executor::new(config, ports);
+    let mut lifecycle = executor.watch_lifecycle();
+    let (mut driver, init) = Driver::new(&policy, "vigil", fastrand::Rng::with_seed(DRY_RUN_SEED));
+    driver.publish_time(now_ms);
+    let before_stop = Mutex::new(None);
+    let story = async {
+        if let Some(kind) = case.lost {
+            lifecycle
+                .wait_for(|view| view.state.name() == "active")
+                .await
+                .unwrap();
+            sender.send(Input::Failure(kind)).await.unwrap();
+        }
+        tokio::time::sleep(HORIZON).await;
+        *before_stop.lock().unwrap() = Some(capture.take_lines());
+        sender.send(Input::Stop).await.unwrap();
+        std::future::pending::<()>().await;
+    };
+    let mut clock = live::TokioClock::start();
+    let code = tokio::select! {
+        code = live::run(&mut driver, &init, &mut inputs, &mut executor, &mut clock) => code,
+        () = story => unreachable!("the story never ends"),
+    };
+    let (lines, exit_code) = match before_stop.into_inner().unwrap() {
+        Some(lines) => (lines, None),
+        None => (capture.take_lines(), Some(code)),
+    };
+    let calls = BTreeMap::from([
+        ("database pings", ping.calls().len()),
+        ("redis pings", redis.calls().len()),
+        ("broker health checks", broker.calls().len()),
+        ("recoveries", recovery.calls().len()),
+    ]);
+    let story = Story {
+        lines: transition_lines(lines),
+        probes: cue.calls(),
+        exit_code,
+    };
+    (story, calls)
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_live_executor_tells_the_dry_runs_story() {
+    common::keep_call_sites_interesting();
+    for case in CASES {
+        let expected = dry(case);
+        let (story, calls) = live(case).await;
+        let name = case.name;
+        assert_eq!(story.lines, expected.lines, "{name}: transition log lines");
+        assert_eq!(story.exit_code, expected.exit_code, "{name}: exit code");
+
+        // The retries asked the lost dependency, at the dry-run's times; a recovery failure
+        // is asked by re-running recovery, after the recovery that found it.
+        let asked: Vec<u64> = match case.lost {
+            Some(_) => story.probes.clone(),
+            None => story.probes.iter().skip(1).copied().collect(),
+        };
+        assert!(
+            asked.len() >= expected.probes.len()
+                && asked[..expected.probes.len()] == expected.probes[..],
+            "{name}: probes at {asked:?}, the dry-run probes at {:?}",
+            expected.probes
+        );
+        // Beyond the retries, only a watch asks: every WATCH_INTERVAL while tolerated.
+        let watch_ms = u64::try_from(WATCH_INTERVAL.as_millis()).unwrap();
+        for pair in asked[expected.probes.len()..].windows(2) {
+            assert_eq!(
+                pair[1] - pair[0],
+                watch_ms,
+                "{name}: watch probes at {asked:?}"
+            );
+        }
+        // No other dependency was asked anything (recovery runs once at start).
+        for (what, count) in &calls {
+            let lost = match case.lost {
+                Some(FailureKind::DbUnavailable) => "database pings",
+                Some(FailureKind::RedisUnavailable) => "redis pings",
+                Some(FailureKind::BrokerUnavailable) => "broker health checks",
+                _ => "recoveries",
+            };
+            let recovered_again = case.lost == DATABASE && case.failing.is_some();
+            let expected = match *what {
+                what if what == lost => continue,
+                "recoveries" if recovered_again => 2,
+                "recoveries" => 1,
+                _ => 0,
+            };
+            assert_eq!(*count, expected, "{name}: {what}");
+        }
+    }
+}
