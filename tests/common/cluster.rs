@@ -192,6 +192,15 @@ impl Instance {
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM, as a supervisor stopping the service does.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+    }
+
     /// Waits for the process to end by itself; its exit code.
     pub async fn exit_code(&mut self) -> Option<i32> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
