@@ -20,6 +20,17 @@ pub struct Diagnostic {
     pub hint: Option<String>,
     /// The offending line itself, shown under the message with a caret.
     pub source_line: String,
+    /// Whether the file is refused for it (an error) or only flagged (a warning).
+    pub severity: Severity,
+}
+
+/// How serious a diagnostic is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    /// The file cannot be used.
+    Error,
+    /// The file works, but a setting does not do what it seems to say.
+    Warning,
 }
 
 impl Diagnostic {
@@ -50,7 +61,15 @@ impl Diagnostic {
             message: message.into(),
             hint,
             source_line,
+            severity: Severity::Error,
         }
+    }
+
+    /// The same diagnostic, as a warning.
+    #[must_use]
+    pub fn warning(mut self) -> Diagnostic {
+        self.severity = Severity::Warning;
+        self
     }
 }
 
@@ -58,7 +77,11 @@ impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let number = self.line.to_string();
         let gutter = " ".repeat(number.len());
-        writeln!(f, "error: {}", self.message)?;
+        let label = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        writeln!(f, "{label}: {}", self.message)?;
         writeln!(
             f,
             "{gutter}--> {}:{}:{}",

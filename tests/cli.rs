@@ -211,6 +211,14 @@ const CASES: &[(&str, &[&str], i32)] = &[
     ),
     ("check_missing_file", &["check", "policies/none.toml"], 4),
     (
+        "check_warns_of_a_set_not_honoured_at_start",
+        &[
+            "check",
+            "tests/data/valid_policies/exits_after_corrupt_data.toml",
+        ],
+        0,
+    ),
+    (
         "check_shipped_and_broken",
         &[
             "check",

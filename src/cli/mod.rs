@@ -174,7 +174,17 @@ fn check(files: &[PathBuf]) -> anyhow::Result<Outcome> {
     let mut outcome = Outcome::Ok;
     for file in files {
         match Policy::load(file) {
-            Ok(_) => write_stdout(format!("{}: ok\n", file.display()).as_bytes())?,
+            Ok(policy) => {
+                for warning in &policy.warnings {
+                    eprintln!("{warning}\n");
+                }
+                let verdict = match policy.warnings.len() {
+                    0 => "ok".to_string(),
+                    1 => "ok (1 warning)".to_string(),
+                    count => format!("ok ({count} warnings)"),
+                };
+                write_stdout(format!("{}: {verdict}\n", file.display()).as_bytes())?;
+            }
             Err(PolicyError::Invalid(diagnostics)) => {
                 eprintln!("{diagnostics}\n");
                 let count = diagnostics.0.len();

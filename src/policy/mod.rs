@@ -8,6 +8,7 @@
 
 mod raw;
 
+use crate::diagnostic::Diagnostic;
 use crate::diagnostic::Diagnostics;
 use crate::vocabulary::{FailureKind, SignalSet};
 use rust_decimal::Decimal;
@@ -62,6 +63,8 @@ pub struct Policy {
     pub ha: HaTimings,
     /// How often the instance may be restarted before the supervisor should give up.
     pub restarts: RestartBudget,
+    /// Settings that work but do not do what they seem to say; `vigil check` prints them.
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// How an instance answers one kind of failure.

@@ -84,6 +84,7 @@ pub(super) fn parse(
         path,
         source,
         diagnostics: Vec::new(),
+        warnings: Vec::new(),
     };
     let raw: RawPolicy = match toml::from_str(source) {
         Ok(raw) => raw,
@@ -122,6 +123,7 @@ struct Checker<'a> {
     path: &'a Path,
     source: &'a str,
     diagnostics: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
 }
 
 impl Checker<'_> {
@@ -138,16 +140,59 @@ impl Checker<'_> {
     fn policy(&mut self, raw: RawPolicy, base: Option<&Policy>) -> Option<Policy> {
         let failures = self.failures(raw.failures, base);
         let recovery = self.recovery(raw.recovery, base);
+        let degraded_spans: Vec<(FailureKind, std::ops::Range<usize>)> = raw
+            .degraded
+            .iter()
+            .filter_map(|(name, signals)| {
+                Some((FailureKind::parse(name.get_ref())?, signals.span()))
+            })
+            .collect();
         let degraded_accepts = self.degraded(raw.degraded, base);
         let ha = self.ha(raw.ha, base);
         let restarts = self.restarts(raw.restarts, base);
+        let failures = failures?;
+        for (kind, span) in degraded_spans {
+            let set = degraded_accepts[kind.index()];
+            let tolerated = !matches!(
+                failures[kind.index()],
+                Response::Halt { .. }
+                    | Response::Retry {
+                        then: Exhausted::Halt { .. },
+                        ..
+                    }
+            );
+            // A failed consistency check comes from a recovery that read every position, so
+            // its set holds from the start; the other kinds that need recovery can strike
+            // before any recovery has read them.
+            if set != SignalSet::NONE
+                && tolerated
+                && kind.needs_recovery()
+                && kind != FailureKind::ValidationFailed
+            {
+                let warning = Diagnostic::at(
+                    self.path,
+                    self.source,
+                    Some(span),
+                    format!(
+                        "degraded.{kind} accepts {set} only once a recovery has read the positions: \
+                         an instance that meets {kind} at start-up, before any recovery, accepts nothing"
+                    ),
+                    Some(format!(
+                        "this set applies when {kind} strikes while the instance serves; to accept \
+                         nothing in either case, set degraded.{kind} = []"
+                    )),
+                );
+                self.warnings.push(warning.warning());
+            }
+        }
         Some(Policy {
             name: self.path.display().to_string(),
-            failures: failures?,
+            failures,
             recovery: recovery?,
             degraded_accepts,
             ha: ha?,
             restarts: restarts?,
+            warnings: std::mem::take(&mut self.warnings),
         })
     }
 
