@@ -466,3 +466,41 @@ fn run_starts_recovers_and_stops_on_sigterm() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The README's console examples marked `readme-example` print exactly what the README shows.
+#[test]
+fn the_readme_examples_print_what_the_readme_shows() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let mut examples = 0;
+    for after in readme.split("<!-- readme-example").skip(1) {
+        let block = after
+            .split_once("```console\n")
+            .and_then(|(_, rest)| rest.split_once("\n```"))
+            .map(|(block, _)| block)
+            .expect("a readme-example marker is followed by a console block");
+        let (command, shown) = block.split_once('\n').unwrap();
+        let args: Vec<&str> = command
+            .strip_prefix("$ vigil ")
+            .expect("a readme-example starts with `$ vigil`")
+            .split_whitespace()
+            .collect();
+        let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(&args)
+            .current_dir(root)
+            .output()
+            .unwrap();
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert_eq!(
+            printed.trim_end(),
+            shown.trim_end(),
+            "README example `{command}`"
+        );
+        examples += 1;
+    }
+    assert!(examples >= 2, "the README's examples are marked");
+}
