@@ -276,7 +276,7 @@ async fn a_silent_redis_hands_coordination_to_the_database_and_back() {
         inputs.try_recv().unwrap(),
         Input::Failure(FailureKind::RedisUnavailable)
     );
-    assert_eq!(coordination.check_redis().await, Some(Ok(())));
+    assert_eq!(coordination.check_redis().await, Some(Ok(true)));
     assert_eq!(
         inputs.try_recv().unwrap(),
         Input::Restored(FailureKind::RedisUnavailable)

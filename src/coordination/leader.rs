@@ -91,10 +91,19 @@ fn eligible(state: lifecycle::State) -> bool {
     state.is_serving()
 }
 
+/// Stops a task when dropped: the heartbeat ends with the pulse, however the pulse ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Runs until the lifecycle stops or crashes, then gives up any lease it holds.
 pub async fn run(shared: Arc<Shared>, tasks: LeaderTasks) {
     // The heartbeat has its own task, so a slow database cannot delay noticing Redis.
-    let beating = tokio::spawn(beat_loop(Arc::clone(&shared)));
+    let _beating = AbortOnDrop(tokio::spawn(beat_loop(Arc::clone(&shared))));
     let tick = tick(&shared.coordination);
     let mut lifecycle = shared.lifecycle.subscribe();
     let mut renewals = tokio::time::interval(tick);
@@ -134,13 +143,11 @@ pub async fn run(shared: Arc<Shared>, tasks: LeaderTasks) {
             (None, _) => None,
         };
         if state.is_ending() && leading.is_none() {
-            beating.abort();
             return;
         }
         tokio::select! {
             changed = lifecycle.changed() => {
                 if changed.is_err() {
-                    beating.abort();
                     return;
                 }
             }
@@ -175,7 +182,9 @@ async fn beat_loop(shared: Arc<Shared>) {
             timings.instance_stale_after,
         );
         match tokio::time::timeout(timings.heartbeat_interval, beat).await {
-            Ok(Ok(())) => coordination.redis_answered(),
+            Ok(Ok(())) => {
+                coordination.redis_answered();
+            }
             Ok(Err(error)) => coordination.redis_failed(&error),
             Err(_) => coordination.redis_failed(&super::CoordinationError::Redis(format!(
                 "the heartbeat took longer than {:?}",

@@ -373,23 +373,43 @@ impl Coordination {
         }
     }
 
-    /// Redis answered: use it again and tell the machines, once per return.
-    pub fn redis_answered(&self) {
-        if self.redis.is_some()
-            && self.redis_became(true, Input::Restored(FailureKind::RedisUnavailable))
-        {
+    /// Redis answered: use it again and tell the machines, once per return. Returns whether
+    /// this call told them.
+    pub fn redis_answered(&self) -> bool {
+        let told = self.redis.is_some()
+            && self.redis_became(true, Input::Restored(FailureKind::RedisUnavailable));
+        if told {
             tracing::info!(target: COORDINATION_TARGET, instance = %self.instance, "redis answers again; coordinating through redis");
         }
+        told
     }
 
-    /// Asks Redis whether it answers, and records the answer; `None` with no Redis.
-    pub async fn check_redis(&self) -> Option<Result<(), CoordinationError>> {
+    /// Asks Redis whether it answers, records the answer and tells the machines of a change,
+    /// as the heartbeat does; `None` with no Redis. `Ok(true)` when this call told them
+    /// Redis is back.
+    pub async fn check_redis(&self) -> Option<Result<bool, CoordinationError>> {
         let redis = self.redis.as_ref()?;
         let answer = redis.ping().await;
-        match &answer {
-            Ok(()) => self.redis_answered(),
-            Err(error) => self.redis_failed(error),
+        Some(match answer {
+            Ok(()) => Ok(self.redis_answered()),
+            Err(error) => {
+                self.redis_failed(&error);
+                Err(error)
+            }
+        })
+    }
+
+    /// Asks Redis whether it answers for a retry of `redis_unavailable`, and records the
+    /// answer without telling the machines: the answer is the retry's outcome, which the
+    /// caller reports. `None` with no Redis.
+    pub async fn probe_redis(&self) -> Option<Result<(), CoordinationError>> {
+        let redis = self.redis.as_ref()?;
+        let answer = redis.ping().await;
+        let mut flag = self.redis_up.lock().unwrap_or_else(PoisonError::into_inner);
+        if answer.is_ok() && !*flag {
+            tracing::info!(target: COORDINATION_TARGET, instance = %self.instance, "redis answers again; coordinating through redis");
         }
+        *flag = answer.is_ok();
         Some(answer)
     }
 

@@ -10,14 +10,17 @@
 //! - `record_status`: by the status writer task, each write bounded by
 //!   [`STATUS_WRITE_TIMEOUT`], newest status first; `exit` waits for it at most
 //!   [`STATUS_FLUSH_TIMEOUT`];
-//! - `connect`, `recover`: inline; their outcome is the machines' next input;
+//! - `connect`, `recover`: inline, bounded by [`OPEN_TIMEOUT`] and [`RECOVERY_TIMEOUT`];
+//!   their outcome is the machines' next input;
 //! - `probe`: inline, routed by failure kind: a database ping, a Redis ping, a broker
 //!   health check, or a re-run of recovery, each but recovery bounded by [`PROBE_TIMEOUT`];
 //! - `watch`/`unwatch`: a background task asking the same probe every [`WATCH_INTERVAL`];
 //! - `serve`: starts the pulse (Redis heartbeat, leader lease) once, and the database
 //!   heartbeat while the command asks for it;
 //! - `drain`: stops the watches and the heartbeat, waits for the signals in flight
-//!   ([`DRAIN_TIMEOUT`]) and the lease's release ([`LEASE_RELEASE_TIMEOUT`]);
+//!   ([`DRAIN_TIMEOUT`]) and the lease's release ([`LEASE_RELEASE_TIMEOUT`]), then reports
+//!   `drained` through the input channel, behind any failure reported meanwhile;
+//! - `exit`: waits for the lease's release and the final status write, each bounded;
 //! - `schedule_retry`, `cancel_retry`: nothing here; the driver keeps the timers.
 
 pub mod ports;
@@ -33,7 +36,7 @@ use crate::shared::{LifecycleView, RecentTransition, Shared};
 use crate::store::StoreError;
 use crate::vocabulary::FailureKind;
 use chrono::Utc;
-use ports::{Database, HealthCheck};
+use ports::{Database, HealthCheck, Watched};
 use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -48,8 +51,15 @@ pub const WATCH_INTERVAL: Duration = Duration::from_secs(5);
 pub const DB_PING_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a probe of the database, Redis or the broker may take before it counts as
-/// failed. A re-run of recovery is not bounded: it reads the whole state.
+/// failed.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long opening and migrating the database may take before it counts as unavailable.
+pub const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a recovery (or a probe's re-run of it) may take before the database counts as
+/// unavailable: it reads the whole state, 100,000 positions in well under a second.
+pub const RECOVERY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long one status write may take; past it the write is given up and logged.
 pub const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -165,22 +175,22 @@ impl Context {
     }
 
     async fn connect(&self) -> Input {
-        match self.ports.database.open().await {
+        match within(OPEN_TIMEOUT, self.ports.database.open()).await {
             Ok(()) => Input::Started,
-            Err(error) => self.failed(error.into(), Loud::Yes),
+            Err(found) => self.failed(found, Loud::Yes),
         }
     }
 
     /// Runs recovery: open (and migrate) if needed, read, rebuild, validate, publish the
     /// receipt.
     async fn recover(&self, loud: Loud) -> Input {
-        if let Err(error) = self.ports.database.open().await {
-            return self.failed(error.into(), loud);
+        if let Err(found) = within(OPEN_TIMEOUT, self.ports.database.open()).await {
+            return self.failed(found, loud);
         }
         let started = Instant::now();
-        let rows = match self.ports.database.load_recovery_rows().await {
+        let rows = match within(RECOVERY_TIMEOUT, self.ports.database.load_recovery_rows()).await {
             Ok(rows) => rows,
-            Err(error) => return self.failed(error.into(), loud),
+            Err(found) => return self.failed(found, loud),
         };
         let (state, mut receipt) =
             recovery::recover(rows, self.config.tolerance, &self.config.instruments, 0);
@@ -214,8 +224,25 @@ impl Context {
         }
     }
 
-    /// Asks whether `kind` has ended, of the one probe that can tell.
+    /// Asks whether `kind` has ended, of the one probe that can tell. The outcome always
+    /// answers `kind`: a probe that finds another failure (a re-run of recovery finding the
+    /// database gone) fails for `kind`, and, when the machines asked, reports the other
+    /// failure besides, after this outcome.
     async fn probe(&self, kind: FailureKind, loud: Loud) -> Input {
+        match self.ask(kind, loud).await {
+            Input::Failure(found) if found != kind => {
+                if loud == Loud::Yes {
+                    // A full queue means the machines have news already; the failure is
+                    // found again by the next probe that meets it.
+                    let _ = self.shared().inputs.try_send(Input::Failure(found));
+                }
+                Input::Failure(kind)
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn ask(&self, kind: FailureKind, loud: Loud) -> Input {
         let answer = match kind {
             FailureKind::DbUnavailable => {
                 bounded(kind, self.ports.database.ping(), |error| error.into()).await
@@ -243,6 +270,20 @@ impl Context {
             Ok(()) => Input::Restored(kind),
             Err(found) => self.failed(found, loud),
         }
+    }
+}
+
+/// Runs a database step within `bound`; past it the database counts as unavailable.
+async fn within<T>(
+    bound: Duration,
+    step: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, Found> {
+    match tokio::time::timeout(bound, step).await {
+        Ok(answer) => answer.map_err(Found::from),
+        Err(_) => Err(Found {
+            kind: FailureKind::DbUnavailable,
+            message: format!("the database gave no answer within {bound:?}"),
+        }),
     }
 }
 
@@ -471,18 +512,32 @@ impl Executor {
         self.watches[kind.index()] = Some(Task(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(WATCH_INTERVAL).await;
-                let outcome = context.probe(kind, Loud::No).await;
-                if !matches!(outcome, Input::Failure(_)) {
-                    tracing::info!(target: STARTUP_TARGET, instance = %context.instance(), "{kind}: the watch found it ended");
+                let outcome = match kind {
+                    // Redis reports its own return, in order with its losses.
+                    FailureKind::RedisUnavailable => match context.ports.redis.watch().await {
+                        Watched::Reported => None,
+                        Watched::Answered => Some(Input::Restored(kind)),
+                        Watched::Failed => continue,
+                    },
+                    _ => match context.probe(kind, Loud::No).await {
+                        Input::Failure(_) => continue,
+                        outcome => Some(outcome),
+                    },
+                };
+                tracing::info!(target: STARTUP_TARGET, instance = %context.instance(), "{kind}: the watch found it ended");
+                if let Some(outcome) = outcome {
                     let _ = context.shared().inputs.send(outcome).await;
-                    return;
                 }
+                return;
             }
         })));
     }
 
-    /// `drain`: stop watching, let the signals in flight finish, give up the lease.
-    async fn drain(&mut self) -> Input {
+    /// `drain`: stop watching, let the signals in flight finish, give up the lease. Its
+    /// outcome goes through the input channel, after any failure a signal in flight
+    /// reported meanwhile, so the machines hear it first (a failure they halt on still
+    /// halts a stopping instance).
+    async fn drain(&mut self) -> Option<Input> {
         self.watches = Default::default();
         self.heartbeat = None;
         let shared = Arc::clone(&self.context.ports.shared);
@@ -500,19 +555,29 @@ impl Executor {
                 shared.in_flight.count()
             );
         }
-        // The pulse saw `stopping` and gives up the lease; waiting for it lets another
-        // instance lead at once rather than after the lease expires.
-        if let Some(pulse) = self.pulse.take() {
-            let abort = pulse.abort_handle();
-            if tokio::time::timeout(LEASE_RELEASE_TIMEOUT, pulse)
-                .await
-                .is_err()
-            {
-                abort.abort();
-                tracing::warn!(target: STARTUP_TARGET, instance = %instance, "the leader lease was not released within {LEASE_RELEASE_TIMEOUT:?}; it expires by itself");
-            }
+        release_lease(self.pulse.take(), instance).await;
+        match shared.inputs.try_send(Input::Drained) {
+            Ok(()) => None,
+            // A full queue: the loop is not reading it now, so the outcome goes straight in.
+            Err(_) => Some(Input::Drained),
         }
-        Input::Drained
+    }
+}
+
+/// Waits, at most [`LEASE_RELEASE_TIMEOUT`], for the pulse to end: it saw the lifecycle
+/// leave `serving` and gives up the lease, so another instance leads at once rather than
+/// after the lease expires. Past the bound it is stopped and the lease expires by itself.
+async fn release_lease(pulse: Option<JoinHandle<()>>, instance: &str) {
+    let Some(pulse) = pulse else {
+        return;
+    };
+    let abort = pulse.abort_handle();
+    if tokio::time::timeout(LEASE_RELEASE_TIMEOUT, pulse)
+        .await
+        .is_err()
+    {
+        abort.abort();
+        tracing::warn!(target: STARTUP_TARGET, instance = %instance, "the leader lease was not released within {LEASE_RELEASE_TIMEOUT:?}; it expires by itself");
     }
 }
 
@@ -533,7 +598,7 @@ impl live::Executor for Executor {
             Command::Connect => Some(self.context.connect().await),
             Command::Recover => Some(self.context.recover(Loud::Yes).await),
             Command::Serve { heartbeat } => self.serve(*heartbeat),
-            Command::Drain => Some(self.drain().await),
+            Command::Drain => self.drain().await,
             // The driver keeps the retry timers.
             Command::ScheduleRetry { .. } | Command::CancelRetry { .. } => None,
             Command::Probe { kind, .. } => Some(self.context.probe(*kind, Loud::Yes).await),
@@ -548,10 +613,9 @@ impl live::Executor for Executor {
             Command::Exit { .. } => {
                 self.watches = Default::default();
                 self.heartbeat = None;
-                if let Some(pulse) = self.pulse.take() {
-                    pulse.abort();
-                }
-                self.status.flush(STATUS_FLUSH_TIMEOUT).await;
+                // A crash gives the lease up too, while the final status is written.
+                let release = release_lease(self.pulse.take(), self.context.instance());
+                tokio::join!(release, self.status.flush(STATUS_FLUSH_TIMEOUT));
                 None
             }
         }

@@ -8,6 +8,7 @@ use crate::store::{Access, AnyStore, InstanceRecord, RecoveryRows, Store, StoreE
 use chrono::Utc;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// A boxed future, so the ports can be trait objects.
@@ -29,10 +30,34 @@ pub trait Database: Send + Sync + std::fmt::Debug {
     fn close(&self) -> PortFuture<'_, ()>;
 }
 
-/// A dependency that can be asked whether it answers: Redis, the broker.
+/// What a watch's question found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watched {
+    /// The dependency answers; the watch reports its return.
+    Answered,
+    /// The dependency answers and has already told the machines itself.
+    Reported,
+    /// It does not answer yet.
+    Failed,
+}
+
+/// A dependency that can be asked whether it answers: Redis.
 pub trait HealthCheck: Send + Sync + std::fmt::Debug {
-    /// `Ok` when it answers (or is not configured), else why not.
+    /// For a retry: `Ok` when it answers (or is not configured), else why not. The answer
+    /// is the retry's outcome, which the caller reports.
     fn check(&self) -> PortFuture<'_, Result<(), String>>;
+
+    /// For a watch: asks once. A dependency that reports its own return (Redis does, with
+    /// the flag coordination keeps) answers [`Watched::Reported`], so the return is reported
+    /// once and in order with its other reports.
+    fn watch(&self) -> PortFuture<'_, Watched> {
+        Box::pin(async {
+            match self.check().await {
+                Ok(()) => Watched::Answered,
+                Err(_) => Watched::Failed,
+            }
+        })
+    }
 }
 
 /// The real database: the store, opened from its URL and published to the HTTP layer
@@ -47,6 +72,9 @@ pub struct StoreDatabase {
     instance: InstanceRecord,
     /// Holds the open store for everyone.
     shared: Arc<Shared>,
+    /// Whether migrations have run in this process: once is enough, and a watch re-running
+    /// recovery every few seconds must not migrate each time.
+    migrated: AtomicBool,
 }
 
 impl StoreDatabase {
@@ -62,6 +90,7 @@ impl StoreDatabase {
             access,
             instance,
             shared,
+            migrated: AtomicBool::new(false),
         }
     }
 
@@ -80,8 +109,9 @@ impl Database for StoreDatabase {
     fn open(&self) -> PortFuture<'_, Result<(), StoreError>> {
         Box::pin(async move {
             let store = self.store().await?;
-            if self.access == Access::ReadWrite {
+            if self.access == Access::ReadWrite && !self.migrated.load(Ordering::Acquire) {
                 store.migrate().await?;
+                self.migrated.store(true, Ordering::Release);
             }
             Ok(())
         })
@@ -140,9 +170,19 @@ pub struct RedisCheck(pub Arc<Shared>);
 impl HealthCheck for RedisCheck {
     fn check(&self) -> PortFuture<'_, Result<(), String>> {
         Box::pin(async move {
-            match self.0.coordination.check_redis().await {
+            match self.0.coordination.probe_redis().await {
                 None | Some(Ok(())) => Ok(()),
                 Some(Err(error)) => Err(error.to_string()),
+            }
+        })
+    }
+
+    fn watch(&self) -> PortFuture<'_, Watched> {
+        Box::pin(async move {
+            match self.0.coordination.check_redis().await {
+                None | Some(Ok(false)) => Watched::Answered,
+                Some(Ok(true)) => Watched::Reported,
+                Some(Err(_)) => Watched::Failed,
             }
         })
     }

@@ -178,8 +178,9 @@ impl Checker<'_> {
                          an instance that meets {kind} at start-up, before any recovery, accepts nothing"
                     ),
                     Some(format!(
-                        "this set applies when {kind} strikes while the instance serves; to accept \
-                         nothing in either case, set degraded.{kind} = []"
+                        "this set applies only when {kind} is reported while the instance serves, \
+                         after a recovery read the positions; to accept nothing in either case, \
+                         set degraded.{kind} = []"
                     )),
                 );
                 self.warnings.push(warning.warning());
