@@ -35,6 +35,8 @@ const HORIZON: Duration = Duration::from_secs(600);
 /// Records when each call was made, in milliseconds since the run began.
 #[derive(Debug)]
 struct OnCue {
+    /// Calls still to answer before the failing ones begin.
+    answering_first: Mutex<u32>,
     /// Calls still to fail; `None` for all.
     failing: Mutex<Option<u32>>,
     /// Whether a failing call hangs rather than fails.
@@ -47,7 +49,13 @@ struct OnCue {
 
 impl OnCue {
     fn new(failing: Option<u32>, hangs: bool) -> Arc<OnCue> {
+        OnCue::after(0, failing, hangs)
+    }
+
+    /// Answers the first `answering` calls, then fails as [`OnCue::new`] says.
+    fn after(answering: u32, failing: Option<u32>, hangs: bool) -> Arc<OnCue> {
         Arc::new(OnCue {
+            answering_first: Mutex::new(answering),
             failing: Mutex::new(failing),
             hangs,
             calls: Mutex::new(Vec::new()),
@@ -67,6 +75,11 @@ impl OnCue {
     fn count(&self) -> bool {
         let at = u64::try_from(self.started.elapsed().as_millis()).unwrap();
         self.calls.lock().unwrap().push(at);
+        let mut answering = self.answering_first.lock().unwrap();
+        if *answering > 0 {
+            *answering -= 1;
+            return true;
+        }
         let mut failing = self.failing.lock().unwrap();
         match *failing {
             None => false,
@@ -83,11 +96,12 @@ impl OnCue {
     }
 }
 
-/// A database whose pings answer on cue, and whose recoveries read a consistent empty
-/// portfolio or, while they fail on cue, a total risk no position accounts for.
+/// A database whose pings and reads answer on cue, and whose recoveries read a consistent
+/// empty portfolio or, while they fail on cue, a total risk no position accounts for.
 #[derive(Debug)]
 struct FakeDatabase {
     ping: Arc<OnCue>,
+    reads: Arc<OnCue>,
     recovery: Arc<OnCue>,
 }
 
@@ -107,6 +121,9 @@ impl Database for FakeDatabase {
 
     fn load_recovery_rows(&self) -> PortFuture<'_, Result<RecoveryRows, StoreError>> {
         Box::pin(async {
+            if !self.reads.answers().await {
+                return Err(StoreError::Unavailable("connection refused".into()));
+            }
             let total_risk = if self.recovery.answers().await {
                 "0"
             } else {
@@ -318,26 +335,62 @@ fn dry(case: &Case) -> Story {
     }
 }
 
-/// Runs the real loop and executor until they end, or until the horizon and then a stop.
-/// Also returns how often each dependency was asked.
-async fn live(case: &Case) -> (Story, BTreeMap<&'static str, usize>) {
-    let policy = policy(case.policy);
-    let healthy = || OnCue::new(Some(0), false);
-    let cue = OnCue::new(case.failing, case.how == How::Hangs);
-    let pick = |kind| match case.lost == Some(kind) {
-        true => Arc::clone(&cue),
-        false => healthy(),
-    };
-    let (ping, redis, broker) = (
-        pick(FailureKind::DbUnavailable),
-        pick(FailureKind::RedisUnavailable),
-        pick(FailureKind::BrokerUnavailable),
-    );
-    let recovery = match case.lost {
-        None => Arc::clone(&cue),
-        Some(_) => healthy(),
-    };
+/// The dependencies a live run works against.
+struct Fakes {
+    ping: Arc<OnCue>,
+    reads: Arc<OnCue>,
+    recovery: Arc<OnCue>,
+    redis: Arc<OnCue>,
+    broker: Arc<OnCue>,
+}
 
+impl Fakes {
+    /// Every dependency healthy but the one `case` loses, which answers on its cue; with
+    /// nothing lost, recovery's checks fail on the cue.
+    fn for_case(case: &Case) -> (Fakes, Arc<OnCue>) {
+        let healthy = || OnCue::new(Some(0), false);
+        let cue = OnCue::new(case.failing, case.how == How::Hangs);
+        let pick = |kind| match case.lost == Some(kind) {
+            true => Arc::clone(&cue),
+            false => healthy(),
+        };
+        let fakes = Fakes {
+            ping: pick(FailureKind::DbUnavailable),
+            reads: healthy(),
+            recovery: match case.lost {
+                None => Arc::clone(&cue),
+                Some(_) => healthy(),
+            },
+            redis: pick(FailureKind::RedisUnavailable),
+            broker: pick(FailureKind::BrokerUnavailable),
+        };
+        (fakes, cue)
+    }
+
+    /// How often each dependency was asked.
+    fn calls(&self) -> BTreeMap<&'static str, usize> {
+        BTreeMap::from([
+            ("database pings", self.ping.calls().len()),
+            ("redis pings", self.redis.calls().len()),
+            ("broker health checks", self.broker.calls().len()),
+            ("recoveries", self.recovery.calls().len()),
+        ])
+    }
+}
+
+/// What a live run ended with: its log lines (up to the stop, when it was stopped), its
+/// exit code (`None`: still running at the horizon, then stopped), and the state it
+/// published at the horizon.
+struct Ending {
+    lines: Vec<String>,
+    exit_code: Option<u8>,
+    at_horizon: Option<vigil::shared::LifecycleView>,
+}
+
+/// Runs the real loop and executor against `fakes` under `policy`: `lost` is reported once
+/// the instance is active (or, with [`How::DuringDrain`], while it drains a signal), until
+/// the process ends or the horizon passes and it is stopped.
+async fn run(policy: &Policy, fakes: &Fakes, lost: Option<FailureKind>, how: How) -> Ending {
     let now_ms = Arc::new(AtomicU64::new(0));
     let capture = Capture::default();
     let subscriber = logging::subscriber(capture.clone(), VirtualTimer::new(Arc::clone(&now_ms)));
@@ -346,11 +399,12 @@ async fn live(case: &Case) -> (Story, BTreeMap<&'static str, usize>) {
     let shared = Arc::new(Shared::new("vigil", sender.clone()));
     let ports = Ports {
         database: Arc::new(FakeDatabase {
-            ping: Arc::clone(&ping),
-            recovery: Arc::clone(&recovery),
+            ping: Arc::clone(&fakes.ping),
+            reads: Arc::clone(&fakes.reads),
+            recovery: Arc::clone(&fakes.recovery),
         }),
-        redis: Arc::new(FakeRedis(Arc::clone(&redis))),
-        broker: Arc::new(FakeBroker(Arc::clone(&broker))),
+        redis: Arc::new(FakeRedis(Arc::clone(&fakes.redis))),
+        broker: Arc::new(FakeBroker(Arc::clone(&fakes.broker))),
         shared: Arc::clone(&shared),
     };
     let config = ExecutorConfig {
@@ -364,11 +418,11 @@ async fn live(case: &Case) -> (Story, BTreeMap<&'static str, usize>) {
     };
     let mut executor = Executor::new(config, ports);
     let mut lifecycle = executor.watch_lifecycle();
-    let (mut driver, init) = Driver::new(&policy, "vigil", fastrand::Rng::with_seed(DRY_RUN_SEED));
+    let (mut driver, init) = Driver::new(policy, "vigil", fastrand::Rng::with_seed(DRY_RUN_SEED));
     driver.publish_time(now_ms);
     let before_stop = Mutex::new(None);
     let story = async {
-        if let (How::DuringDrain, Some(kind)) = (case.how, case.lost) {
+        if let (How::DuringDrain, Some(kind)) = (how, lost) {
             lifecycle
                 .wait_for(|view| view.state.name() == "active")
                 .await
@@ -383,7 +437,7 @@ async fn live(case: &Case) -> (Story, BTreeMap<&'static str, usize>) {
             drop(in_flight);
             std::future::pending::<()>().await;
         }
-        if let Some(kind) = case.lost {
+        if let Some(kind) = lost {
             lifecycle
                 .wait_for(|view| view.state.name() == "active")
                 .await
@@ -391,7 +445,7 @@ async fn live(case: &Case) -> (Story, BTreeMap<&'static str, usize>) {
             sender.send(Input::Failure(kind)).await.unwrap();
         }
         tokio::time::sleep(HORIZON).await;
-        *before_stop.lock().unwrap() = Some(capture.take_lines());
+        *before_stop.lock().unwrap() = Some((capture.take_lines(), shared.view()));
         sender.send(Input::Stop).await.unwrap();
         std::future::pending::<()>().await;
     };
@@ -400,22 +454,64 @@ async fn live(case: &Case) -> (Story, BTreeMap<&'static str, usize>) {
         code = live::run(&mut driver, &init, &mut inputs, &mut executor, &mut clock) => code,
         () = story => unreachable!("the story never ends"),
     };
-    let (lines, exit_code) = match before_stop.into_inner().unwrap() {
-        Some(lines) => (lines, None),
-        None => (capture.take_lines(), Some(code)),
-    };
-    let calls = BTreeMap::from([
-        ("database pings", ping.calls().len()),
-        ("redis pings", redis.calls().len()),
-        ("broker health checks", broker.calls().len()),
-        ("recoveries", recovery.calls().len()),
-    ]);
+    match before_stop.into_inner().unwrap() {
+        Some((lines, view)) => Ending {
+            lines,
+            exit_code: None,
+            at_horizon: Some(view),
+        },
+        None => Ending {
+            lines: capture.take_lines(),
+            exit_code: Some(code),
+            at_horizon: None,
+        },
+    }
+}
+
+/// Runs `case` live. Also returns how often each dependency was asked.
+async fn live(case: &Case) -> (Story, BTreeMap<&'static str, usize>) {
+    let (fakes, cue) = Fakes::for_case(case);
+    let ending = run(&policy(case.policy), &fakes, case.lost, case.how).await;
     let story = Story {
-        lines: transition_lines(lines),
+        lines: transition_lines(ending.lines),
         probes: cue.calls(),
-        exit_code,
+        exit_code: ending.exit_code,
     };
-    (story, calls)
+    (story, fakes.calls())
+}
+
+/// A retry whose probe finds a different failure (an unexpected failure's re-run of
+/// recovery finding the database gone) still ends its own retry, and reports the other
+/// failure besides: once the database answers again, no machine is left waiting and the
+/// instance is active.
+#[tokio::test(start_paused = true)]
+async fn a_probe_that_finds_another_failure_leaves_no_machine_waiting() {
+    common::keep_call_sites_interesting();
+    let healthy = || OnCue::new(Some(0), false);
+    // The database answers start-up's recovery, refuses the next three reads or pings,
+    // then answers.
+    let database = OnCue::after(1, Some(3), false);
+    let fakes = Fakes {
+        ping: Arc::clone(&database),
+        reads: Arc::clone(&database),
+        recovery: healthy(),
+        redis: healthy(),
+        broker: healthy(),
+    };
+    let ending = run(
+        &policy("policies/paper.toml"),
+        &fakes,
+        Some(FailureKind::Unexpected),
+        How::Exact,
+    )
+    .await;
+    let lines = transition_lines(ending.lines).join("\n");
+    let view = ending.at_horizon.expect("the instance runs until stopped");
+    assert_eq!(view.state.name(), "active", "{lines}");
+    assert!(
+        lines.contains("reason=db_unavailable") && lines.contains("unexpected: retry 1/2 failed"),
+        "the re-run of recovery found the database gone, and said so for both kinds:\n{lines}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
