@@ -384,6 +384,17 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         settings.redis_url.as_deref().map_or("no redis".to_string(), |url| format!("redis {}", store::redact(url))),
         settings.policy.name
     );
+    for warning in &settings.policy.warnings {
+        tracing::warn!(
+            target: crate::executor::STARTUP_TARGET,
+            instance = %settings.instance,
+            "policy {}:{}:{}: {}",
+            warning.path.display(),
+            warning.line,
+            warning.column,
+            warning.message
+        );
+    }
     let runtime = runtime()?;
     // The connection is made lazily, so Redis being down at start is the policy's to answer;
     // only a URL that cannot be used stops the start here.
