@@ -4,10 +4,13 @@
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::domain::Instrument;
+use crate::http::source::SourcePolicy;
+use ipnet::IpNet;
 use rust_decimal::Decimal;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use toml::Spanned;
 
 /// The deployment file read when `--config` is not given, if it exists.
@@ -30,7 +33,43 @@ pub struct Deployment {
     pub listen: Option<String>,
     /// The webhook passphrase TradingView alerts must carry.
     pub webhook_passphrase: Option<String>,
+    /// Who may send webhooks, and how signed ones are checked (`[webhook]`).
+    pub webhook: WebhookSettings,
 }
+
+/// The `[webhook]` table.
+#[derive(Clone, PartialEq, Default)]
+pub struct WebhookSettings {
+    /// Who may send webhooks, and which proxies are believed about who sent them.
+    pub sources: SourcePolicy,
+    /// Keys whose HMAC signatures are valid (two while rotating); empty: none checked.
+    pub signature_keys: Vec<String>,
+    /// How far a signature's time may be from now.
+    pub signature_tolerance: Duration,
+    /// Whether unsigned webhooks are refused.
+    pub require_signature: bool,
+}
+
+impl std::fmt::Debug for WebhookSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookSettings")
+            .field("sources", &self.sources)
+            .field(
+                "signature_keys",
+                &format_args!("<{} redacted>", self.signature_keys.len()),
+            )
+            .field("signature_tolerance", &self.signature_tolerance)
+            .field("require_signature", &self.require_signature)
+            .finish()
+    }
+}
+
+/// How far a signature's time may be from now, unless the deployment says otherwise.
+pub const DEFAULT_SIGNATURE_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// The longest signature tolerance a deployment may set: the replay check remembers every
+/// signature for this long.
+pub const MAX_SIGNATURE_TOLERANCE: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +82,21 @@ struct RawDeployment {
     webhook_passphrase: Option<String>,
     #[serde(default)]
     instruments: BTreeMap<String, RawInstrument>,
+    #[serde(default)]
+    webhook: RawWebhook,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    allow: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
+    #[serde(default)]
+    signature_keys: Vec<Spanned<String>>,
+    signature_tolerance: Option<Spanned<String>>,
+    #[serde(default)]
+    require_signature: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,6 +106,98 @@ struct RawInstrument {
     point_value: Spanned<String>,
     margin_per_lot: Spanned<String>,
 }
+
+/// Reads the `[webhook]` table, adding a diagnostic for each entry that cannot be used. A
+/// diagnostic about a key never shows the key.
+fn webhook_settings(
+    path: &Path,
+    source: &str,
+    raw: RawWebhook,
+    diagnostics: &mut Vec<Diagnostic>,
+) -> WebhookSettings {
+    let mut networks = |entries: &[Spanned<String>], key: &str, preset: bool| -> Vec<IpNet> {
+        let mut found = Vec::new();
+        for entry in entries {
+            match SourcePolicy::entry(entry.get_ref(), preset) {
+                Ok(networks) => found.extend(networks),
+                Err(problem) => diagnostics.push(Diagnostic::at(
+                    path,
+                    source,
+                    Some(entry.span()),
+                    format!("webhook.{key}: {problem}"),
+                    None,
+                )),
+            }
+        }
+        found
+    };
+    let allow = raw
+        .allow
+        .as_deref()
+        .map(|entries| networks(entries, "allow", true));
+    let trusted_proxies = networks(&raw.trusted_proxies, "trusted_proxies", false);
+    let signature_tolerance = match raw.signature_tolerance {
+        None => DEFAULT_SIGNATURE_TOLERANCE,
+        Some(text) => {
+            match humantime::parse_duration(text.get_ref().trim()) {
+                Ok(tolerance)
+                    if tolerance >= Duration::from_secs(1)
+                        && tolerance <= MAX_SIGNATURE_TOLERANCE =>
+                {
+                    tolerance
+                }
+                _ => {
+                    diagnostics.push(Diagnostic::at(
+                    path,
+                    source,
+                    Some(text.span()),
+                    format!(
+                        "webhook.signature_tolerance = {:?} is not a duration between 1s and 1h",
+                        text.get_ref()
+                    ),
+                    Some(r#"write a duration with its unit, for example signature_tolerance = "5m""#.into()),
+                ));
+                    DEFAULT_SIGNATURE_TOLERANCE
+                }
+            }
+        }
+    };
+    let mut signature_keys = Vec::new();
+    for key in &raw.signature_keys {
+        if key.get_ref().len() < MIN_SIGNATURE_KEY_BYTES {
+            let mut problem = Diagnostic::at(
+                path,
+                source,
+                Some(key.span()),
+                format!(
+                    "webhook.signature_keys: a key is shorter than {MIN_SIGNATURE_KEY_BYTES} bytes"
+                ),
+                Some(
+                    "use a random key of 32 bytes or more, for example `openssl rand -hex 32`"
+                        .into(),
+                ),
+            );
+            // The line holds the key: show where it is, never what it is.
+            problem.source_line = problem
+                .source_line
+                .replace(key.get_ref().as_str(), "<redacted>");
+            diagnostics.push(problem);
+        }
+        signature_keys.push(key.get_ref().clone());
+    }
+    WebhookSettings {
+        sources: SourcePolicy {
+            allow,
+            trusted_proxies,
+        },
+        signature_keys,
+        signature_tolerance,
+        require_signature: raw.require_signature,
+    }
+}
+
+/// The shortest signing key accepted: shorter keys can be guessed.
+pub const MIN_SIGNATURE_KEY_BYTES: usize = 16;
 
 /// Why a deployment file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +272,7 @@ impl Deployment {
             // Signals name instruments upper-cased; so does the table.
             instruments.insert(name.to_ascii_uppercase(), instrument);
         }
+        let webhook = webhook_settings(path, source, raw.webhook, &mut diagnostics);
         if !diagnostics.is_empty() {
             return Err(Diagnostics(diagnostics));
         }
@@ -138,6 +285,7 @@ impl Deployment {
             instruments,
             listen: raw.listen,
             webhook_passphrase: raw.webhook_passphrase,
+            webhook,
         })
     }
 
@@ -161,5 +309,48 @@ impl Deployment {
             }
         };
         Deployment::parse(path, &source).map_err(DeploymentError::Invalid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// (what, the [webhook] table, the problems it reports, each a piece of its message)
+    #[test]
+    fn webhook_tables() {
+        #[rustfmt::skip]
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("the preset and a network", "allow = [\"tradingview\", \"10.0.0.0/8\"]\ntrusted_proxies = [\"127.0.0.1\"]", &[]),
+            ("an address that is not one", "allow = [\"tradingview.com\"]", &["webhook.allow: \"tradingview.com\" is not an address"]),
+            ("the preset is no proxy", "trusted_proxies = [\"tradingview\"]", &["webhook.trusted_proxies: \"tradingview\" is not an address"]),
+            ("a tolerance out of range", "signature_tolerance = \"2h\"", &["between 1s and 1h"]),
+            ("a short key", "signature_keys = [\"short-secret\"]", &["shorter than 16 bytes"]),
+            ("an unknown key", "allowed = []", &["unknown field `allowed`"]),
+        ];
+        for (what, table, problems) in cases {
+            let source = format!("[webhook]\n{table}\n");
+            match Deployment::parse(Path::new("vigil.toml"), &source) {
+                Ok(deployment) => {
+                    assert!(problems.is_empty(), "{what}: accepted");
+                    let sources = deployment.webhook.sources;
+                    assert_eq!(sources.allow.map(|allow| allow.len()), Some(5), "{what}");
+                    assert_eq!(sources.trusted_proxies.len(), 1, "{what}");
+                }
+                Err(diagnostics) => {
+                    let shown = diagnostics.to_string();
+                    assert_eq!(diagnostics.0.len(), problems.len(), "{what}: {shown}");
+                    for problem in *problems {
+                        assert!(shown.contains(problem), "{what}: {shown}");
+                    }
+                    assert!(
+                        !shown.contains("short-secret"),
+                        "{what}: a key was shown: {shown}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -330,6 +330,8 @@ async fn app_on_fresh_database(redis: RedisCoordinator) -> axum::Router {
         passphrase: vigil::http::Passphrase::new("p"),
         instruments: vigil::domain::default_instruments(),
         broker: std::sync::Arc::new(vigil::broker::PaperBroker),
+        sources: vigil::http::source::SourcePolicy::default(),
+        signatures: None,
         recent: std::sync::Mutex::default(),
     }))
 }

@@ -10,9 +10,12 @@ use common::{keep_call_sites_interesting, postgres_admin_url, ScratchDatabase};
 use http_body_util::BodyExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tower::ServiceExt;
 use vigil::broker::PaperBroker;
 use vigil::domain::default_instruments;
+use vigil::http::signature::Signatures;
+use vigil::http::source::SourcePolicy;
 use vigil::http::{app, AppState, Passphrase};
 use vigil::logging::{self, Capture, VirtualTimer};
 use vigil::shared::Shared;
@@ -58,23 +61,50 @@ fn service(
     state: &'static str,
     accepts: SignalSet,
 ) -> (axum::Router, Arc<AppState>) {
+    guarded_service(store, SourcePolicy::default(), None).with_lifecycle(state, accepts)
+}
+
+/// What a test app is built from.
+struct Built {
+    shared: Arc<Shared>,
+    state: Arc<AppState>,
+}
+
+impl Built {
+    fn with_lifecycle(
+        self,
+        state: &'static str,
+        accepts: SignalSet,
+    ) -> (axum::Router, Arc<AppState>) {
+        self.shared.lifecycle.send_modify(|view| {
+            view.state = vigil::machines::lifecycle::State::from_name(state).expect("a state name");
+            view.accepts = accepts;
+        });
+        (app(Arc::clone(&self.state)), self.state)
+    }
+}
+
+/// An active app whose webhook admits `sources` and checks `signatures`.
+fn guarded_service(
+    store: &AnyStore,
+    sources: SourcePolicy,
+    signatures: Option<Signatures>,
+) -> Built {
     let (sender, receiver) = vigil::driver::live::channel();
     // Reports to the machines are not looked at here; keep the channel open.
     std::mem::forget(receiver);
     let shared = Arc::new(Shared::new("vigil-http", sender));
     shared.store.send_replace(Some(store.clone()));
-    shared.lifecycle.send_modify(|view| {
-        view.state = vigil::machines::lifecycle::State::from_name(state).expect("a state name");
-        view.accepts = accepts;
-    });
     let state = Arc::new(AppState {
-        shared,
+        shared: Arc::clone(&shared),
         passphrase: Passphrase::new(PASSPHRASE),
         instruments: default_instruments(),
         broker: Arc::new(PaperBroker),
+        sources,
+        signatures,
         recent: std::sync::Mutex::default(),
     });
-    (app(Arc::clone(&state)), state)
+    Built { shared, state }
 }
 
 async fn send(
@@ -83,12 +113,30 @@ async fn send(
     path: &str,
     body: String,
 ) -> (StatusCode, Option<String>, serde_json::Value) {
-    let request = Request::builder()
+    send_from(router, method, path, body, "127.0.0.1:40000", &[]).await
+}
+
+/// Sends as the peer `from` would, with `headers` besides the content type.
+async fn send_from(
+    router: &axum::Router,
+    method: &str,
+    path: &str,
+    body: String,
+    from: &str,
+    headers: &[(&str, &str)],
+) -> (StatusCode, Option<String>, serde_json::Value) {
+    let mut request = Request::builder()
         .method(method)
         .uri(path)
-        .header("content-type", "application/json")
-        .body(Body::from(body))
-        .unwrap();
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(Body::from(body)).unwrap();
+    let peer: std::net::SocketAddr = from.parse().unwrap();
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
     let response = router.clone().oneshot(request).await.unwrap();
     let status = response.status();
     let retry_after = response
@@ -628,4 +676,144 @@ async fn exits_close_what_their_label_names() {
         assert_eq!(receipt.failure(), None, "{name}: {receipt}");
         store.close().await;
     }
+}
+
+/// (what, allow, trusted proxies, peer, forwarding headers, expected status)
+type SourceCase<'a> = (
+    &'a str,
+    &'a [&'a str],
+    &'a [&'a str],
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    StatusCode,
+);
+
+/// The source allowlist, alone and behind proxies.
+#[tokio::test]
+async fn only_allowed_sources_may_send() {
+    keep_call_sites_interesting();
+    #[rustfmt::skip]
+    let cases: &[SourceCase<'_>] = &[
+        ("no allowlist", &[], &[], "198.51.100.1:5000", &[], StatusCode::OK),
+        ("TradingView, directly", &["tradingview"], &[], "52.89.214.238:5000", &[], StatusCode::OK),
+        ("outside the allowlist", &["tradingview"], &[], "198.51.100.1:5000", &[], StatusCode::FORBIDDEN),
+        ("an untrusted peer's forwarded header is ignored", &["tradingview"], &[], "198.51.100.1:5000",
+            &[("x-forwarded-for", "52.89.214.238")], StatusCode::FORBIDDEN),
+        ("behind a trusted proxy, the forwarded address decides", &["tradingview"], &["10.0.0.0/8"], "10.0.0.5:5000",
+            &[("x-forwarded-for", "52.89.214.238")], StatusCode::OK),
+        ("behind a trusted proxy, a forwarded outsider is refused", &["tradingview"], &["10.0.0.0/8"], "10.0.0.5:5000",
+            &[("forwarded", "for=198.51.100.1")], StatusCode::FORBIDDEN),
+        ("behind a trusted proxy, garbage is refused", &["tradingview"], &["10.0.0.0/8"], "10.0.0.5:5000",
+            &[("x-forwarded-for", "localhost")], StatusCode::FORBIDDEN),
+    ];
+    for (what, allow, proxies, from, headers, expected) in cases {
+        let store = sqlite_store().await;
+        let nets = |entries: &[&str], preset: bool| -> Vec<ipnet::IpNet> {
+            entries
+                .iter()
+                .flat_map(|entry| SourcePolicy::entry(entry, preset).unwrap())
+                .collect()
+        };
+        let sources = SourcePolicy {
+            allow: (!allow.is_empty()).then(|| nets(allow, true)),
+            trusted_proxies: nets(proxies, false),
+        };
+        let (router, _) =
+            guarded_service(&store, sources, None).with_lifecycle("active", SignalSet::ALL);
+        let body = signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:15:00");
+        let (status, _, json) = send_from(&router, "POST", "/webhook", body, from, headers).await;
+        assert_eq!(status, *expected, "{what}: {json}");
+        if status == StatusCode::FORBIDDEN {
+            assert_eq!(json["error"]["code"], "forbidden", "{what}");
+            assert_eq!(
+                counts(&store).await,
+                (0, 0),
+                "{what}: a refused source changed nothing"
+            );
+        }
+        store.close().await;
+    }
+}
+
+/// Signed webhooks, on one app in order (the replay check remembers): (what, the header, or
+/// none, the body's time of day, expected status).
+#[tokio::test]
+async fn signed_webhooks_are_checked() {
+    keep_call_sites_interesting();
+    let (old, new) = (
+        b"old-key-0123456789".as_slice(),
+        b"new-key-0123456789".as_slice(),
+    );
+    let now = chrono::Utc::now().timestamp();
+    let body = |time: &str| signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", time);
+    let exit = |time: &str| {
+        format!(
+            r#"{{"passphrase":"{PASSPHRASE}","signal":"EXIT","instrument":"NIFTY","price":"22100","timestamp":"2026-11-21T{time}Z"}}"#
+        )
+    };
+    let entry = body("09:15:00");
+    let good = Signatures::sign(new, now, entry.as_bytes());
+    let wrong = Signatures::sign(b"not-a-configured-key", now, exit("09:20:00").as_bytes());
+    let expired = Signatures::sign(new, now - 600, exit("09:20:00").as_bytes());
+    let rotated = Signatures::sign(old, now, exit("09:20:00").as_bytes());
+    #[rustfmt::skip]
+    let cases: Vec<(&str, Option<String>, String, StatusCode)> = vec![
+        ("a good signature", Some(good.clone()), entry.clone(), StatusCode::OK),
+        ("the same signature again", Some(good), entry.clone(), StatusCode::UNAUTHORIZED),
+        ("a key that is not configured", Some(wrong), exit("09:20:00"), StatusCode::UNAUTHORIZED),
+        ("an expired timestamp", Some(expired), exit("09:20:00"), StatusCode::UNAUTHORIZED),
+        ("a signature over another body", Some(Signatures::sign(new, now, b"{}")), exit("09:20:00"), StatusCode::UNAUTHORIZED),
+        ("the previous key, while rotating", Some(rotated), exit("09:20:00"), StatusCode::OK),
+        ("unsigned, where signatures are optional", None, body("09:30:00"), StatusCode::OK),
+    ];
+    let store = sqlite_store().await;
+    let signatures = Signatures::new(
+        vec![old.to_vec(), new.to_vec()],
+        Duration::from_secs(300),
+        false,
+    );
+    let (router, _) = guarded_service(&store, SourcePolicy::default(), Some(signatures))
+        .with_lifecycle("active", SignalSet::ALL);
+    for (what, header, body, expected) in cases {
+        let before = counts(&store).await;
+        let headers: Vec<(&str, &str)> = header
+            .as_deref()
+            .map(|value| vec![("x-vigil-signature", value)])
+            .unwrap_or_default();
+        let (status, _, json) = send_from(
+            &router,
+            "POST",
+            "/webhook",
+            body,
+            "127.0.0.1:40000",
+            &headers,
+        )
+        .await;
+        assert_eq!(status, expected, "{what}: {json}");
+        if status == StatusCode::UNAUTHORIZED {
+            assert_eq!(
+                counts(&store).await,
+                before,
+                "{what}: a refused signature changed nothing"
+            );
+        }
+    }
+    store.close().await;
+
+    // Where signatures are required, an unsigned alert is refused.
+    let store = sqlite_store().await;
+    let signatures = Signatures::new(vec![new.to_vec()], Duration::from_secs(300), true);
+    let (router, _) = guarded_service(&store, SourcePolicy::default(), Some(signatures))
+        .with_lifecycle("active", SignalSet::ALL);
+    let (status, _, json) = send(&router, "POST", "/webhook", body("09:15:00")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("required"),
+        "{json}"
+    );
+    assert_eq!(counts(&store).await, (0, 0));
+    store.close().await;
 }

@@ -245,3 +245,34 @@ async fn the_readme_curl_examples_work_as_written() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The real listener knows each peer's address: a `[webhook] allow` list that holds
+/// loopback admits this test's alerts, and one that does not refuses them with 403 and
+/// changes nothing.
+#[tokio::test]
+async fn the_allowlist_decides_on_the_real_listener() {
+    for (name, allow, expected) in [
+        ("allowed", "127.0.0.1", 200),
+        ("refused", "10.0.0.0/8", 403),
+    ] {
+        let dir = scratch(&format!("allow-{name}"));
+        std::fs::write(
+            dir.join("vigil.toml"),
+            format!("[webhook]\nallow = [\"{allow}\"]\n"),
+        )
+        .unwrap();
+        let instance = Instance::start(&dir, free_port()).await;
+        let (status, json) = instance
+            .post(signal("BASE_ENTRY", "22000", "21900", "09:15"))
+            .await;
+        assert_eq!(status, expected, "allow = [{allow:?}]: {json}");
+        let page = instance.get("/status").await;
+        let opened = if expected == 200 { 1 } else { 0 };
+        assert_eq!(
+            page["open_positions"], opened,
+            "allow = [{allow:?}]: {page}"
+        );
+        drop(instance);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

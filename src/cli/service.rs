@@ -12,6 +12,7 @@ use crate::driver::live::{self, TokioClock};
 use crate::driver::{Driver, Input};
 use crate::executor::ports::{RedisCheck, StoreDatabase};
 use crate::executor::{Executor, ExecutorConfig, Ports, Until};
+use crate::http::signature::Signatures;
 use crate::http::{self, Passphrase};
 use crate::logging;
 use crate::machines::lifecycle;
@@ -32,6 +33,10 @@ pub const EXIT_DEGRADED: u8 = 5;
 
 /// The environment variable holding the webhook passphrase.
 pub const PASSPHRASE_ENV: &str = "VIGIL_WEBHOOK_PASSPHRASE";
+
+/// The environment variable holding the webhook signing keys, comma-separated (two while
+/// rotating); it overrides `webhook.signature_keys`.
+pub const SIGNATURE_KEYS_ENV: &str = "VIGIL_WEBHOOK_SIGNATURE_KEYS";
 
 /// Where a generated passphrase is kept, in the working directory, readable only by its owner.
 pub const PASSPHRASE_FILE: &str = "vigil.passphrase";
@@ -90,6 +95,8 @@ struct Settings {
     listen: Option<String>,
     /// From the environment or the deployment file.
     passphrase: Option<String>,
+    /// The `[webhook]` table, with signing keys from the environment when set there.
+    webhook: crate::deployment::WebhookSettings,
 }
 
 /// Layers the settings; `None` when a file was invalid (its diagnostics are printed).
@@ -140,6 +147,22 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
             return Ok(None);
         }
     }
+    let mut webhook = deployment.webhook;
+    if let Ok(keys) = std::env::var(SIGNATURE_KEYS_ENV) {
+        webhook.signature_keys = keys
+            .split(',')
+            .map(str::trim)
+            .filter(|key| !key.is_empty())
+            .map(str::to_string)
+            .collect();
+    }
+    if webhook.require_signature && webhook.signature_keys.is_empty() {
+        eprintln!(
+            "error: [webhook] require_signature = true, but no signing key is configured; set \
+             {SIGNATURE_KEYS_ENV} or webhook.signature_keys, or remove require_signature"
+        );
+        return Ok(None);
+    }
     Ok(Some(Settings {
         database_url,
         redis_url,
@@ -152,6 +175,7 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
         hostname,
         instruments: deployment.instruments,
         listen: deployment.listen,
+        webhook,
         passphrase: std::env::var(PASSPHRASE_ENV)
             .ok()
             .filter(|p| !p.is_empty())
@@ -264,6 +288,19 @@ async fn start_up(
                 settings.instruments.clone()
             },
             broker,
+            sources: settings.webhook.sources.clone(),
+            signatures: (!settings.webhook.signature_keys.is_empty()).then(|| {
+                Signatures::new(
+                    settings
+                        .webhook
+                        .signature_keys
+                        .iter()
+                        .map(|key| key.as_bytes().to_vec())
+                        .collect(),
+                    settings.webhook.signature_tolerance,
+                    settings.webhook.require_signature,
+                )
+            }),
             recent: std::sync::Mutex::default(),
         });
         tokio::spawn(http::serve(listener, state, async {

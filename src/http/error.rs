@@ -71,6 +71,29 @@ impl ApiError {
         }
     }
 
+    /// 401: a signed request whose signature does not hold.
+    pub fn bad_signature(error: super::signature::SignatureError) -> ApiError {
+        ApiError {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: error.to_string(),
+            field: None,
+        }
+    }
+
+    /// 403: the source may not send webhooks.
+    pub fn forbidden() -> ApiError {
+        let message =
+            "this source may not send webhooks; the deployment's [webhook] allow list decides"
+                .to_string();
+        ApiError {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message,
+            field: None,
+        }
+    }
+
     /// 422: well-formed but invalid.
     pub fn invalid(field: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {

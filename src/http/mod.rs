@@ -4,6 +4,8 @@
 mod error;
 mod metrics;
 mod probes;
+pub mod signature;
+pub mod source;
 mod webhook;
 
 pub use error::{ApiError, RETRY_AFTER_S};
@@ -103,6 +105,10 @@ pub struct AppState {
     pub instruments: BTreeMap<String, Instrument>,
     /// Executes orders.
     pub broker: Arc<dyn Broker>,
+    /// Which sources may send webhooks, and which proxies are believed about the source.
+    pub sources: source::SourcePolicy,
+    /// Verifies signed webhooks; `None` when no signing key is configured.
+    pub signatures: Option<signature::Signatures>,
     /// The in-memory duplicate check.
     pub recent: Mutex<RecentFingerprints>,
 }
@@ -115,7 +121,8 @@ pub async fn serve(
     state: Arc<AppState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    if let Err(error) = axum::serve(listener, app(state))
+    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(error) = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
     {

@@ -1,6 +1,7 @@
 //! `POST /webhook`: a TradingView alert becomes exactly one change to the portfolio.
 //!
-//! Order of checks: the body is JSON (400), the passphrase matches (401), the fields make a
+//! Order of checks: the source may send webhooks (403), a signature, when one is present or
+//! required, holds (401), the body is JSON (400), the passphrase matches (401), the fields make a
 //! signal for a configured instrument (422), the lifecycle accepts this signal type (503),
 //! it was not seen recently (200 duplicate), it is not marked applied in Redis (200
 //! duplicate), its instrument's lock is free within a bound (503 otherwise), then one
@@ -8,6 +9,7 @@
 //! when the state does not allow it). Redis only saves work; the transaction decides.
 
 use super::metrics::{SIGNALS_TOTAL, SIGNAL_LATENCY};
+use super::signature::SIGNATURE_HEADER;
 use super::{ApiError, AppState};
 use crate::broker::Order;
 use crate::coordination::{Gate, SIGNAL_REDIS_BUDGET};
@@ -18,11 +20,12 @@ use crate::trading::{Body, SignalError};
 use crate::vocabulary::FailureKind;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::Json;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::{Extension, Json};
 use chrono::Utc;
 use serde::Serialize;
+use std::net::SocketAddr;
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -72,16 +75,22 @@ impl Accepted {
 /// Handles one alert and records its outcome and latency.
 pub async fn receive(
     State(app): State<Arc<AppState>>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<Accepted>, ApiError> {
     let started = Instant::now();
     let _in_flight = app.shared.in_flight.enter();
-    let answer = match body {
-        Ok(body) => handle(&app, &body).await,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+    let answer = match (admit(&app, peer, &headers), body) {
+        (Err(refused), _) => Err(refused),
+        (Ok(()), Ok(body)) => match signed(&app, &headers, &body) {
+            Ok(()) => handle(&app, &body).await,
+            Err(refused) => Err(refused),
+        },
+        (Ok(()), Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             Err(ApiError::too_large())
         }
-        Err(rejection) => Err(ApiError::malformed(rejection.body_text())),
+        (Ok(()), Err(rejection)) => Err(ApiError::malformed(rejection.body_text())),
     };
     let outcome = match &answer {
         Ok(accepted) if accepted.duplicate => "duplicate",
@@ -91,6 +100,44 @@ pub async fn receive(
     metrics::counter!(SIGNALS_TOTAL, "outcome" => outcome).increment(1);
     metrics::histogram!(SIGNAL_LATENCY).record(started.elapsed().as_secs_f64());
     answer.map(Json)
+}
+
+/// The source check: with an allowlist, only its sources (as trusted proxies forward them)
+/// may send; an unknown source is refused.
+fn admit(
+    app: &AppState,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: &HeaderMap,
+) -> Result<(), ApiError> {
+    if app.sources.allow.is_none() {
+        return Ok(());
+    }
+    let client =
+        peer.and_then(|Extension(ConnectInfo(peer))| app.sources.client(peer.ip(), headers));
+    match client {
+        Some(client) if app.sources.allows(client) => Ok(()),
+        _ => {
+            let shown = client.map_or("unknown".to_string(), |client| client.to_string());
+            tracing::warn!(target: "vigil::signal", source = %shown, "webhook refused: source not allowed");
+            Err(ApiError::forbidden())
+        }
+    }
+}
+
+/// The signature check, over the raw body, before it is read.
+fn signed(app: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiError> {
+    let Some(signatures) = &app.signatures else {
+        return Ok(());
+    };
+    let header = headers
+        .get(SIGNATURE_HEADER)
+        .map(|value| value.to_str().unwrap_or(""));
+    signatures
+        .verify(header, body, Utc::now().timestamp())
+        .map_err(|error| {
+            tracing::warn!(target: "vigil::signal", "webhook refused: {error}");
+            ApiError::bad_signature(error)
+        })
 }
 
 async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
