@@ -332,6 +332,7 @@ async fn app_on_fresh_database(redis: RedisCoordinator) -> axum::Router {
         broker: std::sync::Arc::new(vigil::broker::PaperBroker),
         sources: vigil::http::source::SourcePolicy::default(),
         signatures: None,
+        throttle: vigil::http::throttle::Throttle::new(Vec::new()),
         recent: std::sync::Mutex::default(),
     }))
 }

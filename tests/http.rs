@@ -16,6 +16,7 @@ use vigil::broker::PaperBroker;
 use vigil::domain::default_instruments;
 use vigil::http::signature::Signatures;
 use vigil::http::source::SourcePolicy;
+use vigil::http::throttle::Throttle;
 use vigil::http::{app, AppState, Passphrase};
 use vigil::logging::{self, Capture, VirtualTimer};
 use vigil::shared::Shared;
@@ -100,6 +101,7 @@ fn guarded_service(
         passphrase: Passphrase::new(PASSPHRASE),
         instruments: default_instruments(),
         broker: Arc::new(PaperBroker),
+        throttle: Throttle::for_sources(&sources),
         sources,
         signatures,
         recent: std::sync::Mutex::default(),
@@ -815,5 +817,81 @@ async fn signed_webhooks_are_checked() {
         "{json}"
     );
     assert_eq!(counts(&store).await, (0, 0));
+    store.close().await;
+}
+
+/// A source that keeps sending wrong passphrases is slowed, then refused for a while (429,
+/// with Retry-After), and changes nothing; TradingView's addresses, shared by every
+/// TradingView user, are never slowed or refused, so their valid alerts always go through.
+#[tokio::test]
+async fn brute_force_is_slowed_then_refused_but_never_for_tradingview() {
+    use vigil::http::throttle::FAILURES_BEFORE_LOCKOUT;
+    keep_call_sites_interesting();
+    let store = sqlite_store().await;
+    let (router, _) = guarded_service(&store, SourcePolicy::default(), None)
+        .with_lifecycle("active", SignalSet::ALL);
+    let wrong = signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:15:00")
+        .replace(PASSPHRASE, "guess");
+    for (from, what) in [
+        ("52.89.214.238:5000", "TradingView"),
+        ("198.51.100.9:5000", "an attacker"),
+    ] {
+        let mut answers = Vec::new();
+        for _ in 0..FAILURES_BEFORE_LOCKOUT + 1 {
+            let (status, retry_after, _) =
+                send_from(&router, "POST", "/webhook", wrong.clone(), from, &[]).await;
+            answers.push((status.as_u16(), retry_after));
+        }
+        let last = answers.last().cloned().unwrap();
+        match what {
+            "TradingView" => assert!(
+                answers.iter().all(|(status, _)| *status == 401),
+                "{what}: {answers:?}"
+            ),
+            _ => {
+                assert!(
+                    answers[..answers.len() - 1]
+                        .iter()
+                        .all(|(status, _)| *status == 401),
+                    "{what}: {answers:?}"
+                );
+                assert_eq!(last.0, 429, "{what}: {answers:?}");
+                assert!(
+                    last.1
+                        .is_some_and(|seconds| seconds.parse::<u64>().unwrap() > 0),
+                    "{what}: {answers:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        counts(&store).await,
+        (0, 0),
+        "refused alerts changed nothing"
+    );
+    // The locked-out source is refused even with the right passphrase; TradingView is not.
+    let right = signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:15:00");
+    let (status, _, json) = send_from(
+        &router,
+        "POST",
+        "/webhook",
+        right.clone(),
+        "198.51.100.9:5000",
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{json}");
+    assert_eq!(json["error"]["code"], "locked_out");
+    let (status, _, json) = send_from(
+        &router,
+        "POST",
+        "/webhook",
+        right,
+        "52.89.214.238:5000",
+        &[],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(counts(&store).await, (1, 0));
     store.close().await;
 }

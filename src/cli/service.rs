@@ -289,6 +289,7 @@ async fn start_up(
             },
             broker,
             sources: settings.webhook.sources.clone(),
+            throttle: http::throttle::Throttle::for_sources(&settings.webhook.sources),
             signatures: (!settings.webhook.signature_keys.is_empty()).then(|| {
                 Signatures::new(
                     settings

@@ -20,6 +20,8 @@ pub struct ApiError {
     pub message: String,
     /// The field at fault, for 422.
     pub field: Option<&'static str>,
+    /// Seconds the client is told to wait (`Retry-After`), for 503 and 429.
+    pub retry_after_s: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -43,6 +45,7 @@ impl ApiError {
             code: "malformed",
             message: message.into(),
             field: None,
+            retry_after_s: None,
         }
     }
 
@@ -57,6 +60,7 @@ impl ApiError {
             code: "too_large",
             message,
             field: None,
+            retry_after_s: None,
         }
     }
 
@@ -68,6 +72,7 @@ impl ApiError {
             code: "unauthorized",
             message,
             field: None,
+            retry_after_s: None,
         }
     }
 
@@ -78,6 +83,7 @@ impl ApiError {
             code: "unauthorized",
             message: error.to_string(),
             field: None,
+            retry_after_s: None,
         }
     }
 
@@ -91,6 +97,22 @@ impl ApiError {
             code: "forbidden",
             message,
             field: None,
+            retry_after_s: None,
+        }
+    }
+
+    /// 429: this source failed authentication too often; it may try again after
+    /// `retry_after`.
+    pub fn locked_out(retry_after: std::time::Duration) -> ApiError {
+        let seconds = retry_after.as_secs().max(1);
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "locked_out",
+            message: format!(
+                "too many failed authentications from this source; try again in {seconds} s"
+            ),
+            field: None,
+            retry_after_s: Some(seconds),
         }
     }
 
@@ -101,6 +123,7 @@ impl ApiError {
             code: "invalid",
             message: message.into(),
             field: Some(field),
+            retry_after_s: None,
         }
     }
 
@@ -111,6 +134,7 @@ impl ApiError {
             code: "unavailable",
             message: message.into(),
             field: None,
+            retry_after_s: Some(RETRY_AFTER_S),
         }
     }
 
@@ -125,6 +149,7 @@ impl ApiError {
             code: "internal",
             message,
             field: None,
+            retry_after_s: None,
         }
     }
 
@@ -136,6 +161,7 @@ impl ApiError {
             code: "not_found",
             message,
             field: None,
+            retry_after_s: None,
         }
     }
 
@@ -147,6 +173,7 @@ impl ApiError {
             code: "method_not_allowed",
             message,
             field: None,
+            retry_after_s: None,
         }
     }
 }
@@ -161,10 +188,10 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
-        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+        if let Some(seconds) = self.retry_after_s {
             response
                 .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_S));
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
         response
     }

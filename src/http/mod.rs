@@ -6,6 +6,7 @@ mod metrics;
 mod probes;
 pub mod signature;
 pub mod source;
+pub mod throttle;
 mod webhook;
 
 pub use error::{ApiError, RETRY_AFTER_S};
@@ -109,6 +110,8 @@ pub struct AppState {
     pub sources: source::SourcePolicy,
     /// Verifies signed webhooks; `None` when no signing key is configured.
     pub signatures: Option<signature::Signatures>,
+    /// Slows, then refuses, sources that keep failing authentication.
+    pub throttle: throttle::Throttle,
     /// The in-memory duplicate check.
     pub recent: Mutex<RecentFingerprints>,
 }

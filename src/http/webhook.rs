@@ -10,6 +10,7 @@
 
 use super::metrics::{SIGNALS_TOTAL, SIGNAL_LATENCY};
 use super::signature::SIGNATURE_HEADER;
+use super::throttle::Gate as Admission;
 use super::{ApiError, AppState};
 use crate::broker::Order;
 use crate::coordination::{Gate, SIGNAL_REDIS_BUDGET};
@@ -25,7 +26,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::{Extension, Json};
 use chrono::Utc;
 use serde::Serialize;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -81,17 +82,38 @@ pub async fn receive(
 ) -> Result<Json<Accepted>, ApiError> {
     let started = Instant::now();
     let _in_flight = app.shared.in_flight.enter();
-    let answer = match (admit(&app, peer, &headers), body) {
-        (Err(refused), _) => Err(refused),
-        (Ok(()), Ok(body)) => match signed(&app, &headers, &body) {
+    let peer = peer.map(|Extension(ConnectInfo(peer))| peer.ip());
+    // Who to count failures against: the forwarded source, else the peer.
+    let source = peer.map(|peer| app.sources.client(peer, &headers).unwrap_or(peer));
+    let admission = source.map_or(Admission::Open, |source| {
+        app.throttle.check(source, tokio::time::Instant::now())
+    });
+    let answer = match (admission, admit(&app, peer, &headers), body) {
+        (Admission::Locked { retry_after }, _, _) => Err(ApiError::locked_out(retry_after)),
+        (Admission::Open, Err(refused), _) => Err(refused),
+        (Admission::Open, Ok(()), Ok(body)) => match signed(&app, &headers, &body) {
             Ok(()) => handle(&app, &body).await,
             Err(refused) => Err(refused),
         },
-        (Ok(()), Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+        (Admission::Open, Ok(()), Err(rejection))
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+        {
             Err(ApiError::too_large())
         }
-        (Ok(()), Err(rejection)) => Err(ApiError::malformed(rejection.body_text())),
+        (Admission::Open, Ok(()), Err(rejection)) => {
+            Err(ApiError::malformed(rejection.body_text()))
+        }
     };
+    if let Some(source) = source {
+        match &answer {
+            Err(error) if error.status == StatusCode::UNAUTHORIZED => {
+                let delay = app.throttle.failed(source, tokio::time::Instant::now());
+                tokio::time::sleep(delay).await;
+            }
+            Ok(_) => app.throttle.succeeded(source),
+            Err(_) => {}
+        }
+    }
     let outcome = match &answer {
         Ok(accepted) if accepted.duplicate => "duplicate",
         Ok(_) => "accepted",
@@ -104,16 +126,11 @@ pub async fn receive(
 
 /// The source check: with an allowlist, only its sources (as trusted proxies forward them)
 /// may send; an unknown source is refused.
-fn admit(
-    app: &AppState,
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
-    headers: &HeaderMap,
-) -> Result<(), ApiError> {
+fn admit(app: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -> Result<(), ApiError> {
     if app.sources.allow.is_none() {
         return Ok(());
     }
-    let client =
-        peer.and_then(|Extension(ConnectInfo(peer))| app.sources.client(peer.ip(), headers));
+    let client = peer.and_then(|peer| app.sources.client(peer, headers));
     match client {
         Some(client) if app.sources.allows(client) => Ok(()),
         _ => {
