@@ -1,0 +1,307 @@
+//! Property tests over every parser that reads what someone else wrote: webhook bodies, the
+//! fingerprint's canonical form, policy and deployment files, and the rows recovery decodes.
+//! None may panic, and every error names its field or its file:line:column.
+//!
+//! Each property runs 256 cases by default (the CI budget); `PROPTEST_CASES=N` runs more
+//! (the README's "Properties" section has the long-run command and figures). A failing case
+//! is shrunk and kept in `tests/proptest-regressions/properties.txt`, which is committed, so
+//! it is tried first on every later run.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use proptest::prelude::*;
+use std::collections::BTreeMap;
+use std::path::Path;
+use vigil::deployment::Deployment;
+use vigil::policy::Policy;
+use vigil::store::{PortfolioRow, PositionRow, PyramidingRow, RecoveryRows};
+use vigil::trading::{parse, SignalError};
+
+/// The fields a webhook body may name; an error names one of these or `body`.
+const FIELDS: [&str; 10] = [
+    "body",
+    "passphrase",
+    "signal",
+    "instrument",
+    "position",
+    "price",
+    "stop",
+    "lots",
+    "timestamp",
+    "id",
+];
+
+fn names_a_field(error: &SignalError) -> bool {
+    match error {
+        SignalError::Malformed(message) => !message.is_empty(),
+        SignalError::Invalid { field, message } => FIELDS.contains(field) && !message.is_empty(),
+    }
+}
+
+/// A JSON value of the kinds a careless or hostile sender writes.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(|n| serde_json::json!(n)),
+        "[-+0-9.eE ]{0,30}".prop_map(serde_json::Value::String),
+        ".{0,40}".prop_map(serde_json::Value::String),
+        prop_oneof![
+            Just("BASE_ENTRY"),
+            Just("PYRAMID"),
+            Just("EXIT"),
+            Just("NIFTY")
+        ]
+        .prop_map(|s| serde_json::Value::String(s.to_string())),
+    ];
+    leaf.prop_recursive(2, 8, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            prop::collection::btree_map(".{0,8}", inner, 0..4)
+                .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+        ]
+    })
+}
+
+/// A body with the webhook's own keys, each holding anything.
+fn webhook_object() -> impl Strategy<Value = String> {
+    prop::collection::btree_map(
+        prop::sample::select(FIELDS[1..].to_vec()),
+        json_value(),
+        0..9,
+    )
+    .prop_map(|map| {
+        let object: serde_json::Map<String, serde_json::Value> =
+            map.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        serde_json::Value::Object(object).to_string()
+    })
+}
+
+/// A price, stop or size with up to 8 decimals, as digits.
+fn decimal_text() -> impl Strategy<Value = (u64, u32)> {
+    (1u64..10_000_000_000, 0u32..=8)
+}
+
+fn render(units: u64, scale: u32, trailing_zeros: usize) -> String {
+    let text = rust_decimal::Decimal::new(i64::try_from(units).unwrap(), scale).to_string();
+    if trailing_zeros == 0 {
+        return text;
+    }
+    let dotted = if text.contains('.') {
+        text
+    } else {
+        format!("{text}.")
+    };
+    format!("{dotted}{}", "0".repeat(trailing_zeros))
+}
+
+proptest! {
+    #[test]
+    fn webhook_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        if let Err(error) = parse(&bytes) {
+            prop_assert!(names_a_field(&error), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn webhook_objects_never_panic_and_errors_name_their_field(body in webhook_object()) {
+        if let Err(error) = parse(body.as_bytes()) {
+            prop_assert!(names_a_field(&error), "{error:?} for {body}");
+        }
+    }
+
+    /// Equal signals have equal fingerprints, however their numbers, instrument and time are
+    /// spelled; a signal that differs in its price does not.
+    #[test]
+    fn fingerprints_are_the_canonical_form(
+        kind in prop::sample::select(vec!["BASE_ENTRY", "PYRAMID"]),
+        (price, price_scale) in decimal_text(),
+        (stop_units, stop_scale) in decimal_text(),
+        zeros in 0usize..3,
+        as_number in any::<bool>(),
+        minute in 0u32..60,
+    ) {
+        let stop_units = stop_units.min(price.saturating_sub(1)).max(1);
+        let spell = |units: u64, scale: u32, zeros: usize, number: bool| {
+            let text = render(units, scale, zeros);
+            if number { text } else { format!("\"{text}\"") }
+        };
+        let body = |price: String, instrument: &str, time: String| format!(
+            r#"{{"passphrase":"p","signal":"{kind}","instrument":"{instrument}","price":{price},"stop":{},"lots":"1","timestamp":"{time}"}}"#,
+            spell(stop_units, stop_scale, 0, false)
+        );
+        let utc = format!("2026-11-21T09:{minute:02}:00Z");
+        let plain = body(spell(price, price_scale, 0, false), "NIFTY", utc.clone());
+        let respelt = body(spell(price, price_scale, zeros, as_number), "nifty", utc.replace('Z', ".000Z"));
+        let (a, b) = (parse(plain.as_bytes()), parse(respelt.as_bytes()));
+        match (a, b) {
+            (Ok(a), Ok(b)) => {
+                prop_assert_eq!(a.signal.fingerprint(), b.signal.fingerprint(), "{} vs {}", plain, respelt);
+                let moved = body(spell(price + 1, price_scale, 0, false), "NIFTY", utc);
+                if let Ok(moved) = parse(moved.as_bytes()) {
+                    prop_assert_ne!(a.signal.fingerprint(), moved.signal.fingerprint());
+                }
+            }
+            (Err(a), Err(b)) => prop_assert_eq!(a.to_string(), b.to_string()),
+            (a, b) => prop_assert!(false, "one spelling parsed and the other did not: {a:?} / {b:?}"),
+        }
+    }
+
+    #[test]
+    fn policy_files_never_panic_and_errors_locate_themselves(source in policy_text()) {
+        if let Err(diagnostics) = Policy::parse(Path::new("fuzz.toml"), &source) {
+            prop_assert!(!diagnostics.0.is_empty());
+            for diagnostic in &diagnostics.0 {
+                prop_assert!(diagnostic.line >= 1 && diagnostic.column >= 1, "{diagnostic}");
+                prop_assert!(!diagnostic.message.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn deployment_files_never_panic_and_errors_locate_themselves(source in deployment_text()) {
+        if let Err(diagnostics) = Deployment::parse(Path::new("vigil.toml"), &source) {
+            prop_assert!(!diagnostics.0.is_empty());
+            for diagnostic in &diagnostics.0 {
+                prop_assert!(diagnostic.line >= 1 && diagnostic.column >= 1, "{diagnostic}");
+            }
+        }
+    }
+
+    /// Whatever the stored rows hold, recovery answers with a receipt and never panics; a
+    /// receipt that is not clean names a failure kind recovery can find.
+    #[test]
+    fn recovery_decodes_any_rows(rows in recovery_rows()) {
+        let (state, receipt) = vigil::recovery::recover(rows, rust_decimal::Decimal::new(1, 2), &BTreeMap::new(), 0);
+        match receipt.failure() {
+            None => prop_assert!(state.is_some()),
+            Some(kind) => prop_assert!(kind.needs_recovery(), "{kind}"),
+        }
+    }
+}
+
+/// A shipped policy with a few bytes changed, dropped or doubled, or any text at all.
+fn policy_text() -> impl Strategy<Value = String> {
+    let shipped = [
+        "policies/default.toml",
+        "policies/strict.toml",
+        "policies/paper.toml",
+    ]
+    .map(|path| std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap());
+    prop_oneof![mutated(shipped.to_vec()), ".{0,200}",]
+}
+
+fn deployment_text() -> impl Strategy<Value = String> {
+    let shipped = vec![
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/vigil.toml")).unwrap(),
+        "[webhook]\nallow = [\"tradingview\", \"10.0.0.0/8\"]\ntrusted_proxies = [\"127.0.0.1\"]\nsignature_tolerance = \"5m\"\n".to_string(),
+    ];
+    prop_oneof![mutated(shipped), ".{0,200}"]
+}
+
+/// One of `texts` with up to 8 edits: a character replaced, removed or repeated.
+fn mutated(texts: Vec<String>) -> impl Strategy<Value = String> {
+    (
+        prop::sample::select(texts),
+        prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<char>()), 1..8),
+    )
+        .prop_map(|(text, edits)| {
+            let mut chars: Vec<char> = text.chars().collect();
+            for (at, edit, with) in edits {
+                if chars.is_empty() {
+                    break;
+                }
+                let at = at.index(chars.len());
+                match edit {
+                    0 => chars[at] = with,
+                    1 => {
+                        chars.remove(at);
+                    }
+                    _ => chars.insert(at, chars[at]),
+                }
+            }
+            chars.into_iter().collect()
+        })
+}
+
+/// Rows as a damaged database might hold them: numbers that are not numbers, statuses
+/// nobody wrote, missing or dangling links.
+fn recovery_rows() -> impl Strategy<Value = RecoveryRows> {
+    let number = prop_oneof![
+        "[0-9]{1,6}(\\.[0-9]{1,8})?",
+        "-[0-9]{1,4}",
+        Just("0".to_string()),
+        Just("NaN".to_string()),
+        Just("1e400".to_string()),
+        Just("99999999999999999999999999999999".to_string()),
+        ".{0,12}",
+    ];
+    let position = (
+        "[a-c]{1,2}",
+        prop::sample::select(vec!["NIFTY", "BANKNIFTY", "X"]),
+        prop::sample::select(vec!["open", "closed", "OPEN", ""]),
+        (
+            number.clone(),
+            number.clone(),
+            number.clone(),
+            number.clone(),
+            number.clone(),
+        ),
+        any::<bool>(),
+        prop::option::of("[a-c]{1,2}"),
+        prop_oneof![Just("2026-11-21T09:15:00Z".to_string()), ".{0,10}"],
+    )
+        .prop_map(
+            |(id, instrument, status, (lots, entry, stop, risk, margin), base, base_id, time)| {
+                PositionRow {
+                    id,
+                    instrument: instrument.to_string(),
+                    label: "long".to_string(),
+                    status: status.to_string(),
+                    lots,
+                    entry_price: entry,
+                    stop_price: stop,
+                    risk_amount: risk,
+                    margin,
+                    is_base_position: base,
+                    base_position_id: base_id,
+                    entry_time: time,
+                    version: 1,
+                }
+            },
+        );
+    let portfolio = (
+        number.clone(),
+        number.clone(),
+        number.clone(),
+        number.clone(),
+    )
+        .prop_map(
+            |(initial_capital, closed_equity, total_risk, margin_used)| PortfolioRow {
+                initial_capital,
+                closed_equity,
+                total_risk,
+                margin_used,
+                version: 1,
+            },
+        );
+    let pyramiding = (
+        prop::sample::select(vec!["NIFTY", "X"]),
+        number,
+        prop::option::of("[a-c]{1,2}"),
+    )
+        .prop_map(|(instrument, price, base)| PyramidingRow {
+            instrument: instrument.to_string(),
+            last_pyramid_price: price,
+            base_position_id: base,
+        });
+    (
+        prop::collection::vec(position, 0..6),
+        prop::option::of(portfolio),
+        prop::collection::vec(pyramiding, 0..3),
+    )
+        .prop_map(|(positions, portfolio, pyramiding)| RecoveryRows {
+            positions,
+            portfolio,
+            pyramiding,
+        })
+}
