@@ -67,6 +67,11 @@ pub struct Policy {
     pub warnings: Vec<Diagnostic>,
 }
 
+/// The exit codes vigil's command line uses for itself (2: a bad command line, 3: an invalid
+/// file, 4: a run-time failure, 5: `recover --check` would end degraded), which a halt may
+/// not use, so a supervisor can tell a policy's halt from them.
+pub const RESERVED_EXIT_CODES: std::ops::RangeInclusive<u8> = 2..=5;
+
 /// How an instance answers one kind of failure.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Response {

@@ -489,6 +489,18 @@ impl Checker<'_> {
         let Some(value) = value else { return Some(1) };
         let code = self.integer(value)?;
         match u8::try_from(code) {
+            Ok(code) if super::RESERVED_EXIT_CODES.contains(&code) => {
+                self.report(
+                    Some(value.span()),
+                    format!("exit_code {code} is one of vigil's own exit codes (2 to 5)"),
+                    Some(
+                        "2 to 5 tell a bad command line, an invalid file, a run-time failure and a degraded \
+                         `recover --check` apart; use 1, or 6 to 255"
+                            .into(),
+                    ),
+                );
+                None
+            }
             Ok(code) if code >= 1 => Some(code),
             _ => {
                 let hint = match code {
@@ -497,7 +509,7 @@ impl Checker<'_> {
                 };
                 self.report(
                     Some(value.span()),
-                    format!("exit_code must be between 1 and 255, found {code}"),
+                    format!("exit_code must be 1 or between 6 and 255, found {code}"),
                     Some(hint.into()),
                 );
                 None
