@@ -95,6 +95,14 @@ fn render(units: u64, scale: u32, trailing_zeros: usize) -> String {
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig {
+        // Cases found are kept in the repository (tests run from the package root).
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct(
+            "tests/proptest-regressions/properties.txt",
+        ))),
+        ..ProptestConfig::default()
+    })]
+
     #[test]
     fn webhook_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         if let Err(error) = parse(&bytes) {
