@@ -4,7 +4,7 @@
 
 use crate::diagnostic::{Diagnostic, Diagnostics};
 use crate::domain::Instrument;
-use crate::http::source::SourcePolicy;
+use crate::http::source::{ForwardedHeader, SourcePolicy};
 use ipnet::IpNet;
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -92,6 +92,7 @@ struct RawWebhook {
     allow: Option<Vec<Spanned<String>>>,
     #[serde(default)]
     trusted_proxies: Vec<Spanned<String>>,
+    forwarded_header: Option<Spanned<String>>,
     #[serde(default)]
     signature_keys: Vec<Spanned<String>>,
     signature_tolerance: Option<Spanned<String>>,
@@ -136,6 +137,22 @@ fn webhook_settings(
         .as_deref()
         .map(|entries| networks(entries, "allow", true));
     let trusted_proxies = networks(&raw.trusted_proxies, "trusted_proxies", false);
+    let header = match &raw.forwarded_header {
+        None => ForwardedHeader::default(),
+        Some(text) => ForwardedHeader::parse(text.get_ref()).unwrap_or_else(|| {
+            diagnostics.push(Diagnostic::at(
+                path,
+                source,
+                Some(text.span()),
+                format!(
+                    "webhook.forwarded_header = {:?} is not a header vigil reads",
+                    text.get_ref()
+                ),
+                Some(r#"write "x-forwarded-for" (nginx, most load balancers) or "forwarded" (RFC 7239)"#.into()),
+            ));
+            ForwardedHeader::default()
+        }),
+    };
     let signature_tolerance = match raw.signature_tolerance {
         None => DEFAULT_SIGNATURE_TOLERANCE,
         Some(text) => {
@@ -164,7 +181,7 @@ fn webhook_settings(
     };
     let mut signature_keys = Vec::new();
     for key in &raw.signature_keys {
-        if key.get_ref().len() < MIN_SIGNATURE_KEY_BYTES {
+        if !signature_key_is_long_enough(key.get_ref()) {
             let mut problem = Diagnostic::at(
                 path,
                 source,
@@ -177,10 +194,14 @@ fn webhook_settings(
                         .into(),
                 ),
             );
-            // The line holds the key: show where it is, never what it is.
-            problem.source_line = problem
-                .source_line
-                .replace(key.get_ref().as_str(), "<redacted>");
+            // The line holds the key: show where it is, never what it is. A key written with
+            // escapes does not appear as is, so then the whole line goes.
+            problem.source_line = match problem.source_line.contains(key.get_ref().as_str()) {
+                true => problem
+                    .source_line
+                    .replace(key.get_ref().as_str(), "<redacted>"),
+                false => "<a line holding a signing key>".to_string(),
+            };
             diagnostics.push(problem);
         }
         signature_keys.push(key.get_ref().clone());
@@ -189,6 +210,7 @@ fn webhook_settings(
         sources: SourcePolicy {
             allow,
             trusted_proxies,
+            header,
         },
         signature_keys,
         signature_tolerance,
@@ -198,6 +220,11 @@ fn webhook_settings(
 
 /// The shortest signing key accepted: shorter keys can be guessed.
 pub const MIN_SIGNATURE_KEY_BYTES: usize = 16;
+
+/// Whether `key` is at least [`MIN_SIGNATURE_KEY_BYTES`] long.
+pub fn signature_key_is_long_enough(key: &str) -> bool {
+    key.len() >= MIN_SIGNATURE_KEY_BYTES
+}
 
 /// Why a deployment file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -329,6 +356,8 @@ mod tests {
             ("a tolerance out of range", "signature_tolerance = \"2h\"", &["between 1s and 1h"]),
             ("a short key", "signature_keys = [\"short-secret\"]", &["shorter than 16 bytes"]),
             ("an unknown key", "allowed = []", &["unknown field `allowed`"]),
+            ("a header vigil does not read", "forwarded_header = \"x-real-ip\"", &["is not a header vigil reads"]),
+            ("the preset with the standard header", "allow = [\"tradingview\", \"10.0.0.0/8\"]\ntrusted_proxies = [\"127.0.0.1\"]\nforwarded_header = \"forwarded\"", &[]),
         ];
         for (what, table, problems) in cases {
             let source = format!("[webhook]\n{table}\n");

@@ -15,7 +15,7 @@ use tower::ServiceExt;
 use vigil::broker::PaperBroker;
 use vigil::domain::default_instruments;
 use vigil::http::signature::Signatures;
-use vigil::http::source::SourcePolicy;
+use vigil::http::source::{ForwardedHeader, SourcePolicy};
 use vigil::http::throttle::Throttle;
 use vigil::http::{app, AppState, Passphrase};
 use vigil::logging::{self, Capture, VirtualTimer};
@@ -705,6 +705,8 @@ async fn only_allowed_sources_may_send() {
             &[("x-forwarded-for", "52.89.214.238")], StatusCode::OK),
         ("behind a trusted proxy, a forwarded outsider is refused", &["tradingview"], &["10.0.0.0/8"], "10.0.0.5:5000",
             &[("forwarded", "for=198.51.100.1")], StatusCode::FORBIDDEN),
+        ("behind a trusted proxy, a client's own Forwarded is not the configured header", &["tradingview"], &["10.0.0.0/8"], "10.0.0.5:5000",
+            &[("x-forwarded-for", "198.51.100.1"), ("forwarded", "for=52.89.214.238")], StatusCode::FORBIDDEN),
         ("behind a trusted proxy, garbage is refused", &["tradingview"], &["10.0.0.0/8"], "10.0.0.5:5000",
             &[("x-forwarded-for", "localhost")], StatusCode::FORBIDDEN),
     ];
@@ -719,6 +721,11 @@ async fn only_allowed_sources_may_send() {
         let sources = SourcePolicy {
             allow: (!allow.is_empty()).then(|| nets(allow, true)),
             trusted_proxies: nets(proxies, false),
+            // A case forwarding with `Forwarded` runs with forwarded_header = "forwarded".
+            header: match headers.first() {
+                Some(("forwarded", _)) => ForwardedHeader::Forwarded,
+                _ => ForwardedHeader::XForwardedFor,
+            },
         };
         let (router, _) =
             guarded_service(&store, sources, None).with_lifecycle("active", SignalSet::ALL);

@@ -148,13 +148,27 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
         }
     }
     let mut webhook = deployment.webhook;
-    if let Ok(keys) = std::env::var(SIGNATURE_KEYS_ENV) {
-        webhook.signature_keys = keys
-            .split(',')
-            .map(str::trim)
-            .filter(|key| !key.is_empty())
-            .map(str::to_string)
-            .collect();
+    // An empty variable is no setting, as for the passphrase: the file's keys stay.
+    let from_env: Vec<String> = std::env::var(SIGNATURE_KEYS_ENV)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+        .map(str::to_string)
+        .collect();
+    if !from_env.is_empty() {
+        if !from_env
+            .iter()
+            .all(|key| crate::deployment::signature_key_is_long_enough(key))
+        {
+            eprintln!(
+                "error: a key in {SIGNATURE_KEYS_ENV} is shorter than {} bytes; use random keys of 32 \
+                 bytes or more, for example `openssl rand -hex 32`",
+                crate::deployment::MIN_SIGNATURE_KEY_BYTES
+            );
+            return Ok(None);
+        }
+        webhook.signature_keys = from_env;
     }
     if webhook.require_signature && webhook.signature_keys.is_empty() {
         eprintln!(

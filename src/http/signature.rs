@@ -1,12 +1,14 @@
 //! Signed webhooks, for senders that can sign (TradingView cannot; its alerts carry the
 //! passphrase). The header `X-Vigil-Signature: t=<unix seconds>,v1=<hex>` carries an
-//! HMAC-SHA256 over `"<t>.<raw body>"`: a signature is valid when one configured key made it
-//! (two keys may be valid at once, for rotation), its time is within the tolerance of now,
-//! and it was not seen before inside that window (a replay is refused). Comparisons are the
+//! HMAC-SHA256 over `"<t>.<raw body>"` (`t` exactly as the header writes it): a signature is
+//! valid when one configured key made it (two keys may be valid at once, for rotation), its
+//! time is within the tolerance of now, and the signed message (its time and body) was not
+//! accepted before inside that window (a replay is refused, however its `v1=` values are
+//! ordered or chosen). Comparisons are the
 //! `hmac` crate's, in constant time; keys are never logged or shown.
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
@@ -64,7 +66,8 @@ impl fmt::Debug for Signatures {
     }
 }
 
-/// Signatures seen, oldest first, each with the time it stops mattering.
+/// Signed messages accepted (SHA-256 of their time and body), oldest first, each with the
+/// time it stops mattering.
 #[derive(Debug, Default)]
 struct Seen {
     /// For lookups.
@@ -99,25 +102,31 @@ impl Signatures {
                 false => Ok(()),
             };
         };
-        let (time, signatures) = parse(header)?;
+        let (time, time_text, signatures) = parse(header)?;
         let tolerance = i64::try_from(self.tolerance.as_secs()).unwrap_or(i64::MAX);
         if now_s.abs_diff(time) > tolerance.unsigned_abs() {
             return Err(SignatureError::Expired);
         }
-        let matching = signatures.into_iter().find(|signature| {
+        let matches = signatures.iter().any(|signature| {
             self.keys.iter().any(|key| {
                 let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
                     return false;
                 };
-                mac.update(time.to_string().as_bytes());
+                mac.update(time_text.as_bytes());
                 mac.update(b".");
                 mac.update(body);
                 mac.verify_slice(signature).is_ok()
             })
         });
-        let Some(signature) = matching else {
+        if !matches {
             return Err(SignatureError::Mismatch);
-        };
+        }
+        let message = Sha256::new()
+            .chain_update(time_text.as_bytes())
+            .chain_update(b".")
+            .chain_update(body)
+            .finalize()
+            .to_vec();
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         while let Some((forget_after, _)) = seen.order.front() {
             if *forget_after >= now_s && seen.order.len() < MAX_REMEMBERED_SIGNATURES {
@@ -127,11 +136,11 @@ impl Signatures {
                 seen.set.remove(&old);
             }
         }
-        if !seen.set.insert(signature.clone()) {
+        if !seen.set.insert(message.clone()) {
             return Err(SignatureError::Replayed);
         }
         seen.order
-            .push_back((time.saturating_add(tolerance), signature));
+            .push_back((time.saturating_add(tolerance), message));
         Ok(())
     }
 
@@ -149,8 +158,9 @@ impl Signatures {
     }
 }
 
-/// `t=<unix seconds>,v1=<hex>[,v1=<hex>]`, in any order.
-fn parse(header: &str) -> Result<(i64, Vec<Vec<u8>>), SignatureError> {
+/// `t=<unix seconds>,v1=<hex>[,v1=<hex>]`, in any order: the time, as a number and as
+/// written, and the signatures.
+fn parse(header: &str) -> Result<(i64, String, Vec<Vec<u8>>), SignatureError> {
     let mut time = None;
     let mut signatures = Vec::new();
     for part in header.split(',') {
@@ -160,12 +170,9 @@ fn parse(header: &str) -> Result<(i64, Vec<Vec<u8>>), SignatureError> {
             .ok_or(SignatureError::Malformed)?;
         match key.trim() {
             "t" => {
-                time = Some(
-                    value
-                        .trim()
-                        .parse::<i64>()
-                        .map_err(|_| SignatureError::Malformed)?,
-                )
+                let text = value.trim();
+                let number = text.parse::<i64>().map_err(|_| SignatureError::Malformed)?;
+                time = Some((number, text.to_string()));
             }
             "v1" if signatures.len() < MAX_SIGNATURES_PER_HEADER => {
                 signatures.push(hex::decode(value.trim()).map_err(|_| SignatureError::Malformed)?);
@@ -175,7 +182,7 @@ fn parse(header: &str) -> Result<(i64, Vec<Vec<u8>>), SignatureError> {
         }
     }
     match (time, signatures.is_empty()) {
-        (Some(time), false) => Ok((time, signatures)),
+        (Some((time, text)), false) => Ok((time, text, signatures)),
         _ => Err(SignatureError::Malformed),
     }
 }
@@ -249,6 +256,16 @@ mod tests {
             verifier.verify(Some(&header), BODY, NOW + 1),
             Err(SignatureError::Replayed)
         );
+        // Reordered or chosen v1 values are the same message, refused too.
+        let rotating = format!("{header},v1={}", "00".repeat(32));
+        let swapped = format!("v1={},{header}", "00".repeat(32));
+        for replay in [rotating, swapped] {
+            assert_eq!(
+                verifier.verify(Some(&replay), BODY, NOW + 1),
+                Err(SignatureError::Replayed),
+                "{replay}"
+            );
+        }
         // Past the window it is refused as expired, not remembered for ever.
         assert_eq!(
             verifier.verify(Some(&header), BODY, NOW + 301),

@@ -1,7 +1,9 @@
 //! Where a webhook comes from, and whether that source may send alerts: the peer address,
-//! or, behind proxies the deployment trusts, the address they forwarded (`Forwarded`, else
-//! `X-Forwarded-For`). Forwarding headers from anyone else are ignored, so a client cannot
-//! claim an allowed address by writing one.
+//! or, behind proxies the deployment trusts, the address they forwarded in the one header
+//! the deployment names (`X-Forwarded-For` by default, or `Forwarded`). Only that header is
+//! read, since a proxy that sets one passes the other through as the client wrote it, and
+//! forwarding headers from anyone but a trusted proxy are ignored: a client cannot claim an
+//! allowed address by writing one.
 
 use axum::http::HeaderMap;
 use ipnet::IpNet;
@@ -22,13 +24,36 @@ pub const TRADINGVIEW_ADDRESSES: [&str; 4] = [
 /// (where a client writes what it likes), which only ever makes the answer more cautious.
 pub const MAX_FORWARDED_HOPS: usize = 16;
 
+/// The header trusted proxies name the client in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, ...` (nginx, most load balancers).
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239).
+    Forwarded,
+}
+
+impl ForwardedHeader {
+    /// Reads the deployment's `forwarded_header` value.
+    pub fn parse(text: &str) -> Option<ForwardedHeader> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "x-forwarded-for" => Some(ForwardedHeader::XForwardedFor),
+            "forwarded" => Some(ForwardedHeader::Forwarded),
+            _ => None,
+        }
+    }
+}
+
 /// Who may send webhooks, and which proxies are believed about who sent them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SourcePolicy {
     /// Networks allowed to send webhooks; `None` allows every source.
     pub allow: Option<Vec<IpNet>>,
-    /// Proxies whose forwarding headers are believed.
+    /// Proxies whose forwarding header is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// The one header they name the client in.
+    pub header: ForwardedHeader,
 }
 
 impl SourcePolicy {
@@ -43,11 +68,20 @@ impl SourcePolicy {
                 .map(IpNet::from)
                 .collect());
         }
-        if let Ok(network) = text.parse::<IpNet>() {
-            return Ok(vec![network.trunc()]);
-        }
         if let Ok(address) = text.parse::<IpAddr>() {
-            return Ok(vec![IpNet::from(address)]);
+            return Ok(vec![IpNet::from(canonical(address))]);
+        }
+        if let Ok(network) = text.parse::<IpNet>() {
+            // `::ffff:a.b.c.d/n` is the IPv4 network, as addresses are compared in IPv4 form.
+            let network = match network {
+                IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                    Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                        .map_or(IpNet::V6(v6), IpNet::V4),
+                    None => IpNet::V6(v6),
+                },
+                other => other,
+            };
+            return Ok(vec![network.trunc()]);
         }
         let preset = match preset_allowed {
             true => format!(", or \"{TRADINGVIEW_PRESET}\" for TradingView's addresses"),
@@ -66,7 +100,7 @@ impl SourcePolicy {
         if !self.trusts(peer) {
             return Some(peer);
         }
-        let Some(chain) = forwarded(headers) else {
+        let Some(chain) = forwarded(headers, self.header) else {
             return Some(peer);
         };
         let mut client = peer;
@@ -87,7 +121,8 @@ impl SourcePolicy {
             .is_none_or(|allow| allow.iter().any(|network| network.contains(&client)))
     }
 
-    fn trusts(&self, address: IpAddr) -> bool {
+    /// Whether `address` is a trusted proxy.
+    pub fn trusts(&self, address: IpAddr) -> bool {
         self.trusted_proxies
             .iter()
             .any(|network| network.contains(&address))
@@ -103,9 +138,9 @@ fn canonical(address: IpAddr) -> IpAddr {
     }
 }
 
-/// The forwarded chain, oldest hop first: the `for=` values of `Forwarded` (RFC 7239), or
-/// else the entries of `X-Forwarded-For`; ports and brackets removed.
-fn forwarded(headers: &HeaderMap) -> Option<Vec<String>> {
+/// The forwarded chain in `header`, oldest hop first: the entries of `X-Forwarded-For`, or the
+/// `for=` values of `Forwarded` (RFC 7239); ports and brackets removed.
+fn forwarded(headers: &HeaderMap, header: ForwardedHeader) -> Option<Vec<String>> {
     let values = |name: &str| -> Vec<String> {
         headers
             .get_all(name)
@@ -116,25 +151,29 @@ fn forwarded(headers: &HeaderMap) -> Option<Vec<String>> {
             .filter(|item| !item.is_empty())
             .collect()
     };
-    let standard: Vec<String> = values("forwarded")
-        .iter()
-        .filter_map(|element| {
-            element.split(';').find_map(|pair| {
-                let (key, value) = pair.split_once('=')?;
-                key.trim()
-                    .eq_ignore_ascii_case("for")
-                    .then(|| strip_port(value.trim().trim_matches('"')))
+    let chain: Vec<String> = match header {
+        ForwardedHeader::XForwardedFor => values("x-forwarded-for")
+            .iter()
+            .map(|hop| strip_port(hop))
+            .collect(),
+        // An element without `for=` names no client: it stays in the chain, unparseable, so
+        // the source is unknown rather than guessed.
+        ForwardedHeader::Forwarded => values("forwarded")
+            .iter()
+            .map(|element| {
+                element
+                    .split(';')
+                    .find_map(|pair| {
+                        let (key, value) = pair.split_once('=')?;
+                        key.trim()
+                            .eq_ignore_ascii_case("for")
+                            .then(|| strip_port(value.trim().trim_matches('"')))
+                    })
+                    .unwrap_or_default()
             })
-        })
-        .collect();
-    if !standard.is_empty() {
-        return Some(standard);
-    }
-    let legacy: Vec<String> = values("x-forwarded-for")
-        .iter()
-        .map(|hop| strip_port(hop))
-        .collect();
-    (!legacy.is_empty()).then_some(legacy)
+            .collect(),
+    };
+    (!chain.is_empty()).then_some(chain)
 }
 
 /// `[2001:db8::1]:4711` → `2001:db8::1`, `192.0.2.60:80` → `192.0.2.60`; anything else as is.
@@ -156,7 +195,7 @@ mod tests {
     use super::*;
     use axum::http::HeaderValue;
 
-    fn policy(allow: &[&str], proxies: &[&str]) -> SourcePolicy {
+    fn policy(allow: &[&str], proxies: &[&str], header: ForwardedHeader) -> SourcePolicy {
         let nets = |entries: &[&str], preset: bool| -> Vec<IpNet> {
             entries
                 .iter()
@@ -166,6 +205,7 @@ mod tests {
         SourcePolicy {
             allow: (!allow.is_empty()).then(|| nets(allow, true)),
             trusted_proxies: nets(proxies, false),
+            header,
         }
     }
 
@@ -198,18 +238,29 @@ mod tests {
             // The rightmost untrusted hop is the client, whatever a client wrote to its left.
             (&["tradingview"], &["10.0.0.0/8"], "10.1.2.3", &[("x-forwarded-for", "52.89.214.238, 198.51.100.1, 10.9.9.9")], Some("198.51.100.1"), false),
             (&["tradingview"], &["10.0.0.0/8"], "10.1.2.3", &[("x-forwarded-for", "198.51.100.1, 52.89.214.238")], Some("52.89.214.238"), true),
-            // Forwarded (RFC 7239) wins over X-Forwarded-For; ports and brackets are stripped.
+            // Only the configured header is read: a client's own Forwarded, passed through by a
+            // proxy that sets X-Forwarded-For, is ignored, and the other way round.
+            (&["tradingview"], &["10.0.0.0/8"], "10.1.2.3", &[("x-forwarded-for", "198.51.100.1"), ("forwarded", "for=52.89.214.238")], Some("198.51.100.1"), false),
+            // Forwarded (RFC 7239) when configured; ports and brackets are stripped.
             (&["tradingview"], &["10.0.0.0/8"], "10.1.2.3", &[("forwarded", "for=\"52.89.214.238:4711\";proto=https"), ("x-forwarded-for", "198.51.100.1")], Some("52.89.214.238"), true),
             (&["2001:db8::/32"], &["10.0.0.0/8"], "10.1.2.3", &[("forwarded", "for=\"[2001:db8::1]:4711\"")], Some("2001:db8::1"), true),
             // A trusted proxy with no header is the client itself.
             (&["10.0.0.0/8"], &["10.0.0.0/8"], "10.1.2.3", &[], Some("10.1.2.3"), true),
             // Garbage forwarded by a trusted proxy: the source is unknown.
             (&["tradingview"], &["10.0.0.0/8"], "10.1.2.3", &[("x-forwarded-for", "not-an-address")], None, false),
-            // An IPv4 peer on a dual-stack listener.
+            // A Forwarded element without for= names nobody: the source is unknown.
+            (&["tradingview"], &["10.0.0.0/8"], "10.1.2.3", &[("forwarded", "proto=https")], None, false),
+            // An IPv4 peer on a dual-stack listener, and an IPv4 entry written as IPv6.
+            (&["::ffff:52.89.214.238"], &[], "52.89.214.238", &[], Some("52.89.214.238"), true),
             (&["tradingview"], &[], "::ffff:52.89.214.238", &[], Some("52.89.214.238"), true),
         ];
         for (allow, proxies, peer, headers, client, allowed) in cases {
-            let policy = policy(allow, proxies);
+            // A case whose first header is `Forwarded` runs with `forwarded_header = "forwarded"`.
+            let header = match headers.first() {
+                Some(("forwarded", _)) => ForwardedHeader::Forwarded,
+                _ => ForwardedHeader::XForwardedFor,
+            };
+            let policy = policy(allow, proxies, header);
             let mut map = HeaderMap::new();
             for (name, value) in *headers {
                 map.append(*name, HeaderValue::from_str(value).unwrap());

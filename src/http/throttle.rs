@@ -1,8 +1,10 @@
 //! Brute force: a source that keeps failing authentication (a wrong passphrase, a bad
 //! signature) is slowed, then refused for a while. Memory is bounded, and exempt sources
-//! (the allowlist, or without one TradingView's own addresses) are never slowed or refused:
-//! TradingView never resends a 4xx, so a refused valid alert would be a lost one, and its
-//! addresses are shared by every TradingView user, an attacker included.
+//! (the allowlist, or without one TradingView's own addresses; loopback and the trusted
+//! proxies) are never slowed or refused: TradingView never resends a 4xx, so a refused valid
+//! alert would be a lost one, its addresses are shared by every TradingView user, an
+//! attacker included, and a proxy's own address stands for everyone behind it. IPv6 sources
+//! are counted per /64, the block one host is usually given.
 
 use ipnet::IpNet;
 use std::collections::HashMap;
@@ -68,14 +70,20 @@ pub struct Throttle {
 }
 
 impl Throttle {
-    /// The throttle for a deployment admitting `sources`: its allowlist is exempt, or
-    /// without one TradingView's addresses.
+    /// The throttle for a deployment admitting `sources`: its allowlist is exempt (without
+    /// one TradingView's addresses), and so are loopback and the trusted proxies.
     pub fn for_sources(sources: &super::source::SourcePolicy) -> Throttle {
-        let exempt = match &sources.allow {
+        let mut exempt = match &sources.allow {
             Some(allow) => allow.clone(),
             None => super::source::SourcePolicy::entry(super::source::TRADINGVIEW_PRESET, true)
                 .unwrap_or_default(),
         };
+        exempt.extend(sources.trusted_proxies.iter().copied());
+        exempt.extend(
+            ["127.0.0.0/8", "::1/128"]
+                .iter()
+                .filter_map(|net| net.parse::<IpNet>().ok()),
+        );
         Throttle::new(exempt)
     }
 
@@ -97,7 +105,10 @@ impl Throttle {
             return Gate::Open;
         }
         let sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
-        match sources.get(&source).and_then(|record| record.locked_until) {
+        match sources
+            .get(&counted_as(source))
+            .and_then(|record| record.locked_until)
+        {
             Some(until) if until > now => Gate::Locked {
                 retry_after: until - now,
             },
@@ -110,11 +121,19 @@ impl Throttle {
         if self.is_exempt(source) {
             return Duration::ZERO;
         }
+        let source = counted_as(source);
         let mut sources = self.sources.lock().unwrap_or_else(PoisonError::into_inner);
         if !sources.contains_key(&source) && sources.len() >= MAX_TRACKED_SOURCES {
+            // Locked-out sources are forgotten last, so a flood from new addresses cannot
+            // free an attacker's own.
             let oldest = sources
                 .iter()
-                .min_by_key(|(_, record)| record.last_at)
+                .min_by_key(|(_, record)| {
+                    (
+                        record.locked_until.is_some_and(|until| until > now),
+                        record.last_at,
+                    )
+                })
                 .map(|(address, _)| *address);
             if let Some(oldest) = oldest {
                 sources.remove(&oldest);
@@ -149,7 +168,7 @@ impl Throttle {
         self.sources
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&source);
+            .remove(&counted_as(source));
     }
 
     /// How many sources are remembered.
@@ -158,6 +177,26 @@ impl Throttle {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
+    }
+}
+
+/// The address failures are counted against: IPv4 as is, IPv6 by its /64.
+fn counted_as(source: IpAddr) -> IpAddr {
+    match source {
+        IpAddr::V6(v6) => {
+            let segments = v6.segments();
+            IpAddr::V6(std::net::Ipv6Addr::new(
+                segments[0],
+                segments[1],
+                segments[2],
+                segments[3],
+                0,
+                0,
+                0,
+                0,
+            ))
+        }
+        v4 => v4,
     }
 }
 
@@ -219,6 +258,48 @@ mod tests {
         }
         assert_eq!(throttle.check(tradingview, now), Gate::Open);
         assert_eq!(throttle.tracked(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ipv6_hosts_count_per_block_and_proxies_are_exempt() {
+        let sources = crate::http::source::SourcePolicy {
+            trusted_proxies: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Default::default()
+        };
+        let throttle = Throttle::for_sources(&sources);
+        let now = Instant::now();
+        for host in 1..=FAILURES_BEFORE_LOCKOUT {
+            let address: IpAddr = format!("2001:db8:1:2::{host:x}").parse().unwrap();
+            throttle.failed(address, now);
+        }
+        let sibling: IpAddr = "2001:db8:1:2::ffff".parse().unwrap();
+        assert!(matches!(throttle.check(sibling, now), Gate::Locked { .. }));
+        let elsewhere: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(throttle.check(elsewhere, now), Gate::Open);
+        for exempt in ["10.1.2.3", "127.0.0.1", "::1", "52.89.214.238"] {
+            let address: IpAddr = exempt.parse().unwrap();
+            for _ in 0..FAILURES_BEFORE_LOCKOUT * 2 {
+                assert_eq!(throttle.failed(address, now), Duration::ZERO, "{exempt}");
+            }
+            assert_eq!(throttle.check(address, now), Gate::Open, "{exempt}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_new_sources_does_not_free_a_locked_one() {
+        let throttle = Throttle::new(Vec::new());
+        let now = Instant::now();
+        for _ in 0..FAILURES_BEFORE_LOCKOUT {
+            throttle.failed(attacker(), now);
+        }
+        for n in 0..MAX_TRACKED_SOURCES + 10 {
+            let address = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n as u32));
+            throttle.failed(address, now + Duration::from_millis(1 + n as u64));
+        }
+        assert!(matches!(
+            throttle.check(attacker(), now + Duration::from_secs(60)),
+            Gate::Locked { .. }
+        ));
     }
 
     #[tokio::test(start_paused = true)]

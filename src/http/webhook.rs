@@ -83,8 +83,10 @@ pub async fn receive(
     let started = Instant::now();
     let _in_flight = app.shared.in_flight.enter();
     let peer = peer.map(|Extension(ConnectInfo(peer))| peer.ip());
-    // Who to count failures against: the forwarded source, else the peer.
-    let source = peer.map(|peer| app.sources.client(peer, &headers).unwrap_or(peer));
+    // Who to count failures against: the source as trusted proxies forward it. An unknown
+    // source (a proxy forwarding something that is not an address) is not counted: its
+    // failures would land on the proxy, which stands for everyone behind it.
+    let source = peer.and_then(|peer| app.sources.client(peer, &headers));
     let admission = source.map_or(Admission::Open, |source| {
         app.throttle.check(source, tokio::time::Instant::now())
     });
