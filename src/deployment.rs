@@ -2,7 +2,7 @@
 //! which policy it follows and the instruments it trades. Environment variables override
 //! it and command-line flags override both; the command line does that layering.
 
-use crate::diagnostic::{Diagnostic, Diagnostics};
+use crate::diagnostic::{Collector, Diagnostics};
 use crate::domain::Instrument;
 use crate::http::source::{ForwardedHeader, SourcePolicy};
 use ipnet::IpNet;
@@ -110,24 +110,19 @@ struct RawInstrument {
 
 /// Reads the `[webhook]` table, adding a diagnostic for each entry that cannot be used. A
 /// diagnostic about a key never shows the key.
-fn webhook_settings(
-    path: &Path,
-    source: &str,
-    raw: RawWebhook,
-    diagnostics: &mut Vec<Diagnostic>,
-) -> WebhookSettings {
+fn webhook_settings(file: &mut Collector<'_>, raw: RawWebhook) -> WebhookSettings {
     let mut networks = |entries: &[Spanned<String>], key: &str, preset: bool| -> Vec<IpNet> {
         let mut found = Vec::new();
         for entry in entries {
             match SourcePolicy::entry(entry.get_ref(), preset) {
                 Ok(networks) => found.extend(networks),
-                Err(problem) => diagnostics.push(Diagnostic::at(
-                    path,
-                    source,
-                    Some(entry.span()),
-                    format!("webhook.{key}: {problem}"),
-                    None,
-                )),
+                Err(problem) => {
+                    file.report(
+                        Some(entry.span()),
+                        format!("webhook.{key}: {problem}"),
+                        None,
+                    );
+                }
             }
         }
         found
@@ -140,16 +135,14 @@ fn webhook_settings(
     let header = match &raw.forwarded_header {
         None => ForwardedHeader::default(),
         Some(text) => ForwardedHeader::parse(text.get_ref()).unwrap_or_else(|| {
-            diagnostics.push(Diagnostic::at(
-                path,
-                source,
+            file.report(
                 Some(text.span()),
                 format!(
                     "webhook.forwarded_header = {:?} is not a header vigil reads",
                     text.get_ref()
                 ),
                 Some(r#"write "x-forwarded-for" (nginx, most load balancers) or "forwarded" (RFC 7239)"#.into()),
-            ));
+            );
             ForwardedHeader::default()
         }),
     };
@@ -164,16 +157,14 @@ fn webhook_settings(
                     tolerance
                 }
                 _ => {
-                    diagnostics.push(Diagnostic::at(
-                    path,
-                    source,
-                    Some(text.span()),
-                    format!(
-                        "webhook.signature_tolerance = {:?} is not a duration between 1s and 1h",
-                        text.get_ref()
-                    ),
-                    Some(r#"write a duration with its unit, for example signature_tolerance = "5m""#.into()),
-                ));
+                    file.report(
+                        Some(text.span()),
+                        format!(
+                            "webhook.signature_tolerance = {:?} is not a duration between 1s and 1h",
+                            text.get_ref()
+                        ),
+                        Some(r#"write a duration with its unit, for example signature_tolerance = "5m""#.into()),
+                    );
                     DEFAULT_SIGNATURE_TOLERANCE
                 }
             }
@@ -182,9 +173,7 @@ fn webhook_settings(
     let mut signature_keys = Vec::new();
     for key in &raw.signature_keys {
         if !signature_key_is_long_enough(key.get_ref()) {
-            let mut problem = Diagnostic::at(
-                path,
-                source,
+            let problem = file.report(
                 Some(key.span()),
                 format!(
                     "webhook.signature_keys: a key is shorter than {MIN_SIGNATURE_KEY_BYTES} bytes"
@@ -202,7 +191,6 @@ fn webhook_settings(
                     .replace(key.get_ref().as_str(), "<redacted>"),
                 false => "<a line holding a signing key>".to_string(),
             };
-            diagnostics.push(problem);
         }
         signature_keys.push(key.get_ref().clone());
     }
@@ -245,39 +233,33 @@ pub enum DeploymentError {
 impl Deployment {
     /// Parses deployment text; `path` locates errors and anchors the relative policy path.
     pub fn parse(path: &Path, source: &str) -> Result<Deployment, Diagnostics> {
-        let raw: RawDeployment = toml::from_str(source).map_err(|error| {
-            let hint = error
-                .message()
-                .starts_with("unknown field")
-                .then(|| "the README's deployment section lists every key".to_string());
-            Diagnostics(vec![Diagnostic::at(
-                path,
-                source,
-                error.span(),
-                error.message().trim(),
-                hint,
-            )])
-        })?;
-        let mut diagnostics = Vec::new();
+        let mut file = Collector::new(path, source);
+        let raw: RawDeployment = match toml::from_str(source) {
+            Ok(raw) => raw,
+            Err(error) => {
+                let hint = error
+                    .message()
+                    .starts_with("unknown field")
+                    .then(|| "the README's deployment section lists every key".to_string());
+                file.report(error.span(), error.message().trim(), hint);
+                return file.finish(None);
+            }
+        };
         let mut instruments = BTreeMap::new();
         for (name, raw) in raw.instruments {
             let mut field = |value: &Spanned<String>, key: &str| -> Decimal {
                 match crate::domain::parse_decimal(value.get_ref().trim()) {
                     Some(number) if number > Decimal::ZERO => number,
                     Some(number) => {
-                        diagnostics.push(Diagnostic::at(
-                            path,
-                            source,
+                        file.report(
                             Some(value.span()),
                             format!("instruments.{name}.{key} must be positive, found {number}"),
                             None,
-                        ));
+                        );
                         Decimal::ONE
                     }
                     None => {
-                        diagnostics.push(Diagnostic::at(
-                            path,
-                            source,
+                        file.report(
                             Some(value.span()),
                             format!(
                                 "instruments.{name}.{key} = {:?} is not a decimal number",
@@ -286,7 +268,7 @@ impl Deployment {
                             Some(format!(
                                 r#"decimals are quoted strings, for example {key} = "50""#
                             )),
-                        ));
+                        );
                         Decimal::ONE
                     }
                 }
@@ -299,12 +281,9 @@ impl Deployment {
             // Signals name instruments upper-cased; so does the table.
             instruments.insert(name.to_ascii_uppercase(), instrument);
         }
-        let webhook = webhook_settings(path, source, raw.webhook, &mut diagnostics);
-        if !diagnostics.is_empty() {
-            return Err(Diagnostics(diagnostics));
-        }
+        let webhook = webhook_settings(&mut file, raw.webhook);
         let base = path.parent().unwrap_or(Path::new(""));
-        Ok(Deployment {
+        file.finish(Some(Deployment {
             instance: raw.instance,
             database_url: raw.database_url,
             redis_url: raw.redis_url,
@@ -313,7 +292,7 @@ impl Deployment {
             listen: raw.listen,
             webhook_passphrase: raw.webhook_passphrase,
             webhook,
-        })
+        }))
     }
 
     /// Reads `path`; with no path, reads `vigil.toml` if it exists and otherwise returns the

@@ -103,6 +103,66 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// Gathers what is wrong with one file while it is checked: errors, which refuse it, and
+/// warnings, which do not.
+#[derive(Debug)]
+pub struct Collector<'a> {
+    /// The file as the user named it.
+    pub path: &'a Path,
+    /// Its text.
+    pub source: &'a str,
+    /// Problems that make the file unusable.
+    pub errors: Vec<Diagnostic>,
+    /// Settings that work but do not do what they seem to say.
+    pub warnings: Vec<Diagnostic>,
+}
+
+impl<'a> Collector<'a> {
+    /// Nothing found yet in `source`, read from `path`.
+    pub fn new(path: &'a Path, source: &'a str) -> Collector<'a> {
+        Collector {
+            path,
+            source,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Records an error at `span`; returns it, for a caller that must hide part of its line.
+    pub fn report(
+        &mut self,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) -> &mut Diagnostic {
+        let diagnostic = Diagnostic::at(self.path, self.source, span, message, hint);
+        self.errors.push(diagnostic);
+        let last = self.errors.len() - 1;
+        &mut self.errors[last]
+    }
+
+    /// Records a warning at `span`.
+    pub fn warn(
+        &mut self,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        let diagnostic = Diagnostic::at(self.path, self.source, span, message, hint);
+        self.warnings.push(diagnostic.warning());
+    }
+
+    /// `value` when no error was found, else every error in file order.
+    pub fn finish<T>(mut self, value: Option<T>) -> Result<T, Diagnostics> {
+        self.errors
+            .sort_by_key(|diagnostic| (diagnostic.line, diagnostic.column));
+        match value {
+            Some(value) if self.errors.is_empty() => Ok(value),
+            _ => Err(Diagnostics(self.errors)),
+        }
+    }
+}
+
 /// All problems found in one file, in the order they appear.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostics(pub Vec<Diagnostic>);

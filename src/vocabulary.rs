@@ -77,6 +77,13 @@ impl FailureKind {
         )
     }
 
+    /// Whether this failure is only ever found by a recovery that read every stored position
+    /// (a consistency check failed), so the positions are known while it is tolerated and
+    /// what the policy accepts for it can be honoured from the start.
+    pub const fn found_with_positions_read(self) -> bool {
+        matches!(self, FailureKind::ValidationFailed)
+    }
+
     /// Whether something besides this kind's probe reports the dependency's return while the
     /// instance serves: Redis's heartbeat does, so it may hear Redis back before a pending
     /// retry is due. The database and the broker are only heard back from by their probe

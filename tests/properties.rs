@@ -12,6 +12,7 @@ use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use vigil::deployment::Deployment;
+use vigil::diagnostic::Diagnostics;
 use vigil::policy::Policy;
 use vigil::store::{PortfolioRow, PositionRow, PyramidingRow, RecoveryRows};
 use vigil::trading::{parse, SignalError};
@@ -156,23 +157,12 @@ proptest! {
 
     #[test]
     fn policy_files_never_panic_and_errors_locate_themselves(source in policy_text()) {
-        if let Err(diagnostics) = Policy::parse(Path::new("fuzz.toml"), &source) {
-            prop_assert!(!diagnostics.0.is_empty());
-            for diagnostic in &diagnostics.0 {
-                prop_assert!(diagnostic.line >= 1 && diagnostic.column >= 1, "{diagnostic}");
-                prop_assert!(!diagnostic.message.is_empty());
-            }
-        }
+        located(Policy::parse(Path::new("fuzz.toml"), &source).err())?;
     }
 
     #[test]
     fn deployment_files_never_panic_and_errors_locate_themselves(source in deployment_text()) {
-        if let Err(diagnostics) = Deployment::parse(Path::new("vigil.toml"), &source) {
-            prop_assert!(!diagnostics.0.is_empty());
-            for diagnostic in &diagnostics.0 {
-                prop_assert!(diagnostic.line >= 1 && diagnostic.column >= 1, "{diagnostic}");
-            }
-        }
+        located(Deployment::parse(Path::new("vigil.toml"), &source).err())?;
     }
 
     /// Whatever the stored rows hold, recovery answers with a receipt and never panics; a
@@ -185,6 +175,22 @@ proptest! {
             Some(kind) => prop_assert!(kind.needs_recovery(), "{kind}"),
         }
     }
+}
+
+/// A refused file has at least one problem, each with a message at a line and column.
+fn located(refused: Option<Diagnostics>) -> Result<(), TestCaseError> {
+    let Some(diagnostics) = refused else {
+        return Ok(());
+    };
+    prop_assert!(!diagnostics.0.is_empty());
+    for diagnostic in &diagnostics.0 {
+        prop_assert!(
+            diagnostic.line >= 1 && diagnostic.column >= 1,
+            "{diagnostic}"
+        );
+        prop_assert!(!diagnostic.message.is_empty(), "{diagnostic}");
+    }
+    Ok(())
 }
 
 /// A shipped policy with a few bytes changed, dropped or doubled, or any text at all.

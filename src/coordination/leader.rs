@@ -86,11 +86,6 @@ pub fn tick(coordination: &Coordination) -> Duration {
     timings.heartbeat_interval.min(timings.leader_lease / 3)
 }
 
-/// Only a serving instance leads.
-fn eligible(state: lifecycle::State) -> bool {
-    state.is_serving()
-}
-
 /// Stops a task when dropped: the heartbeat ends with the pulse, however the pulse ends.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -122,17 +117,17 @@ pub async fn run(shared: Arc<Shared>, tasks: LeaderTasks) {
                 log_step_down(&shared, lead.fencing_token, StepDown::NoStore);
                 None
             }
-            (Some(lead), Some(store)) if !eligible(state) => {
+            (Some(lead), Some(store)) if !state.is_serving() => {
                 step_down(&shared, &store, lead, StepDown::Ineligible(state)).await;
                 None
             }
             (Some(lead), Some(store)) => {
                 keep_leading(&shared, &store, lead, &tasks, &mut consistent).await
             }
-            (None, Some(store)) if eligible(state) => {
+            (None, Some(store)) if state.is_serving() => {
                 match try_to_lead(&shared, &store).await {
                     // The lifecycle may have moved on while the lease was being taken.
-                    Some(lead) if !eligible(shared.view().state) => {
+                    Some(lead) if !shared.view().state.is_serving() => {
                         let now = shared.view().state;
                         step_down(&shared, &store, lead, StepDown::Ineligible(now)).await;
                         None

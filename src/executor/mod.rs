@@ -244,20 +244,19 @@ impl Context {
 
     async fn ask(&self, kind: FailureKind, loud: Loud) -> Input {
         let answer = match kind {
-            FailureKind::DbUnavailable => {
-                bounded(kind, self.ports.database.ping(), |error| error.into()).await
-            }
+            FailureKind::DbUnavailable => within(PROBE_TIMEOUT, self.ports.database.ping()).await,
             FailureKind::RedisUnavailable => {
-                bounded(kind, self.ports.redis.check(), |message| Found {
-                    kind,
-                    message,
+                bounded(PROBE_TIMEOUT, kind, self.ports.redis.check(), |message| {
+                    Found { kind, message }
                 })
                 .await
             }
             FailureKind::BrokerUnavailable => {
-                bounded(kind, self.ports.broker.health(), |error| Found {
-                    kind,
-                    message: error.to_string(),
+                bounded(PROBE_TIMEOUT, kind, self.ports.broker.health(), |error| {
+                    Found {
+                        kind,
+                        message: error.to_string(),
+                    }
                 })
                 .await
             }
@@ -278,26 +277,22 @@ async fn within<T>(
     bound: Duration,
     step: impl std::future::Future<Output = Result<T, StoreError>>,
 ) -> Result<T, Found> {
-    match tokio::time::timeout(bound, step).await {
-        Ok(answer) => answer.map_err(Found::from),
-        Err(_) => Err(Found {
-            kind: FailureKind::DbUnavailable,
-            message: format!("the database gave no answer within {bound:?}"),
-        }),
-    }
+    bounded(bound, FailureKind::DbUnavailable, step, Found::from).await
 }
 
-/// Runs a probe of `kind` within [`PROBE_TIMEOUT`].
-async fn bounded<E>(
+/// Runs `step` within `bound`; an error becomes a [`Found`] through `found`, and no answer
+/// in time is a failure of `kind`.
+async fn bounded<T, E>(
+    bound: Duration,
     kind: FailureKind,
-    probe: impl std::future::Future<Output = Result<(), E>>,
+    step: impl std::future::Future<Output = Result<T, E>>,
     found: impl FnOnce(E) -> Found,
-) -> Result<(), Found> {
-    match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+) -> Result<T, Found> {
+    match tokio::time::timeout(bound, step).await {
         Ok(answer) => answer.map_err(found),
         Err(_) => Err(Found {
             kind,
-            message: format!("{kind}: no answer within {PROBE_TIMEOUT:?}"),
+            message: format!("{kind}: no answer within {bound:?}"),
         }),
     }
 }

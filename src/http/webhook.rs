@@ -90,7 +90,7 @@ pub async fn receive(
     let admission = source.map_or(Admission::Open, |source| {
         app.throttle.check(source, tokio::time::Instant::now())
     });
-    let answer = match (admission, admit(&app, peer, &headers), body) {
+    let answer = match (admission, admit(&app, source), body) {
         (Admission::Locked { retry_after }, _, _) => Err(ApiError::locked_out(retry_after)),
         (Admission::Open, Err(refused), _) => Err(refused),
         (Admission::Open, Ok(()), Ok(body)) => match signed(&app, &headers, &body) {
@@ -126,13 +126,12 @@ pub async fn receive(
     answer.map(Json)
 }
 
-/// The source check: with an allowlist, only its sources (as trusted proxies forward them)
-/// may send; an unknown source is refused.
-fn admit(app: &AppState, peer: Option<IpAddr>, headers: &HeaderMap) -> Result<(), ApiError> {
+/// The source check: with an allowlist, only its sources (`client`, as trusted proxies
+/// forward it) may send; an unknown source is refused.
+fn admit(app: &AppState, client: Option<IpAddr>) -> Result<(), ApiError> {
     if app.sources.allow.is_none() {
         return Ok(());
     }
-    let client = peer.and_then(|peer| app.sources.client(peer, headers));
     match client {
         Some(client) if app.sources.allows(client) => Ok(()),
         _ => {

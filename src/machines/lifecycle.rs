@@ -531,9 +531,7 @@ impl Lifecycle {
         warning: &str,
     ) -> Outcome<State> {
         if kind.needs_recovery() {
-            // A failed consistency check comes from a recovery that decoded every position:
-            // the positions are known, so what the policy accepts for it can be honoured.
-            if kind == FailureKind::ValidationFailed {
+            if kind.found_with_positions_read() {
                 self.loaded = true;
             }
             return self.degrade(context, kind, warning, "serving degraded");

@@ -72,6 +72,21 @@ pub struct Policy {
 /// not use, so a supervisor can tell a policy's halt from them.
 pub const RESERVED_EXIT_CODES: std::ops::RangeInclusive<u8> = 2..=5;
 
+impl Response {
+    /// The exit code it halts with, at once or once its retries are spent; `None` when it
+    /// never halts (it continues degraded).
+    pub fn halt_code(&self) -> Option<u8> {
+        match self {
+            Response::Halt { exit_code }
+            | Response::Retry {
+                then: Exhausted::Halt { exit_code },
+                ..
+            } => Some(*exit_code),
+            _ => None,
+        }
+    }
+}
+
 /// How an instance answers one kind of failure.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Response {
@@ -252,14 +267,7 @@ impl Policy {
     /// The exit code the policy halts `kind` with, at once or once its retries are spent;
     /// `None` when it never halts on it.
     pub fn halt_code(&self, kind: FailureKind) -> Option<u8> {
-        match self.response(kind) {
-            Response::Halt { exit_code }
-            | Response::Retry {
-                then: Exhausted::Halt { exit_code },
-                ..
-            } => Some(*exit_code),
-            _ => None,
-        }
+        self.response(kind).halt_code()
     }
 
     /// Whether the policy ever tolerates `kind` (continues degraded), at once or once its

@@ -6,7 +6,7 @@ use super::{
     HEARTBEATS_BEFORE_STALE, MAX_HA_TIMING, MAX_RESTART_WINDOW, MAX_RETRY_ATTEMPTS,
     MAX_RETRY_DELAY, MIN_HA_TIMING, MIN_RESTART_WINDOW, MIN_RETRY_DELAY,
 };
-use crate::diagnostic::{did_you_mean, Diagnostic, Diagnostics};
+use crate::diagnostic::{did_you_mean, Collector, Diagnostics};
 use crate::vocabulary::{FailureKind, SignalSet, SignalType};
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -81,27 +81,18 @@ pub(super) fn parse(
     base: Option<&Policy>,
 ) -> Result<Policy, Diagnostics> {
     let mut check = Checker {
-        path,
-        source,
-        diagnostics: Vec::new(),
-        warnings: Vec::new(),
+        file: Collector::new(path, source),
     };
     let raw: RawPolicy = match toml::from_str(source) {
         Ok(raw) => raw,
         Err(error) => {
             let (message, hint) = explain_toml_error(error.message());
             check.report(error.span(), message, hint);
-            return Err(Diagnostics(check.diagnostics));
+            return check.file.finish(None);
         }
     };
     let policy = check.policy(raw, base);
-    check
-        .diagnostics
-        .sort_by_key(|diagnostic| (diagnostic.line, diagnostic.column));
-    match policy {
-        Some(policy) if check.diagnostics.is_empty() => Ok(policy),
-        _ => Err(Diagnostics(check.diagnostics)),
-    }
+    check.file.finish(policy)
 }
 
 /// Rewords serde's messages into what a policy author needs to hear.
@@ -120,10 +111,8 @@ fn explain_toml_error(message: &str) -> (String, Option<String>) {
 }
 
 struct Checker<'a> {
-    path: &'a Path,
-    source: &'a str,
-    diagnostics: Vec<Diagnostic>,
-    warnings: Vec<Diagnostic>,
+    /// What is found wrong with the file.
+    file: Collector<'a>,
 }
 
 impl Checker<'_> {
@@ -133,8 +122,7 @@ impl Checker<'_> {
         message: impl Into<String>,
         hint: Option<String>,
     ) {
-        self.diagnostics
-            .push(Diagnostic::at(self.path, self.source, span, message, hint));
+        self.file.report(span, message, hint);
     }
 
     fn policy(&mut self, raw: RawPolicy, base: Option<&Policy>) -> Option<Policy> {
@@ -153,25 +141,12 @@ impl Checker<'_> {
         let failures = failures?;
         for (kind, span) in degraded_spans {
             let set = degraded_accepts[kind.index()];
-            let tolerated = !matches!(
-                failures[kind.index()],
-                Response::Halt { .. }
-                    | Response::Retry {
-                        then: Exhausted::Halt { .. },
-                        ..
-                    }
-            );
-            // A failed consistency check comes from a recovery that read every position, so
-            // its set holds from the start; the other kinds that need recovery can strike
-            // before any recovery has read them.
             if set != SignalSet::NONE
-                && tolerated
+                && failures[kind.index()].halt_code().is_none()
                 && kind.needs_recovery()
-                && kind != FailureKind::ValidationFailed
+                && !kind.found_with_positions_read()
             {
-                let warning = Diagnostic::at(
-                    self.path,
-                    self.source,
+                self.file.warn(
                     Some(span),
                     format!(
                         "degraded.{kind} accepts {set} only once a recovery has read the positions: \
@@ -183,17 +158,16 @@ impl Checker<'_> {
                          set degraded.{kind} = []"
                     )),
                 );
-                self.warnings.push(warning.warning());
             }
         }
         Some(Policy {
-            name: self.path.display().to_string(),
+            name: self.file.path.display().to_string(),
             failures,
             recovery: recovery?,
             degraded_accepts,
             ha: ha?,
             restarts: restarts?,
-            warnings: std::mem::take(&mut self.warnings),
+            warnings: std::mem::take(&mut self.file.warnings),
         })
     }
 
