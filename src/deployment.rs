@@ -16,8 +16,12 @@ use toml::Spanned;
 /// The deployment file read when `--config` is not given, if it exists.
 pub const DEFAULT_DEPLOYMENT_FILE: &str = "vigil.toml";
 
-/// A validated deployment file.
-#[derive(Debug, Clone, PartialEq, Default)]
+/// The environment variable holding the operator listener's bearer token; it overrides
+/// `operator_token`.
+pub const OPERATOR_TOKEN_ENV: &str = "VIGIL_OPERATOR_TOKEN";
+
+/// A validated deployment file. Its `Debug` shows no secret.
+#[derive(Clone, PartialEq, Default)]
 pub struct Deployment {
     /// The instance id written into logs and the instance table.
     pub instance: Option<String>,
@@ -29,12 +33,40 @@ pub struct Deployment {
     pub policy: Option<PathBuf>,
     /// Contract terms per instrument.
     pub instruments: BTreeMap<String, Instrument>,
-    /// The address the HTTP listener binds.
+    /// The address the webhook listener binds.
     pub listen: Option<String>,
+    /// The address the operator listener (`/ready`, `/status`, `/metrics`) binds.
+    pub operator_listen: Option<String>,
+    /// The bearer token the operator listener asks for.
+    pub operator_token: Option<String>,
     /// The webhook passphrase TradingView alerts must carry.
     pub webhook_passphrase: Option<String>,
     /// Who may send webhooks, and how signed ones are checked (`[webhook]`).
     pub webhook: WebhookSettings,
+}
+
+impl std::fmt::Debug for Deployment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redacted = |secret: &Option<String>| secret.as_ref().map(|_| "<redacted>");
+        f.debug_struct("Deployment")
+            .field("instance", &self.instance)
+            .field(
+                "database_url",
+                &self.database_url.as_deref().map(crate::store::redact),
+            )
+            .field(
+                "redis_url",
+                &self.redis_url.as_deref().map(crate::store::redact),
+            )
+            .field("policy", &self.policy)
+            .field("instruments", &self.instruments)
+            .field("listen", &self.listen)
+            .field("operator_listen", &self.operator_listen)
+            .field("operator_token", &redacted(&self.operator_token))
+            .field("webhook_passphrase", &redacted(&self.webhook_passphrase))
+            .field("webhook", &self.webhook)
+            .finish()
+    }
 }
 
 /// The `[webhook]` table.
@@ -79,6 +111,8 @@ struct RawDeployment {
     redis_url: Option<String>,
     policy: Option<PathBuf>,
     listen: Option<String>,
+    operator_listen: Option<String>,
+    operator_token: Option<Spanned<String>>,
     webhook_passphrase: Option<String>,
     #[serde(default)]
     instruments: BTreeMap<String, RawInstrument>,
@@ -172,25 +206,16 @@ fn webhook_settings(file: &mut Collector<'_>, raw: RawWebhook) -> WebhookSetting
     };
     let mut signature_keys = Vec::new();
     for key in &raw.signature_keys {
-        if !signature_key_is_long_enough(key.get_ref()) {
+        if !secret_is_long_enough(key.get_ref()) {
             let problem = file.report(
                 Some(key.span()),
-                format!(
-                    "webhook.signature_keys: a key is shorter than {MIN_SIGNATURE_KEY_BYTES} bytes"
-                ),
+                format!("webhook.signature_keys: a key is shorter than {MIN_SECRET_BYTES} bytes"),
                 Some(
                     "use a random key of 32 bytes or more, for example `openssl rand -hex 32`"
                         .into(),
                 ),
             );
-            // The line holds the key: show where it is, never what it is. A key written with
-            // escapes does not appear as is, so then the whole line goes.
-            problem.source_line = match problem.source_line.contains(key.get_ref().as_str()) {
-                true => problem
-                    .source_line
-                    .replace(key.get_ref().as_str(), "<redacted>"),
-                false => "<a line holding a signing key>".to_string(),
-            };
+            hide_secret(problem, key.get_ref());
         }
         signature_keys.push(key.get_ref().clone());
     }
@@ -206,12 +231,37 @@ fn webhook_settings(file: &mut Collector<'_>, raw: RawWebhook) -> WebhookSetting
     }
 }
 
-/// The shortest signing key accepted: shorter keys can be guessed.
-pub const MIN_SIGNATURE_KEY_BYTES: usize = 16;
+/// The shortest signing key or operator token accepted: shorter ones can be guessed.
+pub const MIN_SECRET_BYTES: usize = 16;
 
-/// Whether `key` is at least [`MIN_SIGNATURE_KEY_BYTES`] long.
-pub fn signature_key_is_long_enough(key: &str) -> bool {
-    key.len() >= MIN_SIGNATURE_KEY_BYTES
+/// Whether a signing key or operator token is at least [`MIN_SECRET_BYTES`] long.
+pub fn secret_is_long_enough(secret: &str) -> bool {
+    secret.len() >= MIN_SECRET_BYTES
+}
+
+/// The line of `problem` holds `secret`: show where it is, never what it is. A secret
+/// written with escapes does not appear as is, so then the whole line goes.
+fn hide_secret(problem: &mut crate::diagnostic::Diagnostic, secret: &str) {
+    problem.source_line = match problem.source_line.contains(secret) {
+        true => problem.source_line.replace(secret, "<redacted>"),
+        false => "<a line holding a secret>".to_string(),
+    };
+}
+
+/// Reads `operator_token`, reporting one too short to be safe.
+fn operator_token(file: &mut Collector<'_>, raw: Option<Spanned<String>>) -> Option<String> {
+    let token = raw?;
+    if !secret_is_long_enough(token.get_ref()) {
+        let problem = file.report(
+            Some(token.span()),
+            format!("operator_token is shorter than {MIN_SECRET_BYTES} bytes"),
+            Some(format!(
+                "use a random token of 32 bytes or more, for example `openssl rand -hex 32`, preferably in {OPERATOR_TOKEN_ENV}"
+            )),
+        );
+        hide_secret(problem, token.get_ref());
+    }
+    Some(token.into_inner())
 }
 
 /// Why a deployment file could not be loaded.
@@ -282,6 +332,7 @@ impl Deployment {
             instruments.insert(name.to_ascii_uppercase(), instrument);
         }
         let webhook = webhook_settings(&mut file, raw.webhook);
+        let operator_token = operator_token(&mut file, raw.operator_token);
         let base = path.parent().unwrap_or(Path::new(""));
         file.finish(Some(Deployment {
             instance: raw.instance,
@@ -290,6 +341,8 @@ impl Deployment {
             policy: raw.policy.map(|policy| base.join(policy)),
             instruments,
             listen: raw.listen,
+            operator_listen: raw.operator_listen,
+            operator_token,
             webhook_passphrase: raw.webhook_passphrase,
             webhook,
         }))
@@ -360,5 +413,36 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A short operator token is refused, and neither the message nor the shown line holds it.
+    #[test]
+    fn operator_tokens() {
+        let short = Deployment::parse(
+            Path::new("vigil.toml"),
+            "operator_token = \"short-secret\"\n",
+        );
+        let shown = short.unwrap_err().to_string();
+        assert!(
+            shown.contains("operator_token is shorter than 16 bytes"),
+            "{shown}"
+        );
+        assert!(shown.contains("vigil.toml:1:18"), "{shown}");
+        assert!(
+            !shown.contains("short-secret"),
+            "the token was shown: {shown}"
+        );
+        let long =
+            "operator_token = \"0123456789abcdef0123\"\noperator_listen = \"127.0.0.1:9000\"\n";
+        let deployment = Deployment::parse(Path::new("vigil.toml"), long).unwrap();
+        assert_eq!(
+            deployment.operator_token.as_deref(),
+            Some("0123456789abcdef0123")
+        );
+        assert_eq!(
+            deployment.operator_listen.as_deref(),
+            Some("127.0.0.1:9000")
+        );
+        assert!(!format!("{deployment:?}").contains("0123456789abcdef"));
     }
 }

@@ -246,6 +246,22 @@ const CASES: &[(&str, &[&str], i32)] = &[
         &["run", "--listen", "0.0.0.0:0"],
         3,
     ),
+    (
+        "run_refuses_operator_endpoints_beyond_loopback_without_a_token",
+        &["run", "--operator-listen", "0.0.0.0:0"],
+        3,
+    ),
+    (
+        "run_refuses_one_address_for_both_listeners",
+        &[
+            "run",
+            "--listen",
+            "127.0.0.1:18080",
+            "--operator-listen",
+            "127.0.0.1:18080",
+        ],
+        3,
+    ),
     ("machines_table", &["machines"], 0),
     (
         "run_refuses_redis_with_sqlite",
@@ -291,6 +307,9 @@ fn cli_cases() {
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env_remove("VIGIL_INSTANCE")
             .env_remove("VIGIL_WEBHOOK_PASSPHRASE")
+            .env_remove("VIGIL_OPERATOR_TOKEN")
+            .env_remove("VIGIL_OPERATOR_LISTEN")
+            .env_remove("VIGIL_LISTEN")
             .output()
             .unwrap();
         let stdout = String::from_utf8(output.stdout).unwrap();

@@ -325,7 +325,7 @@ async fn app_on_fresh_database(redis: RedisCoordinator) -> axum::Router {
         view.state = vigil::machines::lifecycle::State::from_name("active").unwrap();
         view.accepts = vigil::vocabulary::SignalSet::ALL;
     });
-    vigil::http::app(std::sync::Arc::new(vigil::http::AppState {
+    vigil::http::webhook_app(std::sync::Arc::new(vigil::http::AppState {
         shared,
         passphrase: vigil::http::Passphrase::new("p"),
         instruments: vigil::domain::default_instruments(),
@@ -334,6 +334,7 @@ async fn app_on_fresh_database(redis: RedisCoordinator) -> axum::Router {
         signatures: None,
         throttle: vigil::http::throttle::Throttle::new(Vec::new()),
         recent: std::sync::Mutex::default(),
+        operator_token: None,
     }))
 }
 

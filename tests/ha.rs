@@ -342,7 +342,7 @@ async fn losing_redis_under_load_loses_and_doubles_nothing() {
         database_counts(&database.url).await,
         (INSTRUMENTS as i64, INSTRUMENTS as i64)
     );
-    let metrics = reqwest::get(format!("{}/metrics", urls[0]))
+    let metrics = reqwest::get(format!("{}/metrics", instances[0].operator_url))
         .await
         .unwrap()
         .text()
@@ -494,7 +494,7 @@ async fn the_leader_raises_an_alarm_when_totals_disagree_and_changes_nothing() {
     // How long the check took differs from run to run; nothing else may.
     let took = regex::Regex::new(r"; \d+ ms ").unwrap();
     snapshot("ha__consistency_alarm", &took.replace(&alarm, "; <n> ms "));
-    let metrics = reqwest::get(format!("{}/metrics", instance.url))
+    let metrics = reqwest::get(format!("{}/metrics", instance.operator_url))
         .await
         .unwrap()
         .text()

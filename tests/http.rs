@@ -1,4 +1,4 @@
-//! The HTTP API, driven through `app(state)` with `oneshot`, against a real SQLite database
+//! The HTTP API, driven through `webhook_app(state)` and `operator_app(state)` with `oneshot`, against a real SQLite database
 //! (and PostgreSQL when `VIGIL_TEST_DATABASE_URL` is set).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -17,7 +17,7 @@ use vigil::domain::default_instruments;
 use vigil::http::signature::Signatures;
 use vigil::http::source::{ForwardedHeader, SourcePolicy};
 use vigil::http::throttle::Throttle;
-use vigil::http::{app, AppState, Passphrase};
+use vigil::http::{operator_app, webhook_app, AppState, Passphrase};
 use vigil::logging::{self, Capture, VirtualTimer};
 use vigil::shared::Shared;
 use vigil::store::{Access, AnyStore, Store};
@@ -56,12 +56,16 @@ async fn postgres_store() -> Option<(AnyStore, ScratchDatabase)> {
     Some((store, scratch))
 }
 
+/// The two listeners' routers of one instance.
+struct Api {
+    /// `/webhook` and `/health`.
+    webhook: axum::Router,
+    /// `/ready`, `/status`, `/metrics` (and `/health`).
+    operator: axum::Router,
+}
+
 /// An app whose lifecycle is `state`, accepting `accepts`.
-fn service(
-    store: &AnyStore,
-    state: &'static str,
-    accepts: SignalSet,
-) -> (axum::Router, Arc<AppState>) {
+fn service(store: &AnyStore, state: &'static str, accepts: SignalSet) -> (Api, Arc<AppState>) {
     guarded_service(store, SourcePolicy::default(), None).with_lifecycle(state, accepts)
 }
 
@@ -72,16 +76,16 @@ struct Built {
 }
 
 impl Built {
-    fn with_lifecycle(
-        self,
-        state: &'static str,
-        accepts: SignalSet,
-    ) -> (axum::Router, Arc<AppState>) {
+    fn with_lifecycle(self, state: &'static str, accepts: SignalSet) -> (Api, Arc<AppState>) {
         self.shared.lifecycle.send_modify(|view| {
             view.state = vigil::machines::lifecycle::State::from_name(state).expect("a state name");
             view.accepts = accepts;
         });
-        (app(Arc::clone(&self.state)), self.state)
+        let api = Api {
+            webhook: webhook_app(Arc::clone(&self.state)),
+            operator: operator_app(Arc::clone(&self.state)),
+        };
+        (api, self.state)
     }
 }
 
@@ -105,6 +109,7 @@ fn guarded_service(
         sources,
         signatures,
         recent: std::sync::Mutex::default(),
+        operator_token: None,
     });
     Built { shared, state }
 }
@@ -325,14 +330,14 @@ async fn bad_input_is_refused_and_changes_nothing() {
     keep_call_sites_interesting();
     for (name, requests, expected, field) in bad_input_cases() {
         let store = sqlite_store().await;
-        let (router, _) = service(&store, "active", SignalSet::ALL);
+        let (api, _) = service(&store, "active", SignalSet::ALL);
         let (last, setup) = requests.split_last().unwrap();
         for (method, path, body) in setup {
-            let (status, _, json) = send(&router, method, path, body.clone()).await;
+            let (status, _, json) = send(&api.webhook, method, path, body.clone()).await;
             assert_eq!(status, StatusCode::OK, "{name}: setup failed: {json}");
         }
         let before = counts(&store).await;
-        let (status, _, json) = send(&router, last.0, last.1, last.2.clone()).await;
+        let (status, _, json) = send(&api.webhook, last.0, last.1, last.2.clone()).await;
         assert_eq!(status, expected, "{name}: {json}");
         assert_eq!(json["error"]["field"].as_str(), field, "{name}: {json}");
         assert!(
@@ -360,9 +365,9 @@ async fn signals_are_refused_while_the_lifecycle_does_not_accept_them() {
     ];
     for (state, accepts, kind) in cases {
         let store = sqlite_store().await;
-        let (router, _) = service(&store, state, accepts);
+        let (api, _) = service(&store, state, accepts);
         let (status, retry_after, json) = send(
-            &router,
+            &api.webhook,
             "POST",
             "/webhook",
             signal(kind, "NIFTY", "22000", "21900", "1", "09:15:00"),
@@ -370,7 +375,7 @@ async fn signals_are_refused_while_the_lifecycle_does_not_accept_them() {
         .await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{state}: {json}");
         assert_eq!(retry_after.as_deref(), Some("5"), "{state}");
-        let (ready, retry_after, _) = send(&router, "GET", "/ready", String::new()).await;
+        let (ready, retry_after, _) = send(&api.operator, "GET", "/ready", String::new()).await;
         let expected = if accepts == SignalSet::NONE {
             StatusCode::SERVICE_UNAVAILABLE
         } else {
@@ -391,7 +396,7 @@ async fn signals_are_refused_while_the_lifecycle_does_not_accept_them() {
 async fn a_trade_from_entry_to_exit() {
     keep_call_sites_interesting();
     let store = sqlite_store().await;
-    let (router, _) = service(&store, "active", SignalSet::ALL);
+    let (api, _) = service(&store, "active", SignalSet::ALL);
     let steps = [
         (
             signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:15:01"),
@@ -415,7 +420,7 @@ async fn a_trade_from_entry_to_exit() {
         ),
     ];
     for (body, outcome, expected) in steps {
-        let (status, _, json) = send(&router, "POST", "/webhook", body).await;
+        let (status, _, json) = send(&api.webhook, "POST", "/webhook", body).await;
         assert_eq!(
             (status, json["status"].as_str()),
             (StatusCode::OK, Some(outcome)),
@@ -423,7 +428,7 @@ async fn a_trade_from_entry_to_exit() {
         );
         assert_eq!(counts(&store).await, expected);
     }
-    let (status, _, json) = send(&router, "GET", "/status", String::new()).await;
+    let (status, _, json) = send(&api.operator, "GET", "/status", String::new()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(
         (
@@ -449,7 +454,7 @@ async fn a_trade_from_entry_to_exit() {
         "the exit leaves no pyramiding state: {:?}",
         rows.pyramiding
     );
-    let (metrics, _, _) = send(&router, "GET", "/metrics", String::new()).await;
+    let (metrics, _, _) = send(&api.operator, "GET", "/metrics", String::new()).await;
     assert_eq!(metrics, StatusCode::OK);
     store.close().await;
 }
@@ -458,9 +463,9 @@ async fn a_trade_from_entry_to_exit() {
 async fn metrics_are_prometheus_text() {
     keep_call_sites_interesting();
     let store = sqlite_store().await;
-    let (router, _) = service(&store, "active", SignalSet::ALL);
+    let (api, _) = service(&store, "active", SignalSet::ALL);
     send(
-        &router,
+        &api.webhook,
         "POST",
         "/webhook",
         signal("BASE_ENTRY", "BANKNIFTY", "48000", "47700", "1", "09:16:00"),
@@ -470,7 +475,7 @@ async fn metrics_are_prometheus_text() {
         .uri("/metrics")
         .body(Body::empty())
         .unwrap();
-    let response = router.oneshot(request).await.unwrap();
+    let response = api.operator.oneshot(request).await.unwrap();
     let text = String::from_utf8(
         response
             .into_body()
@@ -500,7 +505,7 @@ async fn the_passphrase_never_reaches_the_logs() {
         VirtualTimer::default(),
     ));
     let store = sqlite_store().await;
-    let (router, _) = service(&store, "active", SignalSet::ALL);
+    let (api, _) = service(&store, "active", SignalSet::ALL);
     for body in [
         signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:17:00"),
         signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:17:00")
@@ -508,7 +513,7 @@ async fn the_passphrase_never_reaches_the_logs() {
         signal("BASE_ENTRY", "DOGE", "1", "0.5", "1", "09:17:01"),
         "{broken".to_string(),
     ] {
-        send(&router, "POST", "/webhook", body).await;
+        send(&api.webhook, "POST", "/webhook", body).await;
     }
     let lines = capture.take_lines();
     assert!(
@@ -536,12 +541,12 @@ async fn fifty_identical_signals_at_once_make_one_position() {
             .map(|(store, scratch)| ("postgres", store, Some(scratch))),
     );
     for (backend, store, database) in stores {
-        let (router, _) = service(&store, "active", SignalSet::ALL);
+        let (api, _) = service(&store, "active", SignalSet::ALL);
         let body = signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:18:00");
         let requests = (0..50).map(|_| {
-            let router = router.clone();
+            let webhook = api.webhook.clone();
             let body = body.clone();
-            tokio::spawn(async move { send(&router, "POST", "/webhook", body).await })
+            tokio::spawn(async move { send(&webhook, "POST", "/webhook", body).await })
         });
         let mut outcomes = std::collections::BTreeMap::new();
         for request in requests.collect::<Vec<_>>() {
@@ -665,9 +670,9 @@ async fn exits_close_what_their_label_names() {
     ];
     for (name, steps) in cases {
         let store = sqlite_store().await;
-        let (router, _) = service(&store, "active", SignalSet::ALL);
+        let (api, _) = service(&store, "active", SignalSet::ALL);
         for (body, expected, open) in steps {
-            let (status, _, json) = send(&router, "POST", "/webhook", body).await;
+            let (status, _, json) = send(&api.webhook, "POST", "/webhook", body).await;
             assert_eq!(status, expected, "{name}: {json}");
             assert_eq!(counts(&store).await.0, open, "{name}");
         }
@@ -727,10 +732,11 @@ async fn only_allowed_sources_may_send() {
                 _ => ForwardedHeader::XForwardedFor,
             },
         };
-        let (router, _) =
+        let (api, _) =
             guarded_service(&store, sources, None).with_lifecycle("active", SignalSet::ALL);
         let body = signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:15:00");
-        let (status, _, json) = send_from(&router, "POST", "/webhook", body, from, headers).await;
+        let (status, _, json) =
+            send_from(&api.webhook, "POST", "/webhook", body, from, headers).await;
         assert_eq!(status, *expected, "{what}: {json}");
         if status == StatusCode::FORBIDDEN {
             assert_eq!(json["error"]["code"], "forbidden", "{what}");
@@ -781,7 +787,7 @@ async fn signed_webhooks_are_checked() {
         Duration::from_secs(300),
         false,
     );
-    let (router, _) = guarded_service(&store, SourcePolicy::default(), Some(signatures))
+    let (api, _) = guarded_service(&store, SourcePolicy::default(), Some(signatures))
         .with_lifecycle("active", SignalSet::ALL);
     for (what, header, body, expected) in cases {
         let before = counts(&store).await;
@@ -790,7 +796,7 @@ async fn signed_webhooks_are_checked() {
             .map(|value| vec![("x-vigil-signature", value)])
             .unwrap_or_default();
         let (status, _, json) = send_from(
-            &router,
+            &api.webhook,
             "POST",
             "/webhook",
             body,
@@ -812,9 +818,9 @@ async fn signed_webhooks_are_checked() {
     // Where signatures are required, an unsigned alert is refused.
     let store = sqlite_store().await;
     let signatures = Signatures::new(vec![new.to_vec()], Duration::from_secs(300), true);
-    let (router, _) = guarded_service(&store, SourcePolicy::default(), Some(signatures))
+    let (api, _) = guarded_service(&store, SourcePolicy::default(), Some(signatures))
         .with_lifecycle("active", SignalSet::ALL);
-    let (status, _, json) = send(&router, "POST", "/webhook", body("09:15:00")).await;
+    let (status, _, json) = send(&api.webhook, "POST", "/webhook", body("09:15:00")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{json}");
     assert!(
         json["error"]["message"]
@@ -835,7 +841,7 @@ async fn brute_force_is_slowed_then_refused_but_never_for_tradingview() {
     use vigil::http::throttle::FAILURES_BEFORE_LOCKOUT;
     keep_call_sites_interesting();
     let store = sqlite_store().await;
-    let (router, _) = guarded_service(&store, SourcePolicy::default(), None)
+    let (api, _) = guarded_service(&store, SourcePolicy::default(), None)
         .with_lifecycle("active", SignalSet::ALL);
     let wrong = signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:15:00")
         .replace(PASSPHRASE, "guess");
@@ -846,7 +852,7 @@ async fn brute_force_is_slowed_then_refused_but_never_for_tradingview() {
         let mut answers = Vec::new();
         for _ in 0..FAILURES_BEFORE_LOCKOUT + 1 {
             let (status, retry_after, _) =
-                send_from(&router, "POST", "/webhook", wrong.clone(), from, &[]).await;
+                send_from(&api.webhook, "POST", "/webhook", wrong.clone(), from, &[]).await;
             answers.push((status.as_u16(), retry_after));
         }
         let last = answers.last().cloned().unwrap();
@@ -879,7 +885,7 @@ async fn brute_force_is_slowed_then_refused_but_never_for_tradingview() {
     // The locked-out source is refused even with the right passphrase; TradingView is not.
     let right = signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:15:00");
     let (status, _, json) = send_from(
-        &router,
+        &api.webhook,
         "POST",
         "/webhook",
         right.clone(),
@@ -890,7 +896,7 @@ async fn brute_force_is_slowed_then_refused_but_never_for_tradingview() {
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{json}");
     assert_eq!(json["error"]["code"], "locked_out");
     let (status, _, json) = send_from(
-        &router,
+        &api.webhook,
         "POST",
         "/webhook",
         right,

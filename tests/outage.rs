@@ -69,7 +69,7 @@ async fn a_database_refusing_connections_is_published_at_once_and_stops_nothing(
     wait_ready(&instance).await;
 
     // Ask /ready as fast as the test can, noting when it first says 503.
-    let ready_url = format!("{}/ready", instance.url);
+    let ready_url = format!("{}/ready", instance.operator_url);
     let poller = tokio::spawn(async move {
         let client = reqwest::Client::new();
         loop {

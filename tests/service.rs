@@ -27,10 +27,31 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The two ports of one instance: webhooks, and the operator endpoints.
+#[derive(Debug, Clone, Copy)]
+struct Ports {
+    webhook: u16,
+    operator: u16,
+}
+
+impl Ports {
+    fn free() -> Ports {
+        Ports {
+            webhook: free_port(),
+            operator: free_port(),
+        }
+    }
+}
+
 /// A running instance; killed when dropped, so a failing test leaves nothing behind.
 struct Instance {
     child: Child,
+    /// The webhook listener.
     url: String,
+    /// The operator listener.
+    operator_url: String,
+    /// The bearer token the operator listener asks for, if any.
+    token: Option<String>,
 }
 
 impl Drop for Instance {
@@ -41,7 +62,12 @@ impl Drop for Instance {
 }
 
 impl Instance {
-    async fn start(dir: &Path, port: u16) -> Instance {
+    async fn start(dir: &Path, ports: Ports) -> Instance {
+        Instance::start_with(dir, ports, None).await
+    }
+
+    /// Starts an instance whose operator listener asks for `token`.
+    async fn start_with(dir: &Path, ports: Ports, token: Option<&str>) -> Instance {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -51,11 +77,14 @@ impl Instance {
             .args([
                 "run",
                 "--listen",
-                &format!("127.0.0.1:{port}"),
+                &format!("127.0.0.1:{}", ports.webhook),
+                "--operator-listen",
+                &format!("127.0.0.1:{}", ports.operator),
                 "--instance",
                 "vigil-e2e",
             ])
             .current_dir(dir)
+            .env("VIGIL_OPERATOR_TOKEN", token.unwrap_or(""))
             .env("VIGIL_WEBHOOK_PASSPHRASE", PASSPHRASE)
             .env_remove("VIGIL_DATABASE_URL")
             .env_remove("VIGIL_CONFIG")
@@ -66,11 +95,12 @@ impl Instance {
             .unwrap();
         let instance = Instance {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("http://127.0.0.1:{}", ports.webhook),
+            operator_url: format!("http://127.0.0.1:{}", ports.operator),
+            token: token.map(str::to_string),
         };
-        let client = reqwest::Client::new();
         for _ in 0..READY_POLLS {
-            if let Ok(response) = client.get(format!("{}/ready", instance.url)).send().await {
+            if let Ok(response) = instance.operator("/ready", instance.token.as_deref()).await {
                 if response.status() == 200 {
                     return instance;
                 }
@@ -98,13 +128,23 @@ impl Instance {
         )
     }
 
+    /// GETs an operator page with the instance's token.
     async fn get(&self, path: &str) -> serde_json::Value {
-        let response = reqwest::Client::new()
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .unwrap();
+        let response = self.operator(path, self.token.as_deref()).await.unwrap();
         serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+    }
+
+    /// GETs `path` on the operator listener, sending `token` as the bearer token.
+    async fn operator(
+        &self,
+        path: &str,
+        token: Option<&str>,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut request = reqwest::Client::new().get(format!("{}{path}", self.operator_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await
     }
 }
 
@@ -117,8 +157,8 @@ fn signal(kind: &str, price: &str, stop: &str, timestamp: &str) -> String {
 #[tokio::test]
 async fn a_crash_loses_and_doubles_nothing() {
     let dir = scratch("crash");
-    let port = free_port();
-    let first = Instance::start(&dir, port).await;
+    let ports = Ports::free();
+    let first = Instance::start(&dir, ports).await;
     for (body, outcome) in [
         (signal("BASE_ENTRY", "22000", "21900", "09:15"), "accepted"),
         (signal("PYRAMID", "22100", "22000", "09:30"), "accepted"),
@@ -133,7 +173,7 @@ async fn a_crash_loses_and_doubles_nothing() {
     // kill -9: no shutdown, no last words.
     drop(first);
 
-    let second = Instance::start(&dir, port).await;
+    let second = Instance::start(&dir, ports).await;
     let ready = second.get("/ready").await;
     assert_eq!(ready["receipt"]["verdict"], "clean", "{ready}");
     assert_eq!(ready["receipt"]["counts"]["open_positions"], 2, "{ready}");
@@ -198,6 +238,8 @@ async fn the_readme_curl_examples_work_as_written() {
         .env_remove("VIGIL_WEBHOOK_PASSPHRASE")
         .env_remove("VIGIL_DATABASE_URL")
         .env_remove("VIGIL_LISTEN")
+        .env_remove("VIGIL_OPERATOR_LISTEN")
+        .env_remove("VIGIL_OPERATOR_TOKEN")
         .env_remove("VIGIL_CONFIG")
         .env_remove("VIGIL_POLICY")
         .stdout(Stdio::null())
@@ -209,10 +251,10 @@ async fn the_readme_curl_examples_work_as_written() {
     for _ in 0..READY_POLLS {
         // Another process on the port would answer in our place: say so plainly.
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("vigil run exited ({status}) before serving; is 127.0.0.1:8080 already in use?");
+            panic!("vigil run exited ({status}) before serving; is 127.0.0.1:8080 or 8081 already in use?");
         }
         if client
-            .get("http://127.0.0.1:8080/ready")
+            .get("http://127.0.0.1:8081/ready")
             .send()
             .await
             .is_ok_and(|r| r.status() == 200)
@@ -236,7 +278,10 @@ async fn the_readme_curl_examples_work_as_written() {
     }
     let _ = child.kill();
     let _ = child.wait();
-    assert!(ready, "vigil run did not become ready on 127.0.0.1:8080");
+    assert!(
+        ready,
+        "vigil run did not become ready (/ready on 127.0.0.1:8081)"
+    );
     for (example, answer) in examples.iter().zip(&answers) {
         assert!(
             answer.contains(r#""status":"accepted""#),
@@ -261,7 +306,7 @@ async fn the_allowlist_decides_on_the_real_listener() {
             format!("[webhook]\nallow = [\"{allow}\"]\n"),
         )
         .unwrap();
-        let instance = Instance::start(&dir, free_port()).await;
+        let instance = Instance::start(&dir, Ports::free()).await;
         let (status, json) = instance
             .post(signal("BASE_ENTRY", "22000", "21900", "09:15"))
             .await;
@@ -275,4 +320,98 @@ async fn the_allowlist_decides_on_the_real_listener() {
         drop(instance);
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// The operator endpoints live on their own listener: unauthenticated load on the webhook
+/// listener meets 404 for every one of them and never reaches a status query, while
+/// `/status` on the operator listener, with the bearer token, stays correct throughout.
+#[tokio::test]
+async fn status_queries_are_out_of_the_public_listeners_reach() {
+    const TOKEN: &str = "operator-token-0123456789abcdef";
+    /// Concurrent unauthenticated clients, and the requests each sends.
+    const CLIENTS: usize = 8;
+    const REQUESTS_PER_CLIENT: usize = 100;
+    let dir = scratch("operator");
+    let instance = Instance::start_with(&dir, Ports::free(), Some(TOKEN)).await;
+    let public = instance.url.clone();
+    let load: Vec<_> = (0..CLIENTS)
+        .map(|client| {
+            let public = public.clone();
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut answers = std::collections::BTreeMap::<(&str, u16), usize>::new();
+                for n in 0..REQUESTS_PER_CLIENT {
+                    let path = ["/status", "/ready", "/metrics"][(client + n) % 3];
+                    let status = http
+                        .get(format!("{public}{path}"))
+                        .bearer_auth(TOKEN)
+                        .send()
+                        .await
+                        .unwrap()
+                        .status()
+                        .as_u16();
+                    *answers.entry((path, status)).or_default() += 1;
+                }
+                answers
+            })
+        })
+        .collect();
+    // Meanwhile the trade goes on, and the operator listener follows it.
+    let steps = [
+        (signal("BASE_ENTRY", "22000", "21900", "09:15"), (1, 0)),
+        (signal("PYRAMID", "22100", "22000", "09:30"), (2, 0)),
+        (signal("EXIT", "22300", "0", "09:45"), (0, 2)),
+    ];
+    for (body, (open, closed)) in steps {
+        let (status, json) = instance.post(body).await;
+        assert_eq!(status, 200, "{json}");
+        let page = instance.get("/status").await;
+        assert_eq!(
+            (
+                page["open_positions"].as_i64(),
+                page["closed_positions"].as_i64()
+            ),
+            (Some(open), Some(closed)),
+            "{page}"
+        );
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    for client in load {
+        for (key, count) in client.await.unwrap() {
+            *answers.entry(key).or_insert(0) += count;
+        }
+    }
+    let total: usize = answers.values().sum();
+    assert_eq!(total, CLIENTS * REQUESTS_PER_CLIENT);
+    assert!(
+        answers.keys().all(|(_, status)| *status == 404),
+        "the webhook listener served an operator page: {answers:?}"
+    );
+    // The operator listener: the token decides, /health stays open for liveness probes.
+    for (path, token, expected) in [
+        ("/status", None, 401),
+        ("/status", Some("wrong-token-0123456789abcdef"), 401),
+        ("/metrics", None, 401),
+        ("/ready", None, 401),
+        ("/ready", Some(TOKEN), 200),
+        ("/metrics", Some(TOKEN), 200),
+        ("/health", None, 200),
+        ("/webhook", Some(TOKEN), 404),
+    ] {
+        let response = instance.operator(path, token).await.unwrap();
+        let status = response.status().as_u16();
+        let challenge = response.headers().get("www-authenticate").cloned();
+        let body = response.text().await.unwrap();
+        assert_eq!(status, expected, "{path} with {token:?}: {body}");
+        if expected == 401 {
+            assert_eq!(
+                challenge.as_ref().map(|v| v.to_str().unwrap()),
+                Some("Bearer")
+            );
+            assert!(body.contains("VIGIL_OPERATOR_TOKEN"), "{body}");
+            assert!(!body.contains(TOKEN), "{body}");
+        }
+    }
+    drop(instance);
+    let _ = std::fs::remove_dir_all(&dir);
 }

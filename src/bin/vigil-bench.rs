@@ -782,6 +782,10 @@ const REDIS_URL_ENV: &str = "VIGIL_REDIS_URL";
 /// only `--policy` (or the deployment file) decides.
 const POLICY_ENV: &str = "VIGIL_POLICY";
 
+/// The environment variable `vigil run` reads the operator token from: removed likewise, so
+/// that the benchmark's `/ready` and `/status` polls need none.
+const OPERATOR_TOKEN_ENV: &str = "VIGIL_OPERATOR_TOKEN";
+
 /// The passphrase every load signal carries.
 const LOAD_PASSPHRASE: &str = "vigil-load-benchmark";
 
@@ -1636,13 +1640,15 @@ struct Service {
     instance: String,
     /// Its standard output and error.
     log: PathBuf,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`: the webhook listener.
     base: String,
+    /// `http://127.0.0.1:PORT`: the operator listener (`/ready`, `/status`).
+    operator: String,
 }
 
 impl Service {
-    /// Starts `vigil run` as `instance` on `database_url`, listening on `address` and
-    /// appending to `log`. Settings the launch leaves out are not taken from the environment.
+    /// Starts `vigil run` as `instance` on `database_url`, listening for webhooks on
+    /// `address` (and for operators on a free port) and appending to `log`. Settings the launch leaves out are not taken from the environment.
     fn start(
         launch: &Launch,
         database_url: &str,
@@ -1658,6 +1664,7 @@ impl Service {
         let stdout = stderr
             .try_clone()
             .with_context(|| format!("cannot share {}", log.display()))?;
+        let operator = format!("127.0.0.1:{}", free_port()?);
         let mut command = std::process::Command::new(&launch.binary);
         command
             .arg("run")
@@ -1667,11 +1674,14 @@ impl Service {
             .arg(database_url)
             .arg("--listen")
             .arg(address)
+            .arg("--operator-listen")
+            .arg(&operator)
             .arg("--instance")
             .arg(instance)
             .env(PASSPHRASE_ENV, LOAD_PASSPHRASE)
             .env_remove(REDIS_URL_ENV)
-            .env_remove(POLICY_ENV);
+            .env_remove(POLICY_ENV)
+            .env_remove(OPERATOR_TOKEN_ENV);
         if let Some(redis_url) = &launch.redis_url {
             command.arg("--redis-url").arg(redis_url);
         }
@@ -1690,6 +1700,7 @@ impl Service {
             instance: instance.to_string(),
             log: log.to_path_buf(),
             base: format!("http://{address}"),
+            operator: format!("http://{operator}"),
         })
     }
 
@@ -1711,7 +1722,7 @@ impl Service {
             .timeout(READY_REQUEST_TIMEOUT)
             .build()
             .context("cannot build the HTTP client")?;
-        let url = format!("{}/ready", self.base);
+        let url = format!("{}/ready", self.operator);
         let mut last = String::from("no answer");
         for _ in 0..READY_TRIES {
             if let Some(status) = self
@@ -2289,7 +2300,7 @@ impl HaCluster {
                 continue;
             };
             let client = self.client.clone();
-            let url = format!("{}{path}", service.base);
+            let url = format!("{}{path}", service.operator);
             polls.spawn(async move {
                 let page = match client.get(&url).send().await {
                     Ok(response) => response

@@ -5,7 +5,7 @@
 use super::Outcome;
 use crate::broker::{Broker, PaperBroker};
 use crate::coordination::{self, instance_views, Coordination, RedisCoordinator};
-use crate::deployment::{Deployment, DeploymentError};
+use crate::deployment::{Deployment, DeploymentError, OPERATOR_TOKEN_ENV};
 use crate::domain::default_instruments;
 use crate::domain::Instrument;
 use crate::driver::live::{self, TokioClock};
@@ -44,6 +44,10 @@ pub const PASSPHRASE_FILE: &str = "vigil.passphrase";
 /// The address the webhook listener binds by default: loopback only.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// The address the operator listener (`/ready`, `/status`, `/metrics`) binds by default:
+/// loopback only.
+pub const DEFAULT_OPERATOR_LISTEN: &str = "127.0.0.1:8081";
+
 /// Bytes of randomness in a generated passphrase (shown as twice as many hex digits).
 const GENERATED_PASSPHRASE_BYTES: usize = 24;
 
@@ -54,6 +58,11 @@ pub struct RunArgs {
     /// configured webhook passphrase.
     #[arg(long, value_name = "ADDR", env = "VIGIL_LISTEN")]
     pub listen: Option<String>,
+    /// The address the operator endpoints (/ready, /status, /metrics) listen on
+    /// [default: 127.0.0.1:8081]. Anything beyond loopback needs an operator token
+    /// (VIGIL_OPERATOR_TOKEN).
+    #[arg(long, value_name = "ADDR", env = "VIGIL_OPERATOR_LISTEN")]
+    pub operator_listen: Option<String>,
     /// Settings.
     #[command(flatten)]
     pub service: ServiceArgs,
@@ -93,6 +102,10 @@ struct Settings {
     hostname: String,
     /// From the deployment file; the flag and environment variable are layered by `run`.
     listen: Option<String>,
+    /// From the deployment file, layered like `listen`.
+    operator_listen: Option<String>,
+    /// From the environment or the deployment file.
+    operator_token: Option<String>,
     /// From the environment or the deployment file.
     passphrase: Option<String>,
     /// The `[webhook]` table, with signing keys from the environment when set there.
@@ -159,12 +172,12 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
     if !from_env.is_empty() {
         if !from_env
             .iter()
-            .all(|key| crate::deployment::signature_key_is_long_enough(key))
+            .all(|key| crate::deployment::secret_is_long_enough(key))
         {
             eprintln!(
                 "error: a key in {SIGNATURE_KEYS_ENV} is shorter than {} bytes; use random keys of 32 \
                  bytes or more, for example `openssl rand -hex 32`",
-                crate::deployment::MIN_SIGNATURE_KEY_BYTES
+                crate::deployment::MIN_SECRET_BYTES
             );
             return Ok(None);
         }
@@ -177,6 +190,21 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
         );
         return Ok(None);
     }
+    let operator_token = match std::env::var(OPERATOR_TOKEN_ENV) {
+        Ok(token) if !token.trim().is_empty() => {
+            if !crate::deployment::secret_is_long_enough(token.trim()) {
+                eprintln!(
+                    "error: {OPERATOR_TOKEN_ENV} is shorter than {} bytes; use a random token of 32 bytes \
+                     or more, for example `openssl rand -hex 32`",
+                    crate::deployment::MIN_SECRET_BYTES
+                );
+                return Ok(None);
+            }
+            Some(token.trim().to_string())
+        }
+        // An empty variable is no setting: the file's token stays.
+        _ => deployment.operator_token,
+    };
     Ok(Some(Settings {
         database_url,
         redis_url,
@@ -189,6 +217,8 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
         hostname,
         instruments: deployment.instruments,
         listen: deployment.listen,
+        operator_listen: deployment.operator_listen,
+        operator_token,
         webhook,
         passphrase: std::env::var(PASSPHRASE_ENV)
             .ok()
@@ -242,13 +272,24 @@ struct RunReport {
     last_error: Option<String>,
 }
 
+/// The two bound listeners of `vigil run`, and the passphrase alerts carry.
+#[derive(Debug)]
+struct Listeners {
+    /// `POST /webhook` and `GET /health`: the one TradingView reaches.
+    webhook: tokio::net::TcpListener,
+    /// `/ready`, `/status`, `/metrics`: the one operators, probes and Prometheus reach.
+    operator: tokio::net::TcpListener,
+    /// The webhook passphrase.
+    passphrase: Passphrase,
+}
+
 /// Runs the instance under the live loop until it ends and returns the exit code and what it
-/// found. With `http`, the webhook listener serves on it while the instance runs.
+/// found. With `http`, both listeners serve while the instance runs.
 async fn start_up(
     settings: &Settings,
     access: Access,
     until: Until,
-    http: Option<(tokio::net::TcpListener, Passphrase)>,
+    http: Option<Listeners>,
     redis: Option<RedisCoordinator>,
 ) -> (u8, RunReport) {
     let config = ExecutorConfig {
@@ -289,8 +330,14 @@ async fn start_up(
         shared: Arc::clone(&shared),
     };
     let mut executor = Executor::new(config, ports);
-    let (stop_serving, serving_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = http.map(|(listener, passphrase)| {
+    // Both listeners stop when this says `true`.
+    let (stop_serving, serving_stopped) = tokio::sync::watch::channel(false);
+    let servers = http.map(|listeners| {
+        let Listeners {
+            webhook,
+            operator,
+            passphrase,
+        } = listeners;
         let state = Arc::new(http::AppState {
             shared: Arc::clone(&shared),
             passphrase,
@@ -317,10 +364,23 @@ async fn start_up(
                 )
             }),
             recent: std::sync::Mutex::default(),
+            operator_token: settings.operator_token.as_deref().map(http::Secret::new),
         });
-        tokio::spawn(http::serve(listener, state, async {
-            let _ = serving_stopped.await;
-        }))
+        let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        };
+        [
+            tokio::spawn(http::serve(
+                webhook,
+                http::webhook_app(Arc::clone(&state)),
+                stopped(serving_stopped.clone()),
+            )),
+            tokio::spawn(http::serve(
+                operator,
+                http::operator_app(state),
+                stopped(serving_stopped.clone()),
+            )),
+        ]
     });
     let (mut driver, init) =
         Driver::new(&settings.policy, &settings.instance, fastrand::Rng::new());
@@ -336,8 +396,8 @@ async fn start_up(
     )
     .await;
     drop(sender);
-    let _ = stop_serving.send(());
-    if let Some(server) = server {
+    let _ = stop_serving.send(true);
+    for server in servers.into_iter().flatten() {
         let _ = server.await;
     }
     executor.close().await;
@@ -407,22 +467,41 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     let Some(settings) = settings(&args.service)? else {
         return Ok(Outcome::Invalid);
     };
-    let listen = args
-        .listen
-        .clone()
-        .or(settings.listen.clone())
-        .unwrap_or_else(|| DEFAULT_LISTEN.to_string());
-    let address: std::net::SocketAddr = match listen.parse() {
-        Ok(address) => address,
-        Err(_) => {
-            eprintln!("error: listen address {listen:?} is not HOST:PORT with a numeric host, for example 127.0.0.1:8080");
-            return Ok(Outcome::Invalid);
-        }
+    let Some(address) = listen_address(
+        args.listen.as_ref().or(settings.listen.as_ref()),
+        DEFAULT_LISTEN,
+        "listen",
+    ) else {
+        return Ok(Outcome::Invalid);
+    };
+    let Some(operator_address) = listen_address(
+        args.operator_listen
+            .as_ref()
+            .or(settings.operator_listen.as_ref()),
+        DEFAULT_OPERATOR_LISTEN,
+        "operator listen",
+    ) else {
+        return Ok(Outcome::Invalid);
     };
     if !address.ip().is_loopback() && settings.passphrase.is_none() {
         eprintln!(
             "error: refusing to listen on {address} without a configured webhook passphrase; set {PASSPHRASE_ENV} \
              or webhook_passphrase in the deployment file, or listen on 127.0.0.1"
+        );
+        return Ok(Outcome::Invalid);
+    }
+    if !operator_address.ip().is_loopback() && settings.operator_token.is_none() {
+        eprintln!(
+            "error: refusing to serve the operator endpoints on {operator_address} without an operator token; \
+             set {OPERATOR_TOKEN_ENV} (for example to the output of `openssl rand -hex 32`) or operator_token in \
+             the deployment file, or use --operator-listen 127.0.0.1:8081"
+        );
+        return Ok(Outcome::Invalid);
+    }
+    if operator_address == address && address.port() != 0 {
+        eprintln!(
+            "error: the webhook and the operator endpoints cannot share {address}; give --operator-listen \
+             (VIGIL_OPERATOR_LISTEN, operator_listen) another port, for example {DEFAULT_OPERATOR_LISTEN}"
         );
         return Ok(Outcome::Invalid);
     }
@@ -462,20 +541,55 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             }
         },
     };
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(address))
-        .with_context(|| format!("cannot listen on {address}"))?;
-    // The bound address, which differs from the asked one for port 0.
-    let bound = listener.local_addr().unwrap_or(address);
-    tracing::info!(target: crate::executor::STARTUP_TARGET, instance = %settings.instance, "listening on http://{bound}");
+    let bind = |address: std::net::SocketAddr| {
+        runtime
+            .block_on(tokio::net::TcpListener::bind(address))
+            .with_context(|| format!("cannot listen on {address}"))
+    };
+    let webhook = bind(address)?;
+    let operator = bind(operator_address)?;
+    // The bound addresses, which differ from the asked ones for port 0.
+    let bound = webhook.local_addr().unwrap_or(address);
+    let operator_bound = operator.local_addr().unwrap_or(operator_address);
+    tracing::info!(target: crate::executor::STARTUP_TARGET, instance = %settings.instance, "listening on http://{bound} for webhooks");
+    tracing::info!(
+        target: crate::executor::STARTUP_TARGET,
+        instance = %settings.instance,
+        "operator endpoints on http://{operator_bound} ({})",
+        if settings.operator_token.is_some() { "bearer token required" } else { "no token" }
+    );
+    let listeners = Listeners {
+        webhook,
+        operator,
+        passphrase,
+    };
     let (code, _) = runtime.block_on(start_up(
         &settings,
         Access::ReadWrite,
         Until::Stopped,
-        Some((listener, passphrase)),
+        Some(listeners),
         redis,
     ));
     Ok(Outcome::Exit(code))
+}
+
+/// The address a listener binds: `given`, or `default`; `None` (with the error printed) when
+/// it is not HOST:PORT with a numeric host. `what` names the setting in the error.
+fn listen_address(
+    given: Option<&String>,
+    default: &str,
+    what: &str,
+) -> Option<std::net::SocketAddr> {
+    let text = given.map_or(default, String::as_str);
+    match text.parse() {
+        Ok(address) => Some(address),
+        Err(_) => {
+            eprintln!(
+                "error: {what} address {text:?} is not HOST:PORT with a numeric host, for example {default}"
+            );
+            None
+        }
+    }
 }
 
 /// What `vigil recover --check --format json` prints.

@@ -38,15 +38,20 @@ struct Detail<'a> {
 }
 
 impl ApiError {
-    /// 400: the body is not JSON.
-    pub fn malformed(message: impl Into<String>) -> ApiError {
+    /// An error with no field and no `Retry-After`.
+    fn plain(status: StatusCode, code: &'static str, message: String) -> ApiError {
         ApiError {
-            status: StatusCode::BAD_REQUEST,
-            code: "malformed",
-            message: message.into(),
+            status,
+            code,
+            message,
             field: None,
             retry_after_s: None,
         }
+    }
+
+    /// 400: the body is not JSON.
+    pub fn malformed(message: impl Into<String>) -> ApiError {
+        ApiError::plain(StatusCode::BAD_REQUEST, "malformed", message.into())
     }
 
     /// 413: the body is over [`super::MAX_BODY_BYTES`].
@@ -55,36 +60,28 @@ impl ApiError {
             "the body is larger than {} bytes; an alert is a few hundred",
             super::MAX_BODY_BYTES
         );
-        ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "too_large",
-            message,
-            field: None,
-            retry_after_s: None,
-        }
+        ApiError::plain(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
     }
 
     /// 401: the passphrase is missing or wrong. The message never says which.
     pub fn unauthorized() -> ApiError {
         let message = "passphrase missing or wrong".to_string();
-        ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            code: "unauthorized",
-            message,
-            field: None,
-            retry_after_s: None,
-        }
+        ApiError::plain(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 401: an operator request without the configured bearer token.
+    pub fn unauthorized_operator() -> ApiError {
+        let message = format!(
+            "bearer token missing or wrong; send `Authorization: Bearer <token>` with the token set in \
+             {} or operator_token in the deployment file",
+            crate::deployment::OPERATOR_TOKEN_ENV
+        );
+        ApiError::plain(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
     /// 401: a signed request whose signature does not hold.
     pub fn bad_signature(error: super::signature::SignatureError) -> ApiError {
-        ApiError {
-            status: StatusCode::UNAUTHORIZED,
-            code: "unauthorized",
-            message: error.to_string(),
-            field: None,
-            retry_after_s: None,
-        }
+        ApiError::plain(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string())
     }
 
     /// 403: the source may not send webhooks.
@@ -92,13 +89,7 @@ impl ApiError {
         let message =
             "this source may not send webhooks; the deployment's [webhook] allow list decides"
                 .to_string();
-        ApiError {
-            status: StatusCode::FORBIDDEN,
-            code: "forbidden",
-            message,
-            field: None,
-            retry_after_s: None,
-        }
+        ApiError::plain(StatusCode::FORBIDDEN, "forbidden", message)
     }
 
     /// 429: this source failed authentication too often; it may try again after
@@ -144,37 +135,23 @@ impl ApiError {
         let message =
             "internal error; the instance log has details under this request's x-request-id"
                 .to_string();
-        ApiError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            code: "internal",
-            message,
-            field: None,
-            retry_after_s: None,
-        }
+        ApiError::plain(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
     }
 
     /// 404.
     pub fn not_found() -> ApiError {
         let message = "no such endpoint; see the README's HTTP API".to_string();
-        ApiError {
-            status: StatusCode::NOT_FOUND,
-            code: "not_found",
-            message,
-            field: None,
-            retry_after_s: None,
-        }
+        ApiError::plain(StatusCode::NOT_FOUND, "not_found", message)
     }
 
     /// 405.
     pub fn method_not_allowed() -> ApiError {
         let message = "method not allowed on this endpoint".to_string();
-        ApiError {
-            status: StatusCode::METHOD_NOT_ALLOWED,
-            code: "method_not_allowed",
+        ApiError::plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
             message,
-            field: None,
-            retry_after_s: None,
-        }
+        )
     }
 }
 

@@ -1,5 +1,8 @@
-//! The HTTP API (axum): `POST /webhook` for TradingView alerts, and `GET /health`, `/ready`,
-//! `/status`, `/metrics`. Only this module knows HTTP.
+//! The HTTP API (axum), on two listeners. The webhook listener faces the internet and serves
+//! only `POST /webhook` (TradingView's alerts) and `GET /health`; the operator listener
+//! (loopback by default, a bearer token when configured) serves `GET /health`, `/ready`,
+//! `/status` and `/metrics`, so that no unauthenticated load reaches a status query. Only this
+//! module knows HTTP.
 
 mod error;
 mod metrics;
@@ -15,8 +18,10 @@ pub use metrics::prometheus;
 use crate::broker::Broker;
 use crate::domain::Instrument;
 use crate::shared::Shared;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{Request, StatusCode};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use sha2::{Digest, Sha256};
@@ -26,7 +31,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use subtle::ConstantTimeEq;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 // A 503 while recovering is the API working, not a failure: handlers log what matters.
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 
@@ -34,21 +38,26 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// How long a request may take. TradingView gives up after 3 seconds and resends on a 5xx,
-/// so a slow request answers 503 well before that.
+/// so a slow request answers 503 (with `Retry-After` and the JSON error body) well before
+/// that.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_millis(2500);
 
 /// How many fingerprints the in-memory duplicate check remembers. It only saves work: the
 /// database claim decides.
 pub const RECENT_FINGERPRINTS: usize = 10_000;
 
-/// The webhook passphrase. Its `Debug` never shows it.
+/// A secret a request must carry: the webhook passphrase, or the operator token. Its `Debug`
+/// never shows it.
 #[derive(Clone)]
-pub struct Passphrase(Arc<str>);
+pub struct Secret(Arc<str>);
 
-impl Passphrase {
-    /// Wraps a passphrase.
-    pub fn new(text: &str) -> Passphrase {
-        Passphrase(Arc::from(text))
+/// The webhook passphrase TradingView alerts carry in their body.
+pub type Passphrase = Secret;
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(text: &str) -> Secret {
+        Secret(Arc::from(text))
     }
 
     /// Compares in constant time: both sides are hashed first, so neither the content nor
@@ -60,9 +69,9 @@ impl Passphrase {
     }
 }
 
-impl fmt::Debug for Passphrase {
+impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Passphrase(<redacted>)")
+        f.write_str("Secret(<redacted>)")
     }
 }
 
@@ -114,17 +123,20 @@ pub struct AppState {
     pub throttle: throttle::Throttle,
     /// The in-memory duplicate check.
     pub recent: Mutex<RecentFingerprints>,
+    /// The bearer token the operator listener asks for; `None`: that listener is open to
+    /// whoever can reach it (loopback by default).
+    pub operator_token: Option<Secret>,
 }
 
-/// Serves the API on `listener` until `shutdown` completes, then lets requests in flight
+/// Serves `router` on `listener` until `shutdown` completes, then lets requests in flight
 /// finish. A listener failure is logged: the lifecycle, not the socket, decides when the
 /// instance ends.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    state: Arc<AppState>,
+    router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
-    let service = app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     if let Err(error) = axum::serve(listener, service)
         .with_graceful_shutdown(shutdown)
         .await
@@ -133,26 +145,142 @@ pub async fn serve(
     }
 }
 
-/// The router, with body limit, timeout, request ids and a tracing span per request.
-pub fn app(state: Arc<AppState>) -> Router {
+/// The webhook listener's router: `POST /webhook` and `GET /health`, nothing that reads the
+/// database outside a signal.
+pub fn webhook_app(state: Arc<AppState>) -> Router {
     // Installed before the first signal, so that no count is lost.
     let _ = prometheus();
-    Router::new()
-        .route("/webhook", post(webhook::receive))
-        .route("/health", get(probes::health))
+    layered(
+        Router::new()
+            .route("/webhook", post(webhook::receive))
+            .route("/health", get(probes::health))
+            .with_state(state),
+    )
+}
+
+/// The operator listener's router: `GET /health` (open, for liveness probes), and `/ready`,
+/// `/status` and `/metrics` behind the bearer token when one is configured.
+pub fn operator_app(state: Arc<AppState>) -> Router {
+    let _ = prometheus();
+    let guarded = Router::new()
         .route("/ready", get(probes::ready))
         .route("/status", get(probes::status))
         .route("/metrics", get(probes::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            bearer_token,
+        ));
+    layered(
+        guarded
+            .route("/health", get(probes::health))
+            .with_state(state),
+    )
+}
+
+/// Refuses an operator request without the configured bearer token (401, with
+/// `WWW-Authenticate: Bearer`), comparing in constant time.
+async fn bearer_token(
+    State(app): State<Arc<AppState>>,
+    request: Request<axum::body::Body>,
+    next: Next,
+) -> Response {
+    let Some(token) = &app.operator_token else {
+        return next.run(request).await;
+    };
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if given.is_some_and(|given| token.matches(given.trim())) {
+        return next.run(request).await;
+    }
+    let mut refused = ApiError::unauthorized_operator().into_response();
+    refused
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    refused
+}
+
+/// Answers 503 with `Retry-After` and the JSON error body when a request takes longer than
+/// [`REQUEST_TIMEOUT`]; the request's future is dropped.
+async fn time_limit(request: Request<axum::body::Body>, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable(format!(
+            "the request took longer than {} ms; resend it",
+            REQUEST_TIMEOUT.as_millis()
+        ))
+        .into_response(),
+    }
+}
+
+/// Both listeners' layers: a JSON 404 and 405, the body limit, the timeout, request ids and
+/// a tracing span per request.
+fn layered(router: Router) -> Router {
+    router
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
-        .with_state(state)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .layer(middleware::from_fn(time_limit))
         .layer(PropagateRequestIdLayer::x_request_id())
-                .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)).make_span_with(|request: &Request<_>| {
-            // The path only: a query string could carry a secret.
-            let id = request.headers().get("x-request-id").and_then(|id| id.to_str().ok()).unwrap_or("-");
-            tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id = id)
-        }))
+        .layer(
+            TraceLayer::new_for_http()
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG))
+                .make_span_with(|request: &Request<_>| {
+                    // The path only: a query string could carry a secret.
+                    let id = request
+                        .headers()
+                        .get("x-request-id")
+                        .and_then(|id| id.to_str().ok())
+                        .unwrap_or("-");
+                    tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id = id)
+                }),
+        )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    /// A request slower than [`REQUEST_TIMEOUT`] gets the API's 503: `Retry-After` and the
+    /// JSON error body, as TradingView's resend needs.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_request_answers_503_with_retry_after_and_a_json_body() {
+        let slow = layered(Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(REQUEST_TIMEOUT * 2).await;
+                "late"
+            }),
+        ));
+        let request = Request::builder()
+            .uri("/slow")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = slow.oneshot(request).await.unwrap();
+        assert_eq!(
+            response.status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            response.headers().get(header::RETRY_AFTER).unwrap(),
+            &RETRY_AFTER_S.to_string()
+        );
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(json["error"]["code"], "unavailable", "{json}");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("2500 ms"),
+            "{json}"
+        );
+    }
 }

@@ -171,8 +171,10 @@ impl Drop for RedisServer {
 pub struct Instance {
     /// Its instance id.
     pub id: String,
-    /// Its base URL.
+    /// The base URL of its webhook listener.
     pub url: String,
+    /// The base URL of its operator listener (`/ready`, `/status`, `/metrics`).
+    pub operator_url: String,
     /// Its log file (standard error).
     pub log: PathBuf,
     /// The process.
@@ -228,10 +230,10 @@ impl Instance {
         post(self.url.clone(), body.to_string()).await
     }
 
-    /// GETs a JSON page, or `None` when the instance does not answer.
+    /// GETs an operator page (JSON), or `None` when the instance does not answer.
     pub async fn get(&self, path: &str) -> Option<serde_json::Value> {
         let response = reqwest::Client::new()
-            .get(format!("{}{path}", self.url))
+            .get(format!("{}{path}", self.operator_url))
             .timeout(Duration::from_secs(2))
             .send()
             .await
@@ -311,6 +313,8 @@ impl Cluster {
             "vigil.toml",
             "--listen",
             "127.0.0.1:0",
+            "--operator-listen",
+            "127.0.0.1:0",
             "--instance",
             id,
             "--database-url",
@@ -325,6 +329,8 @@ impl Cluster {
             .env_remove("VIGIL_POLICY")
             .env_remove("VIGIL_REDIS_URL")
             .env_remove("VIGIL_LISTEN")
+            .env_remove("VIGIL_OPERATOR_LISTEN")
+            .env_remove("VIGIL_OPERATOR_TOKEN")
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -332,6 +338,7 @@ impl Cluster {
         let mut instance = Instance {
             id: id.to_string(),
             url: String::new(),
+            operator_url: String::new(),
             log,
             child,
         };
@@ -340,9 +347,16 @@ impl Cluster {
             let text = std::fs::read(&instance.log).unwrap_or_default();
             let fresh =
                 String::from_utf8_lossy(&text[usize::try_from(earlier).unwrap()..]).to_string();
-            if let Some((_, rest)) = fresh.split_once("listening on http://") {
-                let address = rest.split_whitespace().next().unwrap();
-                instance.url = format!("http://{address}");
+            let address = |after: &str| {
+                let (_, rest) = fresh.split_once(after)?;
+                Some(format!("http://{}", rest.split_whitespace().next()?))
+            };
+            if let (Some(url), Some(operator_url)) = (
+                address("listening on http://"),
+                address("operator endpoints on http://"),
+            ) {
+                instance.url = url;
+                instance.operator_url = operator_url;
                 return instance;
             }
             if let Ok(Some(exit)) = instance.child.try_wait() {
