@@ -39,6 +39,8 @@ pub struct Deployment {
     pub operator_listen: Option<String>,
     /// The bearer token the operator listener asks for.
     pub operator_token: Option<String>,
+    /// The intake journal's directory, relative to the working directory.
+    pub journal_dir: Option<PathBuf>,
     /// The webhook passphrase TradingView alerts must carry.
     pub webhook_passphrase: Option<String>,
     /// Who may send webhooks, and how signed ones are checked (`[webhook]`).
@@ -63,6 +65,7 @@ impl std::fmt::Debug for Deployment {
             .field("listen", &self.listen)
             .field("operator_listen", &self.operator_listen)
             .field("operator_token", &redacted(&self.operator_token))
+            .field("journal_dir", &self.journal_dir)
             .field("webhook_passphrase", &redacted(&self.webhook_passphrase))
             .field("webhook", &self.webhook)
             .finish()
@@ -113,6 +116,7 @@ struct RawDeployment {
     listen: Option<String>,
     operator_listen: Option<String>,
     operator_token: Option<Spanned<String>>,
+    journal_dir: Option<PathBuf>,
     webhook_passphrase: Option<String>,
     #[serde(default)]
     instruments: BTreeMap<String, RawInstrument>,
@@ -343,6 +347,7 @@ impl Deployment {
             listen: raw.listen,
             operator_listen: raw.operator_listen,
             operator_token,
+            journal_dir: raw.journal_dir,
             webhook_passphrase: raw.webhook_passphrase,
             webhook,
         }))

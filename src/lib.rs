@@ -11,6 +11,7 @@ pub mod driver;
 pub mod dry_run;
 pub mod executor;
 pub mod http;
+pub mod intake;
 pub mod logging;
 pub mod machines;
 pub mod policy;

@@ -103,6 +103,8 @@ pub struct Shared {
     pub coordination: Coordination,
     /// The fencing token of the leader lease this instance holds, if it leads.
     pub leadership: watch::Sender<Option<i64>>,
+    /// The intake journal's state: what is queued, and whether it can be read.
+    pub journal: watch::Sender<crate::intake::JournalStatus>,
 }
 
 impl Shared {
@@ -133,6 +135,7 @@ impl Shared {
             inputs,
             coordination,
             leadership: watch::Sender::new(None),
+            journal: watch::Sender::new(crate::intake::JournalStatus::default()),
         }
     }
 

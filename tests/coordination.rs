@@ -325,11 +325,12 @@ async fn app_on_fresh_database(redis: RedisCoordinator) -> axum::Router {
         view.state = vigil::machines::lifecycle::State::from_name("active").unwrap();
         view.accepts = vigil::vocabulary::SignalSet::ALL;
     });
+    let intake = common::intake(&shared);
     vigil::http::webhook_app(std::sync::Arc::new(vigil::http::AppState {
         shared,
+        intake,
         passphrase: vigil::http::Passphrase::new("p"),
         instruments: vigil::domain::default_instruments(),
-        broker: std::sync::Arc::new(vigil::broker::PaperBroker),
         sources: vigil::http::source::SourcePolicy::default(),
         signatures: None,
         throttle: vigil::http::throttle::Throttle::new(Vec::new()),
@@ -360,13 +361,16 @@ async fn redis_alone_never_calls_a_signal_duplicate() {
         return;
     };
     let shared_namespace = namespace("shared");
-    let body = r#"{"passphrase":"p","signal":"BASE_ENTRY","instrument":"NIFTY","position":"long","price":"22000","stop":"21900","lots":"1","timestamp":"2026-11-21T09:15:00Z"}"#;
+    let body = &format!(
+        r#"{{"passphrase":"p","signal":"BASE_ENTRY","instrument":"NIFTY","position":"long","price":"22000","stop":"21900","lots":"1","timestamp":"{}"}}"#,
+        common::at("09:15")
+    );
     let first =
         app_on_fresh_database(RedisCoordinator::connect(&url, &shared_namespace).unwrap()).await;
     let second =
         app_on_fresh_database(RedisCoordinator::connect(&url, &shared_namespace).unwrap()).await;
     let answer = post(&first, body).await;
-    assert_eq!(answer["status"], "accepted");
+    assert_eq!(answer["status"], "applied");
     // The first app marks the fingerprint applied in the background.
     let key = format!(
         "{shared_namespace}:dedup:{}",
@@ -388,7 +392,7 @@ async fn redis_alone_never_calls_a_signal_duplicate() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(marked, "{key} was never marked applied");
-    assert_eq!(post(&second, body).await["status"], "accepted");
+    assert_eq!(post(&second, body).await["status"], "applied");
     assert_eq!(post(&second, body).await["status"], "duplicate");
     clean_up(&url, &shared_namespace).await;
 }

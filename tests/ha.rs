@@ -126,7 +126,7 @@ async fn storm(urls: &[String], body: &str) -> usize {
         assert_eq!(status, 200, "{json}");
         outcomes.push(json["status"].as_str().unwrap().to_string());
     }
-    let accepted = outcomes.iter().filter(|o| *o == "accepted").count();
+    let accepted = outcomes.iter().filter(|o| *o == "applied").count();
     let duplicates = outcomes.iter().filter(|o| *o == "duplicate").count();
     assert_eq!(accepted + duplicates, 10, "{outcomes:?}");
     accepted
@@ -336,7 +336,7 @@ async fn losing_redis_under_load_loses_and_doubles_nothing() {
     for (slot, (first, second)) in outcomes.iter().enumerate() {
         let mut pair = [first.as_str(), second.as_str()];
         pair.sort_unstable();
-        assert_eq!(pair, ["accepted", "duplicate"], "signal {slot}");
+        assert_eq!(pair, ["applied", "duplicate"], "signal {slot}");
     }
     assert_eq!(
         database_counts(&database.url).await,
@@ -389,7 +389,7 @@ async fn a_restarted_instance_recovers_while_the_others_serve() {
     let restarted = cluster.spawn(&id).await;
     wait_ready(&restarted).await;
     let outcomes = load.await.unwrap();
-    assert!(outcomes.iter().all(|o| o == "accepted"), "{outcomes:?}");
+    assert!(outcomes.iter().all(|o| o == "applied"), "{outcomes:?}");
     // Give it time to take the lease, which is free only once the old one lapses.
     tokio::time::sleep(LEASE + RENEWAL).await;
 
@@ -473,7 +473,7 @@ async fn the_leader_raises_an_alarm_when_totals_disagree_and_changes_nothing() {
         return;
     };
     let instance = cluster.start("ha-1").await;
-    assert_eq!(deliver(instance.url.clone(), entry(0)).await, "accepted");
+    assert_eq!(deliver(instance.url.clone(), entry(0)).await, "applied");
     wait_for(&instance, "/status", |status| status["leader"] == true).await;
     let pool = sqlx::PgPool::connect(&database.url).await.unwrap();
     sqlx::query("UPDATE portfolio_state SET total_risk = 999999.99")

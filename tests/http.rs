@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tower::ServiceExt;
-use vigil::broker::PaperBroker;
 use vigil::domain::default_instruments;
 use vigil::http::signature::Signatures;
 use vigil::http::source::{ForwardedHeader, SourcePolicy};
@@ -104,7 +103,7 @@ fn guarded_service(
         shared: Arc::clone(&shared),
         passphrase: Passphrase::new(PASSPHRASE),
         instruments: default_instruments(),
-        broker: Arc::new(PaperBroker),
+        intake: common::intake(&shared),
         throttle: Throttle::for_sources(&sources),
         sources,
         signatures,
@@ -155,7 +154,7 @@ async fn send_from(
     (status, retry_after, json)
 }
 
-/// An alert; `timestamp` is the time of day on 2026-11-21, UTC.
+/// An alert; `timestamp` is a time-of-day tag for [`common::at`].
 fn signal(
     kind: &str,
     instrument: &str,
@@ -165,7 +164,8 @@ fn signal(
     timestamp: &str,
 ) -> String {
     format!(
-        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"{instrument}","position":"long","price":"{price}","stop":"{stop}","lots":"{lots}","timestamp":"2026-11-21T{timestamp}Z"}}"#
+        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"{instrument}","position":"long","price":"{price}","stop":"{stop}","lots":"{lots}","timestamp":"{}"}}"#,
+        common::at(timestamp)
     )
 }
 
@@ -352,29 +352,36 @@ async fn bad_input_is_refused_and_changes_nothing() {
 }
 
 #[tokio::test]
-async fn signals_are_refused_while_the_lifecycle_does_not_accept_them() {
+async fn alerts_the_lifecycle_does_not_apply_now_are_queued_then_applied_in_order() {
     keep_call_sites_interesting();
+    // (state, what it applies, the alert, its outcome once drained while active)
     let cases = [
-        ("recovering", SignalSet::NONE, "BASE_ENTRY"),
-        ("stopping", SignalSet::NONE, "EXIT"),
+        ("recovering", SignalSet::NONE, "BASE_ENTRY", "applied"),
+        ("stopping", SignalSet::NONE, "EXIT", "rejected"),
         (
             "degraded",
             SignalSet::NONE.with(vigil::vocabulary::SignalType::Exit),
             "BASE_ENTRY",
+            "applied",
         ),
     ];
-    for (state, accepts, kind) in cases {
+    for (state, accepts, kind, outcome) in cases {
         let store = sqlite_store().await;
-        let (api, _) = service(&store, state, accepts);
-        let (status, retry_after, json) = send(
-            &api.webhook,
-            "POST",
-            "/webhook",
-            signal(kind, "NIFTY", "22000", "21900", "1", "09:15:00"),
-        )
-        .await;
-        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{state}: {json}");
-        assert_eq!(retry_after.as_deref(), Some("5"), "{state}");
+        let (api, app) = service(&store, state, accepts);
+        let alert = signal(kind, "NIFTY", "22000", "21900", "1", "09:15:00");
+        let (status, _, json) = send(&api.webhook, "POST", "/webhook", alert.clone()).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{state}: {json}");
+        assert_eq!(json["status"], "queued", "{state}: {json}");
+        let fingerprint = json["fingerprint"].as_str().unwrap().to_string();
+        // A resend while it waits is the same queued alert, not a second one.
+        let (again, _, json) = send(&api.webhook, "POST", "/webhook", alert).await;
+        assert_eq!(
+            (again, json["status"].as_str()),
+            (StatusCode::ACCEPTED, Some("queued"))
+        );
+        let page = format!("/signals/{fingerprint}");
+        let (_, _, json) = send(&api.operator, "GET", &page, String::new()).await;
+        assert_eq!(json["status"], "queued", "{state}: {json}");
         let (ready, retry_after, _) = send(&api.operator, "GET", "/ready", String::new()).await;
         let expected = if accepts == SignalSet::NONE {
             StatusCode::SERVICE_UNAVAILABLE
@@ -388,6 +395,21 @@ async fn signals_are_refused_while_the_lifecycle_does_not_accept_them() {
             "{state}: /ready Retry-After"
         );
         assert_eq!(counts(&store).await, (0, 0));
+        assert_eq!(
+            app.intake.drain(false).await,
+            0,
+            "{state}: drained while not applied"
+        );
+        app.shared.lifecycle.send_modify(|view| {
+            view.state = vigil::machines::lifecycle::State::from_name("active").unwrap();
+            view.accepts = SignalSet::ALL;
+        });
+        assert_eq!(app.intake.drain(false).await, 1, "{state}");
+        assert_eq!(app.intake.pending(), 0, "{state}");
+        let (_, _, json) = send(&api.operator, "GET", &page, String::new()).await;
+        assert_eq!(json["status"], outcome, "{state}: {json}");
+        let opened = i64::from(outcome == "applied");
+        assert_eq!(counts(&store).await, (opened, 0), "{state}");
         store.close().await;
     }
 }
@@ -400,7 +422,7 @@ async fn a_trade_from_entry_to_exit() {
     let steps = [
         (
             signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:15:01"),
-            "accepted",
+            "applied",
             (1, 0),
         ),
         (
@@ -410,12 +432,12 @@ async fn a_trade_from_entry_to_exit() {
         ),
         (
             signal("PYRAMID", "NIFTY", "22100.5", "22000", "1", "09:15:02"),
-            "accepted",
+            "applied",
             (2, 0),
         ),
         (
             signal("EXIT", "NIFTY", "22300", "0", "1", "09:15:03"),
-            "accepted",
+            "applied",
             (0, 2),
         ),
     ];
@@ -487,7 +509,8 @@ async fn metrics_are_prometheus_text() {
     )
     .unwrap();
     for name in [
-        "vigil_signals_total{outcome=\"accepted\"}",
+        "vigil_signals_total{outcome=\"applied\"}",
+        "vigil_signal_outcomes_total{outcome=\"applied\"}",
         "vigil_signal_latency_seconds_bucket",
         "vigil_lifecycle_state{state=\"active\"} 1",
     ] {
@@ -556,11 +579,7 @@ async fn fifty_identical_signals_at_once_make_one_position() {
                 .entry(json["status"].as_str().unwrap().to_string())
                 .or_insert(0) += 1;
         }
-        assert_eq!(
-            outcomes.get("accepted"),
-            Some(&1),
-            "{backend}: {outcomes:?}"
-        );
+        assert_eq!(outcomes.get("applied"), Some(&1), "{backend}: {outcomes:?}");
         assert_eq!(
             outcomes.get("duplicate"),
             Some(&49),
@@ -583,7 +602,8 @@ fn labelled(kind: &str, label: Option<&str>, price: &str, stop: &str, time: &str
         .map(|label| format!(r#""position":"{label}","#))
         .unwrap_or_default();
     format!(
-        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"NIFTY",{label}"price":"{price}","stop":"{stop}","lots":"1","timestamp":"2026-11-21T{time}Z"}}"#
+        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"NIFTY",{label}"price":"{price}","stop":"{stop}","lots":"1","timestamp":"{}"}}"#,
+        common::at(time)
     )
 }
 
@@ -763,7 +783,8 @@ async fn signed_webhooks_are_checked() {
     let body = |time: &str| signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", time);
     let exit = |time: &str| {
         format!(
-            r#"{{"passphrase":"{PASSPHRASE}","signal":"EXIT","instrument":"NIFTY","price":"22100","timestamp":"2026-11-21T{time}Z"}}"#
+            r#"{{"passphrase":"{PASSPHRASE}","signal":"EXIT","instrument":"NIFTY","price":"22100","timestamp":"{}"}}"#,
+            common::at(time)
         )
     };
     let entry = body("09:15:00");

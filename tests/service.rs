@@ -1,6 +1,8 @@
 //! The real `vigil` binary as a trader meets it: signals over HTTP, a kill -9, a restart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -150,7 +152,8 @@ impl Instance {
 
 fn signal(kind: &str, price: &str, stop: &str, timestamp: &str) -> String {
     format!(
-        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"NIFTY","position":"long","price":"{price}","stop":"{stop}","lots":"1","timestamp":"2026-11-21T{timestamp}:00Z"}}"#
+        r#"{{"passphrase":"{PASSPHRASE}","signal":"{kind}","instrument":"NIFTY","position":"long","price":"{price}","stop":"{stop}","lots":"1","timestamp":"{}"}}"#,
+        common::at(timestamp)
     )
 }
 
@@ -160,8 +163,8 @@ async fn a_crash_loses_and_doubles_nothing() {
     let ports = Ports::free();
     let first = Instance::start(&dir, ports).await;
     for (body, outcome) in [
-        (signal("BASE_ENTRY", "22000", "21900", "09:15"), "accepted"),
-        (signal("PYRAMID", "22100", "22000", "09:30"), "accepted"),
+        (signal("BASE_ENTRY", "22000", "21900", "09:15"), "applied"),
+        (signal("PYRAMID", "22100", "22000", "09:30"), "applied"),
     ] {
         let (status, json) = first.post(body).await;
         assert_eq!(
@@ -192,7 +195,7 @@ async fn a_crash_loses_and_doubles_nothing() {
         .await;
     assert_eq!(
         (status, json["status"].as_str()),
-        (200, Some("accepted")),
+        (200, Some("applied")),
         "{json}"
     );
     let status = second.get("/status").await;
@@ -284,7 +287,7 @@ async fn the_readme_curl_examples_work_as_written() {
     );
     for (example, answer) in examples.iter().zip(&answers) {
         assert!(
-            answer.contains(r#""status":"accepted""#),
+            answer.contains(r#""status":"applied""#),
             "{example}\nanswered: {answer}"
         );
     }

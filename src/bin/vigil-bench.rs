@@ -116,7 +116,7 @@ use vigil::machines::Outbox;
 use vigil::policy::{HaTimings, Policy, Response};
 use vigil::recovery;
 use vigil::store::{redact, Access, AnyStore, Applied, ApplyError, SignalClaim, StateWrite, Store};
-use vigil::trading::plan::plan;
+use vigil::trading::plan::{plan, Refusal};
 use vigil::trading::Signal;
 use vigil::vocabulary::{FailureKind, SignalType};
 
@@ -1455,7 +1455,7 @@ async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Sample {
                         value
                             .get("status")
                             .and_then(serde_json::Value::as_str)
-                            .map(|status| status == "accepted")
+                            .map(|status| status == "applied")
                     })
                     .unwrap_or(false);
             if accepted {
@@ -1558,12 +1558,13 @@ async fn apply(
     let applied = store
         .apply_signal(&claim, |book| {
             plan(signal, &fingerprint, instrument, signal.price, now, book)
+                .map_err(Refusal::Rejected)
         })
         .await;
     let answer = match applied {
         Ok(Applied::Done(_)) => Answer::Accepted,
         Ok(Applied::Duplicate) => refused("duplicate", fingerprint.clone()),
-        Err(ApplyError::Rejected(rejection)) => refused("rejected", rejection.to_string()),
+        Ok(Applied::Refused(refusal)) => refused(refusal.status(), refusal.to_string()),
         Err(ApplyError::Store(error)) => refused("store error", error.to_string()),
     };
     Sample {

@@ -14,6 +14,7 @@ use crate::executor::ports::{RedisCheck, StoreDatabase};
 use crate::executor::{Executor, ExecutorConfig, Ports, Until};
 use crate::http::signature::Signatures;
 use crate::http::{self, Passphrase};
+use crate::intake::{journal, Intake};
 use crate::logging;
 use crate::machines::lifecycle;
 use crate::policy::{Policy, PolicyError};
@@ -27,6 +28,10 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// How long a graceful stop spends applying what the intake journal holds; what is left
+/// is applied at the next start.
+pub const JOURNAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Exit code of `vigil recover --check` when recovery would end degraded rather than active.
 pub const EXIT_DEGRADED: u8 = 5;
@@ -87,6 +92,9 @@ pub struct ServiceArgs {
     /// The instance id [default: the host name].
     #[arg(long, value_name = "ID", env = "VIGIL_INSTANCE")]
     pub instance: Option<String>,
+    /// The directory of the intake journal, INSTANCE.journal [default: the working directory].
+    #[arg(long, value_name = "DIR", env = "VIGIL_JOURNAL_DIR")]
+    pub journal_dir: Option<PathBuf>,
 }
 
 /// Settings after layering flags, environment, deployment file and defaults.
@@ -110,6 +118,24 @@ struct Settings {
     passphrase: Option<String>,
     /// The `[webhook]` table, with signing keys from the environment when set there.
     webhook: crate::deployment::WebhookSettings,
+    /// The intake journal's directory.
+    journal_dir: PathBuf,
+}
+
+impl Settings {
+    /// The intake journal of this instance: `INSTANCE.journal` in the journal directory, the
+    /// id written with only letters, digits, `.`, `-` and `_`.
+    fn journal_path(&self) -> PathBuf {
+        let name: String = self
+            .instance
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => c,
+                _ => '_',
+            })
+            .collect();
+        self.journal_dir.join(format!("{name}.journal"))
+    }
 }
 
 /// Layers the settings; `None` when a file was invalid (its diagnostics are printed).
@@ -216,6 +242,11 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
             .unwrap_or_else(|| hostname.clone()),
         hostname,
         instruments: deployment.instruments,
+        journal_dir: args
+            .journal_dir
+            .clone()
+            .or(deployment.journal_dir)
+            .unwrap_or_else(|| PathBuf::from(".")),
         listen: deployment.listen,
         operator_listen: deployment.operator_listen,
         operator_token,
@@ -313,6 +344,25 @@ async fn start_up(
         coordination,
     ));
     let broker: Arc<dyn Broker> = Arc::new(PaperBroker);
+    // With no instruments listed, the built-in ones trade; recovery then recomputes nothing,
+    // as it only checks terms an operator wrote down.
+    let traded = if settings.instruments.is_empty() {
+        default_instruments()
+    } else {
+        settings.instruments.clone()
+    };
+    let journal_mode = match access {
+        Access::ReadWrite => journal::Mode::ReadWrite,
+        Access::ReadOnly => journal::Mode::ReadOnly,
+    };
+    let journal_path = settings.journal_path();
+    let intake = Arc::new(Intake::new(
+        Arc::clone(&shared),
+        Arc::clone(&broker),
+        traded.clone(),
+        settings.policy.signals.clone(),
+        journal::Journal::open(&journal_path, journal_mode),
+    ));
     let database = StoreDatabase::new(
         &settings.database_url,
         access,
@@ -341,14 +391,8 @@ async fn start_up(
         let state = Arc::new(http::AppState {
             shared: Arc::clone(&shared),
             passphrase,
-            // With no instruments listed, the built-in ones trade; recovery then recomputes
-            // nothing, as it only checks terms an operator wrote down.
-            instruments: if settings.instruments.is_empty() {
-                default_instruments()
-            } else {
-                settings.instruments.clone()
-            },
-            broker,
+            instruments: traded,
+            intake: Arc::clone(&intake),
             sources: settings.webhook.sources.clone(),
             throttle: http::throttle::Throttle::for_sources(&settings.webhook.sources),
             signatures: (!settings.webhook.signature_keys.is_empty()).then(|| {
@@ -370,6 +414,7 @@ async fn start_up(
             let _ = stop.wait_for(|stop| *stop).await;
         };
         [
+            tokio::spawn(Arc::clone(&intake).run_drainer()),
             tokio::spawn(http::serve(
                 webhook,
                 http::webhook_app(Arc::clone(&state)),
@@ -397,8 +442,17 @@ async fn start_up(
     .await;
     drop(sender);
     let _ = stop_serving.send(true);
-    for server in servers.into_iter().flatten() {
+    let mut servers = servers.into_iter().flatten();
+    // The drainer runs until the process ends; the listeners end with `stop_serving`.
+    if let Some(drainer) = servers.next() {
+        drainer.abort();
+    }
+    for server in servers {
         let _ = server.await;
+    }
+    // A graceful stop applies what the journal holds while the database still answers.
+    if until == Until::Stopped && code == crate::cli::EXIT_OK {
+        intake.flush(JOURNAL_FLUSH_TIMEOUT).await;
     }
     executor.close().await;
     let report = RunReport {

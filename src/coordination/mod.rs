@@ -32,8 +32,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// How long a signal waits, in all, for its instrument's lock or for a copy of itself that
-/// another caller is applying, before it is answered 503 for the client to resend.
-pub const SIGNAL_LOCK_WAIT: Duration = Duration::from_millis(400);
+/// another caller is applying, before it goes to the intake journal instead.
+pub const SIGNAL_LOCK_WAIT: Duration = Duration::from_millis(200);
 
 /// How often a waiting signal asks again.
 pub const SIGNAL_LOCK_POLL: Duration = Duration::from_millis(5);
@@ -44,7 +44,7 @@ const SIGNAL_LOCK_ATTEMPTS: u128 = SIGNAL_LOCK_WAIT.as_millis() / SIGNAL_LOCK_PO
 /// All the Redis work before a signal's transaction may take: the wait and the commands
 /// around it. A Redis slower than this is not lost (each command has its own timeout, and
 /// the heartbeat judges loss); the signal just goes on under database-only coordination.
-pub const SIGNAL_REDIS_BUDGET: Duration = Duration::from_millis(600);
+pub const SIGNAL_REDIS_BUDGET: Duration = Duration::from_millis(250);
 
 /// The `tracing` target of coordination log lines.
 pub const COORDINATION_TARGET: &str = "vigil::coordination";

@@ -192,8 +192,10 @@ impl Context {
             Ok(rows) => rows,
             Err(found) => return self.failed(found, loud),
         };
-        let (state, mut receipt) =
+        let (state, receipt) =
             recovery::recover(rows, self.config.tolerance, &self.config.instruments, 0);
+        let journal = self.shared().journal.borrow().clone();
+        let mut receipt = receipt.with_journal(journal.pending, journal.problem.as_deref());
         receipt.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let instance = self.instance();
         let failure = receipt.failure();

@@ -144,6 +144,13 @@ impl ApiError {
         ApiError::plain(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    /// 404 from `GET /signals/{fingerprint}`.
+    pub fn not_found_signal() -> ApiError {
+        let message = "no alert with this fingerprint is queued here or recorded in the signal log"
+            .to_string();
+        ApiError::plain(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
     /// 405.
     pub fn method_not_allowed() -> ApiError {
         let message = "method not allowed on this endpoint".to_string();

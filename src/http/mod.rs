@@ -15,7 +15,6 @@ mod webhook;
 pub use error::{ApiError, RETRY_AFTER_S};
 pub use metrics::prometheus;
 
-use crate::broker::Broker;
 use crate::domain::Instrument;
 use crate::shared::Shared;
 use axum::extract::{DefaultBodyLimit, State};
@@ -113,8 +112,8 @@ pub struct AppState {
     pub passphrase: Passphrase,
     /// Contract terms per instrument; a signal for another instrument is refused.
     pub instruments: BTreeMap<String, Instrument>,
-    /// Executes orders.
-    pub broker: Arc<dyn Broker>,
+    /// Applies or journals every checked alert.
+    pub intake: Arc<crate::intake::Intake>,
     /// Which sources may send webhooks, and which proxies are believed about the source.
     pub sources: source::SourcePolicy,
     /// Verifies signed webhooks; `None` when no signing key is configured.
@@ -159,13 +158,15 @@ pub fn webhook_app(state: Arc<AppState>) -> Router {
 }
 
 /// The operator listener's router: `GET /health` (open, for liveness probes), and `/ready`,
-/// `/status` and `/metrics` behind the bearer token when one is configured.
+/// `/status`, `/metrics` and `/signals/{fingerprint}` behind the bearer token when one is
+/// configured.
 pub fn operator_app(state: Arc<AppState>) -> Router {
     let _ = prometheus();
     let guarded = Router::new()
         .route("/ready", get(probes::ready))
         .route("/status", get(probes::status))
         .route("/metrics", get(probes::metrics))
+        .route("/signals/{fingerprint}", get(probes::signal))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             bearer_token,

@@ -90,6 +90,8 @@ pub struct Status {
     closed_positions: Option<i64>,
     /// Signals being processed now.
     signals_in_flight: usize,
+    /// The intake journal: alerts queued and not yet applied, and whether it can be read.
+    journal: crate::intake::JournalStatus,
     /// The last recovery receipt.
     receipt: Option<Receipt>,
     /// The last transitions of both machines, oldest first.
@@ -135,6 +137,7 @@ pub async fn status(State(app): State<Arc<AppState>>) -> Result<Json<Status>, Ap
         open_positions: counts.map(|(open, _)| open),
         closed_positions: counts.map(|(_, closed)| closed),
         signals_in_flight: app.shared.in_flight.count(),
+        journal: app.intake.status(),
         receipt: app.shared.receipt.borrow().clone(),
         recent_transitions: app.shared.recent_transitions(),
     }))
@@ -167,4 +170,46 @@ pub async fn metrics(State(app): State<Arc<AppState>>) -> Response {
         prometheus().render(),
     )
         .into_response()
+}
+
+/// The body of `GET /signals/{fingerprint}`.
+#[derive(Debug, Serialize)]
+pub struct SignalPage {
+    /// The fingerprint asked about.
+    fingerprint: String,
+    /// `queued` while it waits in this instance's journal, else the signal log's outcome:
+    /// `applied`, `rejected`, `expired` or `superseded`.
+    status: String,
+    /// The signal log's row, once the alert is recorded there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recorded: Option<crate::store::SignalOutcome>,
+}
+
+/// What became of one alert: queued here, or its outcome in the signal log (404 when
+/// neither knows it; 503 while the database cannot say).
+pub async fn signal(
+    State(app): State<Arc<AppState>>,
+    axum::extract::Path(fingerprint): axum::extract::Path<String>,
+) -> Result<Json<SignalPage>, ApiError> {
+    if app.intake.is_queued(&fingerprint) {
+        return Ok(Json(SignalPage {
+            fingerprint,
+            status: "queued".into(),
+            recorded: None,
+        }));
+    }
+    let Some(store) = app.shared.store() else {
+        return Err(ApiError::unavailable("the database is not connected yet"));
+    };
+    match tokio::time::timeout(DB_PING_TIMEOUT, store.signal_outcome(&fingerprint)).await {
+        Ok(Ok(Some(row))) => Ok(Json(SignalPage {
+            fingerprint,
+            status: row.status.clone(),
+            recorded: Some(row),
+        })),
+        Ok(Ok(None)) => Err(ApiError::not_found_signal()),
+        Ok(Err(_)) | Err(_) => Err(ApiError::unavailable(
+            "the database did not answer; ask again",
+        )),
+    }
 }

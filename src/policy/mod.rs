@@ -33,6 +33,12 @@ pub const MIN_HA_TIMING: Duration = Duration::from_millis(100);
 /// waiting for.
 pub const MAX_HA_TIMING: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// The shortest `[signals]` max age: TradingView's own resends span about 15 s.
+pub const MIN_SIGNAL_AGE: Duration = Duration::from_secs(30);
+
+/// The longest `[signals]` max age.
+pub const MAX_SIGNAL_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// An instance is declared gone only after this many heartbeat intervals without one, so a
 /// single late heartbeat never declares a healthy instance gone.
 pub const HEARTBEATS_BEFORE_STALE: u32 = 2;
@@ -63,6 +69,8 @@ pub struct Policy {
     pub ha: HaTimings,
     /// How often the instance may be restarted before the supervisor should give up.
     pub restarts: RestartBudget,
+    /// How old an alert may be when it is applied (`[signals]`).
+    pub signals: SignalAges,
     /// Settings that work but do not do what they seem to say; `vigil check` prints them.
     pub warnings: Vec<Diagnostic>,
 }
@@ -203,6 +211,29 @@ pub struct HaTimings {
     pub dedup_window: Duration,
     /// How often the leader snapshots statistics and checks the portfolio's consistency.
     pub leader_task_interval: Duration,
+}
+
+/// How old an alert may be, by its own timestamp, when it is applied; an older one is
+/// recorded `expired` and trades nothing. Exits get longer: a stale entry opens risk, a stale
+/// exit closes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalAges {
+    /// The oldest BASE_ENTRY or PYRAMID applied.
+    pub entry_max_age: Duration,
+    /// The oldest EXIT applied.
+    pub exit_max_age: Duration,
+}
+
+impl SignalAges {
+    /// The oldest alert of `kind` that is applied.
+    pub fn max_age(&self, kind: crate::vocabulary::SignalType) -> Duration {
+        match kind {
+            crate::vocabulary::SignalType::Exit => self.exit_max_age,
+            crate::vocabulary::SignalType::BaseEntry | crate::vocabulary::SignalType::Pyramid => {
+                self.entry_max_age
+            }
+        }
+    }
 }
 
 /// At most `max_restarts` restarts within `window`.

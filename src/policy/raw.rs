@@ -3,8 +3,9 @@
 
 use super::{
     Exhausted, HaTimings, Policy, RecoverySettings, Response, RestartBudget, RetrySchedule,
-    HEARTBEATS_BEFORE_STALE, MAX_HA_TIMING, MAX_RESTART_WINDOW, MAX_RETRY_ATTEMPTS,
-    MAX_RETRY_DELAY, MIN_HA_TIMING, MIN_RESTART_WINDOW, MIN_RETRY_DELAY,
+    SignalAges, HEARTBEATS_BEFORE_STALE, MAX_HA_TIMING, MAX_RESTART_WINDOW, MAX_RETRY_ATTEMPTS,
+    MAX_RETRY_DELAY, MAX_SIGNAL_AGE, MIN_HA_TIMING, MIN_RESTART_WINDOW, MIN_RETRY_DELAY,
+    MIN_SIGNAL_AGE,
 };
 use crate::diagnostic::{did_you_mean, Collector, Diagnostics};
 use crate::vocabulary::{FailureKind, SignalSet, SignalType};
@@ -29,6 +30,15 @@ struct RawPolicy {
     degraded: BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>,
     ha: Option<RawHa>,
     restarts: Option<RawRestarts>,
+    signals: Option<RawSignals>,
+}
+
+/// `[signals]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignals {
+    entry_max_age: Option<Value>,
+    exit_max_age: Option<Value>,
 }
 
 /// `[failures.<kind>]`.
@@ -138,6 +148,7 @@ impl Checker<'_> {
         let degraded_accepts = self.degraded(raw.degraded, base);
         let ha = self.ha(raw.ha, base);
         let restarts = self.restarts(raw.restarts, base);
+        let signals = self.signals(raw.signals, base);
         let failures = failures?;
         for (kind, span) in degraded_spans {
             let set = degraded_accepts[kind.index()];
@@ -167,6 +178,7 @@ impl Checker<'_> {
             degraded_accepts,
             ha: ha?,
             restarts: restarts?,
+            signals: signals?,
             warnings: std::mem::take(&mut self.file.warnings),
         })
     }
@@ -689,6 +701,29 @@ impl Checker<'_> {
             signal_lock_ttl: lock.0,
             dedup_window: dedup.0,
             leader_task_interval: tasks.0,
+        })
+    }
+
+    fn signals(&mut self, raw: Option<RawSignals>, base: Option<&Policy>) -> Option<SignalAges> {
+        let fallback = base.map_or(
+            SignalAges {
+                entry_max_age: Duration::from_secs(5 * 60),
+                exit_max_age: Duration::from_secs(12 * 3600),
+            },
+            |base| base.signals.clone(),
+        );
+        let Some(raw) = raw else {
+            return Some(fallback);
+        };
+        let mut field = |value: Option<Value>, fallback: Duration| match value {
+            None => Some(fallback),
+            Some(value) => self.duration(&value, MIN_SIGNAL_AGE, MAX_SIGNAL_AGE),
+        };
+        let entry_max_age = field(raw.entry_max_age, fallback.entry_max_age);
+        let exit_max_age = field(raw.exit_max_age, fallback.exit_max_age);
+        Some(SignalAges {
+            entry_max_age: entry_max_age?,
+            exit_max_age: exit_max_age?,
         })
     }
 

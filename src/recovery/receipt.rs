@@ -185,6 +185,9 @@ pub struct Receipt {
     pub closed_equity: Option<Decimal>,
     /// Every check, in order.
     pub checks: Vec<Check>,
+    /// Alerts in the intake journal not yet applied: they are drained, in alert order per
+    /// instrument, before any newer alert of their instrument.
+    pub queued_alerts: usize,
     /// Fetch, rebuild and validate, in milliseconds.
     pub duration_ms: u64,
 }
@@ -205,8 +208,30 @@ impl Receipt {
             counts,
             closed_equity,
             checks,
+            queued_alerts: 0,
             duration_ms,
         }
+    }
+
+    /// Adds what the intake journal holds: `queued` alerts not yet applied, and the check
+    /// that every record could be read (`problem` says why not: corrupt data, under the
+    /// policy).
+    pub fn with_journal(mut self, queued: usize, problem: Option<&str>) -> Receipt {
+        self.queued_alerts = queued;
+        self.checks.push(match problem {
+            None => Check::passed("intake journal readable"),
+            Some(problem) => Check::failed(
+                "intake journal readable",
+                FailureKind::DataCorrupt,
+                problem.to_string(),
+            ),
+        });
+        if self.verdict == Verdict::Clean && problem.is_some() {
+            self.verdict = Verdict::Failed {
+                kind: FailureKind::DataCorrupt,
+            };
+        }
+        self
     }
 
     /// The failure the policy must answer, if any.
@@ -260,6 +285,13 @@ impl fmt::Display for Receipt {
         )?;
         if let Some(equity) = self.closed_equity {
             writeln!(f, "  closed equity: {equity}")?;
+        }
+        if self.queued_alerts > 0 {
+            writeln!(
+                f,
+                "  queued alerts: {} in the intake journal, applied before newer alerts of their instruments",
+                self.queued_alerts
+            )?;
         }
         writeln!(f, "  checks:")?;
         for check in &self.checks {

@@ -6,6 +6,7 @@
 //! deciding what is corrupt, happens once in Rust for both backends.
 
 mod postgres;
+mod signal_tx;
 mod sqlite;
 
 pub use postgres::PgStore;
@@ -105,6 +106,27 @@ pub struct RecoveryRows {
     pub portfolio: Option<PortfolioRow>,
     /// Every pyramiding row.
     pub pyramiding: Vec<PyramidingRow>,
+}
+
+/// A signal's row in the signal log: what became of one alert.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct SignalOutcome {
+    /// The alert's fingerprint.
+    pub fingerprint: String,
+    /// BASE_ENTRY, PYRAMID or EXIT.
+    pub signal_type: String,
+    /// The instrument.
+    pub instrument: String,
+    /// `applied`, `rejected`, `expired` or `superseded`.
+    pub status: String,
+    /// Why it was not applied.
+    pub reason: Option<String>,
+    /// The alert's own time, RFC 3339 (absent for alerts recorded before it was kept).
+    pub alert_at: Option<String>,
+    /// When the instance received it, RFC 3339.
+    pub received_at: String,
+    /// The instance that recorded it.
+    pub instance_id: String,
 }
 
 /// An instance as the instance table records it.
@@ -249,17 +271,16 @@ pub struct SignalClaim<'a> {
 pub enum Applied {
     /// The signal was new; this is what it changed.
     Done(crate::trading::plan::Plan),
+    /// The signal was new and is recorded with this outcome; it traded nothing.
+    Refused(crate::trading::plan::Refusal),
     /// The fingerprint was already claimed: nothing changed.
     Duplicate,
 }
 
-/// Why a signal was not applied.
+/// Why a signal's transaction did not commit: nothing changed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ApplyError {
-    /// The signal does not fit the current state (HTTP 422); nothing changed.
-    #[error(transparent)]
-    Rejected(crate::trading::plan::Rejection),
-    /// The database failed; nothing changed.
+    /// The database failed, or a concurrent writer got there first.
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -276,18 +297,25 @@ pub struct Fence<'a> {
 /// Storage as the rest of vigil sees it.
 pub trait Store {
     /// Claims the signal's fingerprint and applies what `decide` plans, in one transaction:
-    /// either the claim and every change commit together, or nothing does. A fingerprint
-    /// already claimed is [`Applied::Duplicate`] and changes nothing.
+    /// either the claim and every change commit together, or nothing does. A refusal is
+    /// recorded as the fingerprint's outcome ([`Applied::Refused`]). A fingerprint already
+    /// claimed is [`Applied::Duplicate`] and changes nothing.
     fn apply_signal<F>(
         &self,
         claim: &SignalClaim<'_>,
         decide: F,
     ) -> impl Future<Output = Result<Applied, ApplyError>>
     where
-        F: FnOnce(&Book) -> Result<crate::trading::plan::Plan, crate::trading::plan::Rejection>;
+        F: FnOnce(&Book) -> Result<crate::trading::plan::Plan, crate::trading::plan::Refusal>;
 
     /// Whether `fingerprint` is claimed in the signal log.
     fn signal_claimed(&self, fingerprint: &str) -> impl Future<Output = Result<bool, StoreError>>;
+
+    /// The signal log's row for `fingerprint`, if any.
+    fn signal_outcome(
+        &self,
+        fingerprint: &str,
+    ) -> impl Future<Output = Result<Option<SignalOutcome>, StoreError>>;
 
     /// Answers whether the database is reachable (a trivial query).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>>;
@@ -434,13 +462,17 @@ impl Store for AnyStore {
         decide: F,
     ) -> Result<Applied, ApplyError>
     where
-        F: FnOnce(&Book) -> Result<crate::trading::plan::Plan, crate::trading::plan::Rejection>,
+        F: FnOnce(&Book) -> Result<crate::trading::plan::Plan, crate::trading::plan::Refusal>,
     {
         delegate!(self, store => store.apply_signal(claim, decide).await)
     }
 
     async fn signal_claimed(&self, fingerprint: &str) -> Result<bool, StoreError> {
         delegate!(self, store => store.signal_claimed(fingerprint).await)
+    }
+
+    async fn signal_outcome(&self, fingerprint: &str) -> Result<Option<SignalOutcome>, StoreError> {
+        delegate!(self, store => store.signal_outcome(fingerprint).await)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -538,7 +570,11 @@ fn book_from_rows(
     let portfolio = portfolio.ok_or_else(|| {
         StoreError::Corrupt("the portfolio row vanished inside a transaction".into())
     })?;
-    Ok(Book { open, portfolio })
+    Ok(Book {
+        open,
+        portfolio,
+        last_applied_at: None,
+    })
 }
 
 /// A lease length in whole milliseconds, as both backends add it to their clock.

@@ -1,14 +1,16 @@
 //! The PostgreSQL backend. Money is NUMERIC; it is read back as text so that decoding
 //! happens in Rust exactly as for SQLite, and written as text cast to NUMERIC.
 
+use super::signal_tx::{self, SignalTx};
 use super::{
-    book_from_rows, classify, timestamp_text, Access, Applied, ApplyError, InstanceRecord,
-    InstanceRow, PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, StateWrite,
+    classify, timestamp_text, Access, Applied, ApplyError, InstanceRecord, InstanceRow,
+    PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, SignalOutcome, StateWrite,
     Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
 use super::{fenced, lease_ms, Fence};
 use crate::domain::Pyramiding;
-use crate::trading::plan::{Book, Plan, PyramidingChange, Rejection};
+use crate::domain::{Portfolio, Position};
+use crate::trading::plan::{Book, Closed, Plan, Refusal};
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
@@ -71,6 +73,191 @@ const LOAD_PYRAMIDING: &str =
     "SELECT instrument, last_pyramid_price::text AS last_pyramid_price, base_position_id \
      FROM pyramiding_state ORDER BY instrument";
 
+/// One signal's transaction on PostgreSQL.
+struct PgSignalTx(sqlx::Transaction<'static, sqlx::Postgres>);
+
+impl PgSignalTx {
+    /// Begins it: a bounded wait for any lock, then the instrument's advisory lock, so that
+    /// signals of one instrument never interleave whether or not Redis holds its lock too.
+    async fn begin(pool: &PgPool, instrument: &str) -> Result<PgSignalTx, StoreError> {
+        let mut tx = pool.begin().await.map_err(classify_pg)?;
+        // A waiter abandoned at the signal's deadline would otherwise stay queued for the
+        // lock on the server, holding its pooled connection.
+        sqlx::query(SIGNAL_LOCK_TIMEOUT_SQL)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_pg)?;
+        // The lock ends with the transaction.
+        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
+            .bind(INSTRUMENT_LOCK_CLASS)
+            .bind(instrument)
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_pg)?;
+        Ok(PgSignalTx(tx))
+    }
+
+    /// Runs one statement; the rows it affected.
+    async fn run(
+        &mut self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<u64, StoreError> {
+        Ok(query
+            .execute(&mut *self.0)
+            .await
+            .map_err(classify_pg)?
+            .rows_affected())
+    }
+}
+
+impl SignalTx for PgSignalTx {
+    async fn claim(&mut self, claim: &SignalClaim<'_>) -> Result<u64, StoreError> {
+        let signal = claim.signal;
+        self.run(
+            sqlx::query(
+                "INSERT INTO signal_log (fingerprint, signal_type, instrument, payload, status, received_at, processed_at, \
+                 instance_id, alert_at) VALUES ($1, $2, $3, $4, 'applied', $5::timestamptz, now(), $6, $7::timestamptz) \
+                 ON CONFLICT (fingerprint) DO NOTHING",
+            )
+            .bind(claim.fingerprint)
+            .bind(signal.kind.as_str())
+            .bind(&signal.instrument)
+            .bind(signal.payload())
+            .bind(timestamp_text(claim.received_at))
+            .bind(claim.instance_id)
+            .bind(signal_tx::alert_at(claim)),
+        )
+        .await
+    }
+
+    async fn last_applied_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError> {
+        let found: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT to_char(max(alert_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+             FROM signal_log WHERE instrument = $1 AND status = 'applied'",
+        )
+        .bind(instrument)
+        .fetch_optional(&mut *self.0)
+        .await
+        .map_err(classify_pg)?;
+        Ok(found.and_then(|(at,)| at))
+    }
+
+    async fn ensure_portfolio(&mut self) -> Result<(), StoreError> {
+        // On a new database the row does not exist yet and FOR UPDATE would lock nothing, so
+        // it is created first; a concurrent creator waits here for this transaction.
+        self.run(sqlx::query(
+            "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
+             VALUES (1, 0, 0, 0, 0, 0, now()) ON CONFLICT (id) DO NOTHING",
+        ))
+        .await?;
+        Ok(())
+    }
+
+    async fn book_rows(
+        &mut self,
+        instrument: &str,
+    ) -> Result<(Vec<PositionRow>, Option<PortfolioRow>), StoreError> {
+        // The portfolio row is the one lock every signal takes: totals are global.
+        let portfolio = sqlx::query_as::<_, PortfolioRow>(
+            "SELECT initial_capital::text AS initial_capital, closed_equity::text AS closed_equity, \
+             total_risk::text AS total_risk, margin_used::text AS margin_used, version \
+             FROM portfolio_state WHERE id = 1 FOR UPDATE",
+        )
+        .fetch_optional(&mut *self.0)
+        .await
+        .map_err(classify_pg)?;
+        let positions = sqlx::query_as::<_, PositionRow>(LOAD_INSTRUMENT)
+            .bind(instrument)
+            .fetch_all(&mut *self.0)
+            .await
+            .map_err(classify_pg)?;
+        Ok((positions, portfolio))
+    }
+
+    async fn insert_position(&mut self, position: &Position) -> Result<u64, StoreError> {
+        self.run(
+            sqlx::query(
+                "INSERT INTO positions (id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
+                 margin, is_base_position, base_position_id, entry_time, version) \
+                 VALUES ($1, $2, $3, 'open', $4::numeric, $5::numeric, $6::numeric, $7::numeric, $8::numeric, $9, $10, \
+                 $11::timestamptz, 1)",
+            )
+            .bind(&position.id)
+            .bind(&position.instrument)
+            .bind(&position.label)
+            .bind(position.lots.to_string())
+            .bind(position.entry_price.to_string())
+            .bind(position.stop_price.to_string())
+            .bind(position.risk_amount.to_string())
+            .bind(position.margin.to_string())
+            .bind(position.is_base_position)
+            .bind(&position.base_position_id)
+            .bind(timestamp_text(position.entry_time)),
+        )
+        .await
+    }
+
+    async fn close_position(&mut self, closed: &Closed) -> Result<u64, StoreError> {
+        self.run(
+            sqlx::query(
+                "UPDATE positions SET status = 'closed', exit_price = $2::numeric, exit_time = now(), \
+                 realized_pnl = $3::numeric, version = version + 1 WHERE id = $1 AND status = 'open'",
+            )
+            .bind(&closed.id)
+            .bind(closed.exit_price.to_string())
+            .bind(closed.realized_pnl.to_string()),
+        )
+        .await
+    }
+
+    async fn write_portfolio(&mut self, portfolio: &Portfolio) -> Result<u64, StoreError> {
+        self.run(
+            sqlx::query(
+                "UPDATE portfolio_state SET closed_equity = $1::numeric, total_risk = $2::numeric, \
+                 margin_used = $3::numeric, version = $4, updated_at = now() WHERE id = 1 AND version = $5",
+            )
+            .bind(portfolio.closed_equity.to_string())
+            .bind(portfolio.total_risk.to_string())
+            .bind(portfolio.margin_used.to_string())
+            .bind(portfolio.version)
+            .bind(portfolio.version - 1),
+        )
+        .await
+    }
+
+    async fn upsert_pyramiding(&mut self, pyramiding: &Pyramiding) -> Result<u64, StoreError> {
+        upsert_pyramiding(&mut self.0, pyramiding).await
+    }
+
+    async fn delete_pyramiding(&mut self, instrument: &str) -> Result<u64, StoreError> {
+        self.run(sqlx::query("DELETE FROM pyramiding_state WHERE instrument = $1").bind(instrument))
+            .await
+    }
+
+    async fn record_refusal(
+        &mut self,
+        fingerprint: &str,
+        status: &str,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        self.run(
+            sqlx::query("UPDATE signal_log SET status = $2, reason = $3 WHERE fingerprint = $1")
+                .bind(fingerprint)
+                .bind(status)
+                .bind(reason),
+        )
+        .await
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.0.commit().await.map_err(classify_pg)
+    }
+
+    async fn rollback(self) -> Result<(), StoreError> {
+        self.0.rollback().await.map_err(classify_pg)
+    }
+}
+
 impl PgStore {
     /// Connects to `url`. Read-only sessions refuse every write.
     pub async fn connect(url: &str, access: Access) -> Result<PgStore, StoreError> {
@@ -113,144 +300,20 @@ impl Store for PgStore {
         decide: F,
     ) -> Result<Applied, ApplyError>
     where
-        F: FnOnce(&Book) -> Result<Plan, Rejection>,
+        F: FnOnce(&Book) -> Result<Plan, Refusal>,
     {
-        let mut tx = self.pool.begin().await.map_err(classify_pg)?;
-        let signal = claim.signal;
-        // A waiter abandoned at the signal's deadline would otherwise stay queued for the
-        // lock on the server, holding its pooled connection.
-        sqlx::query(SIGNAL_LOCK_TIMEOUT_SQL)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_pg)?;
-        // Database-only coordination: signals of one instrument never interleave, whether or
-        // not Redis holds its lock too. The lock ends with the transaction.
-        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-            .bind(INSTRUMENT_LOCK_CLASS)
-            .bind(&signal.instrument)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_pg)?;
-        // A concurrent claim of the same fingerprint waits here for the first to commit,
-        // then finds the conflict: exactly one of them applies.
-        let claimed = sqlx::query(
-            "INSERT INTO signal_log (fingerprint, signal_type, instrument, payload, status, received_at, processed_at, instance_id) \
-             VALUES ($1, $2, $3, $4, 'applied', $5::timestamptz, now(), $6) ON CONFLICT (fingerprint) DO NOTHING",
+        let tx = PgSignalTx::begin(&self.pool, &claim.signal.instrument).await?;
+        signal_tx::apply(tx, claim, decide).await
+    }
+
+    async fn signal_outcome(&self, fingerprint: &str) -> Result<Option<SignalOutcome>, StoreError> {
+        sqlx::query_as::<_, SignalOutcome>(
+            "SELECT fingerprint, signal_type, instrument, status, reason, to_char(alert_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS alert_at, to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS received_at, instance_id FROM signal_log WHERE fingerprint = $1",
         )
-        .bind(claim.fingerprint)
-        .bind(signal.kind.as_str())
-        .bind(&signal.instrument)
-        .bind(signal.payload())
-        .bind(timestamp_text(claim.received_at))
-        .bind(claim.instance_id)
-        .execute(&mut *tx)
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(classify_pg)?;
-        if claimed.rows_affected() == 0 {
-            tx.rollback().await.map_err(classify_pg)?;
-            return Ok(Applied::Duplicate);
-        }
-        // The portfolio row is the one lock every signal takes: totals are global. On a new
-        // database it does not exist yet and FOR UPDATE would lock nothing, so it is created
-        // first; a concurrent creator waits here for this transaction.
-        sqlx::query(
-            "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
-             VALUES (1, 0, 0, 0, 0, 0, now()) ON CONFLICT (id) DO NOTHING",
-        )
-        .execute(&mut *tx)
-        .await
-        .map_err(classify_pg)?;
-        let portfolio = sqlx::query_as::<_, PortfolioRow>(
-            "SELECT initial_capital::text AS initial_capital, closed_equity::text AS closed_equity, \
-             total_risk::text AS total_risk, margin_used::text AS margin_used, version \
-             FROM portfolio_state WHERE id = 1 FOR UPDATE",
-        )
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(classify_pg)?;
-        let positions = sqlx::query_as::<_, PositionRow>(LOAD_INSTRUMENT)
-            .bind(&signal.instrument)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify_pg)?;
-        let book = book_from_rows(positions, portfolio)?;
-        let plan = match decide(&book) {
-            Ok(plan) => plan,
-            Err(rejection) => {
-                tx.rollback().await.map_err(classify_pg)?;
-                return Err(ApplyError::Rejected(rejection));
-            }
-        };
-        if let Some(position) = &plan.opened {
-            sqlx::query(
-                "INSERT INTO positions (id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
-                 margin, is_base_position, base_position_id, entry_time, version) \
-                 VALUES ($1, $2, $3, 'open', $4::numeric, $5::numeric, $6::numeric, $7::numeric, $8::numeric, $9, $10, \
-                 $11::timestamptz, 1)",
-            )
-            .bind(&position.id)
-            .bind(&position.instrument)
-            .bind(&position.label)
-            .bind(position.lots.to_string())
-            .bind(position.entry_price.to_string())
-            .bind(position.stop_price.to_string())
-            .bind(position.risk_amount.to_string())
-            .bind(position.margin.to_string())
-            .bind(position.is_base_position)
-            .bind(&position.base_position_id)
-            .bind(timestamp_text(position.entry_time))
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_pg)?;
-        }
-        for closed in &plan.closed {
-            sqlx::query(
-                "UPDATE positions SET status = 'closed', exit_price = $2::numeric, exit_time = now(), \
-                 realized_pnl = $3::numeric, version = version + 1 WHERE id = $1 AND status = 'open'",
-            )
-            .bind(&closed.id)
-            .bind(closed.exit_price.to_string())
-            .bind(closed.realized_pnl.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_pg)?;
-        }
-        let portfolio = &plan.portfolio;
-        // The version check: a writer holding a stale version changes nothing.
-        let written = sqlx::query(
-            "UPDATE portfolio_state SET closed_equity = $1::numeric, total_risk = $2::numeric, \
-             margin_used = $3::numeric, version = $4, updated_at = now() WHERE id = 1 AND version = $5",
-        )
-        .bind(portfolio.closed_equity.to_string())
-        .bind(portfolio.total_risk.to_string())
-        .bind(portfolio.margin_used.to_string())
-        .bind(portfolio.version)
-        .bind(portfolio.version - 1)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify_pg)?
-        .rows_affected();
-        if written != 1 {
-            tx.rollback().await.map_err(classify_pg)?;
-            return Err(ApplyError::Store(StoreError::Conflict(
-                "portfolio state changed under this signal".into(),
-            )));
-        }
-        match &plan.pyramiding {
-            PyramidingChange::Upsert(pyramiding) => {
-                upsert_pyramiding(&mut tx, pyramiding).await?;
-            }
-            PyramidingChange::Delete => {
-                sqlx::query("DELETE FROM pyramiding_state WHERE instrument = $1")
-                    .bind(&signal.instrument)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify_pg)?;
-            }
-            PyramidingChange::Keep => {}
-        }
-        tx.commit().await.map_err(classify_pg)?;
-        Ok(Applied::Done(plan))
+        .map_err(classify_pg)
     }
 
     async fn signal_claimed(&self, fingerprint: &str) -> Result<bool, StoreError> {
@@ -348,9 +411,8 @@ impl Store for PgStore {
     async fn write_state(&self, state: &StateWrite) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(classify_pg)?;
         let positions = &state.positions;
-        let column = |f: &dyn Fn(&crate::domain::Position) -> String| {
-            positions.iter().map(f).collect::<Vec<String>>()
-        };
+        let column =
+            |f: &dyn Fn(&Position) -> String| positions.iter().map(f).collect::<Vec<String>>();
         // One statement for all positions: thousands of round trips would dominate seeding.
         sqlx::query(
             "INSERT INTO positions (id, instrument, label, status, lots, entry_price, stop_price, risk_amount, margin, \
@@ -548,7 +610,7 @@ impl Store for PgStore {
 async fn upsert_pyramiding(
     tx: &mut PgConnection,
     pyramiding: &Pyramiding,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     sqlx::query(
         "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) \
          VALUES ($1, $2::numeric, $3) \
@@ -560,6 +622,6 @@ async fn upsert_pyramiding(
     .bind(&pyramiding.base_position_id)
     .execute(tx)
     .await
-    .map_err(classify_pg)?;
-    Ok(())
+    .map_err(classify_pg)
+    .map(|done| done.rows_affected())
 }

@@ -1,13 +1,14 @@
 //! The SQLite backend: one file, WAL journal, foreign keys on. Money is TEXT.
 
+use super::signal_tx::{self, SignalTx};
 use super::{
-    book_from_rows, classify, timestamp_text, Access, Applied, ApplyError, InstanceRecord,
-    InstanceRow, PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, StateWrite,
+    classify, timestamp_text, Access, Applied, ApplyError, InstanceRecord, InstanceRow,
+    PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, SignalOutcome, StateWrite,
     Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
 use super::{fenced, lease_ms, Fence};
-use crate::domain::{Position, Pyramiding};
-use crate::trading::plan::{Book, Plan, PyramidingChange, Rejection};
+use crate::domain::{Portfolio, Position, Pyramiding};
+use crate::trading::plan::{Book, Closed, Plan, Refusal};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::str::FromStr;
@@ -188,116 +189,35 @@ impl Store for SqliteStore {
         decide: F,
     ) -> Result<Applied, ApplyError>
     where
-        F: FnOnce(&Book) -> Result<Plan, Rejection>,
+        F: FnOnce(&Book) -> Result<Plan, Refusal>,
     {
         // IMMEDIATE takes the write lock now: SQLite has one writer, and a transaction that
         // reads first and upgrades later can fail where this one waits (busy timeout).
-        let _writer = self.writer.lock().await;
-        let mut tx = self
+        let writer = self.writer.lock().await;
+        let tx = self
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(classify_sqlite)?;
-        let signal = claim.signal;
-        let claimed = sqlx::query(
-            "INSERT INTO signal_log (fingerprint, signal_type, instrument, payload, status, received_at, processed_at, instance_id) \
-             VALUES (?1, ?2, ?3, ?4, 'applied', ?5, ?6, ?7) ON CONFLICT (fingerprint) DO NOTHING",
+        signal_tx::apply(
+            SqliteSignalTx {
+                tx,
+                _writer: writer,
+            },
+            claim,
+            decide,
         )
-        .bind(claim.fingerprint)
-        .bind(signal.kind.as_str())
-        .bind(&signal.instrument)
-        .bind(signal.payload())
-        .bind(timestamp_text(claim.received_at))
-        .bind(timestamp_text(Utc::now()))
-        .bind(claim.instance_id)
-        .execute(&mut *tx)
         .await
-        .map_err(classify_sqlite)?;
-        if claimed.rows_affected() == 0 {
-            tx.rollback().await.map_err(classify_sqlite)?;
-            return Ok(Applied::Duplicate);
-        }
-        // A new database has no portfolio row yet; create it, so the update below always
-        // has a row and a version to check.
-        sqlx::query(
-            "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
-             VALUES (1, '0', '0', '0', '0', 0, ?1) ON CONFLICT (id) DO NOTHING",
+    }
+
+    async fn signal_outcome(&self, fingerprint: &str) -> Result<Option<SignalOutcome>, StoreError> {
+        sqlx::query_as::<_, SignalOutcome>(
+            "SELECT fingerprint, signal_type, instrument, status, reason, alert_at, received_at, instance_id FROM signal_log WHERE fingerprint = ?1",
         )
-        .bind(timestamp_text(claim.received_at))
-        .execute(&mut *tx)
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
         .await
-        .map_err(classify_sqlite)?;
-        let positions = sqlx::query_as::<_, PositionRow>(LOAD_INSTRUMENT)
-            .bind(&signal.instrument)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(classify_sqlite)?;
-        let portfolio = sqlx::query_as::<_, PortfolioRow>(LOAD_PORTFOLIO)
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(classify_sqlite)?;
-        let book = book_from_rows(positions, portfolio)?;
-        let plan = match decide(&book) {
-            Ok(plan) => plan,
-            Err(rejection) => {
-                tx.rollback().await.map_err(classify_sqlite)?;
-                return Err(ApplyError::Rejected(rejection));
-            }
-        };
-        let now = timestamp_text(Utc::now());
-        if let Some(position) = &plan.opened {
-            insert_position(&mut tx, position).await?;
-        }
-        for closed in &plan.closed {
-            sqlx::query(
-                "UPDATE positions SET status = 'closed', exit_price = ?2, exit_time = ?3, realized_pnl = ?4, \
-                 version = version + 1 WHERE id = ?1 AND status = 'open'",
-            )
-            .bind(&closed.id)
-            .bind(closed.exit_price.to_string())
-            .bind(&now)
-            .bind(closed.realized_pnl.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_sqlite)?;
-        }
-        let portfolio = &plan.portfolio;
-        // The version check: a writer holding a stale version changes nothing.
-        let written = sqlx::query(
-            "UPDATE portfolio_state SET closed_equity = ?1, total_risk = ?2, margin_used = ?3, version = ?4, \
-             updated_at = ?5 WHERE id = 1 AND version = ?6",
-        )
-        .bind(portfolio.closed_equity.to_string())
-        .bind(portfolio.total_risk.to_string())
-        .bind(portfolio.margin_used.to_string())
-        .bind(portfolio.version)
-        .bind(&now)
-        .bind(portfolio.version - 1)
-        .execute(&mut *tx)
-        .await
-        .map_err(classify_sqlite)?
-        .rows_affected();
-        if written != 1 {
-            tx.rollback().await.map_err(classify_sqlite)?;
-            return Err(ApplyError::Store(StoreError::Conflict(
-                "portfolio state changed under this signal".into(),
-            )));
-        }
-        match &plan.pyramiding {
-            PyramidingChange::Upsert(pyramiding) => {
-                upsert_pyramiding(&mut tx, pyramiding).await?;
-            }
-            PyramidingChange::Delete => {
-                sqlx::query("DELETE FROM pyramiding_state WHERE instrument = ?1")
-                    .bind(&signal.instrument)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify_sqlite)?;
-            }
-            PyramidingChange::Keep => {}
-        }
-        tx.commit().await.map_err(classify_sqlite)?;
-        Ok(Applied::Done(plan))
+        .map_err(classify_sqlite)
     }
 
     async fn signal_claimed(&self, fingerprint: &str) -> Result<bool, StoreError> {
@@ -563,11 +483,159 @@ impl Store for SqliteStore {
     }
 }
 
+/// One signal's transaction on SQLite, holding the process's writer lock.
+struct SqliteSignalTx<'a> {
+    /// The transaction, begun IMMEDIATE.
+    tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+    /// Held until the transaction ends.
+    _writer: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl SqliteSignalTx<'_> {
+    /// Runs one statement; the rows it affected.
+    async fn run(
+        &mut self,
+        query: sqlx::query::Query<'_, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    ) -> Result<u64, StoreError> {
+        Ok(query
+            .execute(&mut *self.tx)
+            .await
+            .map_err(classify_sqlite)?
+            .rows_affected())
+    }
+}
+
+impl SignalTx for SqliteSignalTx<'_> {
+    async fn claim(&mut self, claim: &SignalClaim<'_>) -> Result<u64, StoreError> {
+        let signal = claim.signal;
+        self.run(
+            sqlx::query(
+                "INSERT INTO signal_log (fingerprint, signal_type, instrument, payload, status, received_at, processed_at, \
+                 instance_id, alert_at) VALUES (?1, ?2, ?3, ?4, 'applied', ?5, ?6, ?7, ?8) ON CONFLICT (fingerprint) DO NOTHING",
+            )
+            .bind(claim.fingerprint)
+            .bind(signal.kind.as_str())
+            .bind(&signal.instrument)
+            .bind(signal.payload())
+            .bind(timestamp_text(claim.received_at))
+            .bind(timestamp_text(Utc::now()))
+            .bind(claim.instance_id)
+            .bind(signal_tx::alert_at(claim)),
+        )
+        .await
+    }
+
+    async fn last_applied_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError> {
+        let found: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT max(alert_at) FROM signal_log WHERE instrument = ?1 AND status = 'applied'",
+        )
+        .bind(instrument)
+        .fetch_optional(&mut *self.tx)
+        .await
+        .map_err(classify_sqlite)?;
+        Ok(found.and_then(|(at,)| at))
+    }
+
+    async fn ensure_portfolio(&mut self) -> Result<(), StoreError> {
+        self.run(
+            sqlx::query(
+                "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
+                 VALUES (1, '0', '0', '0', '0', 0, ?1) ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(timestamp_text(Utc::now())),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn book_rows(
+        &mut self,
+        instrument: &str,
+    ) -> Result<(Vec<PositionRow>, Option<PortfolioRow>), StoreError> {
+        let positions = sqlx::query_as::<_, PositionRow>(LOAD_INSTRUMENT)
+            .bind(instrument)
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(classify_sqlite)?;
+        let portfolio = sqlx::query_as::<_, PortfolioRow>(LOAD_PORTFOLIO)
+            .fetch_optional(&mut *self.tx)
+            .await
+            .map_err(classify_sqlite)?;
+        Ok((positions, portfolio))
+    }
+
+    async fn insert_position(&mut self, position: &Position) -> Result<u64, StoreError> {
+        insert_position(&mut self.tx, position).await
+    }
+
+    async fn close_position(&mut self, closed: &Closed) -> Result<u64, StoreError> {
+        self.run(
+            sqlx::query(
+                "UPDATE positions SET status = 'closed', exit_price = ?2, exit_time = ?3, realized_pnl = ?4, \
+                 version = version + 1 WHERE id = ?1 AND status = 'open'",
+            )
+            .bind(&closed.id)
+            .bind(closed.exit_price.to_string())
+            .bind(timestamp_text(Utc::now()))
+            .bind(closed.realized_pnl.to_string()),
+        )
+        .await
+    }
+
+    async fn write_portfolio(&mut self, portfolio: &Portfolio) -> Result<u64, StoreError> {
+        self.run(
+            sqlx::query(
+                "UPDATE portfolio_state SET closed_equity = ?1, total_risk = ?2, margin_used = ?3, version = ?4, \
+                 updated_at = ?5 WHERE id = 1 AND version = ?6",
+            )
+            .bind(portfolio.closed_equity.to_string())
+            .bind(portfolio.total_risk.to_string())
+            .bind(portfolio.margin_used.to_string())
+            .bind(portfolio.version)
+            .bind(timestamp_text(Utc::now()))
+            .bind(portfolio.version - 1),
+        )
+        .await
+    }
+
+    async fn upsert_pyramiding(&mut self, pyramiding: &Pyramiding) -> Result<u64, StoreError> {
+        upsert_pyramiding(&mut self.tx, pyramiding).await
+    }
+
+    async fn delete_pyramiding(&mut self, instrument: &str) -> Result<u64, StoreError> {
+        self.run(sqlx::query("DELETE FROM pyramiding_state WHERE instrument = ?1").bind(instrument))
+            .await
+    }
+
+    async fn record_refusal(
+        &mut self,
+        fingerprint: &str,
+        status: &str,
+        reason: &str,
+    ) -> Result<u64, StoreError> {
+        self.run(
+            sqlx::query("UPDATE signal_log SET status = ?2, reason = ?3 WHERE fingerprint = ?1")
+                .bind(fingerprint)
+                .bind(status)
+                .bind(reason),
+        )
+        .await
+    }
+
+    async fn commit(self) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(classify_sqlite)
+    }
+
+    async fn rollback(self) -> Result<(), StoreError> {
+        self.tx.rollback().await.map_err(classify_sqlite)
+    }
+}
+
 /// Inserts one position as it is.
 async fn insert_position(
     tx: &mut sqlx::SqliteConnection,
     position: &Position,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     sqlx::query(
         "INSERT INTO positions (id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
          margin, is_base_position, base_position_id, entry_time, version) \
@@ -588,15 +656,15 @@ async fn insert_position(
     .bind(position.version)
     .execute(tx)
     .await
-    .map_err(classify_sqlite)?;
-    Ok(())
+    .map_err(classify_sqlite)
+    .map(|done| done.rows_affected())
 }
 
 /// Inserts or replaces an instrument's pyramiding row.
 async fn upsert_pyramiding(
     tx: &mut sqlx::SqliteConnection,
     pyramiding: &Pyramiding,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     sqlx::query(
         "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) VALUES (?1, ?2, ?3) \
          ON CONFLICT (instrument) DO UPDATE SET last_pyramid_price = excluded.last_pyramid_price, \
@@ -607,6 +675,6 @@ async fn upsert_pyramiding(
     .bind(&pyramiding.base_position_id)
     .execute(tx)
     .await
-    .map_err(classify_sqlite)?;
-    Ok(())
+    .map_err(classify_sqlite)
+    .map(|done| done.rows_affected())
 }

@@ -22,7 +22,7 @@ pub const MAX_INPUT_DECIMAL_PLACES: u32 = 8;
 pub const DEFAULT_LABEL: &str = "long";
 
 /// A checked signal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Signal {
     /// BASE_ENTRY, PYRAMID or EXIT.
     pub kind: SignalType,

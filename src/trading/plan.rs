@@ -38,6 +38,9 @@ pub struct Book {
     pub open: Vec<Position>,
     /// The portfolio totals.
     pub portfolio: Portfolio,
+    /// The alert time of the last signal applied on the instrument: an older alert arrived
+    /// too late and is superseded.
+    pub last_applied_at: Option<DateTime<Utc>>,
 }
 
 /// A position closed by an EXIT.
@@ -94,6 +97,81 @@ pub struct Rejection {
     pub field: &'static str,
     /// What is wrong.
     pub message: String,
+}
+
+/// Why a signal was recorded without trading: each is an outcome in the signal log, so a
+/// resend or a second drain of the same alert finds it and changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// It does not fit the positions (HTTP 422 when answered at once).
+    #[error(transparent)]
+    Rejected(Rejection),
+    /// It is older, by its own timestamp, than the policy's `[signals]` max age.
+    #[error("expired: the alert is {age_s} s old, over the {max_age_s} s the policy allows")]
+    Expired {
+        /// How old it was when applied, in whole seconds.
+        age_s: i64,
+        /// The policy's bound for its kind, in whole seconds.
+        max_age_s: u64,
+    },
+    /// An alert with a later timestamp was already applied on its instrument.
+    #[error(
+        "superseded: a later alert ({last_applied_at}) was already applied on this instrument"
+    )]
+    Superseded {
+        /// The alert time of that later alert, RFC 3339.
+        last_applied_at: String,
+    },
+}
+
+impl Refusal {
+    /// The outcome stored in the signal log.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Refusal::Rejected(_) => "rejected",
+            Refusal::Expired { .. } => "expired",
+            Refusal::Superseded { .. } => "superseded",
+        }
+    }
+}
+
+/// The refusal of `signal` when at `now` it is older, by its own timestamp, than `max_age`.
+pub fn expired(
+    signal: &Signal,
+    now: DateTime<Utc>,
+    max_age: std::time::Duration,
+) -> Option<Refusal> {
+    let age = now.signed_duration_since(signal.timestamp);
+    let limit_ms = i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+    (age.num_milliseconds() > limit_ms).then(|| Refusal::Expired {
+        age_s: age.num_seconds(),
+        max_age_s: max_age.as_secs(),
+    })
+}
+
+/// Decides what `signal` does: superseded when a later alert was applied on its instrument,
+/// expired when it is older than `max_age` at `now`, else what [`plan`] says (a plan or a
+/// rejection).
+pub fn decide(
+    signal: &Signal,
+    fingerprint: &str,
+    instrument: &Instrument,
+    fill_price: Decimal,
+    now: DateTime<Utc>,
+    max_age: std::time::Duration,
+    book: &Book,
+) -> Result<Plan, Refusal> {
+    if let Some(last) = book.last_applied_at {
+        if signal.timestamp < last {
+            return Err(Refusal::Superseded {
+                last_applied_at: last.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+            });
+        }
+    }
+    if let Some(refusal) = expired(signal, now, max_age) {
+        return Err(refusal);
+    }
+    plan(signal, fingerprint, instrument, fill_price, now, book).map_err(Refusal::Rejected)
 }
 
 fn reject(field: &'static str, message: impl Into<String>) -> Rejection {
@@ -278,6 +356,8 @@ pub fn plan(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
     use crate::trading::parse;
 
@@ -299,6 +379,7 @@ mod tests {
     /// Applies `bodies` in order to an empty book, as the store would, and returns the book.
     fn run(bodies: &[&str]) -> Result<Book, Rejection> {
         let mut book = Book {
+            last_applied_at: None,
             open: Vec::new(),
             portfolio: Portfolio::fresh(Decimal::from(1_000_000)),
         };
@@ -415,6 +496,43 @@ mod tests {
                 }
                 (got, expected) => panic!("{signals:?}: got {got:?}, expected {expected:?}"),
             }
+        }
+    }
+
+    /// (what, last applied alert time on the instrument, seconds from the alert to `now`,
+    /// max age in seconds, the outcome: applied or the refusal's status)
+    #[test]
+    fn decisions() {
+        #[rustfmt::skip]
+        let cases: &[(&str, Option<&str>, i64, u64, &str)] = &[
+            ("fresh, nothing applied before", None, 1, 300, "applied"),
+            ("exactly at the max age", None, 300, 300, "applied"),
+            ("past the max age", None, 301, 300, "expired"),
+            ("a later alert was applied", Some("2026-11-21T09:00:01Z"), 1, 300, "superseded"),
+            ("the same second as the last one", Some("2026-11-21T09:00:00Z"), 1, 300, "applied"),
+            ("an earlier alert was applied", Some("2026-11-21T08:59:59Z"), 1, 300, "applied"),
+            ("superseded wins over expired", Some("2026-11-21T09:00:01Z"), 9999, 300, "superseded"),
+        ];
+        let alert = signal(&body("BASE_ENTRY", "long", "22000", "21900", "1", 0));
+        for (what, last, age_s, max_age_s, expected) in cases {
+            let book = Book {
+                open: Vec::new(),
+                portfolio: Portfolio::fresh(Decimal::from(1_000_000)),
+                last_applied_at: last.map(|t| t.parse().unwrap()),
+            };
+            let now = alert.timestamp + chrono::Duration::seconds(*age_s);
+            let max_age = std::time::Duration::from_secs(*max_age_s);
+            let got = decide(
+                &alert,
+                "0000000000000000",
+                &nifty(),
+                alert.price,
+                now,
+                max_age,
+                &book,
+            );
+            let status = got.as_ref().map_or_else(Refusal::status, |_| "applied");
+            assert_eq!(status, *expected, "{what}: {got:?}");
         }
     }
 }

@@ -427,8 +427,9 @@ pub fn instrument(slot: usize) -> String {
 /// A BASE_ENTRY on instrument `slot`: each slot's signal is distinct.
 pub fn entry(slot: usize) -> String {
     format!(
-        r#"{{"passphrase":"{PASSPHRASE}","signal":"BASE_ENTRY","instrument":"{}","position":"long","price":"1000","stop":"990","lots":"1","timestamp":"2026-11-21T09:15:00Z"}}"#,
-        instrument(slot)
+        r#"{{"passphrase":"{PASSPHRASE}","signal":"BASE_ENTRY","instrument":"{}","position":"long","price":"1000","stop":"990","lots":"1","timestamp":"{}"}}"#,
+        instrument(slot),
+        super::at("09:15")
     )
 }
 

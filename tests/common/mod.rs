@@ -103,3 +103,43 @@ pub async fn execute(admin: &str, sql: String) {
     pool.close().await;
 }
 pub mod cluster;
+
+/// Journals made by [`intake`] in this process, so each gets its own file.
+static JOURNALS: AtomicUsize = AtomicUsize::new(0);
+
+/// An intake for `shared` with the paper broker, the built-in instruments and policy, and
+/// a fresh journal in the temporary directory.
+#[allow(dead_code)]
+pub fn intake(
+    shared: &std::sync::Arc<vigil::shared::Shared>,
+) -> std::sync::Arc<vigil::intake::Intake> {
+    let path = std::env::temp_dir().join(format!(
+        "vigil-test-{}-{}.journal",
+        std::process::id(),
+        JOURNALS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_file(&path);
+    std::sync::Arc::new(vigil::intake::Intake::new(
+        std::sync::Arc::clone(shared),
+        std::sync::Arc::new(vigil::broker::PaperBroker),
+        vigil::domain::default_instruments(),
+        vigil::policy::Policy::builtin_default().signals,
+        vigil::intake::journal::Journal::open(&path, vigil::intake::journal::Mode::ReadWrite),
+    ))
+}
+
+/// A recent alert time for the time-of-day `tag` ("09:15" or "09:15:02"), in RFC 3339: the
+/// same tag is the same time for the whole test process (so a resend keeps its
+/// fingerprint), later tags are later times, and every one is a little before the process
+/// started, well inside the policy's `[signals]` max ages. A minute of tag after 09:00 is a
+/// second of time.
+pub fn at(tag: &str) -> String {
+    static BASE: std::sync::OnceLock<chrono::DateTime<chrono::Utc>> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| chrono::Utc::now() - chrono::Duration::seconds(90));
+    let mut parts = tag.split(':').map(|part| part.parse::<i64>().unwrap());
+    let (hours, minutes) = (parts.next().unwrap(), parts.next().unwrap());
+    let seconds = parts.next().unwrap_or(0);
+    let since_nine_s = (hours - 9) * 3600 + minutes * 60 + seconds;
+    let time = base + chrono::Duration::milliseconds(since_nine_s * 1000 / 60);
+    time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}

@@ -1,0 +1,663 @@
+//! Durable intake: an alert answered 2xx is never lost.
+//!
+//! A checked alert is applied at once when it can be (the lifecycle applies its type now,
+//! its instrument has nothing queued, the database answers within [`DIRECT_STORE_DEADLINE`]),
+//! and answered `applied`, a recorded refusal, or `duplicate`. Otherwise it is appended to
+//! the local [`journal`] and fsynced before it is answered `queued`; the drainer then applies
+//! queued alerts per instrument in alert-timestamp order, before any newer alert of that
+//! instrument, each ending `applied`, `rejected`, `expired` or `superseded` in the signal
+//! log. Only an alert that cannot be made durable at all is refused (503).
+//!
+//! The await points of an alert's path, in order (each named by a failpoint in tests):
+//! `after_redis_claim`, `after_broker`, `inside_transaction` (the store's), `after_commit`
+//! (before the answer), `journal_append` (between the write and the answer), and on the
+//! drainer `after_drain_commit` (between the commit and the settle mark).
+
+pub mod failpoint;
+pub mod journal;
+
+use crate::broker::{Broker, Order};
+use crate::coordination::Gate;
+use crate::domain::Instrument;
+use crate::driver::Input;
+use crate::policy::SignalAges;
+use crate::shared::Shared;
+use crate::store::{AnyStore, Applied, ApplyError, SignalClaim, Store, StoreError};
+use crate::trading::plan::{decide, expired, Refusal};
+use crate::trading::Signal;
+use crate::vocabulary::FailureKind;
+use chrono::{DateTime, Utc};
+use journal::{Journal, JournalError};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// How long an alert's transaction may take when applied within its request. Past it the
+/// alert is journaled instead: the answer stays inside TradingView's 3 s, and well inside
+/// [`ANSWER_BOUND`].
+pub const DIRECT_STORE_DEADLINE: Duration = Duration::from_millis(450);
+
+/// How long a queued alert's transaction may take when drained.
+pub const DRAIN_STORE_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// How long confirming a fast-layer duplicate against the signal log may take; past it the
+/// alert's own transaction decides.
+pub const DUPLICATE_CHECK_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// How long a journal append (write and fsync) may take before the alert is refused with a
+/// 503. A disk that slow is an emergency; the record may still land, and then a resend is
+/// answered `queued`.
+pub const JOURNAL_APPEND_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How often the drainer looks at the queue when nothing wakes it: the database may have
+/// come back, or a degraded set widened, without an alert arriving.
+pub const DRAIN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The longest an alert's answer takes in any state: the Redis work, a duplicate check, the
+/// transaction and a journal append, each bounded.
+pub const ANSWER_BOUND: Duration = Duration::from_millis(1000);
+
+const _: () = assert!(
+    crate::coordination::SIGNAL_REDIS_BUDGET.as_millis()
+        + DUPLICATE_CHECK_TIMEOUT.as_millis()
+        + DIRECT_STORE_DEADLINE.as_millis()
+        + JOURNAL_APPEND_TIMEOUT.as_millis()
+        <= ANSWER_BOUND.as_millis()
+);
+
+/// An alert as the journal keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QueuedAlert {
+    /// Its fingerprint: the signal log's key.
+    pub fingerprint: String,
+    /// The checked signal.
+    pub signal: Signal,
+    /// When this instance received it.
+    pub received_at: DateTime<Utc>,
+}
+
+impl QueuedAlert {
+    /// Decodes a journal payload; the error says what is wrong with it.
+    pub fn decode(payload: &[u8]) -> Result<QueuedAlert, String> {
+        serde_json::from_slice(payload).map_err(|error| format!("not a queued alert: {error}"))
+    }
+}
+
+/// What became of an alert.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// Applied now; the positions opened or closed.
+    Applied(Vec<String>),
+    /// Recorded now with this outcome; it traded nothing.
+    Refused(Refusal),
+    /// Seen before: the signal log (or the queue) holds it.
+    Duplicate,
+    /// Recorded in the journal; it will be applied, refused or expire.
+    Queued,
+}
+
+/// Why an alert could not be made durable: the only case answered 503.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotDurable(pub String);
+
+/// Why an alert could not be settled now; it stays (or goes) in the queue.
+#[derive(Debug, thiserror::Error)]
+enum NotNow {
+    /// Another caller holds the instrument, or applies a copy of the alert.
+    #[error("another caller holds the instrument")]
+    Busy,
+    /// The broker did not execute.
+    #[error("the broker did not execute: {0}")]
+    Broker(String),
+    /// The database failed or did not answer in time.
+    #[error("{0}")]
+    Store(String),
+}
+
+/// The journal's state, as `/status` and recovery see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct JournalStatus {
+    /// The journal file.
+    pub path: String,
+    /// Alerts recorded and not yet settled.
+    pub pending: usize,
+    /// The file's size.
+    pub bytes: u64,
+    /// Why the journal cannot be used (a damaged record); recovery reports it as corrupt
+    /// data under the policy.
+    pub problem: Option<String>,
+}
+
+/// One queued alert, with its journal sequence number.
+#[derive(Debug, Clone)]
+struct Waiting {
+    /// Its record in the journal.
+    seq: u64,
+    /// The alert.
+    alert: QueuedAlert,
+}
+
+/// Queued alerts by instrument, each instrument's in alert-timestamp order.
+#[derive(Debug, Default)]
+struct Queue {
+    /// Per instrument, keyed by (alert time, journal seq).
+    by_instrument: BTreeMap<String, BTreeMap<(DateTime<Utc>, u64), Waiting>>,
+    /// Every queued fingerprint, so a copy is not queued twice.
+    fingerprints: HashSet<String>,
+}
+
+impl Queue {
+    fn push(&mut self, waiting: Waiting) {
+        self.fingerprints.insert(waiting.alert.fingerprint.clone());
+        self.by_instrument
+            .entry(waiting.alert.signal.instrument.clone())
+            .or_default()
+            .insert((waiting.alert.signal.timestamp, waiting.seq), waiting);
+    }
+
+    /// The oldest queued alert of each instrument.
+    fn heads(&self) -> Vec<Waiting> {
+        self.by_instrument
+            .values()
+            .filter_map(|queued| queued.values().next().cloned())
+            .collect()
+    }
+
+    fn remove(&mut self, waiting: &Waiting) {
+        let instrument = &waiting.alert.signal.instrument;
+        if let Some(queued) = self.by_instrument.get_mut(instrument) {
+            queued.remove(&(waiting.alert.signal.timestamp, waiting.seq));
+            if queued.is_empty() {
+                self.by_instrument.remove(instrument);
+            }
+        }
+        self.fingerprints.remove(&waiting.alert.fingerprint);
+    }
+
+    fn len(&self) -> usize {
+        self.fingerprints.len()
+    }
+}
+
+/// The intake: where every checked alert goes.
+#[derive(Debug)]
+pub struct Intake {
+    /// Lifecycle view, store, coordination, reports to the machines.
+    shared: Arc<Shared>,
+    /// Executes orders.
+    broker: Arc<dyn Broker>,
+    /// Contract terms per instrument.
+    instruments: BTreeMap<String, Instrument>,
+    /// How old an alert may be when applied.
+    ages: SignalAges,
+    /// The journal; `Err` says why there is none (it is damaged), and then an alert that
+    /// cannot be applied at once is refused.
+    journal: Result<Arc<Journal>, String>,
+    /// Queued alerts, mirroring the journal's unsettled records.
+    queue: Mutex<Queue>,
+    /// Wakes the drainer.
+    wake: Notify,
+    /// One drain pass at a time.
+    draining: tokio::sync::Mutex<()>,
+}
+
+impl Intake {
+    /// The intake over a journal as opened (`Err`: it could not be), with what the journal
+    /// still holds queued again.
+    pub fn new(
+        shared: Arc<Shared>,
+        broker: Arc<dyn Broker>,
+        instruments: BTreeMap<String, Instrument>,
+        ages: SignalAges,
+        opened: Result<journal::Opened, JournalError>,
+    ) -> Intake {
+        let mut queue = Queue::default();
+        let journal = match opened {
+            Ok(opened) => {
+                if opened.torn_tail_bytes > 0 {
+                    tracing::warn!(
+                        target: "vigil::intake",
+                        "the intake journal {} ended in a torn record of {} bytes, never acknowledged; it was cut off",
+                        opened.journal.path().display(),
+                        opened.torn_tail_bytes
+                    );
+                }
+                let mut problem = None;
+                for (seq, payload) in opened.pending {
+                    match QueuedAlert::decode(&payload) {
+                        Ok(alert) => queue.push(Waiting { seq, alert }),
+                        Err(error) => {
+                            problem = Some(format!(
+                                "the intake journal {} holds record {seq} that cannot be read ({error}); \
+                                 move the file aside once its records are dealt with",
+                                opened.journal.path().display()
+                            ));
+                            break;
+                        }
+                    }
+                }
+                match problem {
+                    None => Ok(Arc::new(opened.journal)),
+                    Some(problem) => Err(problem),
+                }
+            }
+            Err(error) => Err(error.to_string()),
+        };
+        let intake = Intake {
+            shared,
+            broker,
+            instruments,
+            ages,
+            journal,
+            queue: Mutex::new(queue),
+            wake: Notify::new(),
+            draining: tokio::sync::Mutex::new(()),
+        };
+        intake.publish();
+        intake
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Alerts queued and not yet settled.
+    pub fn pending(&self) -> usize {
+        self.queue().len()
+    }
+
+    /// Whether `fingerprint` is queued here.
+    pub fn is_queued(&self, fingerprint: &str) -> bool {
+        self.queue().fingerprints.contains(fingerprint)
+    }
+
+    /// The journal's state.
+    pub fn status(&self) -> JournalStatus {
+        let pending = self.pending();
+        match &self.journal {
+            Ok(journal) => JournalStatus {
+                path: journal.path().display().to_string(),
+                pending,
+                bytes: journal.bytes(),
+                problem: None,
+            },
+            Err(problem) => JournalStatus {
+                path: String::new(),
+                pending,
+                bytes: 0,
+                problem: Some(problem.clone()),
+            },
+        }
+    }
+
+    /// Publishes the journal's state for recovery and `/status`.
+    fn publish(&self) {
+        let status = self.status();
+        metrics::gauge!(JOURNAL_PENDING).set(status.pending as f64);
+        self.shared.journal.send_replace(status);
+    }
+
+    /// Takes one checked alert: applies it now when it can, else journals it.
+    pub async fn accept(&self, signal: Signal, fingerprint: String) -> Result<Answer, NotDurable> {
+        if self.is_queued(&fingerprint) {
+            return Ok(Answer::Queued);
+        }
+        let alert = QueuedAlert {
+            fingerprint,
+            signal,
+            received_at: Utc::now(),
+        };
+        let view = self.shared.view();
+        let instrument_waits = self
+            .queue()
+            .by_instrument
+            .contains_key(&alert.signal.instrument);
+        if view.accepts.contains(alert.signal.kind) && !instrument_waits {
+            if let Some(store) = self.shared.store() {
+                match self.apply(&store, &alert, DIRECT_STORE_DEADLINE).await {
+                    Ok(answer) => return Ok(answer),
+                    Err(not_now) => {
+                        tracing::info!(target: "vigil::signal", fingerprint = %short(&alert.fingerprint), "queueing: {not_now}");
+                    }
+                }
+            }
+        }
+        self.enqueue(alert).await
+    }
+
+    /// Appends `alert` to the journal (fsynced) and queues it.
+    async fn enqueue(&self, alert: QueuedAlert) -> Result<Answer, NotDurable> {
+        let journal = match &self.journal {
+            Ok(journal) => Arc::clone(journal),
+            Err(problem) => {
+                return Err(NotDurable(format!(
+                "the alert could not be applied now and the intake journal is unusable: {problem}"
+            )))
+            }
+        };
+        let payload = serde_json::to_vec(&alert)
+            .map_err(|error| NotDurable(format!("the alert cannot be encoded: {error}")))?;
+        let append = tokio::task::spawn_blocking(move || {
+            let appended = journal.append(&payload);
+            failpoint::hit("journal_append");
+            appended
+        });
+        let seq = match tokio::time::timeout(JOURNAL_APPEND_TIMEOUT, append).await {
+            Ok(Ok(Ok(seq))) => seq,
+            Ok(Ok(Err(error))) => return Err(NotDurable(error.to_string())),
+            Ok(Err(join)) => return Err(NotDurable(format!("the journal append failed: {join}"))),
+            Err(_) => {
+                return Err(NotDurable(format!(
+                    "the intake journal did not fsync within {} ms",
+                    JOURNAL_APPEND_TIMEOUT.as_millis()
+                )))
+            }
+        };
+        tracing::info!(
+            target: "vigil::signal",
+            signal = %alert.signal.kind,
+            instrument = %alert.signal.instrument,
+            fingerprint = %short(&alert.fingerprint),
+            "queued in the intake journal (record {seq})"
+        );
+        metrics::counter!(SIGNAL_OUTCOMES, "outcome" => "queued").increment(1);
+        self.queue().push(Waiting { seq, alert });
+        self.publish();
+        self.wake.notify_one();
+        Ok(Answer::Queued)
+    }
+
+    /// Applies `alert` once: the Redis gate, the broker, one transaction bounded by
+    /// `deadline`. Every outcome that is settled is returned; anything else is [`NotNow`].
+    async fn apply(
+        &self,
+        store: &AnyStore,
+        alert: &QueuedAlert,
+        deadline: Duration,
+    ) -> Result<Answer, NotNow> {
+        let signal = &alert.signal;
+        let fingerprint = &alert.fingerprint;
+        let Some(instrument) = self.instruments.get(&signal.instrument) else {
+            // Checked at the door; a journal from another deployment may still hold one.
+            return self
+                .record_refusal(store, alert, unknown_instrument(signal), deadline)
+                .await;
+        };
+        let ticket = match self
+            .shared
+            .coordination
+            .before_signal(&signal.instrument, fingerprint)
+            .await
+        {
+            // Redis may remember a fingerprint the database lost (a restored database) or
+            // never held (another deployment on the same Redis): only the signal log says
+            // duplicate.
+            Gate::Duplicate => {
+                let check = store.signal_claimed(fingerprint);
+                match tokio::time::timeout(DUPLICATE_CHECK_TIMEOUT, check).await {
+                    Ok(Ok(true)) => return Ok(Answer::Duplicate),
+                    Ok(Ok(false)) | Err(_) => None,
+                    Ok(Err(error)) => return Err(self.store_failure(error)),
+                }
+            }
+            Gate::Busy => return Err(NotNow::Busy),
+            Gate::Proceed(ticket) => Some(ticket),
+        };
+        failpoint::hit("after_redis_claim");
+        let now = Utc::now();
+        let max_age = self.ages.max_age(signal.kind);
+        // A stale alert is recorded expired without an order.
+        let fill_price = if expired(signal, now, max_age).is_some() {
+            signal.price
+        } else {
+            let order = Order {
+                client_order_id: format!("vigil-{}", fingerprint.get(..24).unwrap_or(fingerprint)),
+                kind: signal.kind,
+                instrument: signal.instrument.clone(),
+                lots: signal.lots,
+                price: signal.price,
+            };
+            match self.broker.execute(&order).await {
+                Ok(fill) => fill.price,
+                Err(error) => {
+                    drop(ticket);
+                    self.report(FailureKind::BrokerUnavailable);
+                    return Err(NotNow::Broker(error.to_string()));
+                }
+            }
+        };
+        failpoint::hit("after_broker");
+        let claim = SignalClaim {
+            signal,
+            fingerprint,
+            instance_id: &self.shared.instance,
+            received_at: alert.received_at,
+        };
+        let applying = store.apply_signal(&claim, |book| {
+            decide(
+                signal,
+                fingerprint,
+                instrument,
+                fill_price,
+                now,
+                max_age,
+                book,
+            )
+        });
+        // Dropping the transaction on the deadline rolls it back unless COMMIT was already
+        // sent; either way the alert is journaled and its drain finds out which (a committed
+        // one is then a duplicate). A slow answer is not reported: the heartbeat tells a
+        // database that stopped answering from a busy one.
+        let applied = match tokio::time::timeout(deadline, applying).await {
+            Ok(applied) => applied,
+            Err(_) => Err(ApplyError::Store(StoreError::Unavailable(format!(
+                "no answer within {} ms",
+                deadline.as_millis()
+            )))),
+        };
+        failpoint::hit("after_commit");
+        if let Some(ticket) = ticket {
+            ticket.settle(applied.is_ok());
+        }
+        match applied {
+            Ok(applied) => Ok(self.settled(alert, applied)),
+            Err(ApplyError::Store(StoreError::Unavailable(why)))
+                if why.starts_with("no answer") =>
+            {
+                Err(NotNow::Store(why))
+            }
+            Err(ApplyError::Store(error)) => Err(self.store_failure(error)),
+        }
+    }
+
+    /// Records `refusal` as the outcome of `alert` without trading.
+    async fn record_refusal(
+        &self,
+        store: &AnyStore,
+        alert: &QueuedAlert,
+        refusal: Refusal,
+        deadline: Duration,
+    ) -> Result<Answer, NotNow> {
+        let claim = SignalClaim {
+            signal: &alert.signal,
+            fingerprint: &alert.fingerprint,
+            instance_id: &self.shared.instance,
+            received_at: alert.received_at,
+        };
+        let recording = store.apply_signal(&claim, |_| Err(refusal));
+        match tokio::time::timeout(deadline, recording).await {
+            Ok(Ok(applied)) => Ok(self.settled(alert, applied)),
+            Ok(Err(ApplyError::Store(error))) => Err(self.store_failure(error)),
+            Err(_) => Err(NotNow::Store("no answer in time".into())),
+        }
+    }
+
+    /// Logs and counts a settled outcome.
+    fn settled(&self, alert: &QueuedAlert, applied: Applied) -> Answer {
+        let signal = &alert.signal;
+        let fingerprint = short(&alert.fingerprint);
+        let (outcome, answer) = match applied {
+            Applied::Done(plan) => {
+                let positions = plan.position_ids();
+                tracing::info!(target: "vigil::signal", signal = %signal.kind, instrument = %signal.instrument, fingerprint = %fingerprint, "applied: {}", positions.join(", "));
+                ("applied", Answer::Applied(positions))
+            }
+            Applied::Refused(refusal) => {
+                tracing::warn!(target: "vigil::signal", signal = %signal.kind, instrument = %signal.instrument, fingerprint = %fingerprint, "{}: {refusal}", refusal.status());
+                (refusal.status(), Answer::Refused(refusal))
+            }
+            Applied::Duplicate => ("duplicate", Answer::Duplicate),
+        };
+        metrics::counter!(SIGNAL_OUTCOMES, "outcome" => outcome).increment(1);
+        answer
+    }
+
+    /// Tells the machines about a store failure the policy answers, and keeps the alert.
+    fn store_failure(&self, error: StoreError) -> NotNow {
+        match &error {
+            StoreError::Unavailable(_) => self.report(FailureKind::DbUnavailable),
+            StoreError::Corrupt(_) => self.report(FailureKind::DataCorrupt),
+            // Contention (a lock held by a peer, a concurrent writer) is not an outage.
+            StoreError::Conflict(_) => {}
+            StoreError::NoSchema(_)
+            | StoreError::BadUrl(_)
+            | StoreError::Fenced(_)
+            | StoreError::Other(_) => {
+                tracing::error!(target: "vigil::signal", "signal not applied: {error}");
+            }
+        }
+        NotNow::Store(error.to_string())
+    }
+
+    /// Tells the machines about a failure seen while serving. A full queue means the driver
+    /// already has news to process; dropping this report loses nothing it would not learn.
+    fn report(&self, kind: FailureKind) {
+        let _ = self.shared.inputs.try_send(Input::Failure(kind));
+    }
+
+    /// One drain pass: applies the oldest queued alert of each instrument, again and again,
+    /// while the lifecycle applies its type and the database answers. Returns how many were
+    /// settled. `stopping`: the instance is stopping and drains whatever it can.
+    pub async fn drain(&self, stopping: bool) -> usize {
+        let _one_pass = self.draining.lock().await;
+        let mut settled = 0;
+        loop {
+            let Some(store) = self.shared.store() else {
+                return settled;
+            };
+            let view = self.shared.view();
+            let heads = self.queue().heads();
+            let mut progress = false;
+            for waiting in heads {
+                let allowed = view.accepts.contains(waiting.alert.signal.kind) || stopping;
+                let stale = expired(
+                    &waiting.alert.signal,
+                    Utc::now(),
+                    self.ages.max_age(waiting.alert.signal.kind),
+                );
+                let outcome = match (allowed, stale) {
+                    (true, _) => {
+                        self.apply(&store, &waiting.alert, DRAIN_STORE_DEADLINE)
+                            .await
+                    }
+                    // Not applied while degraded, but it may expire meanwhile.
+                    (false, Some(refusal)) => {
+                        self.record_refusal(&store, &waiting.alert, refusal, DRAIN_STORE_DEADLINE)
+                            .await
+                    }
+                    (false, None) => continue,
+                };
+                match outcome {
+                    Ok(_) => {
+                        failpoint::hit("after_drain_commit");
+                        self.settle(&waiting).await;
+                        settled += 1;
+                        progress = true;
+                    }
+                    Err(NotNow::Busy) => {}
+                    Err(not_now) => {
+                        tracing::debug!(target: "vigil::intake", "drain paused: {not_now}");
+                        return settled;
+                    }
+                }
+            }
+            if !progress {
+                return settled;
+            }
+        }
+    }
+
+    /// Marks `waiting` settled in the journal and drops it from the queue. A mark that is
+    /// lost (a crash, a failed write) only means the alert is drained again, and then found
+    /// a duplicate.
+    async fn settle(&self, waiting: &Waiting) {
+        if let Ok(journal) = &self.journal {
+            let journal = Arc::clone(journal);
+            let seq = waiting.seq;
+            match tokio::task::spawn_blocking(move || journal.settle(seq)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(target: "vigil::intake", "cannot mark record {seq} settled: {error}")
+                }
+                Err(error) => {
+                    tracing::warn!(target: "vigil::intake", "cannot mark record {seq} settled: {error}")
+                }
+            }
+        }
+        self.queue().remove(waiting);
+        self.publish();
+    }
+
+    /// Drains whenever woken or every [`DRAIN_INTERVAL`], while the instance serves. Runs
+    /// until the process ends.
+    pub async fn run_drainer(self: Arc<Self>) {
+        let mut lifecycle = self.shared.lifecycle.subscribe();
+        loop {
+            tokio::select! {
+                () = self.wake.notified() => {}
+                _ = lifecycle.changed() => {}
+                () = tokio::time::sleep(DRAIN_INTERVAL) => {}
+            }
+            if self.pending() > 0 && self.shared.view().state.is_serving() {
+                self.drain(false).await;
+            }
+        }
+    }
+
+    /// At a graceful stop: drains what the database takes within `deadline`, and says how
+    /// many alerts stay in the journal for the next start.
+    pub async fn flush(&self, deadline: Duration) -> usize {
+        if self.pending() == 0 {
+            return 0;
+        }
+        let _ = tokio::time::timeout(deadline, self.drain(true)).await;
+        let left = self.pending();
+        if left > 0 {
+            tracing::warn!(target: "vigil::intake", "{left} queued alerts stay in the intake journal; they are applied at the next start");
+        }
+        left
+    }
+}
+
+/// The refusal of an alert whose instrument this deployment does not configure.
+fn unknown_instrument(signal: &Signal) -> Refusal {
+    Refusal::Rejected(crate::trading::plan::Rejection {
+        field: "instrument",
+        message: format!("{} is not configured", signal.instrument),
+    })
+}
+
+/// The first 16 characters of a fingerprint, as logs show it.
+fn short(fingerprint: &str) -> &str {
+    fingerprint.get(..16).unwrap_or(fingerprint)
+}
+
+/// Alerts settled, by outcome (`applied`, `rejected`, `expired`, `superseded`, `duplicate`),
+/// and journaled (`queued`).
+pub const SIGNAL_OUTCOMES: &str = "vigil_signal_outcomes_total";
+
+/// Alerts in the intake journal not yet settled.
+pub const JOURNAL_PENDING: &str = "vigil_journal_pending";

@@ -1,0 +1,149 @@
+//! The exactly-once signal transaction, written once. A backend opens the transaction with
+//! its own locking (SQLite's single writer, PostgreSQL's per-instrument advisory lock and
+//! `lock_timeout`) and supplies each statement as a [`SignalTx`]; every decision and every
+//! `rows_affected` check is here.
+
+use super::{book_from_rows, Applied, ApplyError, PortfolioRow, PositionRow, SignalClaim};
+use super::{timestamp_text, StoreError};
+use crate::domain::{Portfolio, Position, Pyramiding};
+use crate::trading::plan::{Book, Closed, Plan, PyramidingChange, Refusal};
+use chrono::{DateTime, Utc};
+
+/// One signal's open transaction, as a backend runs its statements. Each write returns the
+/// rows it affected; [`apply`] decides what a count means.
+pub(super) trait SignalTx: Sized {
+    /// Inserts the fingerprint's row in the signal log as `applied`, or nothing when the
+    /// fingerprint is already there (a concurrent claim of it waits for the first).
+    async fn claim(&mut self, claim: &SignalClaim<'_>) -> Result<u64, StoreError>;
+    /// The alert time (RFC 3339 text) of the last signal applied on `instrument`.
+    async fn last_applied_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError>;
+    /// Creates the portfolio row if the database has none yet, so that the version check
+    /// always has a row.
+    async fn ensure_portfolio(&mut self) -> Result<(), StoreError>;
+    /// The instrument's open positions and the portfolio row, the latter locked where the
+    /// backend locks rows.
+    async fn book_rows(
+        &mut self,
+        instrument: &str,
+    ) -> Result<(Vec<PositionRow>, Option<PortfolioRow>), StoreError>;
+    /// Inserts an opened position.
+    async fn insert_position(&mut self, position: &Position) -> Result<u64, StoreError>;
+    /// Closes a position that is open.
+    async fn close_position(&mut self, closed: &Closed) -> Result<u64, StoreError>;
+    /// Writes the totals where the stored version is `portfolio.version - 1`.
+    async fn write_portfolio(&mut self, portfolio: &Portfolio) -> Result<u64, StoreError>;
+    /// Inserts or replaces the instrument's pyramiding row.
+    async fn upsert_pyramiding(&mut self, pyramiding: &Pyramiding) -> Result<u64, StoreError>;
+    /// Deletes the instrument's pyramiding row.
+    async fn delete_pyramiding(&mut self, instrument: &str) -> Result<u64, StoreError>;
+    /// Records a refusal as the fingerprint's outcome, with its reason.
+    async fn record_refusal(
+        &mut self,
+        fingerprint: &str,
+        status: &str,
+        reason: &str,
+    ) -> Result<u64, StoreError>;
+    /// Commits.
+    async fn commit(self) -> Result<(), StoreError>;
+    /// Rolls back.
+    async fn rollback(self) -> Result<(), StoreError>;
+}
+
+/// Runs one signal in `tx`: claims its fingerprint, reads the book, and writes what `decide`
+/// returns: the plan's changes, or the refusal as the fingerprint's outcome. Either every
+/// write commits or none does; a count that is not what the plan expects rolls back.
+pub(super) async fn apply<T, F>(
+    mut tx: T,
+    claim: &SignalClaim<'_>,
+    decide: F,
+) -> Result<Applied, ApplyError>
+where
+    T: SignalTx,
+    F: FnOnce(&Book) -> Result<Plan, Refusal>,
+{
+    let signal = claim.signal;
+    if tx.claim(claim).await? == 0 {
+        tx.rollback().await?;
+        return Ok(Applied::Duplicate);
+    }
+    let last_applied_at = match tx.last_applied_at(&signal.instrument).await? {
+        None => None,
+        Some(text) => Some(text.parse::<DateTime<Utc>>().map_err(|error| {
+            StoreError::Corrupt(format!(
+                "signal_log.alert_at = {text:?} on {} is not a time: {error}",
+                signal.instrument
+            ))
+        })?),
+    };
+    tx.ensure_portfolio().await?;
+    let (positions, portfolio) = tx.book_rows(&signal.instrument).await?;
+    let mut book = book_from_rows(positions, portfolio)?;
+    book.last_applied_at = last_applied_at;
+    let plan = match decide(&book) {
+        Ok(plan) => plan,
+        Err(refusal) => {
+            let reason = refusal.to_string();
+            let recorded = tx
+                .record_refusal(claim.fingerprint, refusal.status(), &reason)
+                .await?;
+            return finish(
+                tx,
+                recorded,
+                "the signal's claim",
+                Applied::Refused(refusal),
+            )
+            .await;
+        }
+    };
+    if let Some(position) = &plan.opened {
+        let inserted = tx.insert_position(position).await?;
+        if inserted != 1 {
+            return conflict(tx, "the opened position was not inserted").await;
+        }
+    }
+    for closed in &plan.closed {
+        if tx.close_position(closed).await? != 1 {
+            return conflict(tx, "a position to close was no longer open").await;
+        }
+    }
+    // The version check: a writer holding a stale version changes nothing.
+    if tx.write_portfolio(&plan.portfolio).await? != 1 {
+        return conflict(tx, "portfolio state changed under this signal").await;
+    }
+    match &plan.pyramiding {
+        PyramidingChange::Upsert(pyramiding) => {
+            tx.upsert_pyramiding(pyramiding).await?;
+        }
+        PyramidingChange::Delete => {
+            tx.delete_pyramiding(&signal.instrument).await?;
+        }
+        PyramidingChange::Keep => {}
+    }
+    tx.commit().await?;
+    Ok(Applied::Done(plan))
+}
+
+/// Commits when `count` is 1, else rolls back as a conflict over `what`.
+async fn finish<T: SignalTx>(
+    tx: T,
+    count: u64,
+    what: &str,
+    applied: Applied,
+) -> Result<Applied, ApplyError> {
+    if count != 1 {
+        return conflict(tx, &format!("{what} was not recorded")).await;
+    }
+    tx.commit().await?;
+    Ok(applied)
+}
+
+/// Rolls back and reports a write conflict: nothing was written.
+async fn conflict<T: SignalTx>(tx: T, why: &str) -> Result<Applied, ApplyError> {
+    tx.rollback().await?;
+    Err(ApplyError::Store(StoreError::Conflict(why.to_string())))
+}
+
+/// The alert time as both backends store it.
+pub(super) fn alert_at(claim: &SignalClaim<'_>) -> String {
+    timestamp_text(claim.signal.timestamp)
+}
