@@ -105,6 +105,10 @@ pub struct Shared {
     pub leadership: watch::Sender<Option<i64>>,
     /// The intake journal's state: what is queued, and whether it can be read.
     pub journal: watch::Sender<crate::intake::JournalStatus>,
+    /// The position counts `/status` showed last, and when they were read: read again at
+    /// most every few seconds, so no rate of status calls becomes a rate of scans. Emptied
+    /// when this instance applies a signal.
+    pub counts: Mutex<Option<(tokio::time::Instant, (i64, i64))>>,
 }
 
 impl Shared {
@@ -136,6 +140,7 @@ impl Shared {
             coordination,
             leadership: watch::Sender::new(None),
             journal: watch::Sender::new(crate::intake::JournalStatus::default()),
+            counts: Mutex::new(None),
         }
     }
 

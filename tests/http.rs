@@ -404,6 +404,7 @@ async fn alerts_the_lifecycle_does_not_apply_now_are_queued_then_applied_in_orde
             view.state = vigil::machines::lifecycle::State::from_name("active").unwrap();
             view.accepts = SignalSet::ALL;
         });
+        tokio::time::sleep(vigil::intake::QUEUE_SETTLE).await;
         assert_eq!(app.intake.drain(false).await, 1, "{state}");
         assert_eq!(app.intake.pending(), 0, "{state}");
         let (_, _, json) = send(&api.operator, "GET", &page, String::new()).await;

@@ -1565,6 +1565,7 @@ async fn apply(
         Ok(Applied::Done(_)) => Answer::Accepted,
         Ok(Applied::Duplicate) => refused("duplicate", fingerprint.clone()),
         Ok(Applied::Refused(refusal)) => refused(refusal.status(), refusal.to_string()),
+        Ok(Applied::Queued) => refused("queued", fingerprint.clone()),
         Err(ApplyError::Store(error)) => refused("store error", error.to_string()),
     };
     Sample {

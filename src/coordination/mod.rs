@@ -46,6 +46,12 @@ const SIGNAL_LOCK_ATTEMPTS: u128 = SIGNAL_LOCK_WAIT.as_millis() / SIGNAL_LOCK_PO
 /// the heartbeat judges loss); the signal just goes on under database-only coordination.
 pub const SIGNAL_REDIS_BUDGET: Duration = Duration::from_millis(250);
 
+/// How long a signal's pending dedup claim lives unless settled: past the longest a caller
+/// can hold it (the Redis work, the broker and a drain's transaction), so a claim orphaned
+/// by a killed instance stops making copies wait within seconds, well inside TradingView's
+/// resends. An applied fingerprint is remembered for the policy's `dedup_window` instead.
+pub const PENDING_CLAIM_TTL: Duration = Duration::from_secs(3);
+
 /// The `tracing` target of coordination log lines.
 pub const COORDINATION_TARGET: &str = "vigil::coordination";
 
@@ -447,7 +453,7 @@ impl Coordination {
             let owner = Owner::new();
             ticket.claim = Some(owner.clone());
             match redis
-                .claim_fingerprint(fingerprint, &owner, self.timings.dedup_window)
+                .claim_fingerprint(fingerprint, &owner, PENDING_CLAIM_TTL)
                 .await
             {
                 Ok(FastClaim::Claimed) => {

@@ -98,6 +98,33 @@ pub struct Status {
     recent_transitions: Vec<RecentTransition>,
 }
 
+/// How old the position counts on `/status` may be.
+pub const COUNTS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The position counts, from the cache when fresh enough, else from the store (bounded).
+async fn position_counts(app: &AppState, store: &crate::store::AnyStore) -> Option<(i64, i64)> {
+    let now = tokio::time::Instant::now();
+    let cached = *app
+        .shared
+        .counts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((at, counts)) = cached {
+        if now.duration_since(at) < COUNTS_MAX_AGE {
+            return Some(counts);
+        }
+    }
+    let counts = tokio::time::timeout(DB_PING_TIMEOUT, store.position_counts())
+        .await
+        .ok()
+        .and_then(Result::ok)?;
+    *app.shared
+        .counts
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some((now, counts));
+    Some(counts)
+}
+
 /// Everything an operator looks at first.
 pub async fn status(State(app): State<Arc<AppState>>) -> Result<Json<Status>, ApiError> {
     let view = app.shared.view();
@@ -106,12 +133,12 @@ pub async fn status(State(app): State<Arc<AppState>>) -> Result<Json<Status>, Ap
         Some(store) => {
             let now = Utc::now();
             let (counts, instances) = tokio::join!(
-                tokio::time::timeout(DB_PING_TIMEOUT, store.position_counts()),
+                position_counts(&app, &store),
                 tokio::time::timeout(DB_PING_TIMEOUT, store.instances(now)),
             );
             let stale_after = app.shared.coordination.timings().instance_stale_after;
             (
-                counts.ok().and_then(Result::ok),
+                counts,
                 instances
                     .ok()
                     .and_then(Result::ok)

@@ -22,7 +22,7 @@ use crate::domain::Instrument;
 use crate::driver::Input;
 use crate::policy::SignalAges;
 use crate::shared::Shared;
-use crate::store::{AnyStore, Applied, ApplyError, SignalClaim, Store, StoreError};
+use crate::store::{AnyStore, Applied, ApplyError, QueuedRow, SignalClaim, Store, StoreError};
 use crate::trading::plan::{decide, expired, Refusal};
 use crate::trading::Signal;
 use crate::vocabulary::FailureKind;
@@ -50,6 +50,18 @@ pub const DUPLICATE_CHECK_TIMEOUT: Duration = Duration::from_millis(100);
 /// 503. A disk that slow is an emergency; the record may still land, and then a resend is
 /// answered `queued`.
 pub const JOURNAL_APPEND_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// How long an alert waits in the signal log as `queued` before it is applied: longer than
+/// it takes instances that meet a returning database at about the same moment to move their
+/// journals there, so the oldest alert of an instrument is applied first whichever instance
+/// took it.
+pub const QUEUE_SETTLE: Duration = Duration::from_secs(2);
+
+/// Queued alerts read per look at the signal log.
+pub const DRAIN_BATCH: i64 = 64;
+
+/// Journaled alerts moved into the signal log per transaction.
+pub const MOVE_BATCH: usize = 100;
 
 /// How often the drainer looks at the queue when nothing wakes it: the database may have
 /// come back, or a degraded set widened, without an alert arriving.
@@ -156,14 +168,6 @@ impl Queue {
             .entry(waiting.alert.signal.instrument.clone())
             .or_default()
             .insert((waiting.alert.signal.timestamp, waiting.seq), waiting);
-    }
-
-    /// The oldest queued alert of each instrument.
-    fn heads(&self) -> Vec<Waiting> {
-        self.by_instrument
-            .values()
-            .filter_map(|queued| queued.values().next().cloned())
-            .collect()
     }
 
     fn remove(&mut self, waiting: &Waiting) {
@@ -315,17 +319,45 @@ impl Intake {
             .queue()
             .by_instrument
             .contains_key(&alert.signal.instrument);
-        if view.accepts.contains(alert.signal.kind) && !instrument_waits {
+        // Behind alerts of its instrument still in the journal, it goes there too.
+        if !instrument_waits {
             if let Some(store) = self.shared.store() {
-                match self.apply(&store, &alert, DIRECT_STORE_DEADLINE).await {
+                let settled = if view.accepts.contains(alert.signal.kind) {
+                    self.apply(&store, &alert, DIRECT_STORE_DEADLINE).await
+                } else {
+                    self.queue_in_log(&store, &alert).await
+                };
+                match settled {
                     Ok(answer) => return Ok(answer),
                     Err(not_now) => {
-                        tracing::info!(target: "vigil::signal", fingerprint = %short(&alert.fingerprint), "queueing: {not_now}");
+                        tracing::info!(target: "vigil::signal", fingerprint = %short(&alert.fingerprint), "journaling: {not_now}");
                     }
                 }
             }
         }
         self.enqueue(alert).await
+    }
+
+    /// Records `alert` as `queued` in the signal log, for whichever instance applies it once
+    /// the lifecycle allows.
+    async fn queue_in_log(&self, store: &AnyStore, alert: &QueuedAlert) -> Result<Answer, NotNow> {
+        let claim = claim_of(alert, &self.shared.instance);
+        let queued = store.queue_signals(std::slice::from_ref(&claim));
+        match tokio::time::timeout(DIRECT_STORE_DEADLINE, queued).await {
+            // Known already: still waiting (a resend while queued), or settled.
+            Ok(Ok(0)) => match store.signal_claimed(&alert.fingerprint).await {
+                Ok(true) => Ok(Answer::Duplicate),
+                Ok(false) => Ok(Answer::Queued),
+                Err(error) => Err(self.store_failure(error)),
+            },
+            Ok(Ok(_)) => {
+                tracing::info!(target: "vigil::signal", signal = %alert.signal.kind, instrument = %alert.signal.instrument, fingerprint = %short(&alert.fingerprint), "queued in the signal log");
+                metrics::counter!(SIGNAL_OUTCOMES, "outcome" => "queued").increment(1);
+                Ok(Answer::Queued)
+            }
+            Ok(Err(error)) => Err(self.store_failure(error)),
+            Err(_) => Err(NotNow::Store("no answer in time".into())),
+        }
     }
 
     /// Appends `alert` to the journal (fsynced) and queues it.
@@ -430,12 +462,7 @@ impl Intake {
             }
         };
         failpoint::hit("after_broker");
-        let claim = SignalClaim {
-            signal,
-            fingerprint,
-            instance_id: &self.shared.instance,
-            received_at: alert.received_at,
-        };
+        let claim = claim_of(alert, &self.shared.instance);
         let applying = store.apply_signal(&claim, |book| {
             decide(
                 signal,
@@ -460,7 +487,11 @@ impl Intake {
         };
         failpoint::hit("after_commit");
         if let Some(ticket) = ticket {
-            ticket.settle(applied.is_ok());
+            // Only a settled outcome is remembered by the fast layer; a queued one is not.
+            ticket.settle(matches!(
+                applied,
+                Ok(Applied::Done(_) | Applied::Refused(_) | Applied::Duplicate)
+            ));
         }
         match applied {
             Ok(applied) => Ok(self.settled(alert, applied)),
@@ -481,12 +512,7 @@ impl Intake {
         refusal: Refusal,
         deadline: Duration,
     ) -> Result<Answer, NotNow> {
-        let claim = SignalClaim {
-            signal: &alert.signal,
-            fingerprint: &alert.fingerprint,
-            instance_id: &self.shared.instance,
-            received_at: alert.received_at,
-        };
+        let claim = claim_of(alert, &self.shared.instance);
         let recording = store.apply_signal(&claim, |_| Err(refusal));
         match tokio::time::timeout(deadline, recording).await {
             Ok(Ok(applied)) => Ok(self.settled(alert, applied)),
@@ -501,6 +527,11 @@ impl Intake {
         let fingerprint = short(&alert.fingerprint);
         let (outcome, answer) = match applied {
             Applied::Done(plan) => {
+                *self
+                    .shared
+                    .counts
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = None;
                 let positions = plan.position_ids();
                 tracing::info!(target: "vigil::signal", signal = %signal.kind, instrument = %signal.instrument, fingerprint = %fingerprint, "applied: {}", positions.join(", "));
                 ("applied", Answer::Applied(positions))
@@ -510,6 +541,10 @@ impl Intake {
                 (refusal.status(), Answer::Refused(refusal))
             }
             Applied::Duplicate => ("duplicate", Answer::Duplicate),
+            Applied::Queued => {
+                tracing::info!(target: "vigil::signal", signal = %signal.kind, instrument = %signal.instrument, fingerprint = %fingerprint, "queued behind an older alert of its instrument");
+                ("queued", Answer::Queued)
+            }
         };
         metrics::counter!(SIGNAL_OUTCOMES, "outcome" => outcome).increment(1);
         answer
@@ -538,42 +573,77 @@ impl Intake {
         let _ = self.shared.inputs.try_send(Input::Failure(kind));
     }
 
-    /// One drain pass: applies the oldest queued alert of each instrument, again and again,
-    /// while the lifecycle applies its type and the database answers. Returns how many were
-    /// settled. `stopping`: the instance is stopping and drains whatever it can.
+    /// One drain pass. First the journal's alerts move into the signal log as `queued`, as
+    /// soon as the database answers, whatever the lifecycle. Then, while the lifecycle
+    /// applies their types (or the instance is `stopping`), the oldest queued alert of each
+    /// instrument is applied, again and again, once no other live instance still holds
+    /// alerts in its journal and once it has waited [`QUEUE_SETTLE`], so that alerts that
+    /// reached different instances during an outage are applied in alert order. Returns how
+    /// many were settled.
     pub async fn drain(&self, stopping: bool) -> usize {
         let _one_pass = self.draining.lock().await;
+        let Some(store) = self.shared.store() else {
+            return 0;
+        };
+        if !self.move_journal(&store).await {
+            return 0;
+        }
+        if !(self.shared.view().state.is_serving() || stopping) {
+            return 0;
+        }
+        let stale_after = self.shared.coordination.timings().instance_stale_after;
+        let fresh_since = Utc::now() - chrono::Duration::from_std(stale_after).unwrap_or_default();
+        let elsewhere = store.journal_backlog_elsewhere(&self.shared.instance, fresh_since);
+        match tokio::time::timeout(DRAIN_STORE_DEADLINE, elsewhere).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(pending)) => {
+                tracing::debug!(target: "vigil::intake", "waiting for {pending} alerts other instances hold in their journals");
+                return 0;
+            }
+            Ok(Err(_)) | Err(_) => return 0,
+        }
         let mut settled = 0;
         loop {
-            let Some(store) = self.shared.store() else {
-                return settled;
-            };
+            let heads =
+                match tokio::time::timeout(DRAIN_STORE_DEADLINE, store.queued_heads(DRAIN_BATCH))
+                    .await
+                {
+                    Ok(Ok(heads)) => heads,
+                    Ok(Err(_)) | Err(_) => return settled,
+                };
             let view = self.shared.view();
-            let heads = self.queue().heads();
+            let now = Utc::now();
             let mut progress = false;
-            for waiting in heads {
-                let allowed = view.accepts.contains(waiting.alert.signal.kind) || stopping;
-                let stale = expired(
-                    &waiting.alert.signal,
-                    Utc::now(),
-                    self.ages.max_age(waiting.alert.signal.kind),
-                );
-                let outcome = match (allowed, stale) {
-                    (true, _) => {
-                        self.apply(&store, &waiting.alert, DRAIN_STORE_DEADLINE)
-                            .await
+            for head in heads {
+                let alert = match queued_alert(&head) {
+                    Ok(alert) => alert,
+                    Err(problem) => {
+                        tracing::error!(target: "vigil::intake", "queued alert {} cannot be read: {problem}", short(&head.fingerprint));
+                        self.report(FailureKind::DataCorrupt);
+                        return settled;
                     }
+                };
+                let settling = head.queued_at.parse::<DateTime<Utc>>().is_ok_and(|at| {
+                    now.signed_duration_since(at).to_std().unwrap_or_default() >= QUEUE_SETTLE
+                });
+                if !settling && !stopping {
+                    continue;
+                }
+                let allowed = view.accepts.contains(alert.signal.kind) || stopping;
+                let stale = expired(&alert.signal, now, self.ages.max_age(alert.signal.kind));
+                let outcome = match (allowed, stale) {
+                    (true, _) => self.apply(&store, &alert, DRAIN_STORE_DEADLINE).await,
                     // Not applied while degraded, but it may expire meanwhile.
                     (false, Some(refusal)) => {
-                        self.record_refusal(&store, &waiting.alert, refusal, DRAIN_STORE_DEADLINE)
+                        self.record_refusal(&store, &alert, refusal, DRAIN_STORE_DEADLINE)
                             .await
                     }
                     (false, None) => continue,
                 };
                 match outcome {
+                    Ok(Answer::Queued) => {}
                     Ok(_) => {
                         failpoint::hit("after_drain_commit");
-                        self.settle(&waiting).await;
                         settled += 1;
                         progress = true;
                     }
@@ -588,6 +658,55 @@ impl Intake {
                 return settled;
             }
         }
+    }
+
+    /// Moves every journaled alert into the signal log as `queued` and marks it settled in
+    /// the journal; records this instance's journal backlog for the others. Whether the
+    /// journal is empty now.
+    async fn move_journal(&self, store: &AnyStore) -> bool {
+        let waiting: Vec<Waiting> = {
+            let queue = self.queue();
+            queue
+                .by_instrument
+                .values()
+                .flat_map(|queued| queued.values().cloned())
+                .collect()
+        };
+        if waiting.is_empty() {
+            return true;
+        }
+        // Tell the others first, so they wait for these before applying anything.
+        let pending = i64::try_from(waiting.len()).unwrap_or(i64::MAX);
+        let told = store.record_journal_backlog(&self.shared.instance, pending);
+        if !matches!(
+            tokio::time::timeout(DRAIN_STORE_DEADLINE, told).await,
+            Ok(Ok(()))
+        ) {
+            return false;
+        }
+        for chunk in waiting.chunks(MOVE_BATCH) {
+            let claims: Vec<SignalClaim<'_>> = chunk
+                .iter()
+                .map(|waiting| claim_of(&waiting.alert, &self.shared.instance))
+                .collect();
+            let moved = store.queue_signals(&claims);
+            match tokio::time::timeout(DRAIN_STORE_DEADLINE, moved).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => {
+                    tracing::debug!(target: "vigil::intake", "journal not moved: {error}");
+                    return false;
+                }
+                Err(_) => return false,
+            }
+            failpoint::hit("after_journal_move");
+            for waiting in chunk {
+                self.settle(waiting).await;
+            }
+        }
+        tracing::info!(target: "vigil::intake", "moved {} journaled alerts into the signal log", waiting.len());
+        let told = store.record_journal_backlog(&self.shared.instance, 0);
+        let _ = tokio::time::timeout(DRAIN_STORE_DEADLINE, told).await;
+        true
     }
 
     /// Marks `waiting` settled in the journal and drops it from the queue. A mark that is
@@ -621,18 +740,13 @@ impl Intake {
                 _ = lifecycle.changed() => {}
                 () = tokio::time::sleep(DRAIN_INTERVAL) => {}
             }
-            if self.pending() > 0 && self.shared.view().state.is_serving() {
-                self.drain(false).await;
-            }
+            self.drain(false).await;
         }
     }
 
     /// At a graceful stop: drains what the database takes within `deadline`, and says how
     /// many alerts stay in the journal for the next start.
     pub async fn flush(&self, deadline: Duration) -> usize {
-        if self.pending() == 0 {
-            return 0;
-        }
         let _ = tokio::time::timeout(deadline, self.drain(true)).await;
         let left = self.pending();
         if left > 0 {
@@ -640,6 +754,31 @@ impl Intake {
         }
         left
     }
+}
+
+/// The claim of `alert` by `instance`.
+fn claim_of<'a>(alert: &'a QueuedAlert, instance: &'a str) -> SignalClaim<'a> {
+    SignalClaim {
+        signal: &alert.signal,
+        fingerprint: &alert.fingerprint,
+        instance_id: instance,
+        received_at: alert.received_at,
+    }
+}
+
+/// A queued row of the signal log as an alert.
+fn queued_alert(row: &QueuedRow) -> Result<QueuedAlert, String> {
+    let signal: Signal = serde_json::from_str(&row.payload)
+        .map_err(|error| format!("its payload is not a signal: {error}"))?;
+    let received_at = row
+        .received_at
+        .parse::<DateTime<Utc>>()
+        .map_err(|error| format!("received_at {:?} is not a time: {error}", row.received_at))?;
+    Ok(QueuedAlert {
+        fingerprint: row.fingerprint.clone(),
+        signal,
+        received_at,
+    })
 }
 
 /// The refusal of an alert whose instrument this deployment does not configure.

@@ -657,7 +657,7 @@ impl Checker<'_> {
                 heartbeat_interval: Duration::from_secs(5),
                 instance_stale_after: Duration::from_secs(15),
                 leader_lease: Duration::from_secs(15),
-                signal_lock_ttl: Duration::from_secs(30),
+                signal_lock_ttl: Duration::from_secs(3),
                 dedup_window: Duration::from_secs(24 * 3600),
                 leader_task_interval: Duration::from_secs(60),
             },

@@ -129,6 +129,19 @@ pub struct SignalOutcome {
     pub instance_id: String,
 }
 
+/// An alert waiting in the signal log as `queued`.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct QueuedRow {
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// The signal, as its canonical JSON.
+    pub payload: String,
+    /// When an instance received it, RFC 3339.
+    pub received_at: String,
+    /// When it was queued in the signal log, RFC 3339.
+    pub queued_at: String,
+}
+
 /// An instance as the instance table records it.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
 pub struct InstanceRow {
@@ -273,6 +286,8 @@ pub enum Applied {
     Done(crate::trading::plan::Plan),
     /// The signal was new and is recorded with this outcome; it traded nothing.
     Refused(crate::trading::plan::Refusal),
+    /// An older alert of its instrument waits: it is recorded `queued` behind it.
+    Queued,
     /// The fingerprint was already claimed: nothing changed.
     Duplicate,
 }
@@ -316,6 +331,32 @@ pub trait Store {
         &self,
         fingerprint: &str,
     ) -> impl Future<Output = Result<Option<SignalOutcome>, StoreError>>;
+
+    /// Records alerts as `queued` in the signal log, with their payloads, for any instance to
+    /// apply in alert order; a fingerprint the log already holds is left as it is. Returns
+    /// how many were new.
+    fn queue_signals(
+        &self,
+        claims: &[SignalClaim<'_>],
+    ) -> impl Future<Output = Result<usize, StoreError>>;
+
+    /// The oldest queued alert of each instrument, oldest first, at most `limit`.
+    fn queued_heads(&self, limit: i64) -> impl Future<Output = Result<Vec<QueuedRow>, StoreError>>;
+
+    /// Records how many alerts `instance_id` holds in its local journal, not yet queued here.
+    fn record_journal_backlog(
+        &self,
+        instance_id: &str,
+        pending: i64,
+    ) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// How many alerts the other instances whose heartbeat is newer than `fresh_since` hold
+    /// in their local journals.
+    fn journal_backlog_elsewhere(
+        &self,
+        instance_id: &str,
+        fresh_since: DateTime<Utc>,
+    ) -> impl Future<Output = Result<i64, StoreError>>;
 
     /// Answers whether the database is reachable (a trivial query).
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>>;
@@ -473,6 +514,30 @@ impl Store for AnyStore {
 
     async fn signal_outcome(&self, fingerprint: &str) -> Result<Option<SignalOutcome>, StoreError> {
         delegate!(self, store => store.signal_outcome(fingerprint).await)
+    }
+
+    async fn queue_signals(&self, claims: &[SignalClaim<'_>]) -> Result<usize, StoreError> {
+        delegate!(self, store => store.queue_signals(claims).await)
+    }
+
+    async fn queued_heads(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
+        delegate!(self, store => store.queued_heads(limit).await)
+    }
+
+    async fn record_journal_backlog(
+        &self,
+        instance_id: &str,
+        pending: i64,
+    ) -> Result<(), StoreError> {
+        delegate!(self, store => store.record_journal_backlog(instance_id, pending).await)
+    }
+
+    async fn journal_backlog_elsewhere(
+        &self,
+        instance_id: &str,
+        fresh_since: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        delegate!(self, store => store.journal_backlog_elsewhere(instance_id, fresh_since).await)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -4,8 +4,8 @@
 use super::signal_tx::{self, SignalTx};
 use super::{
     classify, timestamp_text, Access, Applied, ApplyError, InstanceRecord, InstanceRow,
-    PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, SignalOutcome, StateWrite,
-    Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
+    PortfolioRow, PositionRow, PyramidingRow, QueuedRow, RecoveryRows, SignalClaim, SignalOutcome,
+    StateWrite, Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
 use super::{fenced, lease_ms, Fence};
 use crate::domain::Pyramiding;
@@ -25,19 +25,58 @@ const ADVISORY_LOCK_CLASS: i32 = 0x7669_6700;
 /// locks use `hashtext(instrument)` under their own class.
 const LEADERSHIP_LOCK_KEY: i32 = 0;
 
-/// How long a signal's transaction waits for any lock (the instrument's advisory lock, the
-/// portfolio row), as SQL: below the signal's 1.5 s deadline, so the wait ends on the server
-/// rather than being abandoned by the client.
-const SIGNAL_LOCK_TIMEOUT_SQL: &str = "SET LOCAL lock_timeout = '1200ms'";
-
 /// The class of per-instrument signal locks.
 const INSTRUMENT_LOCK_CLASS: i32 = ADVISORY_LOCK_CLASS + 1;
 
 /// A PostgreSQL database.
 #[derive(Debug, Clone)]
 pub struct PgStore {
-    /// The connection pool.
+    /// Everything but signals: recovery, status, heartbeats, leadership, probes. Its
+    /// sessions cut off a statement after [`GENERAL_STATEMENT_TIMEOUT_MS`].
     pool: PgPool,
+    /// Signals only, so that no status query or scan can take their connections. Its
+    /// sessions cut off a statement, a lock wait or an idle transaction below the signal's
+    /// own deadline, so a statement vigil gave up on does not keep running on the server and
+    /// a paused holder does not keep its locks.
+    signals: PgPool,
+}
+
+/// Connections in the signal pool.
+pub const SIGNAL_POOL_CONNECTIONS: u32 = 6;
+
+/// Server-side bounds of the signal pool's sessions, in milliseconds: each below the
+/// client's deadline for a queued alert's transaction (1.5 s), the lock wait below the one
+/// for an alert applied within its request (450 ms).
+const SIGNAL_STATEMENT_TIMEOUT_MS: u64 = 1200;
+const SIGNAL_LOCK_TIMEOUT_MS: u64 = 400;
+const SIGNAL_IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 1500;
+
+/// Server-side bounds of the general pool's sessions, in milliseconds: below recovery's 30 s
+/// read, so a scan vigil gave up on ends on the server too.
+const GENERAL_STATEMENT_TIMEOUT_MS: u64 = 25_000;
+const GENERAL_LOCK_TIMEOUT_MS: u64 = 1000;
+const GENERAL_IDLE_IN_TRANSACTION_TIMEOUT_MS: u64 = 5000;
+
+const _: () = assert!(
+    SIGNAL_STATEMENT_TIMEOUT_MS < crate::intake::DRAIN_STORE_DEADLINE.as_millis() as u64
+        && SIGNAL_IDLE_IN_TRANSACTION_TIMEOUT_MS
+            <= crate::intake::DRAIN_STORE_DEADLINE.as_millis() as u64
+        && SIGNAL_LOCK_TIMEOUT_MS < crate::intake::DIRECT_STORE_DEADLINE.as_millis() as u64
+);
+
+/// Session settings, as startup options: `statement_timeout`, `lock_timeout` and
+/// `idle_in_transaction_session_timeout`, in milliseconds.
+fn session_bounds(
+    options: PgConnectOptions,
+    statement_ms: u64,
+    lock_ms: u64,
+    idle_ms: u64,
+) -> PgConnectOptions {
+    options.options([
+        ("statement_timeout", statement_ms.to_string()),
+        ("lock_timeout", lock_ms.to_string()),
+        ("idle_in_transaction_session_timeout", idle_ms.to_string()),
+    ])
 }
 
 /// Maps PostgreSQL SQLSTATE codes.
@@ -53,8 +92,9 @@ fn classify_pg(error: sqlx::Error) -> StoreError {
                 Some(StoreError::Unavailable(message))
             }
             "42P01" => Some(StoreError::NoSchema(message)),
-            // lock_not_available: a signal's lock wait ran past SIGNAL_LOCK_TIMEOUT.
-            "55P03" => Some(StoreError::Conflict(message)),
+            // lock_not_available and query_canceled: a lock wait or a statement ran past the
+            // session's bound. Contention, not an outage: the heartbeat judges the database.
+            "55P03" | "57014" => Some(StoreError::Conflict(message)),
             _ => None,
         }
     })
@@ -77,17 +117,11 @@ const LOAD_PYRAMIDING: &str =
 struct PgSignalTx(sqlx::Transaction<'static, sqlx::Postgres>);
 
 impl PgSignalTx {
-    /// Begins it: a bounded wait for any lock, then the instrument's advisory lock, so that
+    /// Begins it on the signal pool, and takes the instrument's advisory lock, so that
     /// signals of one instrument never interleave whether or not Redis holds its lock too.
     async fn begin(pool: &PgPool, instrument: &str) -> Result<PgSignalTx, StoreError> {
         let mut tx = pool.begin().await.map_err(classify_pg)?;
-        // A waiter abandoned at the signal's deadline would otherwise stay queued for the
-        // lock on the server, holding its pooled connection.
-        sqlx::query(SIGNAL_LOCK_TIMEOUT_SQL)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify_pg)?;
-        // The lock ends with the transaction.
+        // The lock ends with the transaction; the session's lock_timeout bounds the wait.
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .bind(INSTRUMENT_LOCK_CLASS)
             .bind(instrument)
@@ -234,14 +268,41 @@ impl SignalTx for PgSignalTx {
             .await
     }
 
-    async fn record_refusal(
+    async fn take_over_queued(&mut self, claim: &SignalClaim<'_>) -> Result<u64, StoreError> {
+        self.run(
+            sqlx::query(
+                "UPDATE signal_log SET status = 'applied', processed_at = $2::timestamptz, instance_id = $3 \
+                 WHERE fingerprint = $1 AND status = 'queued'",
+            )
+            .bind(claim.fingerprint)
+            .bind(timestamp_text(Utc::now()))
+            .bind(claim.instance_id),
+        )
+        .await
+    }
+
+    async fn older_queued(&mut self, claim: &SignalClaim<'_>) -> Result<bool, StoreError> {
+        let (older,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM signal_log WHERE instrument = $1 AND status = 'queued' \
+             AND (alert_at < $2::timestamptz OR (alert_at = $2::timestamptz AND fingerprint < $3))",
+        )
+        .bind(&claim.signal.instrument)
+        .bind(signal_tx::alert_at(claim))
+        .bind(claim.fingerprint)
+        .fetch_one(&mut *self.0)
+        .await
+        .map_err(classify_pg)?;
+        Ok(older > 0)
+    }
+
+    async fn set_outcome(
         &mut self,
         fingerprint: &str,
         status: &str,
-        reason: &str,
+        reason: Option<&str>,
     ) -> Result<u64, StoreError> {
         self.run(
-            sqlx::query("UPDATE signal_log SET status = $2, reason = $3 WHERE fingerprint = $1")
+            sqlx::query(signal_tx::SET_OUTCOME_SQL)
                 .bind(fingerprint)
                 .bind(status)
                 .bind(reason),
@@ -281,10 +342,26 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(POOL_MAX_CONNECTIONS)
             .acquire_timeout(CONNECT_TIMEOUT)
-            .connect_with(options)
+            .connect_with(session_bounds(
+                options.clone(),
+                GENERAL_STATEMENT_TIMEOUT_MS,
+                GENERAL_LOCK_TIMEOUT_MS,
+                GENERAL_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+            ))
             .await
             .map_err(classify_pg)?;
-        Ok(PgStore { pool })
+        // Opened lazily: a database that refuses signals' connections is found by the
+        // signal that needs one, within its deadline.
+        let signals = PgPoolOptions::new()
+            .max_connections(SIGNAL_POOL_CONNECTIONS)
+            .acquire_timeout(CONNECT_TIMEOUT)
+            .connect_lazy_with(session_bounds(
+                options,
+                SIGNAL_STATEMENT_TIMEOUT_MS,
+                SIGNAL_LOCK_TIMEOUT_MS,
+                SIGNAL_IDLE_IN_TRANSACTION_TIMEOUT_MS,
+            ));
+        Ok(PgStore { pool, signals })
     }
 }
 
@@ -302,7 +379,7 @@ impl Store for PgStore {
     where
         F: FnOnce(&Book) -> Result<Plan, Refusal>,
     {
-        let tx = PgSignalTx::begin(&self.pool, &claim.signal.instrument).await?;
+        let tx = PgSignalTx::begin(&self.signals, &claim.signal.instrument).await?;
         signal_tx::apply(tx, claim, decide).await
     }
 
@@ -317,13 +394,82 @@ impl Store for PgStore {
     }
 
     async fn signal_claimed(&self, fingerprint: &str) -> Result<bool, StoreError> {
-        let found: Option<(i64,)> =
-            sqlx::query_as("SELECT 1::bigint FROM signal_log WHERE fingerprint = $1")
-                .bind(fingerprint)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(classify_pg)?;
+        let found: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1::bigint FROM signal_log WHERE fingerprint = $1 AND status <> 'queued'",
+        )
+        .bind(fingerprint)
+        .fetch_optional(&self.signals)
+        .await
+        .map_err(classify_pg)?;
         Ok(found.is_some())
+    }
+
+    async fn queue_signals(&self, claims: &[SignalClaim<'_>]) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify_pg)?;
+        let mut new = 0;
+        for claim in claims {
+            let signal = claim.signal;
+            new += sqlx::query(
+                "INSERT INTO signal_log (fingerprint, signal_type, instrument, payload, status, received_at, instance_id, alert_at, \
+                 processed_at) VALUES ($1, $2, $3, $4, 'queued', $5::timestamptz, $6, $7::timestamptz, now()) \
+                 ON CONFLICT (fingerprint) DO NOTHING",
+            )
+            .bind(claim.fingerprint)
+            .bind(signal.kind.as_str())
+            .bind(&signal.instrument)
+            .bind(signal.payload())
+            .bind(timestamp_text(claim.received_at))
+            .bind(claim.instance_id)
+            .bind(signal_tx::alert_at(claim))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_pg)?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(classify_pg)?;
+        Ok(usize::try_from(new).unwrap_or(usize::MAX))
+    }
+
+    async fn queued_heads(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
+        sqlx::query_as::<_, QueuedRow>(signal_tx::queued_heads_sql(|column| {
+            format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+        }))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(classify_pg)
+    }
+
+    async fn record_journal_backlog(
+        &self,
+        instance_id: &str,
+        pending: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instance_metadata SET journal_pending = $2, last_heartbeat = $3::timestamptz WHERE instance_id = $1")
+            .bind(instance_id)
+            .bind(pending)
+            .bind(timestamp_text(Utc::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(classify_pg)?;
+        Ok(())
+    }
+
+    async fn journal_backlog_elsewhere(
+        &self,
+        instance_id: &str,
+        fresh_since: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let (pending,): (i64,) = sqlx::query_as(
+            "SELECT COALESCE(SUM(journal_pending), 0)::bigint FROM instance_metadata \
+             WHERE instance_id <> $1 AND last_heartbeat > $2::timestamptz",
+        )
+        .bind(instance_id)
+        .bind(timestamp_text(fresh_since))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify_pg)?;
+        Ok(pending)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -565,6 +711,17 @@ impl Store for PgStore {
         _now: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(classify_pg)?;
+        // The figures first, from one snapshot, so that the leadership row is never locked
+        // across the scan and renewals never queue behind it.
+        let (open, closed_equity, total_risk, margin_used): (i64, String, String, String) =
+            sqlx::query_as(
+                "SELECT (SELECT COUNT(*) FROM positions WHERE status = 'open'), \
+                 COALESCE(p.closed_equity, 0)::text, COALESCE(p.total_risk, 0)::text, COALESCE(p.margin_used, 0)::text \
+                 FROM (SELECT 1) AS one LEFT JOIN portfolio_state p ON p.id = 1",
+            )
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify_pg)?;
         // The fencing check: the row lock holds off a new leader until this write commits,
         // and a token older than the row's writes nothing.
         let current: Option<(i64,)> =
@@ -580,11 +737,13 @@ impl Store for PgStore {
         sqlx::query(
             "INSERT INTO statistics (taken_at, instance_id, open_positions, closed_equity, total_risk, \
              margin_used, fencing_token) \
-             SELECT clock_timestamp(), $1, (SELECT COUNT(*) FROM positions WHERE status = 'open'), \
-                    COALESCE(p.closed_equity, 0), COALESCE(p.total_risk, 0), COALESCE(p.margin_used, 0), $2 \
-             FROM (SELECT 1) AS one LEFT JOIN portfolio_state p ON p.id = 1",
+             VALUES (clock_timestamp(), $1, $2, $3::numeric, $4::numeric, $5::numeric, $6)",
         )
         .bind(fence.instance_id)
+        .bind(open)
+        .bind(closed_equity)
+        .bind(total_risk)
+        .bind(margin_used)
         .bind(fence.fencing_token)
         .execute(&mut *tx)
         .await
@@ -602,7 +761,7 @@ impl Store for PgStore {
     }
 
     async fn close(&self) {
-        self.pool.close().await;
+        tokio::join!(self.pool.close(), self.signals.close());
     }
 }
 

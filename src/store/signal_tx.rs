@@ -15,6 +15,12 @@ pub(super) trait SignalTx: Sized {
     /// Inserts the fingerprint's row in the signal log as `applied`, or nothing when the
     /// fingerprint is already there (a concurrent claim of it waits for the first).
     async fn claim(&mut self, claim: &SignalClaim<'_>) -> Result<u64, StoreError>;
+    /// Takes over the fingerprint's row when it waits as `queued`: marks it `applied` by
+    /// this transaction.
+    async fn take_over_queued(&mut self, claim: &SignalClaim<'_>) -> Result<u64, StoreError>;
+    /// Whether an alert of `instrument` older than this one (by alert time, then
+    /// fingerprint) waits as `queued`.
+    async fn older_queued(&mut self, claim: &SignalClaim<'_>) -> Result<bool, StoreError>;
     /// The alert time (RFC 3339 text) of the last signal applied on `instrument`.
     async fn last_applied_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError>;
     /// Creates the portfolio row if the database has none yet, so that the version check
@@ -36,12 +42,12 @@ pub(super) trait SignalTx: Sized {
     async fn upsert_pyramiding(&mut self, pyramiding: &Pyramiding) -> Result<u64, StoreError>;
     /// Deletes the instrument's pyramiding row.
     async fn delete_pyramiding(&mut self, instrument: &str) -> Result<u64, StoreError>;
-    /// Records a refusal as the fingerprint's outcome, with its reason.
-    async fn record_refusal(
+    /// Sets the fingerprint's outcome (a refusal's, or `queued`), with its reason.
+    async fn set_outcome(
         &mut self,
         fingerprint: &str,
         status: &str,
-        reason: &str,
+        reason: Option<&str>,
     ) -> Result<u64, StoreError>;
     /// Commits.
     async fn commit(self) -> Result<(), StoreError>;
@@ -49,9 +55,11 @@ pub(super) trait SignalTx: Sized {
     async fn rollback(self) -> Result<(), StoreError>;
 }
 
-/// Runs one signal in `tx`: claims its fingerprint, reads the book, and writes what `decide`
-/// returns: the plan's changes, or the refusal as the fingerprint's outcome. Either every
-/// write commits or none does; a count that is not what the plan expects rolls back.
+/// Runs one signal in `tx`: claims its fingerprint (or takes over its `queued` row), waits as
+/// `queued` behind an older queued alert of its instrument, else reads the book and writes
+/// what `decide` returns: the plan's changes, or the refusal as the fingerprint's outcome.
+/// Either every write commits or none does; a count that is not what the plan expects
+/// rolls back.
 pub(super) async fn apply<T, F>(
     mut tx: T,
     claim: &SignalClaim<'_>,
@@ -62,9 +70,14 @@ where
     F: FnOnce(&Book) -> Result<Plan, Refusal>,
 {
     let signal = claim.signal;
-    if tx.claim(claim).await? == 0 {
+    if tx.claim(claim).await? == 0 && tx.take_over_queued(claim).await? == 0 {
         tx.rollback().await?;
         return Ok(Applied::Duplicate);
+    }
+    // Alerts of one instrument are applied in alert order: an older one waiting goes first.
+    if tx.older_queued(claim).await? {
+        let queued = tx.set_outcome(claim.fingerprint, QUEUED, None).await?;
+        return finish(tx, queued, "the queued alert", Applied::Queued).await;
     }
     let last_applied_at = match tx.last_applied_at(&signal.instrument).await? {
         None => None,
@@ -84,7 +97,7 @@ where
         Err(refusal) => {
             let reason = refusal.to_string();
             let recorded = tx
-                .record_refusal(claim.fingerprint, refusal.status(), &reason)
+                .set_outcome(claim.fingerprint, refusal.status(), Some(&reason))
                 .await?;
             return finish(
                 tx,
@@ -141,6 +154,25 @@ async fn finish<T: SignalTx>(
 async fn conflict<T: SignalTx>(tx: T, why: &str) -> Result<Applied, ApplyError> {
     tx.rollback().await?;
     Err(ApplyError::Store(StoreError::Conflict(why.to_string())))
+}
+
+/// The signal log's status of an alert that waits to be applied.
+pub(super) const QUEUED: &str = "queued";
+
+/// Sets an outcome (same text for both backends).
+pub(super) const SET_OUTCOME_SQL: &str =
+    "UPDATE signal_log SET status = $2, reason = $3 WHERE fingerprint = $1";
+
+/// The oldest queued alert of each instrument, oldest first, at most `$1`. `text` gives the
+/// backend's text form of a time column. A queued row's `processed_at` is when it was queued.
+pub(super) fn queued_heads_sql(text: fn(&str) -> String) -> sqlx::AssertSqlSafe<String> {
+    let (received_at, queued_at) = (text("s.received_at"), text("s.processed_at"));
+    sqlx::AssertSqlSafe(format!(
+        "SELECT s.fingerprint, s.payload, {received_at} AS received_at, {queued_at} AS queued_at FROM signal_log s \
+         WHERE s.status = 'queued' AND NOT EXISTS (SELECT 1 FROM signal_log o WHERE o.status = 'queued' \
+         AND o.instrument = s.instrument AND (o.alert_at < s.alert_at OR (o.alert_at = s.alert_at AND o.fingerprint < s.fingerprint))) \
+         ORDER BY s.alert_at, s.fingerprint LIMIT $1"
+    ))
 }
 
 /// The alert time as both backends store it.

@@ -3,8 +3,8 @@
 use super::signal_tx::{self, SignalTx};
 use super::{
     classify, timestamp_text, Access, Applied, ApplyError, InstanceRecord, InstanceRow,
-    PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, SignalClaim, SignalOutcome, StateWrite,
-    Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
+    PortfolioRow, PositionRow, PyramidingRow, QueuedRow, RecoveryRows, SignalClaim, SignalOutcome,
+    StateWrite, Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
 use super::{fenced, lease_ms, Fence};
 use crate::domain::{Portfolio, Position, Pyramiding};
@@ -221,13 +221,80 @@ impl Store for SqliteStore {
     }
 
     async fn signal_claimed(&self, fingerprint: &str) -> Result<bool, StoreError> {
-        let found: Option<(i64,)> =
-            sqlx::query_as("SELECT 1 FROM signal_log WHERE fingerprint = ?1")
-                .bind(fingerprint)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(classify_sqlite)?;
+        let found: Option<(i64,)> = sqlx::query_as(
+            "SELECT 1 FROM signal_log WHERE fingerprint = ?1 AND status <> 'queued'",
+        )
+        .bind(fingerprint)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(classify_sqlite)?;
         Ok(found.is_some())
+    }
+
+    async fn queue_signals(&self, claims: &[SignalClaim<'_>]) -> Result<usize, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(classify_sqlite)?;
+        let mut new = 0;
+        for claim in claims {
+            let signal = claim.signal;
+            new += sqlx::query(
+                "INSERT INTO signal_log (fingerprint, signal_type, instrument, payload, status, received_at, instance_id, alert_at, \
+                 processed_at) VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $8) ON CONFLICT (fingerprint) DO NOTHING",
+            )
+            .bind(claim.fingerprint)
+            .bind(signal.kind.as_str())
+            .bind(&signal.instrument)
+            .bind(signal.payload())
+            .bind(timestamp_text(claim.received_at))
+            .bind(claim.instance_id)
+            .bind(signal_tx::alert_at(claim))
+            .bind(timestamp_text(Utc::now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(classify_sqlite)?;
+        Ok(usize::try_from(new).unwrap_or(usize::MAX))
+    }
+
+    async fn queued_heads(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
+        sqlx::query_as::<_, QueuedRow>(signal_tx::queued_heads_sql(str::to_string))
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify_sqlite)
+    }
+
+    async fn record_journal_backlog(
+        &self,
+        instance_id: &str,
+        pending: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE instance_metadata SET journal_pending = $2, last_heartbeat = $3 WHERE instance_id = $1")
+            .bind(instance_id)
+            .bind(pending)
+            .bind(timestamp_text(Utc::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(classify_sqlite)?;
+        Ok(())
+    }
+
+    async fn journal_backlog_elsewhere(
+        &self,
+        instance_id: &str,
+        fresh_since: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let (pending,): (i64,) = sqlx::query_as(
+            "SELECT COALESCE(SUM(journal_pending), 0) FROM instance_metadata \
+             WHERE instance_id <> $1 AND last_heartbeat > $2",
+        )
+        .bind(instance_id)
+        .bind(timestamp_text(fresh_since))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(classify_sqlite)?;
+        Ok(pending)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -607,14 +674,41 @@ impl SignalTx for SqliteSignalTx<'_> {
             .await
     }
 
-    async fn record_refusal(
+    async fn take_over_queued(&mut self, claim: &SignalClaim<'_>) -> Result<u64, StoreError> {
+        self.run(
+            sqlx::query(
+                "UPDATE signal_log SET status = 'applied', processed_at = $2, instance_id = $3 \
+                 WHERE fingerprint = $1 AND status = 'queued'",
+            )
+            .bind(claim.fingerprint)
+            .bind(timestamp_text(Utc::now()))
+            .bind(claim.instance_id),
+        )
+        .await
+    }
+
+    async fn older_queued(&mut self, claim: &SignalClaim<'_>) -> Result<bool, StoreError> {
+        let (older,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM signal_log WHERE instrument = $1 AND status = 'queued' \
+             AND (alert_at < $2 OR (alert_at = $2 AND fingerprint < $3))",
+        )
+        .bind(&claim.signal.instrument)
+        .bind(signal_tx::alert_at(claim))
+        .bind(claim.fingerprint)
+        .fetch_one(&mut *self.tx)
+        .await
+        .map_err(classify_sqlite)?;
+        Ok(older > 0)
+    }
+
+    async fn set_outcome(
         &mut self,
         fingerprint: &str,
         status: &str,
-        reason: &str,
+        reason: Option<&str>,
     ) -> Result<u64, StoreError> {
         self.run(
-            sqlx::query("UPDATE signal_log SET status = ?2, reason = ?3 WHERE fingerprint = ?1")
+            sqlx::query(signal_tx::SET_OUTCOME_SQL)
                 .bind(fingerprint)
                 .bind(status)
                 .bind(reason),

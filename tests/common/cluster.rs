@@ -196,11 +196,16 @@ impl Instance {
 
     /// Sends SIGTERM, as a supervisor stopping the service does.
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the signal `name` (`STOP`, `CONT`, `TERM`) to the process.
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status()
             .unwrap();
-        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+        assert!(status.success(), "kill -{name} {} failed", self.child.id());
     }
 
     /// Waits for the process to end by itself; its exit code.
@@ -299,6 +304,11 @@ impl Cluster {
     /// Starts instance `id` on a port the system picks, and waits until it listens (not
     /// until it is ready). A restarted instance appends to the same log.
     pub async fn spawn(&self, id: &str) -> Instance {
+        self.spawn_with(id, &[]).await
+    }
+
+    /// [`Cluster::spawn`], with `env` set for the process (a failpoint, say).
+    pub async fn spawn_with(&self, id: &str, env: &[(&str, &str)]) -> Instance {
         let log = self.dir.join(format!("{id}.log"));
         let earlier = std::fs::metadata(&log).map_or(0, |meta| meta.len());
         let file = std::fs::OpenOptions::new()
@@ -322,6 +332,10 @@ impl Cluster {
         ]);
         if self.use_redis {
             command.args(["--redis-url", &self.redis.url()]);
+        }
+        command.env_remove("VIGIL_FAILPOINT");
+        for (name, value) in env {
+            command.env(name, value);
         }
         let child = command
             .current_dir(&self.dir)

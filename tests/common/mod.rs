@@ -103,6 +103,7 @@ pub async fn execute(admin: &str, sql: String) {
     pool.close().await;
 }
 pub mod cluster;
+pub mod tradingview;
 
 /// Journals made by [`intake`] in this process, so each gets its own file.
 static JOURNALS: AtomicUsize = AtomicUsize::new(0);
