@@ -10,6 +10,7 @@ pub mod domain;
 pub mod driver;
 pub mod dry_run;
 pub mod executor;
+pub mod failpoint;
 pub mod http;
 pub mod intake;
 pub mod logging;

@@ -930,3 +930,44 @@ async fn brute_force_is_slowed_then_refused_but_never_for_tradingview() {
     assert_eq!(counts(&store).await, (1, 0));
     store.close().await;
 }
+
+/// Alerts of one instrument apply in alert order: one older than the latest recorded there
+/// (applied or refused) is recorded `superseded` and trades nothing. An entry resent after
+/// its own exit opens nothing.
+#[tokio::test]
+async fn an_alert_older_than_the_latest_on_its_instrument_is_superseded() {
+    keep_call_sites_interesting();
+    /// (signal, price, time tag, HTTP status, the answer's status)
+    type Alert<'a> = (&'a str, &'a str, &'a str, u16, &'a str);
+    // (what, alerts in arrival order, open and closed positions after)
+    #[rustfmt::skip]
+    let cases: &[(&str, &[Alert], (i64, i64))] = &[
+        ("an entry resent after its own exit", &[
+            ("EXIT", "22100", "09:16:00", 422, ""),
+            ("BASE_ENTRY", "22000", "09:15:00", 200, "superseded"),
+        ], (0, 0)),
+        ("a pyramid that arrives after the exit", &[
+            ("BASE_ENTRY", "22000", "09:15:00", 200, "applied"),
+            ("EXIT", "22100", "09:17:00", 200, "applied"),
+            ("PYRAMID", "22050", "09:16:00", 200, "superseded"),
+        ], (0, 1)),
+        ("the same second is not older", &[
+            ("BASE_ENTRY", "22000", "09:15:00", 200, "applied"),
+            ("PYRAMID", "22050", "09:15:00", 200, "applied"),
+        ], (2, 0)),
+    ];
+    for (what, alerts, expected) in cases {
+        let store = sqlite_store().await;
+        let (api, _) = service(&store, "active", SignalSet::ALL);
+        for (kind, price, time, status, outcome) in *alerts {
+            let body = signal(kind, "NIFTY", price, "21900", "1", time);
+            let (got, _, json) = send(&api.webhook, "POST", "/webhook", body).await;
+            assert_eq!(got.as_u16(), *status, "{what}: {kind} {time}: {json}");
+            if *status == 200 {
+                assert_eq!(json["status"], *outcome, "{what}: {kind} {time}: {json}");
+            }
+        }
+        assert_eq!(counts(&store).await, *expected, "{what}");
+        store.close().await;
+    }
+}

@@ -1,7 +1,8 @@
 //! Durable intake against real `vigil run` processes, with a sender that keeps TradingView's
 //! delivery contract exactly (one send, at most 3 resends 5 s apart on a 5xx, cancelled at
 //! 3 s, a 4xx never resent): a database refusing connections for a minute under load over two
-//! instances, and `kill -9` at every await point of the alert's path.
+//! instances, `kill -9` at every await point of the alert's path, an instance paused inside
+//! a signal transaction, and Redis killed, flushed and restarted under load.
 //!
 //! `VIGIL_CRASH_RUNS` sets the kills per await point (10 by default).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -257,6 +258,7 @@ async fn a_database_refusing_connections_for_a_minute_loses_no_alert() {
 const AWAIT_POINTS: &[(&str, bool, usize)] = &[
     ("after_redis_claim", false, ALERTS_PER_RUN),
     ("after_broker", false, ALERTS_PER_RUN),
+    ("inside_transaction", false, ALERTS_PER_RUN),
     ("after_commit", false, ALERTS_PER_RUN),
     ("journal_append", true, ALERTS_PER_RUN),
     // The journal moves into the signal log in one batch.
@@ -374,4 +376,198 @@ async fn kill_9_at_every_await_point_loses_and_doubles_nothing() {
         clean(&cluster.dir);
     }
     println!("{}", report.join("\n"));
+}
+
+/// Sends `alerts_per_instrument` cycle alerts per instrument over `instruments`, spread over
+/// `urls`, as TradingView would, [`ALERT_PAUSE`] apart per instrument, calling `during`
+/// once the load runs; the deliveries, and how many each instrument sent.
+async fn load_with<F>(
+    urls: &[String],
+    instruments: usize,
+    alerts_per_instrument: usize,
+    during: F,
+) -> (Vec<Delivery>, Vec<usize>)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let senders: Vec<_> = (0..instruments)
+        .map(|slot| {
+            let urls = urls.to_vec();
+            tokio::spawn(async move {
+                let client = tradingview::client();
+                let mut deliveries = Vec::new();
+                for step in 0..alerts_per_instrument {
+                    let url = &urls[(slot + step) % urls.len()];
+                    deliveries
+                        .push(tradingview::deliver(&client, url, &cycle_alert(slot, step)).await);
+                    tokio::time::sleep(ALERT_PAUSE).await;
+                }
+                deliveries
+            })
+        })
+        .collect();
+    during.await;
+    let mut deliveries = Vec::new();
+    let mut steps = Vec::new();
+    for sender in senders {
+        let sent = sender.await.unwrap();
+        steps.push(sent.len());
+        deliveries.extend(sent);
+    }
+    (deliveries, steps)
+}
+
+/// Every delivery acknowledged, every alert applied once, each instrument where its cycle
+/// ended, and recovery clean.
+async fn assert_all_applied_once(
+    what: &str,
+    cluster: &Cluster,
+    deliveries: &[Delivery],
+    steps: &[usize],
+    instances: &[&Instance],
+) {
+    let unacknowledged: Vec<&Delivery> = deliveries.iter().filter(|d| !d.acknowledged()).collect();
+    assert!(
+        unacknowledged.is_empty(),
+        "{what}: not acknowledged: {unacknowledged:?}"
+    );
+    wait_settled(&cluster.database_url, instances).await;
+    let log = signal_log(&cluster.database_url).await;
+    assert_eq!(
+        log.len(),
+        deliveries.len(),
+        "{what}: one signal log row per alert"
+    );
+    let not_applied: Vec<_> = log
+        .iter()
+        .filter(|(_, status, _)| status != "applied")
+        .collect();
+    assert!(not_applied.is_empty(), "{what}: {not_applied:?}");
+    let expected: Vec<(String, i64)> = steps
+        .iter()
+        .enumerate()
+        .filter_map(|(slot, &sent)| {
+            let open = [0, 1, 2][sent % 3];
+            (open > 0).then(|| (instrument(slot), open))
+        })
+        .collect();
+    assert_eq!(
+        open_positions(&cluster.database_url).await,
+        expected,
+        "{what}"
+    );
+    let check = recover_check(cluster);
+    assert_eq!(check["state"], "active", "{what}: {check}");
+}
+
+/// How long the paused instance stays stopped.
+const PAUSE: Duration = Duration::from_secs(20);
+
+/// A paused instance holds a signal transaction's locks only until the server's
+/// idle-in-transaction bound cuts it off: the other instance keeps answering 2xx and applies
+/// every alert it takes while the first is still stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_paused_inside_a_transaction_holds_up_nobody() {
+    let Some(admin) = postgres_admin_url("an_instance_paused_inside_a_transaction_holds_up_nobody")
+    else {
+        return;
+    };
+    let database = ScratchDatabase::create(&admin, "intake_pause").await;
+    let cluster = Cluster::new("intake-pause", &database.url).await;
+    let paused = cluster
+        .spawn_with("pause-1", &[("VIGIL_FAILPOINT", "inside_transaction")])
+        .await;
+    common::cluster::wait_ready(&paused).await;
+    let healthy = cluster.start("pause-2").await;
+    // The first alert stops inside its transaction, holding the portfolio row; then the
+    // whole process stops.
+    let client = tradingview::client();
+    let held = {
+        let (client, url) = (client.clone(), format!("{}/webhook", paused.url));
+        tokio::spawn(async move { tradingview::deliver(&client, &url, &cycle_alert(59, 0)).await })
+    };
+    let deadline = tokio::time::Instant::now() + FAILPOINT_TIMEOUT;
+    while !paused
+        .log_text()
+        .contains("failpoint inside_transaction reached")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{}",
+            paused.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    paused.signal("STOP");
+    let started = tokio::time::Instant::now();
+    let urls = vec![format!("{}/webhook", healthy.url)];
+    let (deliveries, steps) = load_with(&urls, LOAD_INSTRUMENTS, 9, async {}).await;
+    let unacknowledged = deliveries.iter().filter(|d| !d.acknowledged()).count();
+    assert_eq!(unacknowledged, 0, "{deliveries:?}");
+    // Applied while the first instance is still stopped.
+    wait_settled(&database.url, &[&healthy]).await;
+    let settled_after = started.elapsed();
+    assert!(
+        settled_after < PAUSE,
+        "the healthy instance settled its alerts only after {settled_after:?}"
+    );
+    let log = signal_log(&database.url).await;
+    let applied = log
+        .iter()
+        .filter(|(_, status, _)| status == "applied")
+        .count();
+    assert_eq!(applied, deliveries.len(), "{log:?}\n{}", healthy.log_text());
+    tokio::time::sleep(PAUSE.saturating_sub(started.elapsed())).await;
+    paused.signal("CONT");
+    // TradingView gave up on the held alert at 3 s, while the instance was stopped; had it
+    // been acknowledged, it would have to be applied.
+    let held = held.await.unwrap();
+    assert!(!held.acknowledged(), "{held:?}");
+    let _ = steps;
+    let all = deliveries;
+    println!(
+        "{} alerts on the healthy instance while the other was stopped inside a transaction: all acknowledged and applied within {settled_after:?}",
+        all.len()
+    );
+    drop(paused);
+    drop(healthy);
+    database.drop_now().await;
+    clean(&cluster.dir);
+}
+
+/// Redis flushed, killed and restarted under load over two instances: every alert is
+/// acknowledged and applied once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_killed_flushed_and_restarted_under_load_loses_nothing() {
+    let Some(admin) =
+        postgres_admin_url("redis_killed_flushed_and_restarted_under_load_loses_nothing")
+    else {
+        return;
+    };
+    let database = ScratchDatabase::create(&admin, "intake_redis").await;
+    let mut cluster = Cluster::new("intake-redis", &database.url).await;
+    let instances = cluster.start_all(2).await;
+    let urls: Vec<String> = instances
+        .iter()
+        .map(|instance| format!("{}/webhook", instance.url))
+        .collect();
+    let redis = &mut cluster.redis;
+    let (deliveries, steps) = load_with(&urls, LOAD_INSTRUMENTS, 30, async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        redis.command(&["FLUSHALL"]).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        redis.stop();
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        redis.resume().await;
+    })
+    .await;
+    let refs: Vec<&Instance> = instances.iter().collect();
+    assert_all_applied_once("redis", &cluster, &deliveries, &steps, &refs).await;
+    println!(
+        "{} alerts over two instances with Redis flushed, killed and restarted: all acknowledged and applied once",
+        deliveries.len()
+    );
+    drop(instances);
+    database.drop_now().await;
+    clean(&cluster.dir);
 }

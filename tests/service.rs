@@ -418,3 +418,94 @@ async fn status_queries_are_out_of_the_public_listeners_reach() {
     drop(instance);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A journal written by the library as `vigil run` would have left it, holding one
+/// BASE_ENTRY per instrument named; the encoded length of each record, in order.
+fn write_journal(dir: &Path, instruments: &[&str]) -> Vec<usize> {
+    use vigil::intake::journal::{Journal, Mode};
+    let opened = Journal::open(&dir.join("vigil-e2e.journal"), Mode::ReadWrite).unwrap();
+    let mut lengths = Vec::new();
+    for (n, instrument) in instruments.iter().enumerate() {
+        let body = signal("BASE_ENTRY", "22000", "21900", &format!("09:{:02}", 15 + n))
+            .replace("NIFTY", instrument);
+        let signal = vigil::trading::parse(body.as_bytes()).unwrap().signal;
+        let alert = vigil::intake::QueuedAlert {
+            fingerprint: signal.fingerprint(),
+            signal,
+            received_at: chrono::Utc::now(),
+        };
+        let before = opened.journal.bytes();
+        opened
+            .journal
+            .append(&serde_json::to_vec(&alert).unwrap())
+            .unwrap();
+        lengths.push(usize::try_from(opened.journal.bytes() - before).unwrap());
+    }
+    lengths
+}
+
+/// A journal whose last record was torn by a crash (never acknowledged) gives up that record
+/// and keeps the others, which are applied; one with a flipped byte in a record that others
+/// follow is damaged acknowledged data: recovery reports it as corrupt, and the built-in
+/// policy halts with exit code 1, leaving the file as it was.
+#[tokio::test]
+async fn a_torn_journal_recovers_its_good_records_and_a_damaged_one_halts() {
+    // Torn: the third record lost its last 10 bytes.
+    let dir = scratch("torn-journal");
+    let lengths = write_journal(&dir, &["NIFTY", "BANKNIFTY", "NIFTY"]);
+    let path = dir.join("vigil-e2e.journal");
+    let total: usize = lengths.iter().sum();
+    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    file.set_len(u64::try_from(total - 10).unwrap()).unwrap();
+    drop(file);
+    let instance = Instance::start(&dir, Ports::free()).await;
+    let mut page = instance.get("/status").await;
+    for _ in 0..READY_POLLS {
+        if page["open_positions"] == 2 && page["journal"]["pending"] == 0 {
+            break;
+        }
+        tokio::time::sleep(READY_POLL_INTERVAL).await;
+        page = instance.get("/status").await;
+    }
+    assert_eq!(page["open_positions"], 2, "{page}");
+    assert_eq!(page["journal"]["pending"], 0, "{page}");
+    drop(instance);
+    let log = std::fs::read_to_string(dir.join("vigil.log")).unwrap();
+    assert!(log.contains("ended in a torn record of"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // Damaged: a byte of the second record's payload flipped.
+    let dir = scratch("damaged-journal");
+    let lengths = write_journal(&dir, &["NIFTY", "BANKNIFTY", "NIFTY"]);
+    let path = dir.join("vigil-e2e.journal");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[lengths[0] + 8 + 9 + 5] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args([
+            "run",
+            "--listen",
+            "127.0.0.1:0",
+            "--operator-listen",
+            "127.0.0.1:0",
+            "--instance",
+            "vigil-e2e",
+        ])
+        .current_dir(&dir)
+        .env("VIGIL_WEBHOOK_PASSPHRASE", PASSPHRASE)
+        .env_remove("VIGIL_DATABASE_URL")
+        .env_remove("VIGIL_CONFIG")
+        .env_remove("VIGIL_POLICY")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{log}");
+    assert!(log.contains("intake journal readable"), "{log}");
+    assert!(log.contains("is damaged"), "{log}");
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bytes,
+        "the damaged journal was changed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -13,7 +13,6 @@
 //! (before the answer), `journal_append` (between the write and the answer), and on the
 //! drainer `after_drain_commit` (between the commit and the settle mark).
 
-pub mod failpoint;
 pub mod journal;
 
 use crate::broker::{Broker, Order};
@@ -374,7 +373,7 @@ impl Intake {
             .map_err(|error| NotDurable(format!("the alert cannot be encoded: {error}")))?;
         let append = tokio::task::spawn_blocking(move || {
             let appended = journal.append(&payload);
-            failpoint::hit("journal_append");
+            crate::failpoint::hit("journal_append");
             appended
         });
         let seq = match tokio::time::timeout(JOURNAL_APPEND_TIMEOUT, append).await {
@@ -438,7 +437,7 @@ impl Intake {
             Gate::Busy => return Err(NotNow::Busy),
             Gate::Proceed(ticket) => Some(ticket),
         };
-        failpoint::hit("after_redis_claim");
+        crate::failpoint::hit("after_redis_claim");
         let now = Utc::now();
         let max_age = self.ages.max_age(signal.kind);
         // A stale alert is recorded expired without an order.
@@ -461,7 +460,7 @@ impl Intake {
                 }
             }
         };
-        failpoint::hit("after_broker");
+        crate::failpoint::hit("after_broker");
         let claim = claim_of(alert, &self.shared.instance);
         let applying = store.apply_signal(&claim, |book| {
             decide(
@@ -485,7 +484,7 @@ impl Intake {
                 deadline.as_millis()
             )))),
         };
-        failpoint::hit("after_commit");
+        crate::failpoint::hit("after_commit");
         if let Some(ticket) = ticket {
             // Only a settled outcome is remembered by the fast layer; a queued one is not.
             ticket.settle(matches!(
@@ -643,7 +642,7 @@ impl Intake {
                 match outcome {
                     Ok(Answer::Queued) => {}
                     Ok(_) => {
-                        failpoint::hit("after_drain_commit");
+                        crate::failpoint::hit("after_drain_commit");
                         settled += 1;
                         progress = true;
                     }
@@ -698,7 +697,7 @@ impl Intake {
                 }
                 Err(_) => return false,
             }
-            failpoint::hit("after_journal_move");
+            crate::failpoint::hit("after_journal_move");
             for waiting in chunk {
                 self.settle(waiting).await;
             }

@@ -638,7 +638,7 @@ fn book_from_rows(
     Ok(Book {
         open,
         portfolio,
-        last_applied_at: None,
+        latest_recorded_at: None,
     })
 }
 

@@ -164,10 +164,10 @@ impl SignalTx for PgSignalTx {
         .await
     }
 
-    async fn last_applied_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError> {
+    async fn latest_recorded_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError> {
         let found: Option<(Option<String>,)> = sqlx::query_as(
             "SELECT to_char(max(alert_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
-             FROM signal_log WHERE instrument = $1 AND status = 'applied'",
+             FROM signal_log WHERE instrument = $1 AND status <> 'queued'",
         )
         .bind(instrument)
         .fetch_optional(&mut *self.0)

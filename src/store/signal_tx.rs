@@ -21,8 +21,9 @@ pub(super) trait SignalTx: Sized {
     /// Whether an alert of `instrument` older than this one (by alert time, then
     /// fingerprint) waits as `queued`.
     async fn older_queued(&mut self, claim: &SignalClaim<'_>) -> Result<bool, StoreError>;
-    /// The alert time (RFC 3339 text) of the last signal applied on `instrument`.
-    async fn last_applied_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError>;
+    /// The alert time (RFC 3339 text) of the latest signal recorded on `instrument`, queued
+    /// ones aside.
+    async fn latest_recorded_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError>;
     /// Creates the portfolio row if the database has none yet, so that the version check
     /// always has a row.
     async fn ensure_portfolio(&mut self) -> Result<(), StoreError>;
@@ -79,7 +80,7 @@ where
         let queued = tx.set_outcome(claim.fingerprint, QUEUED, None).await?;
         return finish(tx, queued, "the queued alert", Applied::Queued).await;
     }
-    let last_applied_at = match tx.last_applied_at(&signal.instrument).await? {
+    let latest_recorded_at = match tx.latest_recorded_at(&signal.instrument).await? {
         None => None,
         Some(text) => Some(text.parse::<DateTime<Utc>>().map_err(|error| {
             StoreError::Corrupt(format!(
@@ -88,10 +89,11 @@ where
             ))
         })?),
     };
+    crate::failpoint::hit("inside_transaction");
     tx.ensure_portfolio().await?;
     let (positions, portfolio) = tx.book_rows(&signal.instrument).await?;
     let mut book = book_from_rows(positions, portfolio)?;
-    book.last_applied_at = last_applied_at;
+    book.latest_recorded_at = latest_recorded_at;
     let plan = match decide(&book) {
         Ok(plan) => plan,
         Err(refusal) => {

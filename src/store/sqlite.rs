@@ -592,9 +592,9 @@ impl SignalTx for SqliteSignalTx<'_> {
         .await
     }
 
-    async fn last_applied_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError> {
+    async fn latest_recorded_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError> {
         let found: Option<(Option<String>,)> = sqlx::query_as(
-            "SELECT max(alert_at) FROM signal_log WHERE instrument = ?1 AND status = 'applied'",
+            "SELECT max(alert_at) FROM signal_log WHERE instrument = ?1 AND status <> 'queued'",
         )
         .bind(instrument)
         .fetch_optional(&mut *self.tx)

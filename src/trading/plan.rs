@@ -38,9 +38,10 @@ pub struct Book {
     pub open: Vec<Position>,
     /// The portfolio totals.
     pub portfolio: Portfolio,
-    /// The alert time of the last signal applied on the instrument: an older alert arrived
-    /// too late and is superseded.
-    pub last_applied_at: Option<DateTime<Utc>>,
+    /// The alert time of the latest signal recorded on the instrument (applied, rejected,
+    /// expired or superseded): an older alert arrived too late and is superseded, so that an
+    /// entry resent after its own exit opens nothing.
+    pub latest_recorded_at: Option<DateTime<Utc>>,
 }
 
 /// A position closed by an EXIT.
@@ -114,13 +115,13 @@ pub enum Refusal {
         /// The policy's bound for its kind, in whole seconds.
         max_age_s: u64,
     },
-    /// An alert with a later timestamp was already applied on its instrument.
+    /// An alert with a later timestamp was already recorded on its instrument.
     #[error(
-        "superseded: a later alert ({last_applied_at}) was already applied on this instrument"
+        "superseded: a later alert ({latest_recorded_at}) was already recorded on this instrument"
     )]
     Superseded {
         /// The alert time of that later alert, RFC 3339.
-        last_applied_at: String,
+        latest_recorded_at: String,
     },
 }
 
@@ -149,7 +150,7 @@ pub fn expired(
     })
 }
 
-/// Decides what `signal` does: superseded when a later alert was applied on its instrument,
+/// Decides what `signal` does: superseded when a later alert was recorded on its instrument,
 /// expired when it is older than `max_age` at `now`, else what [`plan`] says (a plan or a
 /// rejection).
 pub fn decide(
@@ -161,10 +162,10 @@ pub fn decide(
     max_age: std::time::Duration,
     book: &Book,
 ) -> Result<Plan, Refusal> {
-    if let Some(last) = book.last_applied_at {
+    if let Some(last) = book.latest_recorded_at {
         if signal.timestamp < last {
             return Err(Refusal::Superseded {
-                last_applied_at: last.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                latest_recorded_at: last.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
             });
         }
     }
@@ -379,7 +380,7 @@ mod tests {
     /// Applies `bodies` in order to an empty book, as the store would, and returns the book.
     fn run(bodies: &[&str]) -> Result<Book, Rejection> {
         let mut book = Book {
-            last_applied_at: None,
+            latest_recorded_at: None,
             open: Vec::new(),
             portfolio: Portfolio::fresh(Decimal::from(1_000_000)),
         };
@@ -518,7 +519,7 @@ mod tests {
             let book = Book {
                 open: Vec::new(),
                 portfolio: Portfolio::fresh(Decimal::from(1_000_000)),
-                last_applied_at: last.map(|t| t.parse().unwrap()),
+                latest_recorded_at: last.map(|t| t.parse().unwrap()),
             };
             let now = alert.timestamp + chrono::Duration::seconds(*age_s);
             let max_age = std::time::Duration::from_secs(*max_age_s);

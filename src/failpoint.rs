@@ -1,5 +1,5 @@
-//! Failpoints: named places on an alert's path where a test stops the real binary, to kill
-//! it there with SIGKILL. Compiled in only with the `failpoints` feature, which the tests
+//! Failpoints: named places on an alert's path (see [`crate::intake`]) where a test stops
+//! the real binary, to kill it there with SIGKILL. Compiled in only with the `failpoints` feature, which the tests
 //! turn on; a release build has none.
 //!
 //! `VIGIL_FAILPOINT=NAME` (or `NAME:N`, the N-th time it is reached) makes the process
