@@ -1,5 +1,6 @@
 //! Property tests over every parser that reads what someone else wrote: webhook bodies, the
-//! fingerprint's canonical form, policy and deployment files, and the rows recovery decodes.
+//! fingerprint's canonical form, policy and deployment files, the rows recovery decodes, and
+//! the intake journal's records.
 //! None may panic, and every error names its field or its file:line:column.
 //!
 //! Each property runs 256 cases by default (the CI budget); `PROPTEST_CASES=N` runs more
@@ -12,6 +13,7 @@ use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::path::Path;
 use vigil::deployment::Deployment;
+use vigil::intake::journal;
 use vigil::diagnostic::Diagnostics;
 use vigil::policy::Policy;
 use vigil::store::{PortfolioRow, PositionRow, PyramidingRow, RecoveryRows};
@@ -173,6 +175,53 @@ proptest! {
         match receipt.failure() {
             None => prop_assert!(state.is_some()),
             Some(kind) => prop_assert!(kind.needs_recovery(), "{kind}"),
+        }
+    }
+
+    /// Any bytes decode as a journal without a panic: a corruption names a byte offset inside
+    /// the file, and whole valid records never extend past it.
+    #[test]
+    fn journal_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+        match journal::decode(&bytes) {
+            Ok(scan) => prop_assert!(scan.valid_bytes + scan.torn_tail_bytes == bytes.len() as u64),
+            Err(corrupt) => {
+                prop_assert!(corrupt.offset < bytes.len() as u64, "{corrupt}");
+                prop_assert!(!corrupt.reason.is_empty());
+            }
+        }
+    }
+
+    /// Valid records with damage: cut anywhere, the records before the cut survive; a flipped
+    /// byte never yields a record that was not written: what decodes is a prefix of what was
+    /// written (a damaged length near the end can look torn), or a corruption at a record's
+    /// offset.
+    #[test]
+    fn journals_cut_or_flipped_keep_what_is_before_the_damage(
+        payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..5),
+        cut in any::<prop::sample::Index>(),
+        flip in any::<prop::sample::Index>(),
+    ) {
+        let records: Vec<journal::Record> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(n, payload)| journal::Record::Appended { seq: n as u64 + 1, payload })
+            .collect();
+        let encoded: Vec<Vec<u8>> = records.iter().map(journal::encode).collect();
+        let bytes: Vec<u8> = encoded.concat();
+        let mut starts = vec![0usize];
+        for record in &encoded {
+            starts.push(starts.last().copied().unwrap_or(0) + record.len());
+        }
+        let cut_at = cut.index(bytes.len() + 1);
+        let scan = journal::decode(&bytes[..cut_at]).unwrap();
+        let whole = starts.iter().skip(1).filter(|&&end| end <= cut_at).count();
+        prop_assert_eq!(&scan.records[..], &records[..whole]);
+        let at = flip.index(bytes.len());
+        let mut flipped = bytes.clone();
+        flipped[at] ^= 0x01;
+        match journal::decode(&flipped) {
+            Ok(scan) => prop_assert_eq!(&scan.records[..], &records[..scan.records.len()]),
+            Err(corrupt) => prop_assert!(starts.contains(&(corrupt.offset as usize)), "{corrupt}"),
         }
     }
 }
