@@ -754,6 +754,17 @@ pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Res
             if views.is_empty() {
                 text.push_str("(no instance has started against this database)\n");
             }
+            // This host's journal of the instance, when it holds anything.
+            let path = settings.journal_path();
+            match journal::Journal::open(&path, journal::Mode::ReadOnly) {
+                Ok(opened) if opened.pending.is_empty() => {}
+                Ok(opened) => text.push_str(&format!(
+                    "journal {}: {} alerts not yet in the database; the instance moves them there once it runs and the database answers\n",
+                    path.display(),
+                    opened.pending.len()
+                )),
+                Err(error) => text.push_str(&format!("journal {}: {error}\n", path.display())),
+            }
             text
         }
     };
