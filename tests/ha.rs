@@ -441,8 +441,11 @@ async fn a_restarted_instance_recovers_while_the_others_serve() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
-    let listed: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
-    let summary: Vec<(String, String, bool, bool)> = listed
+    let status: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(status["journal"]["pending"], 0, "{status}");
+    let summary: Vec<(String, String, bool, bool)> = status["instances"]
+        .as_array()
+        .unwrap()
         .iter()
         .map(|row| {
             (

@@ -42,9 +42,25 @@
 //!    webhook uses, at the same concurrency, on another fresh database: the raw transaction
 //!    rate, which the unpaced HTTP throughput is printed as a percentage of.
 //!
+//! 4. on PostgreSQL only, the journaled run: starts another instance on another fresh
+//!    database, makes the database refuse connections (`ALLOW_CONNECTIONS false`, its
+//!    sessions ended) and waits for the instance to say `degraded`, sends the signals paced
+//!    at `--rate`, each to be answered 202 `queued` from the intake journal, and prints the
+//!    intake's p50, p99 and max; then lets the database back in, waits until no alert is
+//!    `queued` in the signal log, and prints the drain rate (alerts applied over the time
+//!    from the first to the last `processed_at`) as a percentage of the raw transaction
+//!    rate of step 3.
+//!
+//! Before the runs it appends the same alerts, as the intake journal keeps them, to a fresh
+//! journal file in the work directory, each fsynced, one after another: the raw append+fsync
+//! rate and latencies, printed next to the journaled intake. Every run's alerts carry
+//! timestamps from the moment it starts, so none is older than the policy's `[signals]`
+//! ages, and the paced runs name their slowest signals with the time they were sent.
+//!
 //! Base entries all finish before the first pyramid is sent, so no pyramid races its base.
-//! Every answer must be 200 `accepted`: the command prints what was not, with the service's
-//! warnings, and then fails. Each instance is stopped with SIGTERM (and killed if the command
+//! Every answer must be the one expected (200 `applied`, or 202 `queued` in the journaled
+//! run) and every journaled alert must end `applied`: the command prints what did not, with
+//! the service's warnings, and then fails. Each instance is stopped with SIGTERM (and killed if the command
 //! fails first); the temporary directory, with the service logs, is kept when anything failed.
 //!
 //! `vigil-bench ha` measures several instances of the real `vigil run` sharing one PostgreSQL
@@ -109,6 +125,8 @@ use vigil::domain::{Instrument, Portfolio, Position, PositionStatus, Pyramiding}
 use vigil::driver::virtual_time::run_script;
 use vigil::driver::{Driver, Input};
 use vigil::dry_run::{self, Format, Start};
+use vigil::intake::journal::{Journal, Mode as JournalMode};
+use vigil::intake::QueuedAlert;
 use vigil::logging::{self, VirtualTimer};
 use vigil::machines::failure::{self, FailureEvent, FailureResponse};
 use vigil::machines::lifecycle::{self, Lifecycle, LifecycleEvent, Reasons};
@@ -798,9 +816,9 @@ const BASE_PRICE: u32 = 1000;
 /// How far below the price every stop is.
 const STOP_DISTANCE: u32 = 10;
 
-/// The first signal's timestamp (2026-11-27T00:00:00Z); each later one is a second later,
-/// so that no two signals share a fingerprint.
-const LOAD_EPOCH_S: i64 = 1_795_680_000;
+/// How far apart the load signals' timestamps are, so that no two share a fingerprint. The
+/// first is the moment the run starts, so none is older than the policy's `[signals]` ages.
+const LOAD_SPACING_MS: i64 = 1;
 
 /// `GET /ready` attempts before the service counts as not starting.
 const READY_TRIES: u32 = 100;
@@ -815,6 +833,13 @@ const READY_REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 /// 503 itself after 2.5 s.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the journaled run waits, after the database returns, for every alert to be
+/// settled in the signal log.
+const SETTLE_WAIT: Duration = Duration::from_secs(120);
+
+/// Pause between the journaled run's reads of the signal log.
+const SETTLE_POLL: Duration = Duration::from_millis(200);
+
 /// Checks for the service's exit after SIGTERM before it is killed.
 const STOP_TRIES: u32 = 200;
 
@@ -826,6 +851,9 @@ const LOG_TAIL_LINES: usize = 20;
 
 /// Warning and error lines of the service log shown after each run.
 const LOG_FINDINGS_SHOWN: usize = 5;
+
+/// Signals listed as the slowest of a paced run.
+const SLOWEST_SHOWN: usize = 3;
 
 /// Characters of a refused answer's body shown.
 const ANSWER_SHOWN_CHARS: usize = 300;
@@ -843,13 +871,15 @@ struct Load {
     instruments: BTreeMap<String, Instrument>,
     /// Requests or transactions in flight at once.
     concurrency: usize,
+    /// What [`Load::new`] was given, so that [`Load::restamped`] can build it again.
+    sizes: (u32, u32, u32),
 }
 
 impl Load {
     /// `count` signals over `instruments` instruments (see [`load_signals`]), their webhook
     /// bodies, and the instruments' terms, sent `concurrency` at a time.
     fn new(count: u32, instruments: u32, concurrency: u32) -> anyhow::Result<Load> {
-        let signals = load_signals(count, instruments)?;
+        let signals = load_signals(count, instruments, Utc::now())?;
         let bodies = signals
             .iter()
             .map(webhook_body)
@@ -863,6 +893,7 @@ impl Load {
             point_value: Decimal::ONE,
             margin_per_lot: Decimal::from(1000),
         };
+        let sizes = (count, instruments, concurrency);
         let instruments = (0..instruments)
             .map(|slot| (instrument_name(slot), terms.clone()))
             .collect();
@@ -872,7 +903,15 @@ impl Load {
             bases,
             instruments,
             concurrency: usize::try_from(concurrency).context("--concurrency is too large")?,
+            sizes,
         })
+    }
+
+    /// The same load with timestamps starting now: every run sends alerts that are fresh
+    /// when it starts, however long the runs before it took.
+    fn restamped(&self) -> anyhow::Result<Load> {
+        let (count, instruments, concurrency) = self.sizes;
+        Load::new(count, instruments, concurrency)
     }
 }
 
@@ -1073,17 +1112,15 @@ fn instrument_name(slot: u32) -> String {
 }
 
 /// `count` signals over `instruments` instruments: a base entry on each first (at
-/// [`BASE_PRICE`]), then round after round of pyramids one point higher each round, every
-/// signal a second later than the one before.
-fn load_signals(count: u32, instruments: u32) -> anyhow::Result<Vec<Signal>> {
-    let epoch = DateTime::<Utc>::from_timestamp(LOAD_EPOCH_S, 0)
-        .context("the load signals' start time is out of range")?;
+/// [`BASE_PRICE`]), then round after round of pyramids one point higher each round, the
+/// first at `epoch` and every later one [`LOAD_SPACING_MS`] after the one before.
+fn load_signals(count: u32, instruments: u32, epoch: DateTime<Utc>) -> anyhow::Result<Vec<Signal>> {
     (0..count)
         .map(|index| {
             let round = index / instruments;
             let price = Decimal::from(BASE_PRICE) + Decimal::from(round);
             let timestamp = epoch
-                .checked_add_signed(TimeDelta::seconds(i64::from(index)))
+                .checked_add_signed(TimeDelta::milliseconds(i64::from(index) * LOAD_SPACING_MS))
                 .context("a load signal's timestamp is out of range")?;
             Ok(Signal {
                 kind: if round == 0 {
@@ -1097,6 +1134,7 @@ fn load_signals(count: u32, instruments: u32) -> anyhow::Result<Vec<Signal>> {
                 stop: Some(price - Decimal::from(STOP_DISTANCE)),
                 lots: Some(Decimal::ONE),
                 timestamp,
+                alert_id: None,
             })
         })
         .collect()
@@ -1152,18 +1190,32 @@ async fn load_backend(
         policy: None,
     };
 
+    let fsync = fsync_run(load, work).await?;
+    println!(
+        "{name:<8} raw journal append+fsync: {} records in {:.2}s = {:.0}/s, {}",
+        fsync.count,
+        fsync.elapsed.as_secs_f64(),
+        fsync.rate(),
+        fsync.latencies(),
+    );
+
     let paced_label = format!("paced {rate}/s");
     let paced = Database::scoped(backend, work, 1, async |database| {
         http_run(load, database, &launch, "paced", Some(rate), 1).await
     })
     .await?;
     println!(
-        "{name:<8} {paced_label}: {} signals in {:.2}s = {:.0} signals/s, {}, sent up to {:.1} ms behind schedule (target p99 < 10 ms)",
+        "{name:<8} {paced_label}: {} signals in {:.2}s = {:.0} signals/s, {}, sent up to {:.1} ms behind schedule",
         paced.stats.count,
         paced.stats.elapsed.as_secs_f64(),
         paced.stats.rate(),
         paced.stats.latencies(),
         millis(paced.stats.max_lag),
+    );
+    println!(
+        "{name:<8} {paced_label}: intake p99 {:.1} ms with the database up (target < 5 ms); slowest {}",
+        millis(paced.stats.percentile(99)),
+        paced.stats.slowest(),
     );
     paced.report(&format!("{name} {paced_label}"), problems);
 
@@ -1210,13 +1262,60 @@ async fn load_backend(
         );
         problems.push(format!("{name} raw transactions: not applied: {summary}"));
     }
+    if matches!(backend, Backend::Sqlite) {
+        println!("{name:<8} journaled: skipped (it needs a database whose connections can be refused: PostgreSQL)");
+        return Ok(());
+    }
+    let journaled = Database::scoped(backend, work, 4, async |database| {
+        journaled_run(load, database, &launch, rate).await
+    })
+    .await?;
+    let intake = &journaled.intake.stats;
+    println!(
+        "{name:<8} journaled {paced_label}, database refusing connections: {} alerts in {:.2}s, {}; intake p99 {:.1} ms (target < 5 ms) against raw append+fsync p99 {:.1} ms",
+        intake.count,
+        intake.elapsed.as_secs_f64(),
+        intake.latencies(),
+        millis(intake.percentile(99)),
+        millis(fsync.percentile(99)),
+    );
+    journaled
+        .intake
+        .report(&format!("{name} journaled {paced_label}"), problems);
+    let (applied, span) = journaled.applied;
+    let drain_rate = if span.is_zero() {
+        0.0
+    } else {
+        applied as f64 / span.as_secs_f64()
+    };
+    let drain_share = if raw.rate() > 0.0 {
+        format!("{:.0}%", drain_rate / raw.rate() * 100.0)
+    } else {
+        String::from("n/a")
+    };
+    println!(
+        "{name:<8} journaled drain: {applied} applied in {:.2}s = {drain_rate:.0}/s, all settled {:.2}s after the database returned; raw transactions {:.0}/s; the drain reaches {drain_share} (target >= 80%)",
+        span.as_secs_f64(),
+        journaled.settled_after.as_secs_f64(),
+        raw.rate(),
+    );
+    if !journaled.others.is_empty() {
+        let summary = journaled
+            .others
+            .iter()
+            .map(|(status, count)| format!("{status} x{count}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        println!("  not applied: {summary}");
+        problems.push(format!("{name} journaled drain: not applied: {summary}"));
+    }
     Ok(())
 }
 
 /// What became of one signal.
 #[derive(Debug)]
 enum Answer {
-    /// 200 `accepted`, or applied in-process.
+    /// The answer the run expected (200 `applied`, or 202 `queued`), or applied in-process.
     Accepted,
     /// Anything else: a category (`HTTP 503`, `rejected`, ...) and what was said.
     Refused {
@@ -1232,6 +1331,8 @@ enum Answer {
 struct Sample {
     answer: Answer,
     latency: Duration,
+    /// When it was sent (or, in-process, started).
+    started: Instant,
 }
 
 /// Figures of one run.
@@ -1247,11 +1348,26 @@ struct Stats {
     max_lag: Duration,
     /// Refusals per category: how many, and the first one's detail.
     refused: BTreeMap<String, (usize, String)>,
+    /// The [`SLOWEST_SHOWN`] slowest: index, when sent after the first, latency.
+    slowest: Vec<(usize, Duration, Duration)>,
 }
 
 impl Stats {
     fn new(samples: Vec<Sample>, elapsed: Duration, max_lag: Duration) -> Stats {
         let count = samples.len();
+        let first = samples.iter().map(|sample| sample.started).min();
+        let mut slowest: Vec<(usize, Duration, Duration)> = samples
+            .iter()
+            .enumerate()
+            .map(|(index, sample)| {
+                let after = first.map_or(Duration::ZERO, |first| {
+                    sample.started.saturating_duration_since(first)
+                });
+                (index, after, sample.latency)
+            })
+            .collect();
+        slowest.sort_unstable_by_key(|sample| std::cmp::Reverse(sample.2));
+        slowest.truncate(SLOWEST_SHOWN);
         let mut latencies = Vec::with_capacity(count);
         let mut refused: BTreeMap<String, (usize, String)> = BTreeMap::new();
         for sample in samples {
@@ -1267,7 +1383,23 @@ impl Stats {
             latencies,
             max_lag,
             refused,
+            slowest,
         }
+    }
+
+    /// `#957 at 19.14s: 34.6 ms, ...`: the slowest signals, when they were sent.
+    fn slowest(&self) -> String {
+        self.slowest
+            .iter()
+            .map(|(index, after, latency)| {
+                format!(
+                    "#{index} at {:.2}s: {:.1} ms",
+                    after.as_secs_f64(),
+                    millis(*latency)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Signals per second.
@@ -1374,6 +1506,7 @@ async fn http_run(
     if instances == 0 {
         bail!("an HTTP run needs at least one instance");
     }
+    let load = &load.restamped()?;
     let mut services = Vec::with_capacity(instances);
     for n in 1..=instances {
         let (instance, log) = if instances == 1 {
@@ -1395,13 +1528,7 @@ async fn http_run(
         service.wait_ready().await?;
     }
 
-    let client = reqwest::Client::builder()
-        .no_proxy()
-        .timeout(REQUEST_TIMEOUT)
-        .pool_max_idle_per_host(load.concurrency)
-        .tcp_nodelay(true)
-        .build()
-        .context("cannot build the HTTP client")?;
+    let client = webhook_client(load)?;
     let urls: Arc<Vec<String>> = Arc::new(
         services
             .iter()
@@ -1413,7 +1540,7 @@ async fn http_run(
         let client = client.clone();
         let url = urls.get(index % urls.len()).cloned().unwrap_or_default();
         let body = bodies.get(index).cloned().unwrap_or_default();
-        async move { post(&client, &url, body).await }
+        async move { post(&client, &url, body, Expect::Applied).await }
     })
     .await;
     let mut stop_problems = Vec::new();
@@ -1430,8 +1557,39 @@ async fn http_run(
     })
 }
 
-/// Sends one alert and reads the whole answer.
-async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Sample {
+/// The client that sends a run's alerts: up to `load.concurrency` connections kept open.
+fn webhook_client(load: &Load) -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REQUEST_TIMEOUT)
+        .pool_max_idle_per_host(load.concurrency)
+        .tcp_nodelay(true)
+        .build()
+        .context("cannot build the HTTP client")
+}
+
+/// The answer a run expects for every alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// 200 `applied`: the database took it within the request.
+    Applied,
+    /// 202 `queued`: recorded durably, to be applied later (the intake journal, while the
+    /// database is down).
+    Queued,
+}
+
+impl Expect {
+    /// The HTTP status and the body's `status` word of the expected answer.
+    fn answer(self) -> (reqwest::StatusCode, &'static str) {
+        match self {
+            Expect::Applied => (reqwest::StatusCode::OK, "applied"),
+            Expect::Queued => (reqwest::StatusCode::ACCEPTED, "queued"),
+        }
+    }
+}
+
+/// Sends one alert and reads the whole answer, which should be `expect`.
+async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>, expect: Expect) -> Sample {
     let started = Instant::now();
     let answer = async {
         let response = client
@@ -1448,25 +1606,24 @@ async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Sample {
     let latency = started.elapsed();
     let answer = match answer {
         Ok((status, bytes)) => {
-            let accepted = status == reqwest::StatusCode::OK
-                && serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|value| {
-                        value
-                            .get("status")
-                            .and_then(serde_json::Value::as_str)
-                            .map(|status| status == "applied")
-                    })
-                    .unwrap_or(false);
-            if accepted {
+            let (expected_status, expected_word) = expect.answer();
+            let word = serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|value| {
+                    value
+                        .get("status")
+                        .and_then(serde_json::Value::as_str)
+                        .map(str::to_owned)
+                });
+            if status == expected_status && word.as_deref() == Some(expected_word) {
                 Answer::Accepted
             } else {
                 Answer::Refused {
-                    category: if status == reqwest::StatusCode::OK {
-                        String::from("HTTP 200 not accepted")
-                    } else {
-                        format!("HTTP {}", status.as_u16())
-                    },
+                    category: format!(
+                        "HTTP {} {}",
+                        status.as_u16(),
+                        word.as_deref().unwrap_or("(no status)")
+                    ),
                     detail: shorten(&String::from_utf8_lossy(&bytes)),
                 }
             }
@@ -1476,7 +1633,11 @@ async fn post(client: &reqwest::Client, url: &str, body: Vec<u8>) -> Sample {
             detail: shorten(&error_chain(&error)),
         },
     };
-    Sample { answer, latency }
+    Sample {
+        answer,
+        latency,
+        started,
+    }
 }
 
 /// An error with its sources: `a: b: c`.
@@ -1503,6 +1664,7 @@ fn shorten(text: &str) -> String {
 
 /// Applies every signal in-process with the webhook's plan, at the load's concurrency.
 async fn raw_run(load: &Load, database: &Database) -> anyhow::Result<Stats> {
+    let load = &load.restamped()?;
     let store = AnyStore::connect(&database.url, Access::ReadWrite)
         .await
         .with_context(|| format!("cannot connect to {}", redact(&database.url)))?;
@@ -1524,6 +1686,209 @@ async fn raw_run(load: &Load, database: &Database) -> anyhow::Result<Stats> {
     outcome
 }
 
+/// Appends every load alert, encoded as the intake journal keeps it, to a fresh journal
+/// file in `dir` one after another, each fsynced: the raw rate the journal's disk allows.
+async fn fsync_run(load: &Load, dir: &Path) -> anyhow::Result<Stats> {
+    let load = load.restamped()?;
+    let path = dir.join("raw-fsync.journal");
+    let payloads = load
+        .signals
+        .iter()
+        .map(|signal| {
+            serde_json::to_vec(&QueuedAlert {
+                fingerprint: signal.fingerprint(),
+                signal: signal.clone(),
+                received_at: Utc::now(),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot encode a journal record")?;
+    tokio::task::spawn_blocking(move || {
+        let journal = Journal::open(&path, JournalMode::ReadWrite)
+            .with_context(|| format!("cannot open {}", path.display()))?
+            .journal;
+        let mut samples = Vec::with_capacity(payloads.len());
+        let started = Instant::now();
+        for payload in &payloads {
+            let appended = Instant::now();
+            let answer = match journal.append(payload) {
+                Ok(_) => Answer::Accepted,
+                Err(error) => Answer::Refused {
+                    category: String::from("append failed"),
+                    detail: shorten(&error.to_string()),
+                },
+            };
+            samples.push(Sample {
+                answer,
+                latency: appended.elapsed(),
+                started: appended,
+            });
+        }
+        let elapsed = started.elapsed();
+        drop(journal);
+        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        anyhow::Ok(Stats::new(samples, elapsed, Duration::ZERO))
+    })
+    .await
+    .context("the fsync run panicked")?
+}
+
+/// What the journaled run measured.
+#[derive(Debug)]
+struct JournaledRun {
+    /// Intake while the database refused connections: every answer should be 202 `queued`.
+    intake: HttpRun,
+    /// From the database's return to the last alert settled (out of `queued`).
+    settled_after: Duration,
+    /// How many were applied, and the time from the first apply to the last (the signal
+    /// log's `processed_at`): the drain itself.
+    applied: (i64, Duration),
+    /// Outcomes other than `applied`, with their counts.
+    others: Vec<(String, i64)>,
+}
+
+/// The journaled run on PostgreSQL: starts `vigil run` on `database`, makes the database
+/// refuse connections (and ends its sessions) and waits for the instance to be `degraded`;
+/// sends every alert paced at `rate`, each to be answered 202 `queued` from the intake
+/// journal; lets the database back in and waits until every alert is settled in the signal
+/// log, then reads how fast they were applied.
+async fn journaled_run(
+    load: &Load,
+    database: &Database,
+    launch: &Launch,
+    rate: u32,
+) -> anyhow::Result<JournaledRun> {
+    let load = &load.restamped()?;
+    let Some((admin, name)) = &database.drop else {
+        bail!("the journaled run needs PostgreSQL, whose connections can be refused");
+    };
+    let address = format!("127.0.0.1:{}", free_port()?);
+    let log = launch.work.join("journaled.log");
+    let mut service = Service::start(launch, &database.url, LOAD_INSTANCE, &address, &log)?;
+    service.wait_ready().await?;
+    let sent = async {
+        refuse_connections(admin, name, true).await?;
+        service.wait_state("degraded").await?;
+        let client = webhook_client(load)?;
+        let url = format!("{}/webhook", service.base);
+        let bodies = Arc::clone(&load.bodies);
+        let sent = drive(load, Some(rate), |index| {
+            let (client, url) = (client.clone(), url.clone());
+            let body = bodies.get(index).cloned().unwrap_or_default();
+            async move { post(&client, &url, body, Expect::Queued).await }
+        })
+        .await;
+        refuse_connections(admin, name, false).await?;
+        sent
+    }
+    .await;
+    let restored = Instant::now();
+    let settled = match &sent {
+        Ok(_) => wait_settled(&database.url, load.signals.len(), &service).await,
+        Err(_) => Ok(()),
+    };
+    let settled_after = restored.elapsed();
+    let stop_problems: Vec<String> = service.stop_problem().into_iter().collect();
+    let (samples, elapsed, max_lag) = sent?;
+    settled?;
+    let (applied, others) = drain_figures(&database.url).await?;
+    Ok(JournaledRun {
+        intake: HttpRun {
+            stats: Stats::new(samples, elapsed, max_lag),
+            logs: vec![(log.clone(), log_findings(&log))],
+            stop_problems,
+        },
+        settled_after,
+        applied,
+        others,
+    })
+}
+
+/// Makes the database `name` refuse new connections and ends its sessions (`refuse`), or
+/// lets connections in again.
+async fn refuse_connections(admin: &str, name: &str, refuse: bool) -> anyhow::Result<()> {
+    let pool = sqlx::PgPool::connect(admin)
+        .await
+        .with_context(|| format!("cannot connect to PostgreSQL at {}", redact(admin)))?;
+    let mut statements = vec![format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS {}",
+        !refuse
+    )];
+    if refuse {
+        statements.push(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+        ));
+    }
+    let mut outcome = Ok(());
+    for statement in statements {
+        if let Err(error) = sqlx::query(sqlx::AssertSqlSafe(statement.clone()))
+            .execute(&pool)
+            .await
+        {
+            outcome = Err(error).with_context(|| format!("{statement} failed"));
+            break;
+        }
+    }
+    pool.close().await;
+    outcome
+}
+
+/// Polls the signal log every [`SETTLE_POLL`] until `count` alerts are recorded and none is
+/// `queued`, for at most [`SETTLE_WAIT`].
+async fn wait_settled(url: &str, count: usize, service: &Service) -> anyhow::Result<()> {
+    let expected = i64::try_from(count).context("too many alerts")?;
+    let deadline = Instant::now() + SETTLE_WAIT;
+    let mut last = String::from("the database did not answer");
+    while Instant::now() < deadline {
+        if let Ok(pool) = sqlx::PgPool::connect(url).await {
+            let counted: Result<(i64, i64), _> = sqlx::query_as(
+                "SELECT COUNT(*), COUNT(*) FILTER (WHERE status = 'queued') FROM signal_log",
+            )
+            .fetch_one(&pool)
+            .await;
+            pool.close().await;
+            match counted {
+                Ok((recorded, 0)) if recorded == expected => return Ok(()),
+                Ok((recorded, queued)) => {
+                    last = format!("{recorded} of {expected} recorded, {queued} still queued");
+                }
+                Err(error) => last = error.to_string(),
+            }
+        }
+        tokio::time::sleep(SETTLE_POLL).await;
+    }
+    bail!(
+        "the alerts were not all settled {} s after the database returned ({last}); log tail:\n{}",
+        SETTLE_WAIT.as_secs(),
+        log_tail(&service.log)
+    )
+}
+
+/// How many alerts were applied and over how long (first to last `processed_at`), and the
+/// count of every other outcome.
+async fn drain_figures(url: &str) -> anyhow::Result<((i64, Duration), Vec<(String, i64)>)> {
+    let pool = sqlx::PgPool::connect(url)
+        .await
+        .context("cannot connect to the benchmark database")?;
+    let read = async {
+        let (applied, span): (i64, f64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(EXTRACT(EPOCH FROM MAX(processed_at) - MIN(processed_at)), 0)::float8 \
+             FROM signal_log WHERE status = 'applied'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        let others: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT status, COUNT(*) FROM signal_log WHERE status <> 'applied' GROUP BY status ORDER BY status",
+        )
+        .fetch_all(&pool)
+        .await?;
+        Ok::<_, sqlx::Error>(((applied, Duration::from_secs_f64(span.max(0.0))), others))
+    }
+    .await;
+    pool.close().await;
+    read.context("cannot read the signal log")
+}
+
 /// Claims and applies one signal as the webhook does, minus HTTP and the broker.
 async fn apply(
     store: &AnyStore,
@@ -1539,12 +1904,14 @@ async fn apply(
         return Sample {
             answer: refused("missing", String::from("no signal at this index")),
             latency: started.elapsed(),
+            started,
         };
     };
     let Some(instrument) = instruments.get(&signal.instrument) else {
         return Sample {
             answer: refused("unknown instrument", signal.instrument.clone()),
             latency: started.elapsed(),
+            started,
         };
     };
     let fingerprint = signal.fingerprint();
@@ -1571,6 +1938,7 @@ async fn apply(
     Sample {
         answer,
         latency: started.elapsed(),
+        started,
     }
 }
 
@@ -1719,6 +2087,26 @@ impl Service {
 
     /// Polls `GET /ready` until it answers 200, at most [`READY_TRIES`] times.
     async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        self.poll_ready("answer 200", |status, _| status == reqwest::StatusCode::OK)
+            .await
+    }
+
+    /// Polls `GET /ready` until its `state` is `state`, at most [`READY_TRIES`] times.
+    async fn wait_state(&mut self, state: &str) -> anyhow::Result<()> {
+        self.poll_ready(&format!("say {state}"), |_, body| {
+            body.get("state").and_then(serde_json::Value::as_str) == Some(state)
+        })
+        .await
+    }
+
+    /// Polls `GET /ready` every [`READY_INTERVAL`] until `done` holds for its status and
+    /// body, at most [`READY_TRIES`] times; fails early if the service exits. `wanted` says
+    /// what was waited for.
+    async fn poll_ready(
+        &mut self,
+        wanted: &str,
+        done: impl Fn(reqwest::StatusCode, &serde_json::Value) -> bool,
+    ) -> anyhow::Result<()> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(READY_REQUEST_TIMEOUT)
@@ -1733,20 +2121,31 @@ impl Service {
                 .context("cannot check on the service")?
             {
                 bail!(
-                    "{} exited with {status} before it was ready; log tail:\n{}",
+                    "{} exited with {status} while waiting for /ready to {wanted}; log tail:\n{}",
                     self.instance,
                     log_tail(&self.log)
                 );
             }
             match client.get(&url).send().await {
-                Ok(response) if response.status() == reqwest::StatusCode::OK => return Ok(()),
-                Ok(response) => last = format!("HTTP {}", response.status().as_u16()),
+                Ok(response) => {
+                    let status = response.status();
+                    let body = response
+                        .bytes()
+                        .await
+                        .ok()
+                        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+                        .unwrap_or(serde_json::Value::Null);
+                    if done(status, &body) {
+                        return Ok(());
+                    }
+                    last = format!("HTTP {}, state {}", status.as_u16(), body["state"]);
+                }
                 Err(error) => last = error_chain(&error),
             }
             tokio::time::sleep(READY_INTERVAL).await;
         }
         bail!(
-            "{url} ({}) did not answer 200 after {READY_TRIES} tries {} ms apart (last: {last}); log tail:\n{}",
+            "{url} ({}) did not {wanted} after {READY_TRIES} tries {} ms apart (last: {last}); log tail:\n{}",
             self.instance,
             READY_INTERVAL.as_millis(),
             log_tail(&self.log)

@@ -710,7 +710,20 @@ pub fn recover_check(
     Ok(Outcome::Exit(exit_code))
 }
 
-/// `vigil status`: the instances the database knows, with their last status and heartbeat.
+/// This host's intake journal of the instance, as `vigil status` shows it.
+#[derive(Debug, serde::Serialize)]
+struct HostJournal {
+    /// The journal file.
+    path: String,
+    /// Alerts recorded there and not yet moved into the database.
+    pending: usize,
+    /// Why it cannot be read (a damaged record), if it cannot.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    problem: Option<String>,
+}
+
+/// `vigil status`: the instances the database knows, with their last status and heartbeat,
+/// and this host's intake journal of the instance.
 pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Result<Outcome> {
     let Some(settings) = settings(args)? else {
         return Ok(Outcome::Invalid);
@@ -728,9 +741,24 @@ pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Res
         rows
     })?;
     let views = instance_views(rows, Utc::now(), settings.policy.ha.instance_stale_after);
+    // This host's journal of the instance.
+    let path = settings.journal_path();
+    let journal = match journal::Journal::open(&path, journal::Mode::ReadOnly) {
+        Ok(opened) => HostJournal {
+            path: path.display().to_string(),
+            pending: opened.pending.len(),
+            problem: None,
+        },
+        Err(error) => HostJournal {
+            path: path.display().to_string(),
+            pending: 0,
+            problem: Some(error.to_string()),
+        },
+    };
     let text = match format {
         crate::dry_run::Format::Json => {
-            serde_json::to_string_pretty(&views).context("cannot encode the instances")? + "\n"
+            let status = serde_json::json!({ "instances": views, "journal": journal });
+            serde_json::to_string_pretty(&status).context("cannot encode the instances")? + "\n"
         }
         crate::dry_run::Format::Text => {
             let mut text = format!(
@@ -754,16 +782,16 @@ pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Res
             if views.is_empty() {
                 text.push_str("(no instance has started against this database)\n");
             }
-            // This host's journal of the instance, when it holds anything.
-            let path = settings.journal_path();
-            match journal::Journal::open(&path, journal::Mode::ReadOnly) {
-                Ok(opened) if opened.pending.is_empty() => {}
-                Ok(opened) => text.push_str(&format!(
-                    "journal {}: {} alerts not yet in the database; the instance moves them there once it runs and the database answers\n",
-                    path.display(),
-                    opened.pending.len()
+            // The journal, when it holds anything.
+            match (&journal.problem, journal.pending) {
+                (Some(problem), _) => {
+                    text.push_str(&format!("journal {}: {problem}\n", journal.path));
+                }
+                (None, 0) => {}
+                (None, pending) => text.push_str(&format!(
+                    "journal {}: {pending} alerts not yet in the database; the instance moves them there once it runs and the database answers\n",
+                    journal.path,
                 )),
-                Err(error) => text.push_str(&format!("journal {}: {error}\n", path.display())),
             }
             text
         }

@@ -112,6 +112,7 @@ impl Database for StoreDatabase {
             if self.access == Access::ReadWrite && !self.migrated.load(Ordering::Acquire) {
                 store.migrate().await?;
                 self.migrated.store(true, Ordering::Release);
+                store.warm_signal_pool().await;
             }
             Ok(())
         })

@@ -26,6 +26,7 @@ use crate::trading::plan::{decide, expired, Refusal};
 use crate::trading::Signal;
 use crate::vocabulary::FailureKind;
 use chrono::{DateTime, Utc};
+use futures_util::StreamExt;
 use journal::{Journal, JournalError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -57,7 +58,7 @@ pub const JOURNAL_APPEND_TIMEOUT: Duration = Duration::from_millis(200);
 pub const QUEUE_SETTLE: Duration = Duration::from_secs(2);
 
 /// Queued alerts read per look at the signal log.
-pub const DRAIN_BATCH: i64 = 64;
+pub const DRAIN_BATCH: i64 = 256;
 
 /// Journaled alerts moved into the signal log per transaction.
 pub const MOVE_BATCH: usize = 100;
@@ -65,6 +66,17 @@ pub const MOVE_BATCH: usize = 100;
 /// How often the drainer looks at the queue when nothing wakes it: the database may have
 /// come back, or a degraded set widened, without an alert arriving.
 pub const DRAIN_INTERVAL: Duration = Duration::from_millis(500);
+
+/// After the database failed to take an alert, how long further alerts go straight to the
+/// journal, so that an outage (or a database that hangs) costs one attempt per backoff, not
+/// one per alert. The drainer tries the database meanwhile, every [`DRAIN_INTERVAL`], and
+/// ends the backoff as soon as the database answers.
+pub const STORE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Queued alerts of different instruments applied at once while draining; the alerts of one
+/// instrument are always applied one after another, in alert order. Below the PostgreSQL
+/// signal pool's connections, so that live alerts still find one while a backlog drains.
+pub const DRAIN_CONCURRENCY: usize = 8;
 
 /// The longest an alert's answer takes in any state: the Redis work, a duplicate check, the
 /// transaction and a journal append, each bounded.
@@ -126,6 +138,10 @@ enum NotNow {
     /// The database failed or did not answer in time.
     #[error("{0}")]
     Store(String),
+    /// The database answered, but a lock a peer holds (or a concurrent writer) stood in
+    /// the way: contention, not an outage.
+    #[error("{0}")]
+    Contended(String),
 }
 
 /// The journal's state, as `/status` and recovery see it.
@@ -205,6 +221,9 @@ pub struct Intake {
     wake: Notify,
     /// One drain pass at a time.
     draining: tokio::sync::Mutex<()>,
+    /// Until when alerts skip the database and go straight to the journal
+    /// ([`STORE_BACKOFF`] after a failure); `None` while the database answers.
+    store_backoff_until: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Intake {
@@ -258,6 +277,7 @@ impl Intake {
             queue: Mutex::new(queue),
             wake: Notify::new(),
             draining: tokio::sync::Mutex::new(()),
+            store_backoff_until: Mutex::new(None),
         };
         intake.publish();
         intake
@@ -265,6 +285,25 @@ impl Intake {
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether alerts should skip the database for now: it failed less than
+    /// [`STORE_BACKOFF`] ago and has not answered since.
+    fn store_backing_off(&self) -> bool {
+        let until = *self
+            .store_backoff_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        until.is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+
+    /// Starts the backoff (`failed`) or ends it (the database answered).
+    fn store_answered(&self, answered: bool) {
+        let mut until = self
+            .store_backoff_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *until = (!answered).then(|| tokio::time::Instant::now() + STORE_BACKOFF);
     }
 
     /// Alerts queued and not yet settled.
@@ -318,8 +357,9 @@ impl Intake {
             .queue()
             .by_instrument
             .contains_key(&alert.signal.instrument);
-        // Behind alerts of its instrument still in the journal, it goes there too.
-        if !instrument_waits {
+        // Behind alerts of its instrument still in the journal, it goes there too; so does
+        // every alert while the database is backing off.
+        if !instrument_waits && !self.store_backing_off() {
             if let Some(store) = self.shared.store() {
                 let settled = if view.accepts.contains(alert.signal.kind) {
                     self.apply(&store, &alert, DIRECT_STORE_DEADLINE).await
@@ -329,6 +369,9 @@ impl Intake {
                 match settled {
                     Ok(answer) => return Ok(answer),
                     Err(not_now) => {
+                        if matches!(not_now, NotNow::Store(_)) {
+                            self.store_answered(false);
+                        }
                         tracing::info!(target: "vigil::signal", fingerprint = %short(&alert.fingerprint), "journaling: {not_now}");
                     }
                 }
@@ -555,7 +598,7 @@ impl Intake {
             StoreError::Unavailable(_) => self.report(FailureKind::DbUnavailable),
             StoreError::Corrupt(_) => self.report(FailureKind::DataCorrupt),
             // Contention (a lock held by a peer, a concurrent writer) is not an outage.
-            StoreError::Conflict(_) => {}
+            StoreError::Conflict(_) => return NotNow::Contended(error.to_string()),
             StoreError::NoSchema(_)
             | StoreError::BadUrl(_)
             | StoreError::Fenced(_)
@@ -603,55 +646,89 @@ impl Intake {
         }
         let mut settled = 0;
         loop {
-            let heads =
-                match tokio::time::timeout(DRAIN_STORE_DEADLINE, store.queued_heads(DRAIN_BATCH))
+            let oldest =
+                match tokio::time::timeout(DRAIN_STORE_DEADLINE, store.oldest_queued(DRAIN_BATCH))
                     .await
                 {
-                    Ok(Ok(heads)) => heads,
+                    Ok(Ok(oldest)) => oldest,
                     Ok(Err(_)) | Err(_) => return settled,
                 };
             let view = self.shared.view();
             let now = Utc::now();
-            let mut progress = false;
-            for head in heads {
-                let alert = match queued_alert(&head) {
+            // Per instrument, in alert order, up to the first alert that cannot go now: the
+            // ones after it wait for it.
+            let mut due: BTreeMap<String, Vec<(QueuedAlert, Option<Refusal>)>> = BTreeMap::new();
+            let mut held: HashSet<String> = HashSet::new();
+            for row in oldest {
+                let alert = match queued_alert(&row) {
                     Ok(alert) => alert,
                     Err(problem) => {
-                        tracing::error!(target: "vigil::intake", "queued alert {} cannot be read: {problem}", short(&head.fingerprint));
+                        tracing::error!(target: "vigil::intake", "queued alert {} cannot be read: {problem}", short(&row.fingerprint));
                         self.report(FailureKind::DataCorrupt);
                         return settled;
                     }
                 };
-                let settling = head.queued_at.parse::<DateTime<Utc>>().is_ok_and(|at| {
-                    now.signed_duration_since(at).to_std().unwrap_or_default() >= QUEUE_SETTLE
-                });
-                if !settling && !stopping {
+                if held.contains(&alert.signal.instrument) {
                     continue;
                 }
+                let settling = row.queued_at.parse::<DateTime<Utc>>().is_ok_and(|at| {
+                    now.signed_duration_since(at).to_std().unwrap_or_default() >= QUEUE_SETTLE
+                });
                 let allowed = view.accepts.contains(alert.signal.kind) || stopping;
                 let stale = expired(&alert.signal, now, self.ages.max_age(alert.signal.kind));
-                let outcome = match (allowed, stale) {
-                    (true, _) => self.apply(&store, &alert, DRAIN_STORE_DEADLINE).await,
+                let refusal = match (settling || stopping, allowed, stale) {
+                    (true, true, _) => None,
                     // Not applied while degraded, but it may expire meanwhile.
-                    (false, Some(refusal)) => {
-                        self.record_refusal(&store, &alert, refusal, DRAIN_STORE_DEADLINE)
-                            .await
+                    (true, false, Some(refusal)) => Some(refusal),
+                    (false, _, _) | (true, false, None) => {
+                        held.insert(alert.signal.instrument.clone());
+                        continue;
                     }
-                    (false, None) => continue,
                 };
-                match outcome {
-                    Ok(Answer::Queued) => {}
-                    Ok(_) => {
-                        crate::failpoint::hit("after_drain_commit");
-                        settled += 1;
-                        progress = true;
+                due.entry(alert.signal.instrument.clone())
+                    .or_default()
+                    .push((alert, refusal));
+            }
+            let store = &store;
+            // Instruments at once, each one's alerts one after another; an instrument stops at
+            // its first alert that is not settled.
+            let passes: Vec<(usize, Option<NotNow>)> =
+                futures_util::stream::iter(due.into_values().map(|alerts| async move {
+                    let mut settled = 0;
+                    for (alert, refusal) in alerts {
+                        let outcome = match refusal {
+                            None => self.apply(store, &alert, DRAIN_STORE_DEADLINE).await,
+                            Some(refusal) => {
+                                self.record_refusal(store, &alert, refusal, DRAIN_STORE_DEADLINE)
+                                    .await
+                            }
+                        };
+                        match outcome {
+                            Ok(Answer::Queued) | Err(NotNow::Busy | NotNow::Contended(_)) => {
+                                return (settled, None)
+                            }
+                            Ok(_) => {
+                                crate::failpoint::hit("after_drain_commit");
+                                settled += 1;
+                            }
+                            Err(not_now) => return (settled, Some(not_now)),
+                        }
                     }
-                    Err(NotNow::Busy) => {}
-                    Err(not_now) => {
-                        tracing::debug!(target: "vigil::intake", "drain paused: {not_now}");
-                        return settled;
-                    }
-                }
+                    (settled, None)
+                }))
+                .buffer_unordered(DRAIN_CONCURRENCY)
+                .collect()
+                .await;
+            let mut progress = false;
+            let mut paused = None;
+            for (count, not_now) in passes {
+                settled += count;
+                progress |= count > 0;
+                paused = paused.or(not_now);
+            }
+            if let Some(not_now) = paused {
+                tracing::debug!(target: "vigil::intake", "drain paused: {not_now}");
+                return settled;
             }
             if !progress {
                 return settled;
@@ -677,10 +754,12 @@ impl Intake {
         // Tell the others first, so they wait for these before applying anything.
         let pending = i64::try_from(waiting.len()).unwrap_or(i64::MAX);
         let told = store.record_journal_backlog(&self.shared.instance, pending);
-        if !matches!(
+        let answered = matches!(
             tokio::time::timeout(DRAIN_STORE_DEADLINE, told).await,
             Ok(Ok(()))
-        ) {
+        );
+        self.store_answered(answered);
+        if !answered {
             return false;
         }
         for chunk in waiting.chunks(MOVE_BATCH) {
@@ -729,13 +808,16 @@ impl Intake {
         self.publish();
     }
 
-    /// Drains whenever woken or every [`DRAIN_INTERVAL`], while the instance serves. Runs
-    /// until the process ends.
+    /// Drains whenever woken or every [`DRAIN_INTERVAL`], while the instance serves; while
+    /// the database is backing off, only every [`DRAIN_INTERVAL`], so that an outage costs
+    /// one attempt per interval rather than one per alert journaled. Runs until the process
+    /// ends.
     pub async fn run_drainer(self: Arc<Self>) {
         let mut lifecycle = self.shared.lifecycle.subscribe();
         loop {
+            let backing_off = self.store_backing_off();
             tokio::select! {
-                () = self.wake.notified() => {}
+                () = self.wake.notified(), if !backing_off => {}
                 _ = lifecycle.changed() => {}
                 () = tokio::time::sleep(DRAIN_INTERVAL) => {}
             }

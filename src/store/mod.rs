@@ -340,8 +340,10 @@ pub trait Store {
         claims: &[SignalClaim<'_>],
     ) -> impl Future<Output = Result<usize, StoreError>>;
 
-    /// The oldest queued alert of each instrument, oldest first, at most `limit`.
-    fn queued_heads(&self, limit: i64) -> impl Future<Output = Result<Vec<QueuedRow>, StoreError>>;
+    /// The oldest queued alerts, in alert order (time, then fingerprint), at most `limit`:
+    /// the rows of each instrument among them are that instrument's oldest, in its order.
+    fn oldest_queued(&self, limit: i64)
+        -> impl Future<Output = Result<Vec<QueuedRow>, StoreError>>;
 
     /// Records how many alerts `instance_id` holds in its local journal, not yet queued here.
     fn record_journal_backlog(
@@ -453,6 +455,14 @@ pub enum AnyStore {
 }
 
 impl AnyStore {
+    /// Opens and warms sessions for signals before the instance serves (PostgreSQL's signal
+    /// pool; SQLite has nothing to warm). Best effort.
+    pub async fn warm_signal_pool(&self) {
+        if let AnyStore::Postgres(store) = self {
+            store.warm_signal_pool().await;
+        }
+    }
+
     /// Connects to `url`. A read-write SQLite store creates its file on first use.
     pub async fn connect(url: &str, access: Access) -> Result<AnyStore, StoreError> {
         if url.starts_with("sqlite:") {
@@ -520,8 +530,8 @@ impl Store for AnyStore {
         delegate!(self, store => store.queue_signals(claims).await)
     }
 
-    async fn queued_heads(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
-        delegate!(self, store => store.queued_heads(limit).await)
+    async fn oldest_queued(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
+        delegate!(self, store => store.oldest_queued(limit).await)
     }
 
     async fn record_journal_backlog(

@@ -41,8 +41,17 @@ pub struct PgStore {
     signals: PgPool,
 }
 
-/// Connections in the signal pool.
-pub const SIGNAL_POOL_CONNECTIONS: u32 = 6;
+/// Connections in the signal pool: room for [`crate::intake::DRAIN_CONCURRENCY`] drain
+/// transactions and [`LIVE_SIGNAL_CONNECTIONS`] live alerts besides.
+pub const SIGNAL_POOL_CONNECTIONS: u32 = 10;
+
+/// Signal-pool connections kept for live alerts while a backlog drains.
+const LIVE_SIGNAL_CONNECTIONS: u32 = 2;
+
+const _: () = assert!(
+    crate::intake::DRAIN_CONCURRENCY + LIVE_SIGNAL_CONNECTIONS as usize
+        <= SIGNAL_POOL_CONNECTIONS as usize
+);
 
 /// Server-side bounds of the signal pool's sessions, in milliseconds: each below the
 /// client's deadline for a queued alert's transaction (1.5 s), the lock wait below the one
@@ -365,6 +374,33 @@ impl PgStore {
     }
 }
 
+/// Signal-pool sessions opened, and warmed, before the instance serves.
+pub const SIGNAL_POOL_WARM_CONNECTIONS: usize = 2;
+
+/// What a warmed session reads once: every table and index a signal transaction uses, so
+/// the session's catalog caches are loaded before the first alert rather than during it.
+const WARM_UP: &str = "SELECT (SELECT COUNT(*) FROM portfolio_state) \
+     + (SELECT COUNT(*) FROM signal_log WHERE fingerprint = '' OR (instrument = '' AND status = 'queued')) \
+     + (SELECT COUNT(*) FROM positions WHERE instrument = '' AND status = 'open') \
+     + (SELECT COUNT(*) FROM pyramiding_state WHERE instrument = '')";
+
+impl PgStore {
+    /// Opens [`SIGNAL_POOL_WARM_CONNECTIONS`] signal-pool sessions at once and reads
+    /// [`WARM_UP`] on each, so that the first alerts after a start do not pay for new
+    /// sessions. Best effort: a session that fails now is opened by the alert that needs it.
+    pub async fn warm_signal_pool(&self) {
+        let warm = (0..SIGNAL_POOL_WARM_CONNECTIONS).map(|_| async {
+            let mut session = self.signals.acquire().await.ok()?;
+            sqlx::query(WARM_UP).execute(&mut *session).await.ok()
+        });
+        let warmed = futures_util::future::join_all(warm).await;
+        let failed = warmed.iter().filter(|warmed| warmed.is_none()).count();
+        if failed > 0 {
+            tracing::debug!(target: "vigil::store", "{failed} signal sessions not warmed; they open on demand");
+        }
+    }
+}
+
 const LOAD_INSTRUMENT: &str = "SELECT id, instrument, label, status, lots::text AS lots, entry_price::text AS entry_price, \
      stop_price::text AS stop_price, risk_amount::text AS risk_amount, margin::text AS margin, is_base_position, \
      base_position_id, to_char(entry_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS entry_time, version \
@@ -430,8 +466,8 @@ impl Store for PgStore {
         Ok(usize::try_from(new).unwrap_or(usize::MAX))
     }
 
-    async fn queued_heads(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
-        sqlx::query_as::<_, QueuedRow>(signal_tx::queued_heads_sql(|column| {
+    async fn oldest_queued(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
+        sqlx::query_as::<_, QueuedRow>(signal_tx::oldest_queued_sql(|column| {
             format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
         }))
         .bind(limit)

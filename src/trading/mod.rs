@@ -40,6 +40,13 @@ pub struct Signal {
     /// The alert's own time, in UTC: it tells a resend (same time) from a new alert with the
     /// same numbers.
     pub timestamp: DateTime<Utc>,
+    /// The alert's own id, when its template sends one (`alert_id`, or `id`; for example
+    /// `{{strategy.order.id}}-{{time}}`). TradingView's `{{timenow}}` has a resolution of one
+    /// second, so two alerts with the same content in the same second share a fingerprint,
+    /// and the second is taken for a resend of the first; an id tells them apart. Part of
+    /// the fingerprint only when present, so alerts without one keep theirs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert_id: Option<String>,
 }
 
 /// Why a body was refused before any state was looked at.
@@ -210,6 +217,7 @@ fn check(body: &Map<String, Value>) -> Result<Signal, SignalError> {
             )
         })?
         .with_timezone(&Utc);
+    let alert_id = text(body, "alert_id", &["alert_id", "id"])?;
     let price = number(body, "price", &["price", "entry", "close"])?
         .ok_or_else(|| invalid("price", "is missing"))?;
     let (stop, lots) = match kind {
@@ -240,6 +248,7 @@ fn check(body: &Map<String, Value>) -> Result<Signal, SignalError> {
         stop,
         lots,
         timestamp,
+        alert_id,
     })
 }
 
@@ -252,19 +261,25 @@ impl Signal {
     /// SHA-256 over the canonical form: a JSON array of every field that decides what the
     /// signal does, numbers normalised (`22000.50` and `"22000.5"` are the same signal), the
     /// time in UTC, and not the passphrase. JSON quoting keeps fields from running into each
-    /// other. A resend, a replay or the same alert at two instances has one fingerprint.
+    /// other. A resend, a replay or the same alert at two instances has one fingerprint. The
+    /// alert id, when there is one, comes last.
     pub fn fingerprint(&self) -> String {
-        let canonical = serde_json::json!([
-            "v1",
-            self.kind.as_str(),
-            self.instrument,
-            self.position,
-            self.price.normalize().to_string(),
-            self.stop.map(|stop| stop.normalize().to_string()),
-            self.lots.map(|lots| lots.normalize().to_string()),
-            self.timestamp.to_rfc3339_opts(SecondsFormat::AutoSi, true),
-        ]);
-        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+        let mut canonical = vec![
+            Value::from("v1"),
+            Value::from(self.kind.as_str()),
+            Value::from(self.instrument.as_str()),
+            Value::from(self.position.as_deref()),
+            Value::from(self.price.normalize().to_string()),
+            Value::from(self.stop.map(|stop| stop.normalize().to_string())),
+            Value::from(self.lots.map(|lots| lots.normalize().to_string())),
+            Value::from(self.timestamp.to_rfc3339_opts(SecondsFormat::AutoSi, true)),
+        ];
+        if let Some(id) = &self.alert_id {
+            canonical.push(Value::from(id.as_str()));
+        }
+        hex::encode(Sha256::digest(
+            Value::Array(canonical).to_string().as_bytes(),
+        ))
     }
 
     /// The canonical JSON stored in the signal log.
@@ -408,6 +423,26 @@ mod tests {
         for body in different {
             assert_ne!(fingerprint(body), a, "{body}");
         }
+        // Two alerts with the same content in the same second differ by their ids, whichever
+        // of the two names the id goes by; without one, the fingerprint is as before.
+        let with_id = |name: &str, id: &str| {
+            fingerprint(&format!(
+                r#"{{"signal":"PYRAMID","instrument":"NIFTY","price":22000.5,"stop":21900,"lots":1,"timestamp":"2026-11-21T09:15:00Z","{name}":"{id}"}}"#
+            ))
+        };
+        assert_ne!(with_id("alert_id", "7-1763716500"), a);
+        assert_ne!(
+            with_id("alert_id", "7-1763716500"),
+            with_id("alert_id", "8-1763716500")
+        );
+        assert_eq!(
+            with_id("alert_id", "7-1763716500"),
+            with_id("id", "7-1763716500")
+        );
+        assert_eq!(
+            a, "34ddb57a8a9b7fb4a0c7a8c9340bfd6b40606014957e8a29f9fdfcf55cadec11",
+            "the fingerprint of an alert without an id must not change"
+        );
         // Fields cannot run into each other.
         let joined_a = fingerprint(
             r#"{"signal":"EXIT","instrument":"A","position":"p|1","price":2,"timestamp":"2026-11-21T09:15:00Z"}"#,
