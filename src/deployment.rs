@@ -420,6 +420,28 @@ mod tests {
         }
     }
 
+    /// A line that sets a secret is never shown as written, whatever is wrong with it: the
+    /// value of a secret key is redacted, and a URL's password masked.
+    #[test]
+    fn secrets_never_reach_a_diagnostic() {
+        #[rustfmt::skip]
+        let cases: &[(&str, &str)] = &[
+            ("webhook_passphrase = \"hunter2-hunter2-secret\" trailing\n", "webhook_passphrase = <redacted>"),
+            ("operator_token = 12345678901234567890secret\n", "operator_token = <redacted>"),
+            ("database_url = \"postgres://vigil:secret@db/vigil\" x\n", "postgres://vigil:***@db/vigil"),
+            ("database_url = \"postgres://db/vigil?password=secret\" x\n", "password=***"),
+            ("redis_url = 7 # redis://:secret@cache\n", "redis://:***@cache"),
+            ("[webhook]\nsignature_keys = \"secret-secret-secret\"\n", "signature_keys = <redacted>"),
+        ];
+        for (source, shown_instead) in cases {
+            let shown = Deployment::parse(Path::new("vigil.toml"), source)
+                .unwrap_err()
+                .to_string();
+            assert!(!shown.contains("secret"), "{source}: shown: {shown}");
+            assert!(shown.contains(shown_instead), "{source}: shown: {shown}");
+        }
+    }
+
     /// A short operator token is refused, and neither the message nor the shown line holds it.
     #[test]
     fn operator_tokens() {

@@ -49,17 +49,23 @@ impl Diagnostic {
         let column = before
             .get(line_start..)
             .map_or(1, |text| text.chars().count() + 1);
-        let source_line = source
-            .get(line_start..)
-            .and_then(|rest| rest.lines().next())
-            .unwrap_or("")
-            .to_string();
+        let (source_line, hidden) = conceal(
+            source
+                .get(line_start..)
+                .and_then(|rest| rest.lines().next())
+                .unwrap_or(""),
+        );
+        // A parser's message may quote the value too.
+        let hide = |text: String| match &hidden {
+            Some((secret, shown)) => text.replace(secret.as_str(), shown),
+            None => text,
+        };
         Diagnostic {
             path: path.to_path_buf(),
             line,
             column,
-            message: message.into(),
-            hint,
+            message: hide(message.into()),
+            hint: hint.map(hide),
             source_line,
             severity: Severity::Error,
         }
@@ -91,15 +97,58 @@ impl fmt::Display for Diagnostic {
         )?;
         writeln!(f, "{gutter} |")?;
         writeln!(f, "{number} | {}", self.source_line)?;
-        write!(
-            f,
-            "{gutter} | {}^",
-            " ".repeat(self.column.saturating_sub(1))
-        )?;
+        // Tabs before the column stay tabs under it, so the caret lines up however wide a
+        // terminal shows them.
+        let lead: String = self
+            .source_line
+            .chars()
+            .chain(std::iter::repeat(' '))
+            .take(self.column.saturating_sub(1))
+            .map(|c| if c == '\t' { '\t' } else { ' ' })
+            .collect();
+        write!(f, "{gutter} | {lead}^")?;
         if let Some(hint) = &self.hint {
             write!(f, "\n{gutter} = hint: {hint}")?;
         }
         Ok(())
+    }
+}
+
+/// Parts of a key whose value is a secret: a line setting one is never shown as written.
+const SECRET_KEY_PARTS: [&str; 5] = ["passphrase", "password", "token", "secret", "keys"];
+
+/// `line` as a diagnostic may show it: the value of a secret key (`webhook_passphrase`,
+/// `operator_token`, `signature_keys`, ...) replaced by `<redacted>`, and the password in a
+/// URL value (`database_url`, `redis_url`) masked; and, when something was hidden, the value
+/// as written with what is shown instead, so a message quoting it can hide it too.
+fn conceal(line: &str) -> (String, Option<(String, String)>) {
+    let Some((key, value)) = line.split_once('=') else {
+        return (line.to_string(), None);
+    };
+    let name = key.trim().trim_matches('"').to_ascii_lowercase();
+    let written = written_value(value);
+    if SECRET_KEY_PARTS.iter().any(|part| name.contains(part)) {
+        let hidden = (!written.is_empty()).then(|| (written.to_string(), "<redacted>".into()));
+        (format!("{key}= <redacted>"), hidden)
+    } else if value.contains("://") {
+        let shown = crate::store::redact(written);
+        let hidden = (shown != written).then(|| (written.to_string(), shown));
+        (format!("{key}={}", crate::store::redact(value)), hidden)
+    } else {
+        (line.to_string(), None)
+    }
+}
+
+/// The value a `key = value` line's right side writes: inside its quotes, or up to the first
+/// space or comment.
+fn written_value(value: &str) -> &str {
+    let value = value.trim_start();
+    match value.strip_prefix('"') {
+        Some(quoted) => quoted.split('"').next().unwrap_or(quoted),
+        None => value
+            .split(|c: char| c.is_whitespace() || c == '#' || c == ',' || c == ']')
+            .next()
+            .unwrap_or(value),
     }
 }
 

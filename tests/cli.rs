@@ -64,6 +64,28 @@ const CASES: &[(&str, &[&str], i32)] = &[
         0,
     ),
     (
+        "dry_run_broken_scenario",
+        &[
+            "dry-run",
+            "--policy",
+            "policies/default.toml",
+            "--scenario",
+            "tests/data/broken_scenarios/tab_before_error.toml",
+        ],
+        3,
+    ),
+    (
+        "dry_run_sub_millisecond_delay",
+        &[
+            "dry-run",
+            "--policy",
+            "tests/data/valid_policies/sub_millisecond_delay.toml",
+            "--events",
+            "started,db_unavailable,db_unavailable",
+        ],
+        0,
+    ),
+    (
         "dry_run_json",
         &[
             "dry-run",

@@ -230,20 +230,25 @@ fn dry_run_command(args: &DryRunArgs) -> anyhow::Result<Outcome> {
         None => Start::default(),
     };
     let parsed = match (&args.events, &args.scenario, &args.event) {
-        (Some(list), _, _) => dry_run::parse_events(list).map_err(|problem| problem.to_string()),
+        // Every refusal reads `error: ...`; a scenario's diagnostics say so themselves.
+        (Some(list), _, _) => {
+            dry_run::parse_events(list).map_err(|problem| format!("error: {problem}"))
+        }
         (_, Some(path), _) => {
             let source = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read scenario {}", path.display()))?;
             dry_run::load_scenario(path, &source)
                 .map_err(|diagnostics: Diagnostics| diagnostics.to_string())
         }
-        (_, _, Some(event)) => dry_run::parse_event(event).map(|input| vec![input]),
+        (_, _, Some(event)) => dry_run::parse_event(event)
+            .map(|input| vec![input])
+            .map_err(|problem| format!("error: {problem}")),
         (None, None, None) => bail!("give --events, --scenario or --event"),
     };
     let script = match parsed {
         Ok(script) => script,
         Err(problem) => {
-            eprintln!("error: {problem}");
+            eprintln!("{problem}");
             return Ok(Outcome::Invalid);
         }
     };

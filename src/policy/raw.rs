@@ -546,6 +546,9 @@ impl Checker<'_> {
                 return None;
             }
         };
+        // Counted in whole milliseconds; a finer part is rounded half away from zero.
+        let millis = duration.as_nanos().saturating_add(500_000) / 1_000_000;
+        let duration = Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX));
         if duration < min || duration > max {
             self.report(
                 Some(value.span()),

@@ -255,15 +255,23 @@ impl Receipt {
             Verdict::Failed { kind } => format!("{} ({})", kind.code(), failed.join(", ")),
         };
         format!(
-            "recovery receipt: {verdict}; {} open positions ({} base, {} pyramids) on {} instruments; {} of {} checks passed; {} ms",
-            self.counts.open_positions,
+            "recovery receipt: {verdict}; {} ({} base, {}) on {}; {} of {} checks passed; {} ms",
+            counted(self.counts.open_positions, "open position"),
             self.counts.base_positions,
-            self.counts.pyramids,
-            self.counts.instruments,
+            counted(self.counts.pyramids, "pyramid"),
+            counted(self.counts.instruments, "instrument"),
             self.checks.len() - failed.len(),
             self.checks.len(),
             self.duration_ms
         )
+    }
+}
+
+/// `1 pyramid`, `2 pyramids`: a count with its noun.
+fn counted(count: usize, noun: &str) -> String {
+    match count {
+        1 => format!("1 {noun}"),
+        many => format!("{many} {noun}s"),
     }
 }
 
@@ -276,12 +284,12 @@ impl fmt::Display for Receipt {
         let counts = &self.counts;
         writeln!(
             f,
-            "  open positions: {} ({} base, {} pyramids) on {} instruments; {} pyramiding states",
+            "  open positions: {} ({} base, {}) on {}; {}",
             counts.open_positions,
             counts.base_positions,
-            counts.pyramids,
-            counts.instruments,
-            counts.pyramiding_states
+            counted(counts.pyramids, "pyramid"),
+            counted(counts.instruments, "instrument"),
+            counted(counts.pyramiding_states, "pyramiding state")
         )?;
         if let Some(equity) = self.closed_equity {
             writeln!(f, "  closed equity: {equity}")?;

@@ -480,21 +480,44 @@ impl AnyStore {
 
 /// Hides a password in a URL before it is shown.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!(
-                    "{}{}:***{}",
-                    &url[..scheme_end + 3],
-                    &credentials[..colon],
-                    &url[at..]
-                ),
-                None => url.to_string(),
+    let Some(scheme_end) = url.find("://").map(|at| at + 3) else {
+        return url.to_string();
+    };
+    let (scheme, rest) = url.split_at(scheme_end);
+    let authority_len = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_len);
+    let authority = match authority.rfind('@') {
+        Some(at) => {
+            let (user_info, host) = authority.split_at(at);
+            match user_info.split_once(':') {
+                Some((user, _password)) => format!("{user}:***{host}"),
+                None => authority.to_string(),
             }
         }
-        _ => url.to_string(),
-    }
+        None => authority.to_string(),
+    };
+    let tail = match tail.split_once('?') {
+        Some((path, query)) => {
+            let pairs: Vec<String> = query
+                .split('&')
+                .map(|pair| match pair.split_once('=') {
+                    Some((key, _)) if secret_parameter(key) => format!("{key}=***"),
+                    _ => pair.to_string(),
+                })
+                .collect();
+            format!("{path}?{}", pairs.join("&"))
+        }
+        None => tail.to_string(),
+    };
+    format!("{scheme}{authority}{tail}")
+}
+
+/// Whether a URL query parameter holds a secret (`password`, `sslpassword`, a token).
+fn secret_parameter(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "token"]
+        .iter()
+        .any(|part| key.contains(part))
 }
 
 macro_rules! delegate {
@@ -689,6 +712,20 @@ mod tests {
             ),
             ("postgres://vigil@db/vigil", "postgres://vigil@db/vigil"),
             ("sqlite://vigil.db", "sqlite://vigil.db"),
+            (
+                "postgres://db/vigil?user=vigil&password=secret&sslmode=require",
+                "postgres://db/vigil?user=vigil&password=***&sslmode=require",
+            ),
+            (
+                "postgres://vigil:secret@db/vigil?sslpassword=secret",
+                "postgres://vigil:***@db/vigil?sslpassword=***",
+            ),
+            (
+                "postgres://db/vigil?options=a@b&Password=secret",
+                "postgres://db/vigil?options=a@b&Password=***",
+            ),
+            ("redis://:secret@cache:6379/1", "redis://:***@cache:6379/1"),
+            ("notaurl", "notaurl"),
         ];
         for (url, shown) in cases {
             assert_eq!(redact(url), shown);
