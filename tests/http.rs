@@ -926,8 +926,13 @@ async fn brute_force_is_slowed_then_refused_but_never_for_tradingview() {
         &[],
     )
     .await;
-    assert_eq!(status, StatusCode::OK, "{json}");
-    assert_eq!(counts(&store).await, (1, 0));
+    // Taken: applied at once (200), or, when the store is slow to answer on a loaded
+    // machine, recorded in the journal (202 queued) to be applied by the drainer.
+    match status {
+        StatusCode::OK => assert_eq!(counts(&store).await, (1, 0)),
+        StatusCode::ACCEPTED => assert_eq!(json["status"], "queued", "{json}"),
+        _ => panic!("TradingView's alert was refused: {status} {json}"),
+    }
     store.close().await;
 }
 
