@@ -668,7 +668,11 @@ impl Intake {
                         return settled;
                     }
                 };
-                if held.contains(&alert.signal.instrument) {
+                // One alert per instrument per look: the next is read afresh, after this one
+                // settled, so that an older alert another instance queued meanwhile goes first.
+                if held.contains(&alert.signal.instrument)
+                    || due.contains_key(&alert.signal.instrument)
+                {
                     continue;
                 }
                 let settling = row.queued_at.parse::<DateTime<Utc>>().is_ok_and(|at| {
