@@ -618,7 +618,7 @@ impl Intake {
     /// One drain pass. First the journal's alerts move into the signal log as `queued`, as
     /// soon as the database answers, whatever the lifecycle. Then, while the lifecycle
     /// applies their types (or the instance is `stopping`), the oldest queued alert of each
-    /// instrument is applied, again and again, once no other live instance still holds
+    /// instrument is applied, up to [`DRAIN_CONCURRENCY`] at once, again and again, once no other live instance still holds
     /// alerts in its journal and once it has waited [`QUEUE_SETTLE`], so that alerts that
     /// reached different instances during an outage are applied in alert order. Returns how
     /// many were settled.
@@ -646,20 +646,20 @@ impl Intake {
         }
         let mut settled = 0;
         loop {
-            let oldest =
-                match tokio::time::timeout(DRAIN_STORE_DEADLINE, store.oldest_queued(DRAIN_BATCH))
+            let heads =
+                match tokio::time::timeout(DRAIN_STORE_DEADLINE, store.queued_heads(DRAIN_BATCH))
                     .await
                 {
-                    Ok(Ok(oldest)) => oldest,
+                    Ok(Ok(heads)) => heads,
                     Ok(Err(_)) | Err(_) => return settled,
                 };
             let view = self.shared.view();
             let now = Utc::now();
-            // Per instrument, in alert order, up to the first alert that cannot go now: the
-            // ones after it wait for it.
-            let mut due: BTreeMap<String, Vec<(QueuedAlert, Option<Refusal>)>> = BTreeMap::new();
-            let mut held: HashSet<String> = HashSet::new();
-            for row in oldest {
+            // The oldest alert of each instrument that can go now; an instrument's next alert
+            // is read afresh after this one settled, so that an older alert another instance
+            // queued meanwhile goes first.
+            let mut due: Vec<(QueuedAlert, Option<Refusal>)> = Vec::new();
+            for row in heads {
                 let alert = match queued_alert(&row) {
                     Ok(alert) => alert,
                     Err(problem) => {
@@ -668,67 +668,51 @@ impl Intake {
                         return settled;
                     }
                 };
-                // One alert per instrument per look: the next is read afresh, after this one
-                // settled, so that an older alert another instance queued meanwhile goes first.
-                if held.contains(&alert.signal.instrument)
-                    || due.contains_key(&alert.signal.instrument)
-                {
-                    continue;
-                }
                 let settling = row.queued_at.parse::<DateTime<Utc>>().is_ok_and(|at| {
                     now.signed_duration_since(at).to_std().unwrap_or_default() >= QUEUE_SETTLE
                 });
                 let allowed = view.accepts.contains(alert.signal.kind) || stopping;
                 let stale = expired(&alert.signal, now, self.ages.max_age(alert.signal.kind));
-                let refusal = match (settling || stopping, allowed, stale) {
-                    (true, true, _) => None,
+                match (settling || stopping, allowed, stale) {
+                    (true, true, _) => due.push((alert, None)),
                     // Not applied while degraded, but it may expire meanwhile.
-                    (true, false, Some(refusal)) => Some(refusal),
-                    (false, _, _) | (true, false, None) => {
-                        held.insert(alert.signal.instrument.clone());
-                        continue;
-                    }
-                };
-                due.entry(alert.signal.instrument.clone())
-                    .or_default()
-                    .push((alert, refusal));
+                    (true, false, Some(refusal)) => due.push((alert, Some(refusal))),
+                    (false, _, _) | (true, false, None) => {}
+                }
             }
             let store = &store;
-            // Instruments at once, each one's alerts one after another; an instrument stops at
-            // its first alert that is not settled.
-            let passes: Vec<(usize, Option<NotNow>)> =
-                futures_util::stream::iter(due.into_values().map(|alerts| async move {
-                    let mut settled = 0;
-                    for (alert, refusal) in alerts {
-                        let outcome = match refusal {
-                            None => self.apply(store, &alert, DRAIN_STORE_DEADLINE).await,
-                            Some(refusal) => {
-                                self.record_refusal(store, &alert, refusal, DRAIN_STORE_DEADLINE)
-                                    .await
-                            }
-                        };
-                        match outcome {
-                            Ok(Answer::Queued) | Err(NotNow::Busy | NotNow::Contended(_)) => {
-                                return (settled, None)
-                            }
-                            Ok(_) => {
-                                crate::failpoint::hit("after_drain_commit");
-                                settled += 1;
-                            }
-                            Err(not_now) => return (settled, Some(not_now)),
+            // Instruments at once: each head is another instrument's.
+            let passes: Vec<Result<bool, NotNow>> =
+                futures_util::stream::iter(due.into_iter().map(|(alert, refusal)| async move {
+                    let outcome = match refusal {
+                        None => self.apply(store, &alert, DRAIN_STORE_DEADLINE).await,
+                        Some(refusal) => {
+                            self.record_refusal(store, &alert, refusal, DRAIN_STORE_DEADLINE)
+                                .await
                         }
+                    };
+                    match outcome {
+                        Ok(Answer::Queued) | Err(NotNow::Busy | NotNow::Contended(_)) => Ok(false),
+                        Ok(_) => {
+                            crate::failpoint::hit("after_drain_commit");
+                            Ok(true)
+                        }
+                        Err(not_now) => Err(not_now),
                     }
-                    (settled, None)
                 }))
                 .buffer_unordered(DRAIN_CONCURRENCY)
                 .collect()
                 .await;
             let mut progress = false;
             let mut paused = None;
-            for (count, not_now) in passes {
-                settled += count;
-                progress |= count > 0;
-                paused = paused.or(not_now);
+            for pass in passes {
+                match pass {
+                    Ok(applied) => {
+                        settled += usize::from(applied);
+                        progress |= applied;
+                    }
+                    Err(not_now) => paused = paused.or(Some(not_now)),
+                }
             }
             if let Some(not_now) = paused {
                 tracing::debug!(target: "vigil::intake", "drain paused: {not_now}");

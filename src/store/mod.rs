@@ -340,10 +340,9 @@ pub trait Store {
         claims: &[SignalClaim<'_>],
     ) -> impl Future<Output = Result<usize, StoreError>>;
 
-    /// The oldest queued alerts, in alert order (time, then fingerprint), at most `limit`:
-    /// the rows of each instrument among them are that instrument's oldest, in its order.
-    fn oldest_queued(&self, limit: i64)
-        -> impl Future<Output = Result<Vec<QueuedRow>, StoreError>>;
+    /// The oldest queued alert of each instrument, in alert order (time, then fingerprint),
+    /// at most `limit`.
+    fn queued_heads(&self, limit: i64) -> impl Future<Output = Result<Vec<QueuedRow>, StoreError>>;
 
     /// Records how many alerts `instance_id` holds in its local journal, not yet queued here.
     fn record_journal_backlog(
@@ -553,8 +552,8 @@ impl Store for AnyStore {
         delegate!(self, store => store.queue_signals(claims).await)
     }
 
-    async fn oldest_queued(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
-        delegate!(self, store => store.oldest_queued(limit).await)
+    async fn queued_heads(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
+        delegate!(self, store => store.queued_heads(limit).await)
     }
 
     async fn record_journal_backlog(

@@ -466,8 +466,8 @@ impl Store for PgStore {
         Ok(usize::try_from(new).unwrap_or(usize::MAX))
     }
 
-    async fn oldest_queued(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
-        sqlx::query_as::<_, QueuedRow>(signal_tx::oldest_queued_sql(|column| {
+    async fn queued_heads(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
+        sqlx::query_as::<_, QueuedRow>(signal_tx::queued_heads_sql(|column| {
             format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
         }))
         .bind(limit)

@@ -165,13 +165,15 @@ pub(super) const QUEUED: &str = "queued";
 pub(super) const SET_OUTCOME_SQL: &str =
     "UPDATE signal_log SET status = $2, reason = $3 WHERE fingerprint = $1";
 
-/// The oldest queued alerts in alert order, at most `$1`. `text` gives the
+/// The oldest queued alert of each instrument, oldest first, at most `$1`. `text` gives the
 /// backend's text form of a time column. A queued row's `processed_at` is when it was queued.
-pub(super) fn oldest_queued_sql(text: fn(&str) -> String) -> sqlx::AssertSqlSafe<String> {
+pub(super) fn queued_heads_sql(text: fn(&str) -> String) -> sqlx::AssertSqlSafe<String> {
     let (received_at, queued_at) = (text("s.received_at"), text("s.processed_at"));
     sqlx::AssertSqlSafe(format!(
         "SELECT s.fingerprint, s.payload, {received_at} AS received_at, {queued_at} AS queued_at FROM signal_log s \
-         WHERE s.status = 'queued' ORDER BY s.alert_at, s.fingerprint LIMIT $1"
+         WHERE s.status = 'queued' AND NOT EXISTS (SELECT 1 FROM signal_log o WHERE o.status = 'queued' \
+         AND o.instrument = s.instrument AND (o.alert_at < s.alert_at OR (o.alert_at = s.alert_at AND o.fingerprint < s.fingerprint))) \
+         ORDER BY s.alert_at, s.fingerprint LIMIT $1"
     ))
 }
 

@@ -257,8 +257,8 @@ impl Store for SqliteStore {
         Ok(usize::try_from(new).unwrap_or(usize::MAX))
     }
 
-    async fn oldest_queued(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
-        sqlx::query_as::<_, QueuedRow>(signal_tx::oldest_queued_sql(str::to_string))
+    async fn queued_heads(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
+        sqlx::query_as::<_, QueuedRow>(signal_tx::queued_heads_sql(str::to_string))
             .bind(limit)
             .fetch_all(&self.pool)
             .await
