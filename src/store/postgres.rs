@@ -1,7 +1,7 @@
 //! The PostgreSQL backend. Money is NUMERIC; it is read back as text so that decoding
 //! happens in Rust exactly as for SQLite, and written as text cast to NUMERIC.
 
-use super::signal_tx::{self, SignalTx};
+use super::signal_tx::{self, SignalTx, Standing};
 use super::{
     classify, timestamp_text, Access, Applied, ApplyError, InstanceRecord, InstanceRow,
     PortfolioRow, PositionRow, PyramidingRow, QueuedRow, RecoveryRows, SignalClaim, SignalOutcome,
@@ -173,16 +173,19 @@ impl SignalTx for PgSignalTx {
         .await
     }
 
-    async fn latest_recorded_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError> {
-        let found: Option<(Option<String>,)> = sqlx::query_as(
-            "SELECT to_char(max(alert_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
-             FROM signal_log WHERE instrument = $1 AND status <> 'queued'",
+    async fn standing(&mut self, claim: &SignalClaim<'_>) -> Result<Standing, StoreError> {
+        sqlx::query_as::<_, Standing>(
+            "SELECT EXISTS (SELECT 1 FROM signal_log WHERE instrument = $1 AND status = 'queued' \
+             AND (alert_at < $2::timestamptz OR (alert_at = $2::timestamptz AND fingerprint < $3))) AS older_queued, \
+             (SELECT to_char(max(alert_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+             FROM signal_log WHERE instrument = $1 AND status <> 'queued') AS latest_recorded_at",
         )
-        .bind(instrument)
-        .fetch_optional(&mut *self.0)
+        .bind(&claim.signal.instrument)
+        .bind(signal_tx::alert_at(claim))
+        .bind(claim.fingerprint)
+        .fetch_one(&mut *self.0)
         .await
-        .map_err(classify_pg)?;
-        Ok(found.and_then(|(at,)| at))
+        .map_err(classify_pg)
     }
 
     async fn ensure_portfolio(&mut self) -> Result<(), StoreError> {
@@ -288,20 +291,6 @@ impl SignalTx for PgSignalTx {
             .bind(claim.instance_id),
         )
         .await
-    }
-
-    async fn older_queued(&mut self, claim: &SignalClaim<'_>) -> Result<bool, StoreError> {
-        let (older,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM signal_log WHERE instrument = $1 AND status = 'queued' \
-             AND (alert_at < $2::timestamptz OR (alert_at = $2::timestamptz AND fingerprint < $3))",
-        )
-        .bind(&claim.signal.instrument)
-        .bind(signal_tx::alert_at(claim))
-        .bind(claim.fingerprint)
-        .fetch_one(&mut *self.0)
-        .await
-        .map_err(classify_pg)?;
-        Ok(older > 0)
     }
 
     async fn set_outcome(

@@ -18,13 +18,11 @@ pub(super) trait SignalTx: Sized {
     /// Takes over the fingerprint's row when it waits as `queued`: marks it `applied` by
     /// this transaction.
     async fn take_over_queued(&mut self, claim: &SignalClaim<'_>) -> Result<u64, StoreError>;
-    /// Whether an alert of `instrument` older than this one (by alert time, then
-    /// fingerprint) waits as `queued`.
-    async fn older_queued(&mut self, claim: &SignalClaim<'_>) -> Result<bool, StoreError>;
-    /// The alert time (RFC 3339 text) of the latest signal recorded on `instrument`, queued
-    /// ones aside.
-    async fn latest_recorded_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError>;
-    /// Creates the portfolio row if the database has none yet, so that the version check
+    /// Where the alert stands among its instrument's alerts, read in one statement: whether
+    /// an older one (by alert time, then fingerprint) waits as `queued`, and the alert time
+    /// (RFC 3339 text) of the latest one recorded, queued ones aside.
+    async fn standing(&mut self, claim: &SignalClaim<'_>) -> Result<Standing, StoreError>;
+    /// Creates the portfolio row when the database has none yet, so that the version check
     /// always has a row.
     async fn ensure_portfolio(&mut self) -> Result<(), StoreError>;
     /// The instrument's open positions and the portfolio row, the latter locked where the
@@ -56,6 +54,16 @@ pub(super) trait SignalTx: Sized {
     async fn rollback(self) -> Result<(), StoreError>;
 }
 
+/// Where an alert stands among its instrument's alerts, as [`SignalTx::standing`] reads it.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct Standing {
+    /// Whether an older alert of the instrument waits as `queued`: this one waits behind it.
+    pub older_queued: bool,
+    /// The alert time of the latest alert recorded on the instrument, queued ones aside: an
+    /// alert older than it is superseded.
+    pub latest_recorded_at: Option<String>,
+}
+
 /// Runs one signal in `tx`: claims its fingerprint (or takes over its `queued` row), waits as
 /// `queued` behind an older queued alert of its instrument, else reads the book and writes
 /// what `decide` returns: the plan's changes, or the refusal as the fingerprint's outcome.
@@ -75,12 +83,13 @@ where
         tx.rollback().await?;
         return Ok(Applied::Duplicate);
     }
+    let standing = tx.standing(claim).await?;
     // Alerts of one instrument are applied in alert order: an older one waiting goes first.
-    if tx.older_queued(claim).await? {
+    if standing.older_queued {
         let queued = tx.set_outcome(claim.fingerprint, QUEUED, None).await?;
         return finish(tx, queued, "the queued alert", Applied::Queued).await;
     }
-    let latest_recorded_at = match tx.latest_recorded_at(&signal.instrument).await? {
+    let latest_recorded_at = match standing.latest_recorded_at {
         None => None,
         Some(text) => Some(text.parse::<DateTime<Utc>>().map_err(|error| {
             StoreError::Corrupt(format!(
@@ -90,8 +99,12 @@ where
         })?),
     };
     crate::failpoint::hit("inside_transaction");
-    tx.ensure_portfolio().await?;
-    let (positions, portfolio) = tx.book_rows(&signal.instrument).await?;
+    let (mut positions, mut portfolio) = tx.book_rows(&signal.instrument).await?;
+    if portfolio.is_none() {
+        // Only a new database has no row; once created, it is read (and locked) again.
+        tx.ensure_portfolio().await?;
+        (positions, portfolio) = tx.book_rows(&signal.instrument).await?;
+    }
     let mut book = book_from_rows(positions, portfolio)?;
     book.latest_recorded_at = latest_recorded_at;
     let plan = match decide(&book) {

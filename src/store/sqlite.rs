@@ -1,6 +1,6 @@
 //! The SQLite backend: one file, WAL journal, foreign keys on. Money is TEXT.
 
-use super::signal_tx::{self, SignalTx};
+use super::signal_tx::{self, SignalTx, Standing};
 use super::{
     classify, timestamp_text, Access, Applied, ApplyError, InstanceRecord, InstanceRow,
     PortfolioRow, PositionRow, PyramidingRow, QueuedRow, RecoveryRows, SignalClaim, SignalOutcome,
@@ -592,15 +592,18 @@ impl SignalTx for SqliteSignalTx<'_> {
         .await
     }
 
-    async fn latest_recorded_at(&mut self, instrument: &str) -> Result<Option<String>, StoreError> {
-        let found: Option<(Option<String>,)> = sqlx::query_as(
-            "SELECT max(alert_at) FROM signal_log WHERE instrument = ?1 AND status <> 'queued'",
+    async fn standing(&mut self, claim: &SignalClaim<'_>) -> Result<Standing, StoreError> {
+        sqlx::query_as::<_, Standing>(
+            "SELECT EXISTS (SELECT 1 FROM signal_log WHERE instrument = $1 AND status = 'queued' \
+             AND (alert_at < $2 OR (alert_at = $2 AND fingerprint < $3))) AS older_queued, \
+             (SELECT max(alert_at) FROM signal_log WHERE instrument = $1 AND status <> 'queued') AS latest_recorded_at",
         )
-        .bind(instrument)
-        .fetch_optional(&mut *self.tx)
+        .bind(&claim.signal.instrument)
+        .bind(signal_tx::alert_at(claim))
+        .bind(claim.fingerprint)
+        .fetch_one(&mut *self.tx)
         .await
-        .map_err(classify_sqlite)?;
-        Ok(found.and_then(|(at,)| at))
+        .map_err(classify_sqlite)
     }
 
     async fn ensure_portfolio(&mut self) -> Result<(), StoreError> {
@@ -685,20 +688,6 @@ impl SignalTx for SqliteSignalTx<'_> {
             .bind(claim.instance_id),
         )
         .await
-    }
-
-    async fn older_queued(&mut self, claim: &SignalClaim<'_>) -> Result<bool, StoreError> {
-        let (older,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM signal_log WHERE instrument = $1 AND status = 'queued' \
-             AND (alert_at < $2 OR (alert_at = $2 AND fingerprint < $3))",
-        )
-        .bind(&claim.signal.instrument)
-        .bind(signal_tx::alert_at(claim))
-        .bind(claim.fingerprint)
-        .fetch_one(&mut *self.tx)
-        .await
-        .map_err(classify_sqlite)?;
-        Ok(older > 0)
     }
 
     async fn set_outcome(
