@@ -114,19 +114,46 @@ pub struct Instrument {
     pub margin_per_lot: Decimal,
 }
 
+/// Decimal places kept in risk, margin and P&L. Every stored amount has at most this many,
+/// so totals are exact sums that never run out of digits, and recovery recomputes exactly
+/// what was stored.
+pub const MONEY_DECIMAL_PLACES: u32 = 8;
+
+/// Rounds an amount to [`MONEY_DECIMAL_PLACES`], half away from zero.
+pub fn money(amount: Decimal) -> Decimal {
+    amount
+        .round_dp_with_strategy(
+            MONEY_DECIMAL_PLACES,
+            rust_decimal::RoundingStrategy::MidpointAwayFromZero,
+        )
+        .normalize()
+}
+
 impl Instrument {
-    /// |entry − stop| × lots × point value; `None` if it does not fit in a decimal.
+    /// |entry − stop| × lots × point value, as [`money`]; `None` if it does not fit in a
+    /// decimal.
     pub fn risk(&self, entry: Decimal, stop: Decimal, lots: Decimal) -> Option<Decimal> {
-        entry
+        let risk = entry
             .checked_sub(stop)?
             .abs()
             .checked_mul(lots)?
-            .checked_mul(self.point_value)
+            .checked_mul(self.point_value)?;
+        Some(money(risk))
     }
 
-    /// lots × margin per lot; `None` if it does not fit in a decimal.
+    /// lots × margin per lot, as [`money`]; `None` if it does not fit in a decimal.
     pub fn margin(&self, lots: Decimal) -> Option<Decimal> {
-        lots.checked_mul(self.margin_per_lot)
+        lots.checked_mul(self.margin_per_lot).map(money)
+    }
+
+    /// (exit − entry) × lots × point value of a long position, as [`money`]; `None` if it
+    /// does not fit in a decimal.
+    pub fn realized_pnl(&self, entry: Decimal, exit: Decimal, lots: Decimal) -> Option<Decimal> {
+        let pnl = exit
+            .checked_sub(entry)?
+            .checked_mul(lots)?
+            .checked_mul(self.point_value)?;
+        Some(money(pnl))
     }
 }
 

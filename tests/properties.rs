@@ -1,7 +1,8 @@
 //! Property tests over every parser that reads what someone else wrote: webhook bodies, the
 //! fingerprint's canonical form, policy and deployment files, the rows recovery decodes, and
 //! the intake journal's records.
-//! None may panic, and every error names its field or its file:line:column.
+//! None may panic, and every error names its field or its file:line:column. And what the
+//! planner accepts, recovery accepts: at a tolerance of 0, under any instrument terms.
 //!
 //! Each property runs 256 cases by default (the CI budget); `PROPTEST_CASES=N` runs more
 //! (the README's "Properties" section has the long-run command and figures). A failing case
@@ -10,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use proptest::prelude::*;
+use rust_decimal::Decimal;
 use std::collections::BTreeMap;
 use std::path::Path;
 use vigil::deployment::Deployment;
@@ -85,7 +87,7 @@ fn decimal_text() -> impl Strategy<Value = (u64, u32)> {
 }
 
 fn render(units: u64, scale: u32, trailing_zeros: usize) -> String {
-    let text = rust_decimal::Decimal::new(i64::try_from(units).unwrap(), scale).to_string();
+    let text = Decimal::new(i64::try_from(units).unwrap(), scale).to_string();
     if trailing_zeros == 0 {
         return text;
     }
@@ -95,6 +97,26 @@ fn render(units: u64, scale: u32, trailing_zeros: usize) -> String {
         format!("{text}.")
     };
     format!("{dotted}{}", "0".repeat(trailing_zeros))
+}
+
+/// One entry of a trade: price as (units, scale), the stop as a percentage of the price, and
+/// lots as (units, scale).
+type Entry = ((u64, u32), u8, (u64, u32));
+
+fn entries() -> impl Strategy<Value = Vec<Entry>> {
+    prop::collection::vec(
+        (
+            (1u64..100_000_000, 0u32..=8),
+            1u8..100,
+            (1u64..1_000, 0u32..=2),
+        ),
+        1..6,
+    )
+}
+
+/// Instrument terms: (point value, margin per lot), each as (units, scale).
+fn terms() -> impl Strategy<Value = ((u64, u32), (u64, u32))> {
+    ((1u64..100_000, 0u32..=4), (1u64..10_000_000, 0u32..=3))
 }
 
 proptest! {
@@ -171,7 +193,7 @@ proptest! {
     /// receipt that is not clean names a failure kind recovery can find.
     #[test]
     fn recovery_decodes_any_rows(rows in recovery_rows()) {
-        let (state, receipt) = vigil::recovery::recover(rows, rust_decimal::Decimal::new(1, 2), &BTreeMap::new(), 0);
+        let (state, receipt) = vigil::recovery::recover(rows, Decimal::new(1, 2), &BTreeMap::new(), 0);
         match receipt.failure() {
             None => prop_assert!(state.is_some()),
             Some(kind) => prop_assert!(kind.needs_recovery(), "{kind}"),
@@ -223,6 +245,170 @@ proptest! {
             Ok(scan) => prop_assert_eq!(&scan.records[..], &records[..scan.records.len()]),
             Err(corrupt) => prop_assert!(starts.contains(&(corrupt.offset as usize)), "{corrupt}"),
         }
+    }
+
+    #[test]
+    fn every_accepted_plan_recovers_clean_at_tolerance_zero(
+        trades in prop::collection::vec((entries(), prop::option::of((1u64..100_000_000, 0u32..=8))), 1..4),
+        ((point_units, point_scale), (margin_units, margin_scale)) in terms(),
+    ) {
+        let instrument = vigil::domain::Instrument {
+            lot_size: Decimal::ONE,
+            point_value: decimal(point_units, point_scale),
+            margin_per_lot: decimal(margin_units, margin_scale),
+        };
+        let mut book = Book::new(instrument.clone());
+        for (entries, exit) in trades {
+            for (index, ((units, scale), stop_percent, (lots, lots_scale))) in entries.iter().enumerate() {
+                let price = decimal(*units, *scale);
+                let stop = price * Decimal::from(*stop_percent) / Decimal::ONE_HUNDRED;
+                let kind = if index == 0 { "BASE_ENTRY" } else { "PYRAMID" };
+                book.signal(&format!(
+                    r#"{{"signal":"{kind}","instrument":"NIFTY","price":"{price}","stop":"{}","lots":"{}"}}"#,
+                    stop.round_dp(8).normalize(),
+                    decimal(*lots, *lots_scale)
+                ));
+            }
+            if let Some((units, scale)) = exit {
+                let exit = decimal(units, scale);
+                book.signal(&format!(r#"{{"signal":"EXIT","instrument":"NIFTY","price":"{exit}"}}"#));
+            }
+        }
+        prop_assert!(book.accepted > 0, "no signal was accepted");
+        let instruments = BTreeMap::from([("NIFTY".to_string(), instrument)]);
+        let (_, receipt) = vigil::recovery::recover(book.rows(), Decimal::ZERO, &instruments, 0);
+        prop_assert_eq!(receipt.failure(), None, "{}", receipt);
+    }
+}
+
+fn decimal(units: u64, scale: u32) -> Decimal {
+    Decimal::new(i64::try_from(units).unwrap(), scale)
+}
+
+/// What the store holds after the planner's plans, written the way a signal's transaction
+/// writes them: every opened and closed position, the totals and the pyramiding row.
+struct Book {
+    instrument: vigil::domain::Instrument,
+    /// Closed positions' rows.
+    closed: Vec<PositionRow>,
+    book: vigil::trading::plan::Book,
+    pyramiding: Option<PyramidingRow>,
+    signals: i64,
+    accepted: usize,
+}
+
+impl Book {
+    fn new(instrument: vigil::domain::Instrument) -> Book {
+        Book {
+            instrument,
+            closed: Vec::new(),
+            book: vigil::trading::plan::Book {
+                open: Vec::new(),
+                portfolio: vigil::domain::Portfolio::fresh(Decimal::from(1_000_000)),
+                latest_recorded_at: None,
+            },
+            pyramiding: None,
+            signals: 0,
+            accepted: 0,
+        }
+    }
+
+    /// Plans the alert in `body` (its time is added) and, when the service would take it and
+    /// the planner accepts it, applies the plan.
+    fn signal(&mut self, body: &str) {
+        self.signals += 1;
+        let at = chrono::DateTime::from_timestamp(1_795_000_000 + self.signals * 60, 0).unwrap();
+        let body = format!(
+            "{},\"timestamp\":\"{}\"}}",
+            body.trim_end_matches('}'),
+            at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        let Ok(parsed) = parse(body.as_bytes()) else {
+            return;
+        };
+        let fingerprint = format!("{:016x}{:048x}", self.signals, 0);
+        let signal = &parsed.signal;
+        let Ok(plan) = vigil::trading::plan::plan(
+            signal,
+            &fingerprint,
+            &self.instrument,
+            signal.price,
+            at,
+            &self.book,
+        ) else {
+            return;
+        };
+        self.accepted += 1;
+        if let Some(opened) = &plan.opened {
+            self.book.open.push(opened.clone());
+        }
+        for closed in &plan.closed {
+            let index = self
+                .book
+                .open
+                .iter()
+                .position(|p| p.id == closed.id)
+                .unwrap();
+            let position = self.book.open.remove(index);
+            self.closed.push(PositionRow {
+                status: "closed".into(),
+                exit_price: Some(closed.exit_price.to_string()),
+                exit_time: Some(at.to_rfc3339()),
+                realized_pnl: Some(closed.realized_pnl.to_string()),
+                ..row(&position)
+            });
+        }
+        self.book.portfolio = plan.portfolio;
+        match plan.pyramiding {
+            vigil::trading::plan::PyramidingChange::Upsert(p) => {
+                self.pyramiding = Some(PyramidingRow {
+                    instrument: p.instrument,
+                    last_pyramid_price: p.last_pyramid_price.to_string(),
+                    base_position_id: p.base_position_id,
+                });
+            }
+            vigil::trading::plan::PyramidingChange::Delete => self.pyramiding = None,
+            vigil::trading::plan::PyramidingChange::Keep => {}
+        }
+    }
+
+    fn rows(&self) -> RecoveryRows {
+        let portfolio = &self.book.portfolio;
+        let mut positions = self.closed.clone();
+        positions.extend(self.book.open.iter().map(row));
+        RecoveryRows {
+            positions,
+            portfolio: Some(PortfolioRow {
+                initial_capital: portfolio.initial_capital.to_string(),
+                closed_equity: portfolio.closed_equity.to_string(),
+                total_risk: portfolio.total_risk.to_string(),
+                margin_used: portfolio.margin_used.to_string(),
+                version: portfolio.version,
+            }),
+            pyramiding: self.pyramiding.iter().cloned().collect(),
+        }
+    }
+}
+
+/// An open position's row, as the store writes it.
+fn row(position: &vigil::domain::Position) -> PositionRow {
+    PositionRow {
+        id: position.id.clone(),
+        instrument: position.instrument.clone(),
+        label: position.label.clone(),
+        status: "open".into(),
+        lots: position.lots.to_string(),
+        entry_price: position.entry_price.to_string(),
+        stop_price: position.stop_price.to_string(),
+        risk_amount: position.risk_amount.to_string(),
+        margin: position.margin.to_string(),
+        is_base_position: position.is_base_position,
+        base_position_id: position.base_position_id.clone(),
+        entry_time: position.entry_time.to_rfc3339(),
+        version: position.version,
+        exit_price: None,
+        exit_time: None,
+        realized_pnl: None,
     }
 }
 
@@ -329,6 +515,9 @@ fn recovery_rows() -> impl Strategy<Value = RecoveryRows> {
                     base_position_id: base_id,
                     entry_time: time,
                     version: 1,
+                    exit_price: None,
+                    exit_time: None,
+                    realized_pnl: None,
                 }
             },
         );

@@ -96,7 +96,65 @@ const SCENARIOS: &[Scenario] = &[
             "UPDATE positions SET lots = 0 WHERE id = 'banknifty-base'",
         ),
     },
+    Scenario {
+        name: "open_position_with_exit",
+        seed: true,
+        damage: (
+            "UPDATE positions SET exit_time = '2026-11-20T10:00:00.000000Z', exit_price = '48100.00' WHERE id = 'banknifty-base'",
+            "UPDATE positions SET exit_time = '2026-11-20T10:00:00Z', exit_price = 48100.00 WHERE id = 'banknifty-base'",
+        ),
+    },
+    Scenario {
+        name: "stop_at_entry",
+        seed: true,
+        damage: (
+            "UPDATE positions SET stop_price = '48000.00' WHERE id = 'banknifty-base'",
+            "UPDATE positions SET stop_price = 48000.00 WHERE id = 'banknifty-base'",
+        ),
+    },
+    Scenario {
+        name: "pyramiding_names_no_base",
+        seed: true,
+        damage: (
+            "UPDATE pyramiding_state SET base_position_id = NULL WHERE instrument = 'NIFTY'",
+            "UPDATE pyramiding_state SET base_position_id = NULL WHERE instrument = 'NIFTY'",
+        ),
+    },
+    Scenario {
+        name: "pyramiding_without_position",
+        seed: true,
+        damage: (
+            "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) VALUES ('SENSEX', '80000', NULL)",
+            "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) VALUES ('SENSEX', 80000, NULL)",
+        ),
+    },
+    Scenario {
+        name: "closed_equity_tampered",
+        seed: true,
+        damage: (
+            "UPDATE portfolio_state SET closed_equity = '1012000.00'",
+            "UPDATE portfolio_state SET closed_equity = 1012000.00",
+        ),
+    },
+    Scenario {
+        name: "closed_position_without_pnl",
+        seed: true,
+        damage: (
+            "UPDATE positions SET realized_pnl = NULL WHERE id = 'nifty-closed'",
+            "UPDATE positions SET realized_pnl = NULL WHERE id = 'nifty-closed'",
+        ),
+    },
 ];
+
+/// The exit of the seeded closed trade, which the store writes when an EXIT closes a
+/// position: (SQLite, PostgreSQL). Its P&L is the seeded closed equity over the initial
+/// capital.
+const SEEDED_EXIT: (&str, &str) = (
+    "UPDATE positions SET exit_price = '21541.15', exit_time = '2026-11-20T09:10:00.000000Z', \
+     realized_pnl = '12345.67' WHERE id = 'nifty-closed'",
+    "UPDATE positions SET exit_price = 21541.15, exit_time = '2026-11-20T09:10:00Z', \
+     realized_pnl = 12345.67 WHERE id = 'nifty-closed'",
+);
 
 /// Policies the scenarios run under.
 const POLICIES: &[&str] = &["default", "strict"];
@@ -465,12 +523,18 @@ async fn recovery_scenarios() {
                 store.write_state(&seeded_state()).await.unwrap();
             }
             store.close().await;
-            let damage = if backend.name == "sqlite" {
-                scenario.damage.0
-            } else {
-                scenario.damage.1
+            let sqlite = backend.name == "sqlite";
+            let pick = |(sqlite_sql, postgres_sql): (&'static str, &'static str)| {
+                if sqlite {
+                    sqlite_sql
+                } else {
+                    postgres_sql
+                }
             };
-            backend.execute(damage).await;
+            if scenario.seed {
+                backend.execute(pick(SEEDED_EXIT)).await;
+            }
+            backend.execute(pick(scenario.damage)).await;
 
             for policy_name in POLICIES {
                 // recover --check is read-only: the data is the same before and after.

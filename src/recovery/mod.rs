@@ -4,7 +4,7 @@
 
 mod receipt;
 
-pub use receipt::{Check, Counts, Receipt, Verdict};
+pub use receipt::{Basis, Check, Counts, Receipt, Verdict};
 
 use crate::domain::{
     checked_sum, parse_decimal, Instrument, Portfolio, Position, PositionStatus, Pyramiding,
@@ -28,6 +28,18 @@ pub struct State {
     pub portfolio: Option<Portfolio>,
     /// Pyramiding state per instrument.
     pub pyramiding: Vec<Pyramiding>,
+    /// The closed positions: how many, and their realized P&L added up, which the closed
+    /// equity must equal on top of the initial capital.
+    pub closed: ClosedTrades,
+}
+
+/// What the closed positions add up to.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ClosedTrades {
+    /// How many positions are closed.
+    pub count: usize,
+    /// Their realized P&L added up; `None` when the sum does not fit in a decimal.
+    pub realized_pnl: Option<Decimal>,
 }
 
 /// Runs recovery on `rows`: decode, rebuild, validate. `tolerance` is the policy's
@@ -89,26 +101,31 @@ impl Problems {
     }
 }
 
-fn decimal(problems: &mut Problems, place: &str, text: &str) -> Decimal {
-    match parse_decimal(text) {
-        Some(value) => value,
-        None => {
-            problems.push(format!("{place} = {text:?} is not an exact decimal number"));
-            Decimal::ZERO
+/// What a stored amount must be, besides an exact decimal.
+#[derive(Debug, Clone, Copy)]
+enum Sign {
+    Any,
+    Positive,
+    NotNegative,
+}
+
+/// Decodes `text` at `place`; a value that does not decode is reported once, not again for
+/// its sign.
+fn amount(problems: &mut Problems, place: &str, text: &str, sign: Sign) -> Decimal {
+    let Some(value) = parse_decimal(text) else {
+        problems.push(format!("{place} = {text:?} is not an exact decimal number"));
+        return Decimal::ZERO;
+    };
+    match sign {
+        Sign::Positive if value <= Decimal::ZERO => {
+            problems.push(format!("{place} = {value} is not positive"));
         }
+        Sign::NotNegative if value < Decimal::ZERO => {
+            problems.push(format!("{place} = {value} is negative"));
+        }
+        Sign::Any | Sign::Positive | Sign::NotNegative => {}
     }
-}
-
-fn positive(problems: &mut Problems, place: &str, value: Decimal) {
-    if value <= Decimal::ZERO {
-        problems.push(format!("{place} = {value} is not positive"));
-    }
-}
-
-fn not_negative(problems: &mut Problems, place: &str, value: Decimal) {
-    if value < Decimal::ZERO {
-        problems.push(format!("{place} = {value} is negative"));
-    }
+    value
 }
 
 /// Decodes stored rows the way recovery does, for code that reads a few rows at a time
@@ -121,7 +138,7 @@ pub fn decode_rows(
     let portfolio = portfolio.map(|row| decode_portfolio(row, &mut problems));
     let positions = positions
         .into_iter()
-        .map(|row| decode_position(row, &mut problems))
+        .map(|row| decode_position(row, &mut problems).0)
         .collect();
     if problems.is_empty() {
         Ok((positions, portfolio))
@@ -131,18 +148,22 @@ pub fn decode_rows(
 }
 
 fn decode(rows: RecoveryRows, problems: &mut Problems) -> State {
-    if rows.portfolio.is_none() && !rows.positions.is_empty() {
-        problems.push("open positions exist but no portfolio state is stored".to_string());
-    }
     let portfolio = rows
         .portfolio
         .as_ref()
         .map(|row| decode_portfolio(row, problems));
-    let positions = rows
-        .positions
-        .into_iter()
-        .map(|row| decode_position(row, problems))
-        .collect();
+    let mut positions = Vec::new();
+    let mut realized = Vec::new();
+    for row in rows.positions {
+        let (position, realized_pnl) = decode_position(row, problems);
+        match realized_pnl {
+            Some(pnl) => realized.push(pnl),
+            None => positions.push(position),
+        }
+    }
+    if portfolio.is_none() && !positions.is_empty() {
+        problems.push("open positions exist but no portfolio state is stored".to_string());
+    }
     let pyramiding = rows
         .pyramiding
         .iter()
@@ -152,10 +173,16 @@ fn decode(rows: RecoveryRows, problems: &mut Problems) -> State {
         positions,
         portfolio,
         pyramiding,
+        closed: ClosedTrades {
+            count: realized.len(),
+            realized_pnl: checked_sum(realized),
+        },
     }
 }
 
-fn decode_position(row: PositionRow, problems: &mut Problems) -> Position {
+/// Decodes one position row; a closed one also gives its realized P&L. An open row must
+/// carry no exit, and a closed one its whole exit: its price, time and P&L.
+fn decode_position(row: PositionRow, problems: &mut Problems) -> (Position, Option<Decimal>) {
     let at = |column: &str| format!("position {} {column}", row.id);
     let status = PositionStatus::parse(&row.status).unwrap_or_else(|| {
         problems.push(format!(
@@ -165,27 +192,62 @@ fn decode_position(row: PositionRow, problems: &mut Problems) -> Position {
         ));
         PositionStatus::Open
     });
-    let lots = decimal(problems, &at("lots"), &row.lots);
-    positive(problems, &at("lots"), lots);
-    let entry_price = decimal(problems, &at("entry_price"), &row.entry_price);
-    positive(problems, &at("entry_price"), entry_price);
-    let stop_price = decimal(problems, &at("stop_price"), &row.stop_price);
-    not_negative(problems, &at("stop_price"), stop_price);
-    let risk_amount = decimal(problems, &at("risk_amount"), &row.risk_amount);
-    not_negative(problems, &at("risk_amount"), risk_amount);
-    let margin = decimal(problems, &at("margin"), &row.margin);
-    not_negative(problems, &at("margin"), margin);
-    let entry_time = DateTime::parse_from_rfc3339(&row.entry_time)
-        .map(|time| time.with_timezone(&Utc))
-        .unwrap_or_else(|_| {
-            problems.push(format!(
-                "{} = {:?} is not a timestamp",
-                at("entry_time"),
-                row.entry_time
-            ));
-            DateTime::<Utc>::MIN_UTC
-        });
-    Position {
+    let lots = amount(problems, &at("lots"), &row.lots, Sign::Positive);
+    let entry_price = amount(
+        problems,
+        &at("entry_price"),
+        &row.entry_price,
+        Sign::Positive,
+    );
+    let stop_price = amount(
+        problems,
+        &at("stop_price"),
+        &row.stop_price,
+        Sign::NotNegative,
+    );
+    let risk_amount = amount(
+        problems,
+        &at("risk_amount"),
+        &row.risk_amount,
+        Sign::NotNegative,
+    );
+    let margin = amount(problems, &at("margin"), &row.margin, Sign::NotNegative);
+    let entry_time = timestamp(problems, &at("entry_time"), &row.entry_time);
+    let exit = [
+        ("exit_price", &row.exit_price),
+        ("exit_time", &row.exit_time),
+        ("realized_pnl", &row.realized_pnl),
+    ];
+    let realized_pnl = match status {
+        PositionStatus::Open => {
+            for (column, value) in exit {
+                if let Some(value) = value {
+                    problems.push(format!(
+                        "{} = {value:?} is set on an open position",
+                        at(column)
+                    ));
+                }
+            }
+            None
+        }
+        PositionStatus::Closed => {
+            for (column, value) in exit {
+                if value.is_none() {
+                    problems.push(format!("{} is missing on a closed position", at(column)));
+                }
+            }
+            if let Some(text) = &row.exit_price {
+                amount(problems, &at("exit_price"), text, Sign::Positive);
+            }
+            if let Some(text) = &row.exit_time {
+                timestamp(problems, &at("exit_time"), text);
+            }
+            Some(row.realized_pnl.as_deref().map_or(Decimal::ZERO, |text| {
+                amount(problems, &at("realized_pnl"), text, Sign::Any)
+            }))
+        }
+    };
+    let position = Position {
         id: row.id,
         instrument: row.instrument,
         label: row.label,
@@ -199,17 +261,45 @@ fn decode_position(row: PositionRow, problems: &mut Problems) -> Position {
         base_position_id: row.base_position_id,
         entry_time,
         version: row.version,
-    }
+    };
+    (position, realized_pnl)
+}
+
+fn timestamp(problems: &mut Problems, place: &str, text: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|time| time.with_timezone(&Utc))
+        .unwrap_or_else(|_| {
+            problems.push(format!("{place} = {text:?} is not a timestamp"));
+            DateTime::<Utc>::MIN_UTC
+        })
 }
 
 fn decode_portfolio(row: &PortfolioRow, problems: &mut Problems) -> Portfolio {
-    let total_risk = decimal(problems, "portfolio total_risk", &row.total_risk);
-    not_negative(problems, "portfolio total_risk", total_risk);
-    let margin_used = decimal(problems, "portfolio margin_used", &row.margin_used);
-    not_negative(problems, "portfolio margin_used", margin_used);
+    let total_risk = amount(
+        problems,
+        "portfolio total_risk",
+        &row.total_risk,
+        Sign::NotNegative,
+    );
+    let margin_used = amount(
+        problems,
+        "portfolio margin_used",
+        &row.margin_used,
+        Sign::NotNegative,
+    );
     Portfolio {
-        initial_capital: decimal(problems, "portfolio initial_capital", &row.initial_capital),
-        closed_equity: decimal(problems, "portfolio closed_equity", &row.closed_equity),
+        initial_capital: amount(
+            problems,
+            "portfolio initial_capital",
+            &row.initial_capital,
+            Sign::Any,
+        ),
+        closed_equity: amount(
+            problems,
+            "portfolio closed_equity",
+            &row.closed_equity,
+            Sign::Any,
+        ),
         total_risk,
         margin_used,
         version: row.version,
@@ -218,8 +308,7 @@ fn decode_portfolio(row: &PortfolioRow, problems: &mut Problems) -> Portfolio {
 
 fn decode_pyramiding(row: &PyramidingRow, problems: &mut Problems) -> Pyramiding {
     let place = format!("pyramiding {} last_pyramid_price", row.instrument);
-    let last_pyramid_price = decimal(problems, &place, &row.last_pyramid_price);
-    not_negative(problems, &place, last_pyramid_price);
+    let last_pyramid_price = amount(problems, &place, &row.last_pyramid_price, Sign::NotNegative);
     Pyramiding {
         instrument: row.instrument.clone(),
         last_pyramid_price,
@@ -243,7 +332,7 @@ fn validate(
     let portfolio = state.portfolio.as_ref().unwrap_or(&fresh);
     let sum =
         |name: &'static str, stored: Decimal, amounts: Vec<Decimal>| match checked_sum(amounts) {
-            Some(summed) => Check::sum(name, stored, summed, tolerance),
+            Some(summed) => Check::sum(name, Basis::OpenPositions, stored, summed, tolerance),
             None => Check::failed(
                 name,
                 FailureKind::DataCorrupt,
@@ -316,22 +405,76 @@ fn validate(
     checks.push(problems.into_check_or_pass("every pyramid has an open base"));
 
     let mut problems = Problems::default();
+    for position in &open {
+        if position.stop_price >= position.entry_price {
+            problems.push(format!(
+                "position {}: stop {} is not below its entry {}, and vigil trades long positions",
+                position.id, position.stop_price, position.entry_price
+            ));
+        }
+    }
+    checks.push(problems.into_check_or_pass("every stop is below its entry"));
+
+    let mut problems = Problems::default();
+    let traded: HashSet<&str> = open.iter().map(|p| p.instrument.as_str()).collect();
     for pyramiding in &state.pyramiding {
+        let instrument = pyramiding.instrument.as_str();
+        if !instruments.is_empty() && !instruments.contains_key(instrument) {
+            problems.push(format!(
+                "pyramiding state of {instrument}, which the deployment does not configure"
+            ));
+        }
+        if !traded.contains(instrument) {
+            problems.push(format!(
+                "pyramiding state of {instrument}, which has no open position"
+            ));
+            continue;
+        }
         match pyramiding.base_position_id.as_deref() {
-            None => {}
-                        Some(id)
+            None => {
+                if let Some(base) = bases.get(instrument) {
+                    problems.push(format!(
+                        "pyramiding state of {instrument} names no base, but {base} is its open base"
+                    ));
+                }
+            }
+            Some(id)
                 if by_id
                     .get(id)
-                    .is_some_and(|base| base.is_base_position && base.instrument == pyramiding.instrument) => {}
+                    .is_some_and(|base| base.is_base_position && base.instrument == instrument) => {}
             Some(id) => problems.push(format!(
-                "pyramiding state of {} names {id}, which is not an open base position of that instrument",
-                pyramiding.instrument
+                "pyramiding state of {instrument} names {id}, which is not an open base position of that instrument"
             )),
         }
     }
     checks.push(problems.into_check_or_pass("pyramiding state points at open bases"));
 
-    if !instruments.is_empty() {
+    let expected_equity = state
+        .closed
+        .realized_pnl
+        .and_then(|realized| portfolio.initial_capital.checked_add(realized));
+    checks.push(match expected_equity {
+        Some(expected) => Check::sum(
+            "closed equity",
+            Basis::ClosedTrades,
+            portfolio.closed_equity,
+            expected,
+            tolerance,
+        ),
+        None => Check::failed(
+            "closed equity",
+            FailureKind::DataCorrupt,
+            "the initial capital and the closed positions' P&L do not fit in a decimal when added"
+                .into(),
+        ),
+    });
+
+    if instruments.is_empty() {
+        checks.push(Check::skipped(
+            "position risk and margin match their instrument",
+            "no instruments configured",
+        ));
+    } else {
         let mut problems = Problems::default();
         for position in &open {
             let Some(instrument) = instruments.get(&position.instrument) else {
@@ -402,7 +545,33 @@ mod tests {
             base_position_id: base.map(str::to_string),
             entry_time: "2026-11-20T09:00:00.000000Z".into(),
             version: 1,
+            exit_price: None,
+            exit_time: None,
+            realized_pnl: None,
         }
+    }
+
+    /// A closed position on A with its whole exit and `pnl`.
+    fn closed(id: &str, pnl: &str) -> PositionRow {
+        PositionRow {
+            status: "closed".into(),
+            exit_price: Some("105".into()),
+            exit_time: Some("2026-11-20T09:30:00.000000Z".into()),
+            realized_pnl: Some(pnl.into()),
+            ..row(id, "A", None, "10", "100")
+        }
+    }
+
+    #[test]
+    fn a_value_that_does_not_decode_is_reported_once() {
+        let mut rows = rows();
+        rows.positions[0].lots = "two".into();
+        let (_, receipt) = recover(rows, Decimal::new(1, 2), &BTreeMap::new(), 0);
+        let detail = &receipt.checks[0].detail;
+        assert_eq!(
+            detail, "position a-base lots = \"two\" is not an exact decimal number",
+            "{receipt}"
+        );
     }
 
     /// A base and a pyramid on A, totals 20 risk and 200 margin, and A's pyramiding row.
@@ -533,6 +702,106 @@ mod tests {
                     FailureKind::ValidationFailed,
                 )),
             ),
+            (
+                "open position with an exit time",
+                |r| r.positions[0].exit_time = Some("2026-11-20T10:00:00Z".into()),
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "open position with an exit price",
+                |r| r.positions[1].exit_price = Some("101".into()),
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "open position with a realized P&L",
+                |r| r.positions[0].realized_pnl = Some("0".into()),
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "closed position and equity agree",
+                |r| {
+                    r.positions.push(closed("a-old", "50"));
+                    if let Some(p) = &mut r.portfolio {
+                        p.closed_equity = "1050".into();
+                    }
+                },
+                None,
+            ),
+            (
+                "closed equity without its closed P&L",
+                |r| r.positions.push(closed("a-old", "50")),
+                Some(("closed equity", FailureKind::ValidationFailed)),
+            ),
+            (
+                "closed equity off its initial capital",
+                |r| {
+                    if let Some(p) = &mut r.portfolio {
+                        p.closed_equity = "0".into();
+                    }
+                },
+                Some(("closed equity", FailureKind::ValidationFailed)),
+            ),
+            (
+                "closed position without a P&L",
+                |r| {
+                    let mut old = closed("a-old", "0");
+                    old.realized_pnl = None;
+                    r.positions.push(old);
+                },
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "closed position with garbage",
+                |r| r.positions.push(closed("a-old", "fifty")),
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "closed position without an exit time",
+                |r| {
+                    let mut old = closed("a-old", "0");
+                    old.exit_time = Some("yesterday".into());
+                    r.positions.push(old);
+                },
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "stop at its entry",
+                |r| r.positions[0].stop_price = "100".into(),
+                Some((
+                    "every stop is below its entry",
+                    FailureKind::ValidationFailed,
+                )),
+            ),
+            (
+                "stop above its entry",
+                |r| r.positions[1].stop_price = "100.5".into(),
+                Some((
+                    "every stop is below its entry",
+                    FailureKind::ValidationFailed,
+                )),
+            ),
+            (
+                "pyramiding names no base while one is open",
+                |r| r.pyramiding[0].base_position_id = None,
+                Some((
+                    "pyramiding state points at open bases",
+                    FailureKind::ValidationFailed,
+                )),
+            ),
+            (
+                "pyramiding of an instrument with nothing open",
+                |r| {
+                    r.pyramiding.push(PyramidingRow {
+                        instrument: "C".into(),
+                        last_pyramid_price: "5".into(),
+                        base_position_id: None,
+                    });
+                },
+                Some((
+                    "pyramiding state points at open bases",
+                    FailureKind::ValidationFailed,
+                )),
+            ),
         ];
         for (name, change, expected) in cases {
             let mut rows = rows();
@@ -592,11 +861,33 @@ mod tests {
             &BTreeMap::from([("B".to_string(), instrument_b())]),
             0,
         );
-        assert!(
-            receipt
-                .checks
-                .iter()
-                .any(|c| !c.passed && c.detail.contains("does not configure")),
+        let unconfigured: Vec<&str> = receipt
+            .checks
+            .iter()
+            .filter(|c| !c.passed && c.detail.contains("does not configure"))
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(
+            unconfigured,
+            [
+                "pyramiding state points at open bases",
+                "position risk and margin match their instrument"
+            ],
+            "{receipt}"
+        );
+        let (_, receipt) = recover(rows(), Decimal::new(1, 2), &BTreeMap::new(), 0);
+        let skipped: Vec<(&str, &str)> = receipt
+            .checks
+            .iter()
+            .filter(|c| c.skipped)
+            .map(|c| (c.name, c.detail.as_str()))
+            .collect();
+        assert_eq!(
+            skipped,
+            [(
+                "position risk and margin match their instrument",
+                "no instruments configured"
+            )],
             "{receipt}"
         );
     }

@@ -22,27 +22,32 @@ pub struct Counts {
     pub instruments: usize,
     /// Pyramiding state rows.
     pub pyramiding_states: usize,
+    /// Closed positions.
+    pub closed_positions: usize,
 }
 
 impl Counts {
-    /// Counts taken from rows that did not all decode: every row read counts as open.
+    /// Counts taken from rows that did not all decode: every row not marked closed counts
+    /// as open.
     pub(super) fn of_rows(rows: &crate::store::RecoveryRows) -> Counts {
-        let base_positions = rows
+        let closed = PositionStatus::Closed.as_str();
+        let open: Vec<_> = rows
             .positions
             .iter()
-            .filter(|row| row.is_base_position)
-            .count();
+            .filter(|row| row.status != closed)
+            .collect();
+        let base_positions = open.iter().filter(|row| row.is_base_position).count();
         Counts {
-            open_positions: rows.positions.len(),
+            open_positions: open.len(),
             base_positions,
-            pyramids: rows.positions.len() - base_positions,
-            instruments: rows
-                .positions
+            pyramids: open.len() - base_positions,
+            instruments: open
                 .iter()
                 .map(|row| row.instrument.as_str())
                 .collect::<BTreeSet<_>>()
                 .len(),
             pyramiding_states: rows.pyramiding.len(),
+            closed_positions: rows.positions.len() - open.len(),
         }
     }
 
@@ -63,6 +68,7 @@ impl Counts {
                 .collect::<BTreeSet<_>>()
                 .len(),
             pyramiding_states: state.pyramiding.len(),
+            closed_positions: state.closed.count,
         }
     }
 }
@@ -103,6 +109,30 @@ pub struct Check {
     pub tolerance: Option<Decimal>,
     /// What was found, in words.
     pub detail: String,
+    /// Not run, for the reason in `detail`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
+    /// What the stored value is compared with, for sum checks.
+    #[serde(skip)]
+    pub basis: Option<Basis>,
+}
+
+/// What a sum check compares a stored total with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Basis {
+    /// The sum over open positions.
+    OpenPositions,
+    /// The initial capital plus the closed positions' realized P&L.
+    ClosedTrades,
+}
+
+impl fmt::Display for Basis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Basis::OpenPositions => "open positions sum to",
+            Basis::ClosedTrades => "initial capital plus closed P&L is",
+        })
+    }
 }
 
 impl Check {
@@ -116,6 +146,16 @@ impl Check {
             difference: None,
             tolerance: None,
             detail: String::new(),
+            skipped: false,
+            basis: None,
+        }
+    }
+
+    pub(super) fn skipped(name: &'static str, why: &str) -> Check {
+        Check {
+            detail: why.to_string(),
+            skipped: true,
+            ..Check::passed(name)
         }
     }
 
@@ -129,12 +169,15 @@ impl Check {
             difference: None,
             tolerance: None,
             detail,
+            skipped: false,
+            basis: None,
         }
     }
 
-    /// A stored total against the sum over open positions.
+    /// A stored total against what `basis` gives.
     pub(super) fn sum(
         name: &'static str,
+        basis: Basis,
         stored: Decimal,
         summed: Decimal,
         tolerance: Decimal,
@@ -144,7 +187,9 @@ impl Check {
         let detail = if passed {
             String::new()
         } else {
-            format!("stored {stored} but open positions sum to {summed}: off by {difference}, tolerance {tolerance}")
+            format!(
+                "stored {stored} but {basis} {summed}: off by {difference}, tolerance {tolerance}"
+            )
         };
         Check {
             name,
@@ -155,6 +200,8 @@ impl Check {
             difference: Some(difference),
             tolerance: Some(tolerance),
             detail,
+            skipped: false,
+            basis: Some(basis),
         }
     }
 }
@@ -292,7 +339,11 @@ impl fmt::Display for Receipt {
             counted(counts.pyramiding_states, "pyramiding state")
         )?;
         if let Some(equity) = self.closed_equity {
-            writeln!(f, "  closed equity: {equity}")?;
+            writeln!(
+                f,
+                "  closed equity: {equity} after {}",
+                counted(counts.closed_positions, "closed position")
+            )?;
         }
         if self.queued_alerts > 0 {
             writeln!(
@@ -303,7 +354,11 @@ impl fmt::Display for Receipt {
         }
         writeln!(f, "  checks:")?;
         for check in &self.checks {
-            let mark = if check.passed { "ok  " } else { "FAIL" };
+            let mark = match (check.passed, check.skipped) {
+                (_, true) => "skip",
+                (true, false) => "ok  ",
+                (false, false) => "FAIL",
+            };
             write!(f, "    [{mark}] {}", check.name)?;
             match (
                 check.expected,
@@ -312,12 +367,16 @@ impl fmt::Display for Receipt {
                 check.tolerance,
             ) {
                 (Some(expected), Some(actual), Some(difference), Some(tolerance)) => {
-                    write!(f, ": stored {expected}, open positions sum to {actual}, difference {difference}")?;
+                    let basis = check.basis.unwrap_or(Basis::OpenPositions);
+                    write!(
+                        f,
+                        ": stored {expected}, {basis} {actual}, difference {difference}"
+                    )?;
                     if !check.passed {
                         write!(f, ", more than the tolerance of {tolerance}")?;
                     }
                 }
-                _ if !check.passed => write!(f, ": {}", check.detail)?,
+                _ if !check.passed || check.skipped => write!(f, ": {}", check.detail)?,
                 _ => {}
             }
             writeln!(f)?;

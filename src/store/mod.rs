@@ -69,6 +69,12 @@ pub struct PositionRow {
     pub entry_time: String,
     /// Optimistic-concurrency version.
     pub version: i64,
+    /// Decimal text; set when the position closed, and only then.
+    pub exit_price: Option<String>,
+    /// RFC 3339 text; set when the position closed, and only then.
+    pub exit_time: Option<String>,
+    /// Decimal text; set when the position closed, and only then.
+    pub realized_pnl: Option<String>,
 }
 
 /// The portfolio row as stored.
@@ -100,7 +106,7 @@ pub struct PyramidingRow {
 /// Everything recovery reads, from one consistent snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RecoveryRows {
-    /// Every position that is not closed (unknown statuses included, so they are caught).
+    /// Every position, open and closed (unknown statuses included, so they are caught).
     pub positions: Vec<PositionRow>,
     /// The portfolio row, if one was ever written.
     pub portfolio: Option<PortfolioRow>,

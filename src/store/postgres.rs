@@ -112,8 +112,9 @@ fn classify_pg(error: sqlx::Error) -> StoreError {
 /// Timestamps as the RFC 3339 text SQLite stores, so rows decode the same way.
 const LOAD_POSITIONS: &str = "SELECT id, instrument, label, status, lots::text AS lots, entry_price::text AS entry_price, \
      stop_price::text AS stop_price, risk_amount::text AS risk_amount, margin::text AS margin, is_base_position, \
-     base_position_id, to_char(entry_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS entry_time, version \
-     FROM positions WHERE status <> 'closed' ORDER BY id";
+     base_position_id, to_char(entry_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS entry_time, version, \
+     exit_price::text AS exit_price, to_char(exit_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS exit_time, \
+     realized_pnl::text AS realized_pnl FROM positions ORDER BY id";
 
 const LOAD_PORTFOLIO: &str = "SELECT initial_capital::text AS initial_capital, closed_equity::text AS closed_equity, \
      total_risk::text AS total_risk, margin_used::text AS margin_used, version FROM portfolio_state WHERE id = 1";
@@ -392,8 +393,9 @@ impl PgStore {
 
 const LOAD_INSTRUMENT: &str = "SELECT id, instrument, label, status, lots::text AS lots, entry_price::text AS entry_price, \
      stop_price::text AS stop_price, risk_amount::text AS risk_amount, margin::text AS margin, is_base_position, \
-     base_position_id, to_char(entry_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS entry_time, version \
-     FROM positions WHERE instrument = $1 AND status = 'open' ORDER BY entry_time";
+     base_position_id, to_char(entry_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS entry_time, version, \
+     exit_price::text AS exit_price, to_char(exit_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS exit_time, \
+     realized_pnl::text AS realized_pnl FROM positions WHERE instrument = $1 AND status = 'open' ORDER BY entry_time";
 
 impl Store for PgStore {
     async fn apply_signal<F>(

@@ -50,15 +50,15 @@ fn classify_sqlite(error: sqlx::Error) -> StoreError {
 
 const LOAD_POSITIONS: &str =
     "SELECT id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
-     margin, is_base_position, base_position_id, entry_time, version \
-     FROM positions WHERE status <> 'closed'";
+     margin, is_base_position, base_position_id, entry_time, version, exit_price, exit_time, realized_pnl \
+     FROM positions";
 
 /// The same rows as [`LOAD_POSITIONS`], built into one JSON array by SQLite itself: the
 /// driver's per-row cost is several times SQLite's own, and recovery reads every open
 /// position at once.
 const LOAD_POSITIONS_JSON: &str = "SELECT json_group_array(json_array(id, instrument, label, status, lots, \
-     entry_price, stop_price, risk_amount, margin, is_base_position, base_position_id, entry_time, version)) \
-     FROM positions WHERE status <> 'closed'";
+     entry_price, stop_price, risk_amount, margin, is_base_position, base_position_id, entry_time, version, \
+     exit_price, exit_time, realized_pnl)) FROM positions";
 
 /// A money or lot column as SQLite holds it: text as written, or a number if a hand wrote
 /// one; either way it reaches the decoder as text.
@@ -94,6 +94,9 @@ struct JsonPosition(
     Option<String>,
     Loose,
     i64,
+    Option<Loose>,
+    Option<Loose>,
+    Option<Loose>,
 );
 
 fn positions_from_json(json: &str) -> Result<Vec<PositionRow>, StoreError> {
@@ -116,6 +119,9 @@ fn positions_from_json(json: &str) -> Result<Vec<PositionRow>, StoreError> {
                 base,
                 entry_time,
                 version,
+                exit_price,
+                exit_time,
+                realized_pnl,
             )| {
                 PositionRow {
                     id,
@@ -131,6 +137,9 @@ fn positions_from_json(json: &str) -> Result<Vec<PositionRow>, StoreError> {
                     base_position_id: base,
                     entry_time: entry_time.into_text(),
                     version,
+                    exit_price: exit_price.map(Loose::into_text),
+                    exit_time: exit_time.map(Loose::into_text),
+                    realized_pnl: realized_pnl.map(Loose::into_text),
                 }
             },
         )
@@ -179,7 +188,7 @@ impl SqliteStore {
 
 const LOAD_INSTRUMENT: &str =
     "SELECT id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
-     margin, is_base_position, base_position_id, entry_time, version \
+     margin, is_base_position, base_position_id, entry_time, version, exit_price, exit_time, realized_pnl \
      FROM positions WHERE instrument = ?1 AND status = 'open' ORDER BY entry_time";
 
 impl Store for SqliteStore {

@@ -9,19 +9,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
-/// Decimal places kept in risk, margin and P&L. Every stored amount has at most this many,
-/// so totals are exact sums that never run out of digits.
-pub const MONEY_DECIMAL_PLACES: u32 = 8;
-
-/// Rounds an amount to [`MONEY_DECIMAL_PLACES`], half away from zero.
-fn money(amount: Decimal) -> Decimal {
-    amount
-        .round_dp_with_strategy(
-            MONEY_DECIMAL_PLACES,
-            rust_decimal::RoundingStrategy::MidpointAwayFromZero,
-        )
-        .normalize()
-}
+pub use crate::domain::MONEY_DECIMAL_PLACES;
 
 /// Totals with no trailing zeros, so that an emptied book stores `0` rather than `0.00`.
 fn tidy(mut portfolio: Portfolio) -> Portfolio {
@@ -231,9 +219,8 @@ pub fn plan(
             };
             let risk_amount = instrument
                 .risk(fill_price, stop, lots)
-                .map(money)
                 .ok_or_else(too_large)?;
-            let margin = instrument.margin(lots).map(money).ok_or_else(too_large)?;
+            let margin = instrument.margin(lots).ok_or_else(too_large)?;
             let position = Position {
                 id: format!("pos-{}", &fingerprint[..fingerprint.len().min(16)]),
                 instrument: signal.instrument.clone(),
@@ -304,11 +291,8 @@ pub fn plan(
             let too_large = || reject("price", "the exit gives an amount too large to hold");
             let mut closed = Vec::with_capacity(targets.len());
             for position in &targets {
-                let realized_pnl = fill_price
-                    .checked_sub(position.entry_price)
-                    .and_then(|move_| move_.checked_mul(position.lots))
-                    .and_then(|pnl| pnl.checked_mul(instrument.point_value))
-                    .map(money)
+                let realized_pnl = instrument
+                    .realized_pnl(position.entry_price, fill_price, position.lots)
                     .ok_or_else(too_large)?;
                 portfolio.total_risk = portfolio
                     .total_risk
