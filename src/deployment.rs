@@ -2,7 +2,7 @@
 //! which policy it follows and the instruments it trades. Environment variables override
 //! it and command-line flags override both; the command line does that layering.
 
-use crate::diagnostic::{Collector, Diagnostics};
+use crate::diagnostic::{Collector, Diagnostics, ReadText};
 use crate::domain::Instrument;
 use crate::http::source::{ForwardedHeader, SourcePolicy};
 use ipnet::IpNet;
@@ -360,16 +360,21 @@ impl Deployment {
             Some(path) => (path, true),
             None => (Path::new(DEFAULT_DEPLOYMENT_FILE), false),
         };
-        let source = match std::fs::read_to_string(path) {
+        let source = match crate::diagnostic::read_text(path) {
             Ok(source) => source,
-            Err(error) if !required && error.kind() == std::io::ErrorKind::NotFound => {
+            Err(ReadText::Io(error))
+                if !required && error.kind() == std::io::ErrorKind::NotFound =>
+            {
                 return Ok(Deployment::default())
             }
-            Err(reason) => {
+            Err(ReadText::Io(reason)) => {
                 return Err(DeploymentError::Read {
                     path: path.display().to_string(),
                     reason,
                 })
+            }
+            Err(ReadText::NotText(diagnostics)) => {
+                return Err(DeploymentError::Invalid(diagnostics))
             }
         };
         Deployment::parse(path, &source).map_err(DeploymentError::Invalid)

@@ -212,6 +212,42 @@ impl<'a> Collector<'a> {
     }
 }
 
+/// A file read as text, or why it could not be.
+#[derive(Debug)]
+pub enum ReadText {
+    /// The operating system could not read it.
+    Io(std::io::Error),
+    /// It was read, but is not UTF-8 text: located at the first byte that is not.
+    NotText(Diagnostics),
+}
+
+/// Reads `path` as UTF-8 text. A file that is not text (a binary, another encoding) is an
+/// invalid file located at its first offending byte, not an I/O failure.
+pub fn read_text(path: &Path) -> Result<String, ReadText> {
+    let bytes = std::fs::read(path).map_err(ReadText::Io)?;
+    String::from_utf8(bytes).map_err(|error| {
+        let offset = error.utf8_error().valid_up_to();
+        let bytes = error.as_bytes();
+        let valid = String::from_utf8_lossy(bytes.get(..offset).unwrap_or_default());
+        // The line up to the bad byte, and what follows it as far as it is text.
+        let rest = String::from_utf8_lossy(bytes.get(offset..).unwrap_or_default());
+        // Control bytes shown as `?`, one byte for one, so the caret still lines up.
+        let source: String = format!("{valid}{}", rest.lines().next().unwrap_or(""))
+            .chars()
+            .map(|c| if c.is_control() && c != '\t' && c != '\n' { '?' } else { c })
+            .collect();
+        let byte = bytes.get(offset).copied().unwrap_or_default();
+        Diagnostics(vec![Diagnostic::at(
+            path,
+            &source,
+            Some(valid.len()..valid.len()),
+            format!("the file is not UTF-8 text: byte 0x{byte:02x} at offset {offset}"),
+            Some("a policy or deployment file is TOML text in UTF-8; was a binary or another encoding given?".into()),
+        )])
+    })
+    .map_err(ReadText::NotText)
+}
+
 /// All problems found in one file, in the order they appear.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostics(pub Vec<Diagnostic>);

@@ -165,6 +165,12 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
         .clone()
         .or(deployment.database_url)
         .unwrap_or_else(|| store::DEFAULT_DATABASE_URL.to_string());
+    if let Err(error) = store::check_url(&database_url) {
+        eprintln!(
+            "error: {error}; set it with --database-url, VIGIL_DATABASE_URL or database_url in the deployment file"
+        );
+        return Ok(None);
+    }
     let redis_url = args
         .redis_url
         .clone()

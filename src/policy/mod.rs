@@ -8,8 +8,7 @@
 
 mod raw;
 
-use crate::diagnostic::Diagnostic;
-use crate::diagnostic::Diagnostics;
+use crate::diagnostic::{Diagnostic, Diagnostics, ReadText};
 use crate::vocabulary::{FailureKind, SignalSet};
 use rust_decimal::Decimal;
 use std::path::Path;
@@ -271,10 +270,16 @@ impl Policy {
 
     /// Reads and validates a policy file.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let source = std::fs::read_to_string(path).map_err(|reason| PolicyError::Read {
-            path: path.display().to_string(),
-            reason,
-        })?;
+        let source = match crate::diagnostic::read_text(path) {
+            Ok(source) => source,
+            Err(ReadText::Io(reason)) => {
+                return Err(PolicyError::Read {
+                    path: path.display().to_string(),
+                    reason,
+                })
+            }
+            Err(ReadText::NotText(diagnostics)) => return Err(PolicyError::Invalid(diagnostics)),
+        };
         Policy::parse(path, &source).map_err(PolicyError::Invalid)
     }
 

@@ -470,16 +470,42 @@ impl AnyStore {
 
     /// Connects to `url`. A read-write SQLite store creates its file on first use.
     pub async fn connect(url: &str, access: Access) -> Result<AnyStore, StoreError> {
+        match Backend::of(url)? {
+            Backend::Sqlite => Ok(AnyStore::Sqlite(SqliteStore::connect(url, access).await?)),
+            Backend::Postgres => Ok(AnyStore::Postgres(PgStore::connect(url, access).await?)),
+        }
+    }
+}
+
+/// The database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend `url`'s scheme names.
+    fn of(url: &str) -> Result<Backend, StoreError> {
         if url.starts_with("sqlite:") {
-            Ok(AnyStore::Sqlite(SqliteStore::connect(url, access).await?))
+            Ok(Backend::Sqlite)
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(AnyStore::Postgres(PgStore::connect(url, access).await?))
+            Ok(Backend::Postgres)
         } else {
             Err(StoreError::BadUrl(format!(
                 "database URL `{}` is neither sqlite://FILE nor postgres://…",
                 redact(url)
             )))
         }
+    }
+}
+
+/// Checks that `url` names a database vigil can open, and parses as its backend's URL,
+/// without connecting: a setting that can never work is refused before anything starts.
+pub fn check_url(url: &str) -> Result<(), StoreError> {
+    match Backend::of(url)? {
+        Backend::Sqlite => sqlite::options(url).map(drop),
+        Backend::Postgres => postgres::options(url).map(drop),
     }
 }
 
@@ -707,6 +733,42 @@ pub fn timestamp_text(time: DateTime<Utc>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_that_can_never_work_are_refused_before_connecting() {
+        // (URL, what the refusal says; `None` when it may be tried)
+        let cases = [
+            ("sqlite://vigil.db", None),
+            ("sqlite::memory:", None),
+            ("postgres://vigil:secret@db:5432/vigil", None),
+            ("postgresql://db/vigil?sslmode=require", None),
+            ("notaurl", Some("is neither sqlite://FILE nor postgres://")),
+            (
+                "mysql://db/vigil",
+                Some("is neither sqlite://FILE nor postgres://"),
+            ),
+            ("postgres://db:99999/vigil", Some("invalid port number")),
+            (
+                "postgres://db/vigil?sslmode=sometimes",
+                Some("invalid PostgreSQL URL"),
+            ),
+            (
+                "postgres://vigil:secret@db:port/vigil",
+                Some("invalid PostgreSQL URL `postgres://vigil:***@"),
+            ),
+        ];
+        for (url, refusal) in cases {
+            let checked = check_url(url).map_err(|error| error.to_string());
+            match (refusal, checked) {
+                (None, checked) => assert_eq!(checked, Ok(()), "{url}"),
+                (Some(text), Err(error)) => {
+                    assert!(error.contains(text), "{url}: {error}");
+                    assert!(!error.contains("secret"), "{url}: {error}");
+                }
+                (Some(text), Ok(())) => panic!("{url} was accepted; expected: {text}"),
+            }
+        }
+    }
 
     #[test]
     fn passwords_are_redacted() {

@@ -109,6 +109,16 @@ fn classify_pg(error: sqlx::Error) -> StoreError {
     })
 }
 
+/// The connection options `url` gives, or why it is not a PostgreSQL URL.
+pub(super) fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    PgConnectOptions::from_str(url).map_err(|error| {
+        StoreError::BadUrl(format!(
+            "invalid PostgreSQL URL `{}`: {error}",
+            super::redact(url)
+        ))
+    })
+}
+
 /// Timestamps as the RFC 3339 text SQLite stores, so rows decode the same way.
 const LOAD_POSITIONS: &str = "SELECT id, instrument, label, status, lots::text AS lots, entry_price::text AS entry_price, \
      stop_price::text AS stop_price, risk_amount::text AS risk_amount, margin::text AS margin, is_base_position, \
@@ -321,12 +331,7 @@ impl SignalTx for PgSignalTx {
 impl PgStore {
     /// Connects to `url`. Read-only sessions refuse every write.
     pub async fn connect(url: &str, access: Access) -> Result<PgStore, StoreError> {
-        let options = PgConnectOptions::from_str(url).map_err(|error| {
-            StoreError::BadUrl(format!(
-                "invalid PostgreSQL URL `{}`: {error}",
-                super::redact(url)
-            ))
-        })?;
+        let options = options(url)?;
         let options = match access {
             Access::ReadWrite => options,
             Access::ReadOnly => options.options([("default_transaction_read_only", "on")]),

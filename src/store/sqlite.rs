@@ -48,6 +48,12 @@ fn classify_sqlite(error: sqlx::Error) -> StoreError {
     })
 }
 
+/// The connection options `url` gives, or why it is not a SQLite URL.
+pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    SqliteConnectOptions::from_str(url)
+        .map_err(|error| StoreError::BadUrl(format!("invalid SQLite URL `{url}`: {error}")))
+}
+
 const LOAD_POSITIONS: &str =
     "SELECT id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
      margin, is_base_position, base_position_id, entry_time, version, exit_price, exit_time, realized_pnl \
@@ -155,8 +161,7 @@ const LOAD_PYRAMIDING: &str =
 impl SqliteStore {
     /// Opens `url`. Read-write creates the file if it is missing; read-only never does.
     pub async fn connect(url: &str, access: Access) -> Result<SqliteStore, StoreError> {
-        let options = SqliteConnectOptions::from_str(url)
-            .map_err(|error| StoreError::BadUrl(format!("invalid SQLite URL `{url}`: {error}")))?
+        let options = options(url)?
             .foreign_keys(true)
             .busy_timeout(CONNECT_TIMEOUT);
         let file = options.get_filename().to_path_buf();
