@@ -663,6 +663,10 @@ struct CheckReport<'a> {
     receipt: Option<&'a Receipt>,
     /// Why there is no receipt.
     error: Option<String>,
+    /// What `vigil run` would do first, when that decides the outcome (a database file it
+    /// would create).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
 }
 
 /// `vigil recover --check`.
@@ -673,6 +677,26 @@ pub fn recover_check(
     let Some(settings) = settings(args)? else {
         return Ok(Outcome::Invalid);
     };
+    let journal_readable =
+        journal::Journal::open(&settings.journal_path(), journal::Mode::ReadOnly).is_ok();
+    if let (Some(file), true) = (
+        store::missing_sqlite_file(&settings.database_url),
+        journal_readable,
+    ) {
+        // `vigil run` creates the file and recovers an empty database clean; its journal's
+        // alerts are then applied like any others.
+        let report = CheckReport {
+            state: "active",
+            exit_code: 0,
+            receipt: None,
+            error: None,
+            note: Some(format!(
+                "no database file at {}: `vigil run` would create it, empty, and an empty database recovers clean",
+                file.display()
+            )),
+        };
+        return print_check(&report, format);
+    }
     init_logging();
     let (code, found) = runtime()?.block_on(start_up(
         &settings,
@@ -695,16 +719,29 @@ pub fn recover_check(
         exit_code,
         receipt: found.receipt.as_ref(),
         error,
+        note: None,
     };
+    print_check(&report, format)
+}
+
+/// Prints `report` in `format`; the outcome is its exit code.
+fn print_check(
+    report: &CheckReport<'_>,
+    format: crate::dry_run::Format,
+) -> anyhow::Result<Outcome> {
+    let CheckReport {
+        state, exit_code, ..
+    } = *report;
     let text = match format {
         crate::dry_run::Format::Json => {
             serde_json::to_string_pretty(&report).context("cannot encode the report")? + "\n"
         }
         crate::dry_run::Format::Text => {
-            let mut text = match (&report.receipt, &report.error) {
-                (Some(receipt), _) => format!("{receipt}\n"),
-                (None, Some(error)) => format!("no receipt: {error}\n"),
-                (None, None) => "no receipt\n".to_string(),
+            let mut text = match (&report.receipt, &report.error, &report.note) {
+                (Some(receipt), _, _) => format!("{receipt}\n"),
+                (None, Some(error), _) => format!("no receipt: {error}\n"),
+                (None, None, Some(note)) => format!("{note}\n"),
+                (None, None, None) => "no receipt\n".to_string(),
             };
             text.push_str(&format!(
                 "recovery would end {state}; exit code {exit_code}\n"

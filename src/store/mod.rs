@@ -500,6 +500,16 @@ impl Backend {
     }
 }
 
+/// The file a SQLite `url` names, when it does not exist yet: a read-write start creates it.
+pub fn missing_sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    if Backend::of(url).ok()? != Backend::Sqlite {
+        return None;
+    }
+    let options = sqlite::options(url).ok()?;
+    let file = options.get_filename();
+    (file != std::path::Path::new(":memory:") && !file.exists()).then(|| file.to_path_buf())
+}
+
 /// Checks that `url` names a database vigil can open, and parses as its backend's URL,
 /// without connecting: a setting that can never work is refused before anything starts.
 pub fn check_url(url: &str) -> Result<(), StoreError> {
