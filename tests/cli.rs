@@ -318,6 +318,8 @@ const CASES: &[(&str, &[&str], i32)] = &[
         0,
     ),
     ("machines_unknown", &["machines", "lifecycel"], 3),
+    ("machines_mermaid", &["machines", "--format", "mermaid"], 0),
+    ("machines_dot", &["machines", "--format", "dot"], 0),
 ];
 
 #[test]
@@ -373,6 +375,128 @@ fn mermaid_is_a_state_diagram_of_every_transition() {
             line.starts_with("%%") || transition.is_match(line) || description.is_match(line);
         assert!(valid, "not valid Mermaid: {line:?}");
     }
+}
+
+/// What `vigil machines --format FORMAT` prints, with no machine named.
+fn all_machines(format: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        .args(["machines", "--format", format])
+        .output()?;
+    assert!(output.status.success(), "vigil machines --format {format}");
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+/// Checks that the braces of `text` outside double-quoted strings balance, and that the
+/// outermost one closes only on the last line: one document, nothing after it.
+fn assert_one_block_of_braces(text: &str) {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut depth = 0_i32;
+    for (number, line) in lines.iter().enumerate() {
+        let (mut quoted, mut escaped) = (false, false);
+        for c in line.chars() {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if quoted => escaped = true,
+                '"' => quoted = !quoted,
+                '{' if !quoted => depth += 1,
+                '}' if !quoted => depth -= 1,
+                _ => {}
+            }
+            assert!(
+                depth >= 0,
+                "a brace closes what is not open: {line:?}\n{text}"
+            );
+        }
+        assert!(!quoted, "a string is not closed: {line:?}");
+        let last = number + 1 == lines.len();
+        assert!(
+            last || depth > 0 || !line.contains('}'),
+            "the document ends before its last line: {line:?}\n{text}"
+        );
+    }
+    assert_eq!(depth, 0, "unbalanced braces:\n{text}");
+}
+
+#[test]
+fn every_machine_is_in_one_mermaid_document() -> Result<(), Box<dyn std::error::Error>> {
+    let text = all_machines("mermaid")?;
+    let headers = text.lines().filter(|line| line.contains("stateDiagram"));
+    assert_eq!(headers.count(), 1, "{text}");
+    assert!(text.starts_with("stateDiagram-v2\n"), "{text}");
+    let mut braces = 0_i32;
+    for line in text.lines() {
+        braces += i32::from(line.ends_with('{')) - i32::from(line.trim() == "}");
+        assert!(braces >= 0, "{text}");
+    }
+    assert_eq!(braces, 0, "unbalanced composite states:\n{text}");
+    assert_eq!(
+        text.matches('{').count(),
+        text.matches('}').count(),
+        "{text}"
+    );
+    for machine in ["lifecycle", "failure"] {
+        assert!(
+            text.contains(&format!("\n    state {machine} {{\n")),
+            "{text}"
+        );
+    }
+    // Each machine has its own start inside its composite, and `idle` of the failure
+    // machine is an id of its own.
+    assert_eq!(text.matches("[*] --> ").count(), 2, "{text}");
+    assert!(text.contains("state \"idle\" as failure_idle\n"), "{text}");
+    let composite = regex::Regex::new(r"^state [a-z_]+ \{$").unwrap();
+    let declaration = regex::Regex::new(r#"^state "[a-z_]+" as [a-z_]+$"#).unwrap();
+    let transition =
+        regex::Regex::new(r"^(\[\*\]|[a-z_]+) --> (\[\*\]|[a-z_]+)( : [^:;{}]+)?$").unwrap();
+    let description = regex::Regex::new(r"^[a-z_]+ : [^:;{}]+$").unwrap();
+    for line in text.lines().skip(1) {
+        let line = line.trim();
+        let valid = line.starts_with("%%")
+            || line == "}"
+            || [&composite, &declaration, &transition, &description]
+                .iter()
+                .any(|pattern| pattern.is_match(line));
+        assert!(valid, "not valid Mermaid: {line:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn every_machine_is_in_one_dot_document() -> Result<(), Box<dyn std::error::Error>> {
+    let text = all_machines("dot")?;
+    let headers = text.lines().filter(|line| line.starts_with("digraph "));
+    assert_eq!(headers.count(), 1, "{text}");
+    assert!(text.starts_with("digraph "), "{text}");
+    assert!(text.ends_with("}\n"), "{text}");
+    assert_one_block_of_braces(&text);
+    for machine in ["lifecycle", "failure"] {
+        let cluster =
+            format!("    subgraph \"cluster_{machine}\" {{\n        label=\"{machine}\";\n");
+        assert!(text.contains(&cluster), "{text}");
+    }
+    assert_eq!(text.matches("[shape=point];").count(), 2, "{text}");
+    // Graphviz itself, where it is installed: it stops at a second graph in its input.
+    let dot = Command::new("dot")
+        .arg("-Tsvg")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let Ok(mut dot) = dot else {
+        return Ok(());
+    };
+    if let Some(mut stdin) = dot.stdin.take() {
+        std::io::Write::write_all(&mut stdin, text.as_bytes())?;
+    }
+    let output = dot.wait_with_output()?;
+    assert!(
+        output.status.success(),
+        "dot -Tsvg refused the output:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let svg = String::from_utf8(output.stdout)?;
+    assert_eq!(svg.matches("<svg").count(), 1, "{svg}");
+    Ok(())
 }
 
 #[test]

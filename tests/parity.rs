@@ -24,6 +24,7 @@ type Case = (&'static str, &'static str, bool, &'static str);
 const CASES: &[Case] = &[
     ("empty database", "sqlite://{dir}/vigil.db", true, ""),
     ("missing file", "sqlite://{dir}/missing.db", false, ""),
+    ("missing directory", "sqlite://{dir}/missing/vigil.db", false, ""),
     ("unparseable URL", "notaurl", false, ""),
     ("another database", "mysql://db/vigil", false, ""),
     ("bad port", "postgres://db:99999/vigil", false, ""),

@@ -283,8 +283,9 @@ fn machines(name: Option<&str>, format: RenderFormat) -> anyhow::Result<Outcome>
         );
         return Ok(Outcome::Invalid);
     }
-    let rendered: Vec<String> = chosen.iter().map(|spec| render(spec, format)).collect();
-    write_stdout(rendered.join("\n").as_bytes())?;
+    // With no machine named, every machine goes into one document: two diagrams back to
+    // back are not valid Mermaid, and Graphviz stops at the second.
+    write_stdout(render(&chosen, format).as_bytes())?;
     Ok(Outcome::Ok)
 }
 

@@ -500,14 +500,20 @@ impl Backend {
     }
 }
 
-/// The file a SQLite `url` names, when it does not exist yet: a read-write start creates it.
+/// The file a SQLite `url` names, when it does not exist yet in a directory that does: a
+/// read-write start creates it (SQLite creates no directories).
 pub fn missing_sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     if Backend::of(url).ok()? != Backend::Sqlite {
         return None;
     }
     let options = sqlite::options(url).ok()?;
     let file = options.get_filename();
-    (file != std::path::Path::new(":memory:") && !file.exists()).then(|| file.to_path_buf())
+    let directory = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => std::path::Path::new("."),
+    };
+    (file != std::path::Path::new(":memory:") && !file.exists() && directory.is_dir())
+        .then(|| file.to_path_buf())
 }
 
 /// Checks that `url` names a database vigil can open, and parses as its backend's URL,
