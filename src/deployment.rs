@@ -33,6 +33,9 @@ pub struct Deployment {
     pub policy: Option<PathBuf>,
     /// Contract terms per instrument.
     pub instruments: BTreeMap<String, Instrument>,
+    /// The account's capital before any trade: a new database's portfolio starts from it,
+    /// and recovery holds the stored one to it.
+    pub initial_capital: Option<Decimal>,
     /// The address the webhook listener binds.
     pub listen: Option<String>,
     /// The address the operator listener (`/ready`, `/status`, `/metrics`) binds.
@@ -62,6 +65,7 @@ impl std::fmt::Debug for Deployment {
             )
             .field("policy", &self.policy)
             .field("instruments", &self.instruments)
+            .field("initial_capital", &self.initial_capital)
             .field("listen", &self.listen)
             .field("operator_listen", &self.operator_listen)
             .field("operator_token", &redacted(&self.operator_token))
@@ -118,6 +122,7 @@ struct RawDeployment {
     operator_token: Option<Spanned<String>>,
     journal_dir: Option<PathBuf>,
     webhook_passphrase: Option<String>,
+    initial_capital: Option<Spanned<String>>,
     #[serde(default)]
     instruments: BTreeMap<String, RawInstrument>,
     #[serde(default)]
@@ -335,6 +340,27 @@ impl Deployment {
             // Signals name instruments upper-cased; so does the table.
             instruments.insert(name.to_ascii_uppercase(), instrument);
         }
+        let initial_capital = raw.initial_capital.as_ref().and_then(|value| {
+            match crate::domain::parse_decimal(value.get_ref().trim()) {
+                Some(capital) if capital >= Decimal::ZERO => Some(capital),
+                Some(capital) => {
+                    file.report(
+                        Some(value.span()),
+                        format!("initial_capital must not be negative, found {capital}"),
+                        None,
+                    );
+                    None
+                }
+                None => {
+                    file.report(
+                        Some(value.span()),
+                        format!("initial_capital = {:?} is not a decimal number", value.get_ref()),
+                        Some(r#"decimals are quoted strings, for example initial_capital = "1000000""#.into()),
+                    );
+                    None
+                }
+            }
+        });
         let webhook = webhook_settings(&mut file, raw.webhook);
         let operator_token = operator_token(&mut file, raw.operator_token);
         let base = path.parent().unwrap_or(Path::new(""));
@@ -344,6 +370,7 @@ impl Deployment {
             redis_url: raw.redis_url,
             policy: raw.policy.map(|policy| base.join(policy)),
             instruments,
+            initial_capital,
             listen: raw.listen,
             operator_listen: raw.operator_listen,
             operator_token,
@@ -421,6 +448,37 @@ mod tests {
                         "{what}: a key was shown: {shown}"
                     );
                 }
+            }
+        }
+    }
+
+    /// (the line, the initial capital it gives, or a piece of the problem it reports)
+    #[test]
+    fn initial_capital() {
+        #[rustfmt::skip]
+        let cases: &[(&str, Result<Option<&str>, &str>)] = &[
+            ("", Ok(None)),
+            ("initial_capital = \"1000000\"", Ok(Some("1000000"))),
+            ("initial_capital = \"0\"", Ok(Some("0"))),
+            ("initial_capital = \"2500000.50\"", Ok(Some("2500000.50"))),
+            ("initial_capital = \"-1\"", Err("initial_capital must not be negative, found -1")),
+            ("initial_capital = \"1,000,000\"", Err("initial_capital = \"1,000,000\" is not a decimal number")),
+            ("initial_capital = 1000000", Err("invalid type: integer `1000000`, expected a string")),
+        ];
+        for (line, expected) in cases {
+            let parsed = Deployment::parse(Path::new("vigil.toml"), &format!("{line}\n"));
+            match (parsed, expected) {
+                (Ok(deployment), Ok(capital)) => assert_eq!(
+                    deployment.initial_capital,
+                    capital.map(|text| text.parse::<Decimal>().unwrap()),
+                    "{line}"
+                ),
+                (Err(diagnostics), Err(problem)) => {
+                    let shown = diagnostics.to_string();
+                    assert!(shown.contains(problem), "{line}: {shown}");
+                    assert!(shown.contains("vigil.toml:1:"), "{line}: {shown}");
+                }
+                (parsed, expected) => panic!("{line}: {parsed:?}, expected {expected:?}"),
             }
         }
     }

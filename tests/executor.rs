@@ -411,6 +411,7 @@ async fn run(policy: &Policy, fakes: &Fakes, lost: Option<FailureKind>, how: How
         instance: "vigil".into(),
         tolerance: policy.recovery.tolerance,
         instruments: BTreeMap::new(),
+        initial_capital: None,
         until: Until::Stopped,
         // No heartbeat during the story: the loss is reported once, at t=0, as a signal's
         // failure would report it.

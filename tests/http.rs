@@ -699,8 +699,14 @@ async fn exits_close_what_their_label_names() {
         }
         // Whatever was closed, the totals are exactly the sums over what is open.
         let rows = store.load_recovery_rows().await.unwrap();
-        let (_, receipt) =
-            vigil::recovery::recover(rows, rust_decimal::Decimal::ZERO, &default_instruments(), 0);
+        let (_, receipt) = vigil::recovery::recover(
+            rows,
+            &vigil::recovery::Terms {
+                tolerance: rust_decimal::Decimal::ZERO,
+                instruments: &default_instruments(),
+                initial_capital: None,
+            },
+        );
         assert_eq!(receipt.failure(), None, "{name}: {receipt}");
         store.close().await;
     }

@@ -7,6 +7,8 @@
 //! halts, and as `refused` when it exits before starting at all.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -72,6 +74,31 @@ async fn recover_check_predicts_run() {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// A PostgreSQL URL naming a database the server lacks: both ways halt, and the check says
+/// what to do, in the server's words and without the driver's internals.
+#[tokio::test]
+async fn a_missing_postgres_database_says_what_to_do() {
+    let Some(admin) = common::postgres_admin_url("a_missing_postgres_database_says_what_to_do")
+    else {
+        return;
+    };
+    let (server, _) = admin.rsplit_once('/').unwrap();
+    let url = format!("{server}/vigil_no_such_database");
+    let dir = scratch(CASES.len());
+    let output = vigil(&dir)
+        .args(["recover", "--check", "--database-url", &url])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("database \"vigil_no_such_database\" does not exist: create it"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains(" at line "), "{stdout}");
+    assert_eq!(recover_check(&dir, &url), run(&dir, &url));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Migrates and runs `sql` on a SQLite `url`; other URLs are left as they are.

@@ -193,7 +193,11 @@ proptest! {
     /// receipt that is not clean names a failure kind recovery can find.
     #[test]
     fn recovery_decodes_any_rows(rows in recovery_rows()) {
-        let (state, receipt) = vigil::recovery::recover(rows, Decimal::new(1, 2), &BTreeMap::new(), 0);
+        let (state, receipt) = vigil::recovery::recover(rows, &vigil::recovery::Terms {
+            tolerance: Decimal::new(1, 2),
+            instruments: &BTreeMap::new(),
+            initial_capital: None,
+        });
         match receipt.failure() {
             None => prop_assert!(state.is_some()),
             Some(kind) => prop_assert!(kind.needs_recovery(), "{kind}"),
@@ -276,7 +280,11 @@ proptest! {
         }
         prop_assert!(book.accepted > 0, "no signal was accepted");
         let instruments = BTreeMap::from([("NIFTY".to_string(), instrument)]);
-        let (_, receipt) = vigil::recovery::recover(book.rows(), Decimal::ZERO, &instruments, 0);
+        let (_, receipt) = vigil::recovery::recover(book.rows(), &vigil::recovery::Terms {
+            tolerance: Decimal::ZERO,
+            instruments: &instruments,
+            initial_capital: Some(Decimal::from(1_000_000)),
+        });
         prop_assert_eq!(receipt.failure(), None, "{}", receipt);
     }
 }

@@ -403,18 +403,24 @@ fn snapshot(name: &str, text: &str) {
 
 /// The executor settings every test here uses: no instruments, until stopped, a heartbeat
 /// every 5 s.
-fn config(tolerance: Decimal) -> ExecutorConfig {
+fn config(tolerance: Decimal, initial_capital: Option<Decimal>) -> ExecutorConfig {
     ExecutorConfig {
         instance: "vigil-test".into(),
         tolerance,
         instruments: BTreeMap::new(),
+        initial_capital,
         until: Until::Stopped,
         heartbeat_interval: std::time::Duration::from_secs(5),
     }
 }
 
 /// The real executor against the database at `url`, read-write, with the paper broker.
-fn executor(url: &str, tolerance: Decimal, shared: &Arc<vigil::shared::Shared>) -> Executor {
+fn executor(
+    url: &str,
+    tolerance: Decimal,
+    initial_capital: Option<Decimal>,
+    shared: &Arc<vigil::shared::Shared>,
+) -> Executor {
     let instance = InstanceRecord {
         instance_id: "vigil-test".into(),
         hostname: "test-host".into(),
@@ -431,19 +437,28 @@ fn executor(url: &str, tolerance: Decimal, shared: &Arc<vigil::shared::Shared>) 
         broker: Arc::new(vigil::broker::PaperBroker),
         shared: Arc::clone(shared),
     };
-    Executor::new(config(tolerance), ports)
+    Executor::new(config(tolerance, initial_capital), ports)
 }
 
 /// Runs the real start-up against `url` until it settles (active or degraded) or ends
 /// (crashed), and reports what happened.
 async fn start_up(url: &str, policy: &Policy) -> (String, Executor) {
+    start_up_with(url, policy, None).await
+}
+
+/// [`start_up`], with the deployment's initial capital.
+async fn start_up_with(
+    url: &str,
+    policy: &Policy,
+    initial_capital: Option<Decimal>,
+) -> (String, Executor) {
     let now_ms = Arc::new(AtomicU64::new(0));
     let capture = Capture::default();
     let subscriber = logging::subscriber(capture.clone(), VirtualTimer::new(Arc::clone(&now_ms)));
     let _guard = tracing::subscriber::set_default(subscriber);
     let (sender, mut inputs) = live::channel();
     let shared = Arc::new(vigil::shared::Shared::new("vigil-test", sender));
-    let mut startup = executor(url, policy.recovery.tolerance, &shared);
+    let mut startup = executor(url, policy.recovery.tolerance, initial_capital, &shared);
     let mut lifecycle = startup.watch_lifecycle();
     let (mut driver, init) = Driver::new(policy, "vigil-test", fastrand::Rng::with_seed(1));
     driver.publish_time(now_ms);
@@ -574,6 +589,42 @@ async fn recovery_scenarios() {
     }
 }
 
+/// A new database's portfolio starts from the deployment's initial capital, and a later
+/// start under another capital halts on it.
+#[tokio::test]
+async fn the_initial_capital_comes_from_the_deployment() {
+    for backend in Backend::all("initial_capital").await {
+        let default = policy("default");
+        let (report, _) = start_up_with(&backend.url, &default, Some(money("1000000"))).await;
+        assert!(report.contains("final state: active"), "{report}");
+        let store = AnyStore::connect(&backend.url, Access::ReadOnly)
+            .await
+            .unwrap();
+        let portfolio = store.load_recovery_rows().await.unwrap().portfolio.unwrap();
+        store.close().await;
+        assert_eq!(
+            (
+                money(&portfolio.initial_capital),
+                money(&portfolio.closed_equity)
+            ),
+            (money("1000000"), money("1000000")),
+            "{}",
+            backend.name
+        );
+        let (report, _) = start_up_with(&backend.url, &default, Some(money("1000000"))).await;
+        assert!(report.contains("final state: active"), "{report}");
+        let (report, _) = start_up_with(&backend.url, &default, Some(money("2000000"))).await;
+        assert!(report.contains("final state: crashed"), "{report}");
+        assert!(
+            report.contains(
+                "[FAIL] initial capital: stored 1000000 but the deployment file sets initial_capital = \"2000000\""
+            ),
+            "{report}"
+        );
+        backend.cleanup().await;
+    }
+}
+
 /// Recovery restored every open position, the closed equity, and each instrument's last
 /// pyramid price and base.
 fn assert_restored(startup: Executor) {
@@ -647,7 +698,7 @@ async fn a_returning_database_is_noticed_and_recovered() {
     let url = format!("sqlite://{}/later/vigil.db", dir.display());
     let (sender, mut inputs) = live::channel();
     let shared = Arc::new(vigil::shared::Shared::new("vigil-test", sender));
-    let mut startup = executor(&url, Decimal::new(1, 2), &shared);
+    let mut startup = executor(&url, Decimal::new(1, 2), None, &shared);
     let mut lifecycle = startup.watch_lifecycle();
     let (mut driver, init) = Driver::new(
         &policy("default"),
@@ -709,7 +760,7 @@ async fn a_database_lost_while_active_is_noticed_and_recovered() {
     let (admin, name) = (scratch.admin.clone(), scratch.name.clone());
     let (sender, mut inputs) = live::channel();
     let shared = Arc::new(vigil::shared::Shared::new("vigil-test", sender));
-    let mut startup = executor(&backend.url, Decimal::new(1, 2), &shared);
+    let mut startup = executor(&backend.url, Decimal::new(1, 2), None, &shared);
     let mut lifecycle = startup.watch_lifecycle();
     let (mut driver, init) = Driver::new(
         &policy("default"),

@@ -651,7 +651,14 @@ async fn seed_and_measure(
             .load_recovery_rows()
             .await
             .context("reading the recovery rows failed")?;
-        let (state, receipt) = recovery::recover(rows, tolerance, &BTreeMap::new(), 0);
+        let (state, receipt) = recovery::recover(
+            rows,
+            &recovery::Terms {
+                tolerance,
+                instruments: &BTreeMap::new(),
+                initial_capital: None,
+            },
+        );
         let restored = state.map(|state| state.positions.len());
         let elapsed = started.elapsed();
         if receipt.failure().is_some() {

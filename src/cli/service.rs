@@ -106,6 +106,8 @@ struct Settings {
     policy: Policy,
     instance: String,
     instruments: BTreeMap<String, Instrument>,
+    /// From the deployment file.
+    initial_capital: Option<rust_decimal::Decimal>,
     /// The host this process runs on, read once.
     hostname: String,
     /// From the deployment file; the flag and environment variable are layered by `run`.
@@ -248,6 +250,7 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
             .unwrap_or_else(|| hostname.clone()),
         hostname,
         instruments: deployment.instruments,
+        initial_capital: deployment.initial_capital,
         journal_dir: args
             .journal_dir
             .clone()
@@ -333,6 +336,7 @@ async fn start_up(
         instance: settings.instance.clone(),
         tolerance: settings.policy.recovery.tolerance,
         instruments: settings.instruments.clone(),
+        initial_capital: settings.initial_capital,
         until,
         heartbeat_interval: settings.policy.ha.heartbeat_interval,
     };

@@ -35,6 +35,8 @@ pub struct LeaderTasks {
     pub tolerance: Decimal,
     /// The deployment's instruments.
     pub instruments: BTreeMap<String, Instrument>,
+    /// The deployment's initial capital.
+    pub initial_capital: Option<Decimal>,
 }
 
 /// A lease this instance holds.
@@ -304,7 +306,12 @@ async fn check_consistency(
             return;
         }
     };
-    let (_, mut receipt) = recovery::recover(rows, tasks.tolerance, &tasks.instruments, 0);
+    let terms = recovery::Terms {
+        tolerance: tasks.tolerance,
+        instruments: &tasks.instruments,
+        initial_capital: tasks.initial_capital,
+    };
+    let (_, mut receipt) = recovery::recover(rows, &terms);
     receipt.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match receipt.failure() {
         None => {

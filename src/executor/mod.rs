@@ -94,6 +94,9 @@ pub struct ExecutorConfig {
     pub tolerance: Decimal,
     /// The deployment's instruments.
     pub instruments: BTreeMap<String, Instrument>,
+    /// The deployment's initial capital: the portfolio row is created with it, and recovery
+    /// holds the stored one to it.
+    pub initial_capital: Option<Decimal>,
     /// When the run ends by itself.
     pub until: Until,
     /// How often a serving instance refreshes its database heartbeat (the policy's
@@ -192,8 +195,23 @@ impl Context {
             Ok(rows) => rows,
             Err(found) => return self.failed(found, loud),
         };
-        let (state, receipt) =
-            recovery::recover(rows, self.config.tolerance, &self.config.instruments, 0);
+        let terms = recovery::Terms {
+            tolerance: self.config.tolerance,
+            instruments: &self.config.instruments,
+            initial_capital: self.config.initial_capital,
+        };
+        let (mut state, receipt) = recovery::recover(rows, &terms);
+        if let (Some(capital), Some(recovered)) = (self.config.initial_capital, &mut state) {
+            if receipt.failure().is_none() && recovered.portfolio.is_none() {
+                // A new database: its portfolio starts from the deployment's capital.
+                if let Err(found) =
+                    within(OPEN_TIMEOUT, self.ports.database.create_portfolio(capital)).await
+                {
+                    return self.failed(found, loud);
+                }
+                recovered.portfolio = Some(crate::domain::Portfolio::fresh(capital));
+            }
+        }
         let journal = self.shared().journal.borrow().clone();
         let mut receipt = receipt.with_journal(journal.pending, journal.problem.as_deref());
         receipt.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
@@ -467,6 +485,7 @@ impl Executor {
             let tasks = LeaderTasks {
                 tolerance: self.context.config.tolerance,
                 instruments: self.context.config.instruments.clone(),
+                initial_capital: self.context.config.initial_capital,
             };
             let shared = Arc::clone(&self.context.ports.shared);
             self.pulse = Some(tokio::spawn(leader::run(shared, tasks)));

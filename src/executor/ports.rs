@@ -6,6 +6,7 @@ use crate::machines::lifecycle;
 use crate::shared::Shared;
 use crate::store::{Access, AnyStore, InstanceRecord, RecoveryRows, Store, StoreError};
 use chrono::Utc;
+use rust_decimal::Decimal;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +27,12 @@ pub trait Database: Send + Sync + std::fmt::Debug {
     fn record_status(&self, status: lifecycle::State) -> PortFuture<'_, Result<(), StoreError>>;
     /// Refreshes the instance's heartbeat (read-only: a ping).
     fn heartbeat(&self) -> PortFuture<'_, Result<(), StoreError>>;
+    /// Creates the portfolio row of a new database with `initial_capital` (nothing,
+    /// read-only, or when a row exists).
+    fn create_portfolio(&self, initial_capital: Decimal) -> PortFuture<'_, Result<(), StoreError>> {
+        let _ = initial_capital;
+        Box::pin(async { Ok(()) })
+    }
     /// Closes the database.
     fn close(&self) -> PortFuture<'_, ()>;
 }
@@ -152,6 +159,15 @@ impl Database for StoreDatabase {
                 }
                 Access::ReadOnly => store.ping().await,
             }
+        })
+    }
+
+    fn create_portfolio(&self, initial_capital: Decimal) -> PortFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if self.access == Access::ReadOnly {
+                return Ok(());
+            }
+            self.store().await?.create_portfolio(initial_capital).await
         })
     }
 

@@ -42,15 +42,21 @@ pub struct ClosedTrades {
     pub realized_pnl: Option<Decimal>,
 }
 
-/// Runs recovery on `rows`: decode, rebuild, validate. `tolerance` is the policy's
-/// consistency tolerance; `instruments` is the deployment's instrument table (checks that
-/// need it are skipped when it is empty).
-pub fn recover(
-    rows: RecoveryRows,
-    tolerance: Decimal,
-    instruments: &BTreeMap<String, Instrument>,
-    duration_ms: u64,
-) -> (Option<State>, Receipt) {
+/// What recovery holds the stored rows to, from the policy and the deployment file.
+#[derive(Debug, Clone, Copy)]
+pub struct Terms<'a> {
+    /// The policy's consistency tolerance.
+    pub tolerance: Decimal,
+    /// The deployment's instrument table; checks that need it are skipped when it is empty.
+    pub instruments: &'a BTreeMap<String, Instrument>,
+    /// The deployment's initial capital; its check is skipped when it is not set.
+    pub initial_capital: Option<Decimal>,
+}
+
+/// Runs recovery on `rows`: decode, rebuild, validate against `terms`. The receipt's
+/// duration is the caller's to set.
+pub fn recover(rows: RecoveryRows, terms: &Terms<'_>) -> (Option<State>, Receipt) {
+    let duration_ms = 0;
     let mut problems = Problems::default();
     let counted = Counts::of_rows(&rows);
     let mut state = decode(rows, &mut problems);
@@ -60,7 +66,7 @@ pub fn recover(
         let checks = vec![problems.into_check("stored values decode", FailureKind::DataCorrupt)];
         return (None, Receipt::new(counted, None, checks, duration_ms));
     }
-    let checks = validate(&state, tolerance, instruments);
+    let checks = validate(&state, terms);
     let counts = Counts::of(&state);
     let closed_equity = state
         .portfolio
@@ -317,11 +323,12 @@ fn decode_pyramiding(row: &PyramidingRow, problems: &mut Problems) -> Pyramiding
 }
 
 /// The consistency checks, in the order the receipt lists them.
-fn validate(
-    state: &State,
-    tolerance: Decimal,
-    instruments: &BTreeMap<String, Instrument>,
-) -> Vec<Check> {
+fn validate(state: &State, terms: &Terms<'_>) -> Vec<Check> {
+    let Terms {
+        tolerance,
+        instruments,
+        initial_capital,
+    } = *terms;
     let open: Vec<&Position> = state
         .positions
         .iter()
@@ -449,6 +456,23 @@ fn validate(
     }
     checks.push(problems.into_check_or_pass("pyramiding state points at open bases"));
 
+    checks.push(match (initial_capital, &state.portfolio) {
+        (None, _) => Check::skipped("initial capital", "no initial_capital in the deployment file"),
+        // Written with the deployment's capital once recovery passes.
+        (Some(_), None) => Check::passed("initial capital"),
+        (Some(configured), Some(stored)) if stored.initial_capital == configured => {
+            Check::passed("initial capital")
+        }
+        (Some(configured), Some(stored)) => Check::failed(
+            "initial capital",
+            FailureKind::ValidationFailed,
+            format!(
+                "stored {} but the deployment file sets initial_capital = \"{configured}\"; set it to the stored value, or correct the portfolio row",
+                stored.initial_capital
+            ),
+        ),
+    });
+
     let expected_equity = state
         .closed
         .realized_pnl
@@ -551,6 +575,52 @@ mod tests {
         }
     }
 
+    /// The terms the tests recover under: a tolerance of 0.01 and `instruments`, with an
+    /// initial capital of 1000.
+    fn terms(instruments: &BTreeMap<String, Instrument>) -> Terms<'_> {
+        Terms {
+            tolerance: Decimal::new(1, 2),
+            instruments,
+            initial_capital: Some(Decimal::from(1000)),
+        }
+    }
+
+    #[test]
+    fn the_initial_capital_is_the_deployments() {
+        let instruments = BTreeMap::new();
+        let capital = |initial_capital: Option<i64>| {
+            let terms = Terms {
+                initial_capital: initial_capital.map(Decimal::from),
+                ..terms(&instruments)
+            };
+            let (_, receipt) = recover(rows(), &terms);
+            let check = receipt
+                .checks
+                .iter()
+                .find(|check| check.name == "initial capital")
+                .cloned();
+            check.map(|check| (check.passed, check.skipped, check.detail))
+        };
+        assert_eq!(capital(Some(1000)), Some((true, false, String::new())));
+        assert_eq!(
+            capital(None),
+            Some((
+                true,
+                true,
+                "no initial_capital in the deployment file".into()
+            ))
+        );
+        let Some((passed, _, detail)) = capital(Some(5000)) else {
+            panic!("no initial capital check");
+        };
+        assert!(!passed);
+        assert!(
+            detail
+                .starts_with("stored 1000 but the deployment file sets initial_capital = \"5000\""),
+            "{detail}"
+        );
+    }
+
     /// A closed position on A with its whole exit and `pnl`.
     fn closed(id: &str, pnl: &str) -> PositionRow {
         PositionRow {
@@ -566,7 +636,7 @@ mod tests {
     fn a_value_that_does_not_decode_is_reported_once() {
         let mut rows = rows();
         rows.positions[0].lots = "two".into();
-        let (_, receipt) = recover(rows, Decimal::new(1, 2), &BTreeMap::new(), 0);
+        let (_, receipt) = recover(rows, &terms(&BTreeMap::new()));
         let detail = &receipt.checks[0].detail;
         assert_eq!(
             detail, "position a-base lots = \"two\" is not an exact decimal number",
@@ -806,7 +876,7 @@ mod tests {
         for (name, change, expected) in cases {
             let mut rows = rows();
             change(&mut rows);
-            let (state, receipt) = recover(rows, Decimal::new(1, 2), &BTreeMap::new(), 0);
+            let (state, receipt) = recover(rows, &terms(&BTreeMap::new()));
             let failed = receipt
                 .checks
                 .iter()
@@ -833,7 +903,7 @@ mod tests {
             margin_per_lot: Decimal::from(100),
         };
         let mut instruments = BTreeMap::from([("A".to_string(), instrument)]);
-        let (_, receipt) = recover(rows(), Decimal::new(1, 2), &instruments, 0);
+        let (_, receipt) = recover(rows(), &terms(&instruments));
         assert_eq!(receipt.failure(), None, "{receipt}");
         instruments.insert(
             "A".into(),
@@ -843,7 +913,7 @@ mod tests {
                 margin_per_lot: Decimal::from(100),
             },
         );
-        let (_, receipt) = recover(rows(), Decimal::new(1, 2), &instruments, 0);
+        let (_, receipt) = recover(rows(), &terms(&instruments));
         let failed: Vec<&str> = receipt
             .checks
             .iter()
@@ -857,9 +927,7 @@ mod tests {
         );
         let (_, receipt) = recover(
             rows(),
-            Decimal::new(1, 2),
-            &BTreeMap::from([("B".to_string(), instrument_b())]),
-            0,
+            &terms(&BTreeMap::from([("B".to_string(), instrument_b())])),
         );
         let unconfigured: Vec<&str> = receipt
             .checks
@@ -875,7 +943,7 @@ mod tests {
             ],
             "{receipt}"
         );
-        let (_, receipt) = recover(rows(), Decimal::new(1, 2), &BTreeMap::new(), 0);
+        let (_, receipt) = recover(rows(), &terms(&BTreeMap::new()));
         let skipped: Vec<(&str, &str)> = receipt
             .checks
             .iter()

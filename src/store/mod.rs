@@ -16,6 +16,7 @@ use crate::domain::{Portfolio, Position, Pyramiding};
 use crate::trading::plan::Book;
 use crate::vocabulary::FailureKind;
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use std::future::Future;
 use std::time::Duration;
 
@@ -266,6 +267,12 @@ fn classify(
                 .code()
                 .map(|code| code.into_owned())
                 .unwrap_or_default();
+            // The server's own message, without the driver's additions (the server's source
+            // line, on PostgreSQL), and its code, which its documentation explains.
+            let text = match code.as_str() {
+                "" => database.message().to_string(),
+                code => format!("{} (SQLSTATE {code})", database.message()),
+            };
             database_code(&code, database.message()).unwrap_or(StoreError::Other(text))
         }
         _ => StoreError::Other(text),
@@ -441,6 +448,13 @@ pub trait Store {
 
     /// Writes positions, the portfolio and pyramiding state in one transaction.
     fn write_state(&self, state: &StateWrite) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Creates the portfolio row with `initial_capital` (closed equity starts there) when
+    /// the database has none; a row that exists is left as it is.
+    fn create_portfolio(
+        &self,
+        initial_capital: Decimal,
+    ) -> impl Future<Output = Result<(), StoreError>>;
 
     /// Reads open positions straight into rows with no decoding: the raw read limit that
     /// recovery is measured against.
@@ -693,6 +707,10 @@ impl Store for AnyStore {
 
     async fn write_state(&self, state: &StateWrite) -> Result<(), StoreError> {
         delegate!(self, store => store.write_state(state).await)
+    }
+
+    async fn create_portfolio(&self, initial_capital: Decimal) -> Result<(), StoreError> {
+        delegate!(self, store => store.create_portfolio(initial_capital).await)
     }
 
     async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {

@@ -12,6 +12,7 @@ use crate::domain::Pyramiding;
 use crate::domain::{Portfolio, Position};
 use crate::trading::plan::{Book, Closed, Plan, Refusal};
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
 use std::str::FromStr;
@@ -101,6 +102,10 @@ fn classify_pg(error: sqlx::Error) -> StoreError {
                 Some(StoreError::Unavailable(message))
             }
             "42P01" => Some(StoreError::NoSchema(message)),
+            // invalid_catalog_name: the URL names a database the server does not have.
+            "3D000" => Some(StoreError::Other(format!(
+                "{message}: create it (`createdb NAME`, or `CREATE DATABASE name;` in psql), or correct the database name in the URL"
+            ))),
             // lock_not_available and query_canceled: a lock wait or a statement ran past the
             // session's bound. Contention, not an outage: the heartbeat judges the database.
             "55P03" | "57014" => Some(StoreError::Conflict(message)),
@@ -118,6 +123,12 @@ pub(super) fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
         ))
     })
 }
+
+/// The portfolio row of a new database, from an initial capital (`$1`); nothing when a row
+/// exists.
+const CREATE_PORTFOLIO: &str =
+    "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
+     VALUES (1, $1::numeric, $1::numeric, 0, 0, 0, now()) ON CONFLICT (id) DO NOTHING";
 
 /// Timestamps as the RFC 3339 text SQLite stores, so rows decode the same way.
 const LOAD_POSITIONS: &str = "SELECT id, instrument, label, status, lots::text AS lots, entry_price::text AS entry_price, \
@@ -202,11 +213,7 @@ impl SignalTx for PgSignalTx {
     async fn ensure_portfolio(&mut self) -> Result<(), StoreError> {
         // On a new database the row does not exist yet and FOR UPDATE would lock nothing, so
         // it is created first; a concurrent creator waits here for this transaction.
-        self.run(sqlx::query(
-            "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
-             VALUES (1, 0, 0, 0, 0, 0, now()) ON CONFLICT (id) DO NOTHING",
-        ))
-        .await?;
+        self.run(sqlx::query(CREATE_PORTFOLIO).bind("0")).await?;
         Ok(())
     }
 
@@ -584,6 +591,15 @@ impl Store for PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(classify_pg)
+    }
+
+    async fn create_portfolio(&self, initial_capital: Decimal) -> Result<(), StoreError> {
+        sqlx::query(CREATE_PORTFOLIO)
+            .bind(initial_capital.to_string())
+            .execute(&self.pool)
+            .await
+            .map_err(classify_pg)?;
+        Ok(())
     }
 
     async fn write_state(&self, state: &StateWrite) -> Result<(), StoreError> {

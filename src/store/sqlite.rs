@@ -10,6 +10,7 @@ use super::{fenced, lease_ms, Fence};
 use crate::domain::{Portfolio, Position, Pyramiding};
 use crate::trading::plan::{Book, Closed, Plan, Refusal};
 use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -53,6 +54,12 @@ pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
     SqliteConnectOptions::from_str(url)
         .map_err(|error| StoreError::BadUrl(format!("invalid SQLite URL `{url}`: {error}")))
 }
+
+/// The portfolio row of a new database, from an initial capital (`?1`) at `?2`; nothing
+/// when a row exists.
+const CREATE_PORTFOLIO: &str =
+    "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
+     VALUES (1, ?1, ?1, '0', '0', 0, ?2) ON CONFLICT (id) DO NOTHING";
 
 const LOAD_POSITIONS: &str =
     "SELECT id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
@@ -391,6 +398,16 @@ impl Store for SqliteStore {
             .map_err(classify_sqlite)
     }
 
+    async fn create_portfolio(&self, initial_capital: Decimal) -> Result<(), StoreError> {
+        sqlx::query(CREATE_PORTFOLIO)
+            .bind(initial_capital.to_string())
+            .bind(timestamp_text(Utc::now()))
+            .execute(&self.pool)
+            .await
+            .map_err(classify_sqlite)?;
+        Ok(())
+    }
+
     async fn write_state(&self, state: &StateWrite) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(classify_sqlite)?;
         for position in &state.positions {
@@ -622,11 +639,9 @@ impl SignalTx for SqliteSignalTx<'_> {
 
     async fn ensure_portfolio(&mut self) -> Result<(), StoreError> {
         self.run(
-            sqlx::query(
-                "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
-                 VALUES (1, '0', '0', '0', '0', 0, ?1) ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(timestamp_text(Utc::now())),
+            sqlx::query(CREATE_PORTFOLIO)
+                .bind("0")
+                .bind(timestamp_text(Utc::now())),
         )
         .await?;
         Ok(())
