@@ -188,7 +188,11 @@ impl Check {
             String::new()
         } else {
             format!(
-                "stored {stored} but {basis} {summed}: off by {difference}, tolerance {tolerance}"
+                "stored {} but {basis} {}: off by {}, tolerance {}",
+                Money(stored),
+                Money(summed),
+                Money(difference),
+                tolerance.normalize()
             )
         };
         Check {
@@ -314,11 +318,46 @@ impl Receipt {
     }
 }
 
+/// An amount as a receipt shows it: without trailing zeros beyond the cents, so that a stored
+/// `14500.00` and a sum of `14500.0` read alike.
+struct Money(Decimal);
+
+impl fmt::Display for Money {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut amount = self.0.normalize();
+        if amount.scale() < 2 {
+            amount.rescale(2);
+        }
+        write!(f, "{amount}")
+    }
+}
+
 /// `1 pyramid`, `2 pyramids`: a count with its noun.
 fn counted(count: usize, noun: &str) -> String {
     match count {
         1 => format!("1 {noun}"),
         many => format!("{many} {noun}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Money;
+    use rust_decimal::Decimal;
+
+    #[test]
+    fn amounts_are_shown_in_one_scale() {
+        for (amount, shown) in [
+            ("14500.00", "14500.00"),
+            ("14500.0", "14500.00"),
+            ("0", "0.00"),
+            ("7999368.0555510", "7999368.055551"),
+            ("-985499.990", "-985499.99"),
+            ("0.00000001", "0.00000001"),
+        ] {
+            let amount: Decimal = amount.parse().unwrap_or_default();
+            assert_eq!(Money(amount).to_string(), shown);
+        }
     }
 }
 
@@ -341,7 +380,8 @@ impl fmt::Display for Receipt {
         if let Some(equity) = self.closed_equity {
             writeln!(
                 f,
-                "  closed equity: {equity} after {}",
+                "  closed equity: {} after {}",
+                Money(equity),
                 counted(counts.closed_positions, "closed position")
             )?;
         }
@@ -370,10 +410,13 @@ impl fmt::Display for Receipt {
                     let basis = check.basis.unwrap_or(Basis::OpenPositions);
                     write!(
                         f,
-                        ": stored {expected}, {basis} {actual}, difference {difference}"
+                        ": stored {}, {basis} {}, difference {}",
+                        Money(expected),
+                        Money(actual),
+                        Money(difference)
                     )?;
                     if !check.passed {
-                        write!(f, ", more than the tolerance of {tolerance}")?;
+                        write!(f, ", more than the tolerance of {}", tolerance.normalize())?;
                     }
                 }
                 _ if !check.passed || check.skipped => write!(f, ": {}", check.detail)?,
