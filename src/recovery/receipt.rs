@@ -340,27 +340,6 @@ fn counted(count: usize, noun: &str) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Money;
-    use rust_decimal::Decimal;
-
-    #[test]
-    fn amounts_are_shown_in_one_scale() {
-        for (amount, shown) in [
-            ("14500.00", "14500.00"),
-            ("14500.0", "14500.00"),
-            ("0", "0.00"),
-            ("7999368.0555510", "7999368.055551"),
-            ("-985499.990", "-985499.99"),
-            ("0.00000001", "0.00000001"),
-        ] {
-            let amount: Decimal = amount.parse().unwrap_or_default();
-            assert_eq!(Money(amount).to_string(), shown);
-        }
-    }
-}
-
 impl fmt::Display for Receipt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.verdict {
@@ -425,5 +404,26 @@ impl fmt::Display for Receipt {
             writeln!(f)?;
         }
         write!(f, "  duration: {} ms", self.duration_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Money;
+    use rust_decimal::Decimal;
+
+    #[test]
+    fn amounts_are_shown_in_one_scale() {
+        for (amount, shown) in [
+            ("14500.00", "14500.00"),
+            ("14500.0", "14500.00"),
+            ("0", "0.00"),
+            ("7999368.0555510", "7999368.055551"),
+            ("-985499.990", "-985499.99"),
+            ("0.00000001", "0.00000001"),
+        ] {
+            let amount: Decimal = amount.parse().unwrap_or_default();
+            assert_eq!(Money(amount).to_string(), shown);
+        }
     }
 }
