@@ -384,6 +384,73 @@ mod tests {
         );
     }
 
+    /// The warnings `source` draws, as `line:column message`.
+    fn warnings(source: &str) -> Vec<String> {
+        match Policy::parse(Path::new("p.toml"), source) {
+            Ok(policy) => policy
+                .warnings
+                .iter()
+                .map(|w| format!("{}:{} {}", w.line, w.column, w.message))
+                .collect(),
+            Err(diagnostics) => panic!("{source} is invalid:\n{diagnostics}"),
+        }
+    }
+
+    #[test]
+    fn a_signal_lock_must_outlast_the_longest_signal_transaction() {
+        let ttl = |ms: u128| format!("[ha]\nsignal_lock_ttl = \"{ms}ms\"\n");
+        let deadline = crate::intake::DRAIN_STORE_DEADLINE.as_millis();
+        let at = warnings(&ttl(deadline));
+        assert_eq!(at.len(), 1, "{at:?}");
+        assert!(at[0].starts_with("2:19 signal_lock_ttl"), "{at:?}");
+        assert!(warnings(&ttl(deadline + 1)).is_empty());
+    }
+
+    #[test]
+    fn a_leader_lease_must_outlast_a_heartbeat() {
+        let ha = |lease_ms: u64| {
+            format!("[ha]\nheartbeat_interval = \"1s\"\nleader_lease = \"{lease_ms}ms\"\n")
+        };
+        let at = warnings(&ha(1000));
+        assert_eq!(at.len(), 1, "{at:?}");
+        assert!(at[0].starts_with("3:16 leader_lease (1s)"), "{at:?}");
+        assert!(warnings(&ha(1001)).is_empty());
+        // Only the heartbeat is written: the warning points at it.
+        let at = warnings("[ha]\nheartbeat_interval = \"15s\"\ninstance_stale_after = \"30s\"\n");
+        assert_eq!(at.len(), 1, "{at:?}");
+        assert!(at[0].starts_with("2:22 leader_lease (15s)"), "{at:?}");
+    }
+
+    #[test]
+    fn tolerating_corrupt_data_warns_and_halting_on_it_does_not() {
+        let continues = warnings("[failures.data_corrupt]\nresponse = \"continue\"\n");
+        assert_eq!(continues.len(), 1, "{continues:?}");
+        assert!(continues[0].starts_with("2:12 [failures.data_corrupt] continues degraded on"));
+        let retried = warnings(
+            "[failures.data_corrupt]\nresponse = \"retry\"\nattempts = 1\n\
+             initial_delay = \"1s\"\nthen = \"continue\"\n",
+        );
+        assert_eq!(retried.len(), 1, "{retried:?}");
+        assert!(retried[0].starts_with("5:8 [failures.data_corrupt] continues degraded on stored state that cannot be decoded, once"));
+        for halts in [
+            "[failures.data_corrupt]\nresponse = \"halt\"\n",
+            "[failures.data_corrupt]\nresponse = \"retry\"\nattempts = 1\ninitial_delay = \"1s\"\n",
+            // Another kind may continue.
+            "[failures.unexpected]\nresponse = \"continue\"\n",
+        ] {
+            assert!(warnings(halts).is_empty(), "{halts}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_policies_draw_no_warning() {
+        for name in ["default", "strict", "paper"] {
+            let path = format!("{}/policies/{name}.toml", env!("CARGO_MANIFEST_DIR"));
+            let policy = Policy::load(Path::new(&path)).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(policy.warnings, Vec::new(), "{name}");
+        }
+    }
+
     #[test]
     fn builtin_default_parses() {
         let policy = Policy::builtin_default();

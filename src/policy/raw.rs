@@ -8,6 +8,7 @@ use super::{
     MIN_SIGNAL_AGE,
 };
 use crate::diagnostic::{did_you_mean, Collector, Diagnostics};
+use crate::intake::DRAIN_STORE_DEADLINE;
 use crate::vocabulary::{FailureKind, SignalSet, SignalType};
 use rust_decimal::Decimal;
 use serde::Deserialize;
@@ -92,6 +93,7 @@ pub(super) fn parse(
 ) -> Result<Policy, Diagnostics> {
     let mut check = Checker {
         file: Collector::new(path, source),
+        corrupt_data_tolerated: None,
     };
     let raw: RawPolicy = match toml::from_str(source) {
         Ok(raw) => raw,
@@ -123,6 +125,9 @@ fn explain_toml_error(message: &str) -> (String, Option<String>) {
 struct Checker<'a> {
     /// What is found wrong with the file.
     file: Collector<'a>,
+    /// Where the file makes `[failures.data_corrupt]` continue degraded: the span of
+    /// `response = "continue"`, or of `then = "continue"` after retries (`true`).
+    corrupt_data_tolerated: Option<(std::ops::Range<usize>, bool)>,
 }
 
 impl Checker<'_> {
@@ -171,6 +176,13 @@ impl Checker<'_> {
                 );
             }
         }
+        if let Some((span, after_retries)) = self.corrupt_data_tolerated.take() {
+            self.warn_corrupt_data_tolerated(span, after_retries, degraded_accepts);
+        }
+        // In file order, as errors are.
+        self.file
+            .warnings
+            .sort_by_key(|diagnostic| (diagnostic.line, diagnostic.column));
         Some(Policy {
             name: self.file.path.display().to_string(),
             failures,
@@ -282,6 +294,9 @@ impl Checker<'_> {
                         raw.exit_code.as_ref().map(Spanned::span),
                         "halt",
                     );
+                    if kind == FailureKind::DataCorrupt {
+                        self.corrupt_data_tolerated = Some((raw.response.span(), false));
+                    }
                     Some(Response::Continue {
                         warning: warning_text(kind, raw.warning),
                     })
@@ -306,7 +321,10 @@ impl Checker<'_> {
                             exit_code: self.exit_code(raw.exit_code.as_ref())?,
                         }
                     }
-                    Some(("continue", _)) => {
+                    Some(("continue", span)) => {
+                        if kind == FailureKind::DataCorrupt {
+                            self.corrupt_data_tolerated = Some((span, true));
+                        }
                         self.forbid(
                             kind,
                             "exit_code",
@@ -697,6 +715,11 @@ impl Checker<'_> {
             );
             return None;
         }
+        self.warn_lock_outlasts_signals(lock.0, lock.1.clone());
+        self.warn_lease_outlasts_heartbeat(
+            (lease.0, lease.1.clone()),
+            (heartbeat.0, heartbeat.1.clone()),
+        );
         Some(HaTimings {
             heartbeat_interval: heartbeat.0,
             instance_stale_after: stale.0,
@@ -705,6 +728,103 @@ impl Checker<'_> {
             dedup_window: dedup.0,
             leader_task_interval: tasks.0,
         })
+    }
+
+    /// Warns when a signal's instrument lock can lapse while the signal still trades: it is
+    /// held through the broker and the signal's transaction, and a transaction of an alert
+    /// drained from the intake journal may take [`DRAIN_STORE_DEADLINE`], the longest any
+    /// signal's is allowed. Each signal still applies once (the database sees to that), so
+    /// the file works; the lock just stops keeping one instrument's signals apart.
+    fn warn_lock_outlasts_signals(&mut self, ttl: Duration, span: Option<std::ops::Range<usize>>) {
+        if ttl > DRAIN_STORE_DEADLINE {
+            return;
+        }
+        let deadline = humantime::format_duration(DRAIN_STORE_DEADLINE);
+        self.file.warn(
+            span,
+            format!(
+                "signal_lock_ttl ({}) is not longer than a signal's transaction may take \
+                 ({deadline} for an alert drained from the intake journal): the lock can lapse \
+                 while its holder still trades, and another signal of the same instrument \
+                 can then take it and trade alongside",
+                humantime::format_duration(ttl)
+            ),
+            Some(format!(
+                "set signal_lock_ttl above {deadline} plus the broker's time, for example \
+                 \"3s\" as the shipped policies do; each signal still applies once, but signals \
+                 of one instrument may interleave their orders and transactions"
+            )),
+        );
+    }
+
+    /// Warns when the leader lease is no longer than the heartbeat interval. Renewal never
+    /// waits for a heartbeat (the pulse wakes every heartbeat and at least three times a
+    /// lease), so the file works; but a leader that misses a single heartbeat, which
+    /// `instance_stale_after` tolerates, has already lost its lease, and every instance asks
+    /// for it more often than it heartbeats. The span is the lease's when the file sets it,
+    /// else the heartbeat's.
+    fn warn_lease_outlasts_heartbeat(
+        &mut self,
+        (lease, lease_span): (Duration, Option<std::ops::Range<usize>>),
+        (heartbeat, heartbeat_span): (Duration, Option<std::ops::Range<usize>>),
+    ) {
+        if lease > heartbeat {
+            return;
+        }
+        self.file.warn(
+            lease_span.or(heartbeat_span),
+            format!(
+                "leader_lease ({}) is not longer than heartbeat_interval ({}): a leader that \
+                 misses one heartbeat, which instance_stale_after tolerates, has already lost \
+                 its lease, and every instance renews or asks for the lease every third of it, \
+                 more often than it heartbeats",
+                humantime::format_duration(lease),
+                humantime::format_duration(heartbeat)
+            ),
+            Some(format!(
+                "set leader_lease above heartbeat_interval; at three times heartbeat_interval \
+                 ({}), as in the shipped policies, it is renewed at every heartbeat",
+                humantime::format_duration(heartbeat.saturating_mul(3))
+            )),
+        );
+    }
+
+    /// Warns when the file makes corrupt data something to serve through: stored state that
+    /// cannot be decoded stops being a reason to stop. The file works (the instance serves
+    /// degraded, accepting what `[degraded]` allows), but on data known to be wrong.
+    fn warn_corrupt_data_tolerated(
+        &mut self,
+        span: std::ops::Range<usize>,
+        after_retries: bool,
+        degraded_accepts: [SignalSet; 6],
+    ) {
+        let kind = FailureKind::DataCorrupt;
+        let set = degraded_accepts[kind.index()];
+        let when = if after_retries {
+            ", once its retries are spent"
+        } else {
+            ""
+        };
+        let what = if set == SignalSet::NONE {
+            "the instance stays up on data known to be corrupt, accepting nothing".to_string()
+        } else {
+            format!("the instance goes on applying {set} signals to data known to be corrupt")
+        };
+        let hint = if after_retries {
+            "set then = \"halt\", as every shipped policy halts on data_corrupt, so that the \
+             instance stops with its exit code and an operator reads the recovery receipt"
+        } else {
+            "set response = \"halt\", as every shipped policy does, so that the instance stops \
+             with its exit code and an operator reads the recovery receipt"
+        };
+        self.file.warn(
+            Some(span),
+            format!(
+                "[failures.{kind}] continues degraded on stored state that cannot be \
+                 decoded{when}: {what}, instead of stopping for an operator to repair it"
+            ),
+            Some(hint.to_string()),
+        );
     }
 
     fn signals(&mut self, raw: Option<RawSignals>, base: Option<&Policy>) -> Option<SignalAges> {
