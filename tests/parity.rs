@@ -31,6 +31,24 @@ const CASES: &[Case] = &[
     ("another database", "mysql://db/vigil", false, ""),
     ("bad port", "postgres://db:99999/vigil", false, ""),
     (
+        "a changed migration",
+        "sqlite://{dir}/vigil.db",
+        true,
+        "UPDATE _sqlx_migrations SET checksum = X'00' WHERE version = 1",
+    ),
+    (
+        "a dropped migration history",
+        "sqlite://{dir}/vigil.db",
+        true,
+        "DROP TABLE _sqlx_migrations",
+    ),
+    (
+        "lots retyped",
+        "sqlite://{dir}/vigil.db",
+        true,
+        "ALTER TABLE positions RENAME COLUMN lots TO lots_before; ALTER TABLE positions ADD COLUMN lots REAL",
+    ),
+    (
         "totals without positions",
         "sqlite://{dir}/vigil.db",
         true,

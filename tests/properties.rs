@@ -394,6 +394,7 @@ impl Book {
                 version: portfolio.version,
             }),
             pyramiding: self.pyramiding.iter().cloned().collect(),
+            schema: None,
         }
     }
 }
@@ -563,5 +564,6 @@ fn recovery_rows() -> impl Strategy<Value = RecoveryRows> {
             positions,
             portfolio,
             pyramiding,
+            schema: None,
         })
 }

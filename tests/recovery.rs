@@ -144,6 +144,41 @@ const SCENARIOS: &[Scenario] = &[
             "UPDATE positions SET realized_pnl = NULL WHERE id = 'nifty-closed'",
         ),
     },
+    Scenario {
+        name: "migration_changed",
+        seed: true,
+        damage: (
+            "UPDATE _sqlx_migrations SET checksum = X'00' WHERE version = 1",
+            "UPDATE _sqlx_migrations SET checksum = '\\x00'::bytea WHERE version = 1",
+        ),
+    },
+    Scenario {
+        name: "migration_history_dropped",
+        seed: true,
+        damage: (
+            "DROP TABLE _sqlx_migrations",
+            "DROP TABLE _sqlx_migrations",
+        ),
+    },
+    Scenario {
+        name: "lots_retyped",
+        seed: true,
+        // SQLite cannot change a column's type: the column is replaced by a REAL one.
+        damage: (
+            "ALTER TABLE positions RENAME COLUMN lots TO lots_before; \
+             ALTER TABLE positions ADD COLUMN lots REAL; UPDATE positions SET lots = lots_before",
+            "ALTER TABLE positions ALTER COLUMN lots TYPE DOUBLE PRECISION USING lots::double precision",
+        ),
+    },
+    Scenario {
+        name: "risk_amount_retyped",
+        seed: true,
+        damage: (
+            "ALTER TABLE positions RENAME COLUMN risk_amount TO risk_before; \
+             ALTER TABLE positions ADD COLUMN risk_amount INTEGER; UPDATE positions SET risk_amount = risk_before",
+            "ALTER TABLE positions ALTER COLUMN risk_amount TYPE INTEGER",
+        ),
+    },
 ];
 
 /// The exit of the seeded closed trade, which the store writes when an EXIT closes a

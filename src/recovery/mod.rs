@@ -9,7 +9,7 @@ pub use receipt::{Basis, Check, Counts, Receipt, Verdict};
 use crate::domain::{
     checked_sum, parse_decimal, Instrument, Portfolio, Position, PositionStatus, Pyramiding,
 };
-use crate::store::{PortfolioRow, PositionRow, PyramidingRow, RecoveryRows};
+use crate::store::{PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, Schema};
 use crate::vocabulary::FailureKind;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -59,14 +59,17 @@ pub fn recover(rows: RecoveryRows, terms: &Terms<'_>) -> (Option<State>, Receipt
     let duration_ms = 0;
     let mut problems = Problems::default();
     let counted = Counts::of_rows(&rows);
+    let schema = rows.schema.as_ref().map(schema_check);
     let mut state = decode(rows, &mut problems);
     // Backends return rows in their own order; receipts and listings must not depend on it.
     state.positions.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     if !problems.is_empty() {
-        let checks = vec![problems.into_check("stored values decode", FailureKind::DataCorrupt)];
+        let mut checks: Vec<Check> = schema.into_iter().collect();
+        checks.push(problems.into_check("stored values decode", FailureKind::DataCorrupt));
         return (None, Receipt::new(counted, None, checks, duration_ms));
     }
-    let checks = validate(&state, terms);
+    let mut checks: Vec<Check> = schema.into_iter().collect();
+    checks.extend(validate(&state, terms));
     let counts = Counts::of(&state);
     let closed_equity = state
         .portfolio
@@ -319,6 +322,66 @@ fn decode_pyramiding(row: &PyramidingRow, problems: &mut Problems) -> Pyramiding
         instrument: row.instrument.clone(),
         last_pyramid_price,
         base_position_id: row.base_position_id.clone(),
+    }
+}
+
+/// Whether the database holds the schema this version of vigil writes: the same migrations,
+/// none changed after it was applied, and the columns recovery decodes of the types it
+/// gave them. Migrations not applied yet are `vigil run`'s to apply; until they are, the
+/// column types are not held to this version's.
+fn schema_check(schema: &Schema) -> Check {
+    const NAME: &str = "schema is the one vigil wrote";
+    let mut problems = Problems::default();
+    let mut pending = false;
+    match &schema.applied {
+        None => problems.push(
+            "the migration history (the _sqlx_migrations table) is missing, so nothing says which schema this is".into(),
+        ),
+        Some(applied) => {
+            for migration in applied {
+                let version = migration.version;
+                let description = &migration.description;
+                match schema.shipped.iter().find(|shipped| shipped.version == version) {
+                    None => problems.push(format!(
+                        "migration {version} ({description}) is applied here but this version of vigil does not ship it"
+                    )),
+                    Some(shipped) if shipped.checksum != migration.checksum => problems.push(format!(
+                        "migration {version} ({description}) was changed after it was applied: its checksum differs from the one this version ships"
+                    )),
+                    Some(_) if !migration.success => problems.push(format!(
+                        "migration {version} ({description}) did not finish"
+                    )),
+                    Some(_) => {}
+                }
+            }
+            pending = schema
+                .shipped
+                .iter()
+                .any(|shipped| applied.iter().all(|migration| migration.version != shipped.version));
+        }
+    }
+    if !pending {
+        for expected in &schema.expected {
+            let found = schema.found.iter().find(|found| {
+                found.table_name == expected.table_name && found.column_name == expected.column_name
+            });
+            let place = format!("{}.{}", expected.table_name, expected.column_name);
+            match found {
+                None => problems.push(format!("{place} is missing")),
+                Some(found) if !found.data_type.eq_ignore_ascii_case(&expected.data_type) => {
+                    problems.push(format!(
+                        "{place} is {}, not {}",
+                        found.data_type, expected.data_type
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    if problems.is_empty() {
+        Check::passed(NAME)
+    } else {
+        problems.into_check(NAME, FailureKind::DataCorrupt)
     }
 }
 
@@ -621,6 +684,94 @@ mod tests {
         );
     }
 
+    /// A schema as this version writes it: migrations 1 and 2, `positions.lots` numeric.
+    fn schema() -> Schema {
+        use crate::store::{ColumnRow, MigrationRow};
+        let migration = |version: i64| MigrationRow {
+            version,
+            description: format!("step {version}"),
+            checksum: vec![u8::try_from(version).unwrap_or_default(); 4],
+            success: true,
+        };
+        let lots = ColumnRow {
+            table_name: "positions".into(),
+            column_name: "lots".into(),
+            data_type: "numeric".into(),
+        };
+        Schema {
+            shipped: vec![migration(1), migration(2)],
+            applied: Some(vec![migration(1), migration(2)]),
+            expected: vec![lots.clone()],
+            found: vec![lots],
+        }
+    }
+
+    #[test]
+    fn schemas() {
+        // (what is changed, the problem the check reports; `None` when it passes)
+        #[allow(clippy::type_complexity)]
+        let cases: &[(&str, fn(&mut Schema), Option<&str>)] = &[
+            ("nothing", |_| {}, None),
+            ("a type in other letters", |s| s.found[0].data_type = "NUMERIC".into(), None),
+            (
+                "no history",
+                |s| s.applied = None,
+                Some("the migration history (the _sqlx_migrations table) is missing"),
+            ),
+            (
+                "a changed migration",
+                |s| {
+                    if let Some(applied) = &mut s.applied {
+                        applied[0].checksum = vec![9];
+                    }
+                },
+                Some("migration 1 (step 1) was changed after it was applied"),
+            ),
+            (
+                "an unknown migration",
+                |s| s.shipped.pop().map_or((), drop),
+                Some("migration 2 (step 2) is applied here but this version of vigil does not ship it"),
+            ),
+            (
+                "a failed migration",
+                |s| {
+                    if let Some(applied) = &mut s.applied {
+                        applied[1].success = false;
+                    }
+                },
+                Some("migration 2 (step 2) did not finish"),
+            ),
+            ("lots as text", |s| s.found[0].data_type = "text".into(), Some("positions.lots is text, not numeric")),
+            ("lots missing", |s| s.found.clear(), Some("positions.lots is missing")),
+            (
+                "a migration still to apply, before which lots was text",
+                |s| {
+                    if let Some(applied) = &mut s.applied {
+                        applied.pop();
+                    }
+                    s.found[0].data_type = "text".into();
+                },
+                None,
+            ),
+        ];
+        for (what, change, problem) in cases {
+            let mut schema = schema();
+            change(&mut schema);
+            let check = schema_check(&schema);
+            match problem {
+                None => assert!(check.passed, "{what}: {}", check.detail),
+                Some(problem) => {
+                    assert_eq!(check.kind, Some(FailureKind::DataCorrupt), "{what}");
+                    assert!(
+                        check.detail.starts_with(problem),
+                        "{what}: {}",
+                        check.detail
+                    );
+                }
+            }
+        }
+    }
+
     /// A closed position on A with its whole exit and `pnl`.
     fn closed(id: &str, pnl: &str) -> PositionRow {
         PositionRow {
@@ -663,6 +814,7 @@ mod tests {
                 last_pyramid_price: "100".into(),
                 base_position_id: Some("a-base".into()),
             }],
+            schema: None,
         }
     }
 

@@ -104,6 +104,130 @@ pub struct PyramidingRow {
     pub base_position_id: Option<String>,
 }
 
+/// A migration, as this version of vigil ships it or as a database records it applied.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct MigrationRow {
+    /// Its number.
+    pub version: i64,
+    /// What it does, from its file name.
+    pub description: String,
+    /// The SHA-384 of its SQL: a migration changed after it was applied differs here.
+    pub checksum: Vec<u8>,
+    /// Whether it ran to the end (sqlx records a failed one as not successful).
+    pub success: bool,
+}
+
+/// A column's declared type, as the database reports it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ColumnRow {
+    /// Its table.
+    pub table_name: String,
+    /// Its name.
+    pub column_name: String,
+    /// Its type, in the backend's words (`numeric`, `TEXT`).
+    pub data_type: String,
+}
+
+/// The schema a database holds next to the one this version of vigil writes, so recovery
+/// can tell a database it may trust from one changed by hand or by another program.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Schema {
+    /// The migrations this version ships, in order.
+    pub shipped: Vec<MigrationRow>,
+    /// The migrations the database records; `None` when it has no migration table.
+    pub applied: Option<Vec<MigrationRow>>,
+    /// The types this version gives the columns recovery decodes.
+    pub expected: Vec<ColumnRow>,
+    /// Those columns' types as found (a column missing is absent here).
+    pub found: Vec<ColumnRow>,
+}
+
+/// The columns recovery decodes, with the type each backend gives them: (table, column,
+/// PostgreSQL type, SQLite declared type).
+const DECODED_COLUMNS: &[(&str, &str, &str, &str)] = &[
+    ("portfolio_state", "closed_equity", "numeric", "TEXT"),
+    ("portfolio_state", "initial_capital", "numeric", "TEXT"),
+    ("portfolio_state", "margin_used", "numeric", "TEXT"),
+    ("portfolio_state", "total_risk", "numeric", "TEXT"),
+    ("portfolio_state", "version", "bigint", "INTEGER"),
+    ("positions", "entry_price", "numeric", "TEXT"),
+    (
+        "positions",
+        "entry_time",
+        "timestamp with time zone",
+        "TEXT",
+    ),
+    ("positions", "exit_price", "numeric", "TEXT"),
+    ("positions", "exit_time", "timestamp with time zone", "TEXT"),
+    ("positions", "is_base_position", "boolean", "INTEGER"),
+    ("positions", "lots", "numeric", "TEXT"),
+    ("positions", "margin", "numeric", "TEXT"),
+    ("positions", "realized_pnl", "numeric", "TEXT"),
+    ("positions", "risk_amount", "numeric", "TEXT"),
+    ("positions", "stop_price", "numeric", "TEXT"),
+    ("positions", "version", "bigint", "INTEGER"),
+    ("pyramiding_state", "last_pyramid_price", "numeric", "TEXT"),
+];
+
+/// The tables of [`DECODED_COLUMNS`].
+const DECODED_TABLES: [&str; 3] = ["portfolio_state", "positions", "pyramiding_state"];
+
+/// What this version of vigil ships for a backend: `migrator`'s migrations, and the decoded
+/// columns' types, `postgres` choosing which of the two.
+fn shipped_schema(
+    migrator: &sqlx::migrate::Migrator,
+    postgres: bool,
+) -> (Vec<MigrationRow>, Vec<ColumnRow>) {
+    let shipped = migrator
+        .iter()
+        .filter(|migration| !migration.migration_type.is_down_migration())
+        .map(|migration| MigrationRow {
+            version: migration.version,
+            description: migration.description.to_string(),
+            checksum: migration.checksum.to_vec(),
+            success: true,
+        })
+        .collect();
+    let expected = DECODED_COLUMNS
+        .iter()
+        .map(|(table, column, pg, sqlite)| ColumnRow {
+            table_name: (*table).to_string(),
+            column_name: (*column).to_string(),
+            data_type: (if postgres { *pg } else { *sqlite }).to_string(),
+        })
+        .collect();
+    (shipped, expected)
+}
+
+/// A migration error in words an operator can act on: one that means the database's schema
+/// is not the one this version wrote is corrupt data, not a passing failure.
+fn migration_drift(error: &sqlx::migrate::MigrateError) -> Option<StoreError> {
+    use sqlx::migrate::MigrateError;
+    let what = match error {
+        MigrateError::VersionMismatch(version) => format!(
+            "migration {version} was changed after it was applied here: its checksum differs from the one this version of vigil ships"
+        ),
+        MigrateError::VersionMissing(version) => format!(
+            "migration {version} is applied here but this version of vigil does not ship it: was the database written by a newer vigil?"
+        ),
+        MigrateError::Dirty(version) => format!(
+            "migration {version} was left half-applied"
+        ),
+        _ => return None,
+    };
+    Some(StoreError::Corrupt(format!(
+        "schema drift: {what}; restore the database from a backup, or run the vigil that wrote it"
+    )))
+}
+
+/// The refusal to migrate a database whose vigil tables exist without their migration
+/// history: running the migrations again would fail half-way, or worse.
+fn missing_history() -> StoreError {
+    StoreError::Corrupt(
+        "schema drift: vigil's tables exist but their migration history (the _sqlx_migrations table) is missing; restore the database from a backup".into(),
+    )
+}
+
 /// Everything recovery reads, from one consistent snapshot.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RecoveryRows {
@@ -113,6 +237,9 @@ pub struct RecoveryRows {
     pub portfolio: Option<PortfolioRow>,
     /// Every pyramiding row.
     pub pyramiding: Vec<PyramidingRow>,
+    /// The schema, next to the one this version writes; `None` when not read (a test's
+    /// rows).
+    pub schema: Option<Schema>,
 }
 
 /// A signal's row in the signal log: what became of one alert.
@@ -237,6 +364,9 @@ fn classify_migration(
     error: sqlx::migrate::MigrateError,
     classify: impl Fn(sqlx::Error) -> StoreError,
 ) -> StoreError {
+    if let Some(drift) = migration_drift(&error) {
+        return drift;
+    }
     match error {
         sqlx::migrate::MigrateError::Execute(error)
         | sqlx::migrate::MigrateError::ExecuteMigration(error, _) => classify(error),

@@ -7,7 +7,7 @@ use super::{
     PortfolioRow, PositionRow, PyramidingRow, QueuedRow, RecoveryRows, SignalClaim, SignalOutcome,
     StateWrite, Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
-use super::{fenced, lease_ms, Fence};
+use super::{fenced, lease_ms, ColumnRow, Fence, MigrationRow, Schema};
 use crate::domain::Pyramiding;
 use crate::domain::{Portfolio, Position};
 use crate::trading::plan::{Book, Closed, Plan, Refusal};
@@ -113,6 +113,17 @@ fn classify_pg(error: sqlx::Error) -> StoreError {
         }
     })
 }
+
+/// The migrations this version ships for PostgreSQL.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// Whether the database has a migration history, and whether it has vigil's tables.
+const HAS_HISTORY_AND_TABLES: &str =
+    "SELECT to_regclass('_sqlx_migrations') IS NOT NULL, to_regclass('positions') IS NOT NULL";
+
+/// The migrations a database records.
+const LOAD_MIGRATIONS: &str =
+    "SELECT version, description, checksum, success FROM _sqlx_migrations ORDER BY version";
 
 /// The connection options `url` gives, or why it is not a PostgreSQL URL.
 pub(super) fn options(url: &str) -> Result<PgConnectOptions, StoreError> {
@@ -529,7 +540,14 @@ impl Store for PgStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/postgres")
+        let (history, tables): (bool, bool) = sqlx::query_as(HAS_HISTORY_AND_TABLES)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify_pg)?;
+        if tables && !history {
+            return Err(super::missing_history());
+        }
+        MIGRATOR
             .run(&self.pool)
             .await
             .map_err(|error| super::classify_migration(error, classify_pg))
@@ -554,11 +572,40 @@ impl Store for PgStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(classify_pg)?;
+        let (history, _): (bool, bool) = sqlx::query_as(HAS_HISTORY_AND_TABLES)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify_pg)?;
+        let applied = match history {
+            false => None,
+            true => Some(
+                sqlx::query_as::<_, MigrationRow>(LOAD_MIGRATIONS)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(classify_pg)?,
+            ),
+        };
+        let found = sqlx::query_as::<_, ColumnRow>(
+            "SELECT table_name::text AS table_name, column_name::text AS column_name, data_type::text AS data_type \
+             FROM information_schema.columns WHERE table_schema = current_schema() AND table_name::text = ANY($1) \
+             ORDER BY 1, 2",
+        )
+        .bind(super::DECODED_TABLES.to_vec())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify_pg)?;
         tx.rollback().await.map_err(classify_pg)?;
+        let (shipped, expected) = super::shipped_schema(&MIGRATOR, true);
         Ok(RecoveryRows {
             positions,
             portfolio,
             pyramiding,
+            schema: Some(Schema {
+                shipped,
+                applied,
+                expected,
+                found,
+            }),
         })
     }
 

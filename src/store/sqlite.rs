@@ -6,7 +6,7 @@ use super::{
     PortfolioRow, PositionRow, PyramidingRow, QueuedRow, RecoveryRows, SignalClaim, SignalOutcome,
     StateWrite, Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
-use super::{fenced, lease_ms, Fence};
+use super::{fenced, lease_ms, ColumnRow, Fence, MigrationRow, Schema};
 use crate::domain::{Portfolio, Position, Pyramiding};
 use crate::trading::plan::{Book, Closed, Plan, Refusal};
 use chrono::{DateTime, Utc};
@@ -48,6 +48,14 @@ fn classify_sqlite(error: sqlx::Error) -> StoreError {
         }
     })
 }
+
+/// The migrations this version ships for SQLite.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+
+/// Whether the database has a migration history, and whether it has vigil's tables.
+const HAS_HISTORY_AND_TABLES: &str = "SELECT \
+     EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'), \
+     EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'positions')";
 
 /// The connection options `url` gives, or why it is not a SQLite URL.
 pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
@@ -336,7 +344,14 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        sqlx::migrate!("migrations/sqlite")
+        let (history, tables): (bool, bool) = sqlx::query_as(HAS_HISTORY_AND_TABLES)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify_sqlite)?;
+        if tables && !history {
+            return Err(super::missing_history());
+        }
+        MIGRATOR
             .run(&self.pool)
             .await
             .map_err(|error| super::classify_migration(error, classify_sqlite))
@@ -358,11 +373,46 @@ impl Store for SqliteStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(classify_sqlite)?;
+        let (history, _): (bool, bool) = sqlx::query_as(HAS_HISTORY_AND_TABLES)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(classify_sqlite)?;
+        let applied = match history {
+            false => None,
+            true => Some(
+                sqlx::query_as::<_, MigrationRow>(
+                    "SELECT version, description, checksum, success FROM _sqlx_migrations ORDER BY version",
+                )
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(classify_sqlite)?,
+            ),
+        };
+        let columns: Vec<String> = super::DECODED_TABLES
+            .iter()
+            .map(|table| {
+                format!("SELECT '{table}' AS table_name, name AS column_name, type AS data_type FROM pragma_table_info('{table}')")
+            })
+            .collect();
+        let found = sqlx::query_as::<_, ColumnRow>(sqlx::AssertSqlSafe(format!(
+            "{} ORDER BY 1, 2",
+            columns.join(" UNION ALL ")
+        )))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(classify_sqlite)?;
         tx.rollback().await.map_err(classify_sqlite)?;
+        let (shipped, expected) = super::shipped_schema(&MIGRATOR, false);
         Ok(RecoveryRows {
             positions,
             portfolio,
             pyramiding,
+            schema: Some(Schema {
+                shipped,
+                applied,
+                expected,
+                found,
+            }),
         })
     }
 
