@@ -131,10 +131,10 @@ impl Database for FakeDatabase {
             };
             Ok(RecoveryRows {
                 portfolio: Some(PortfolioRow {
-                    initial_capital: "0".into(),
-                    closed_equity: "0".into(),
-                    total_risk: total_risk.into(),
-                    margin_used: "0".into(),
+                    initial_capital: Some("0".into()),
+                    closed_equity: Some("0".into()),
+                    total_risk: Some(total_risk.into()),
+                    margin_used: Some("0".into()),
                     version: 1,
                 }),
                 ..RecoveryRows::default()

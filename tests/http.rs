@@ -464,13 +464,13 @@ async fn a_trade_from_entry_to_exit() {
     // (22300 − 22000) × 2 × 75 + (22300 − 22100.5) × 1 × 75 = 45000 + 14962.5
     let rows = store.load_recovery_rows().await.unwrap();
     let portfolio = rows.portfolio.clone().unwrap();
-    assert_eq!(portfolio.closed_equity, "59962.5");
+    assert_eq!(portfolio.closed_equity.as_deref(), Some("59962.5"));
     assert_eq!(
         (
-            portfolio.total_risk.as_str(),
-            portfolio.margin_used.as_str()
+            portfolio.total_risk.as_deref(),
+            portfolio.margin_used.as_deref()
         ),
-        ("0", "0")
+        (Some("0"), Some("0"))
     );
     assert!(
         rows.pyramiding.is_empty(),

@@ -359,7 +359,7 @@ impl Book {
                 .unwrap();
             let position = self.book.open.remove(index);
             self.closed.push(PositionRow {
-                status: "closed".into(),
+                status: Some("closed".into()),
                 exit_price: Some(closed.exit_price.to_string()),
                 exit_time: Some(at.to_rfc3339()),
                 realized_pnl: Some(closed.realized_pnl.to_string()),
@@ -371,7 +371,7 @@ impl Book {
             vigil::trading::plan::PyramidingChange::Upsert(p) => {
                 self.pyramiding = Some(PyramidingRow {
                     instrument: p.instrument,
-                    last_pyramid_price: p.last_pyramid_price.to_string(),
+                    last_pyramid_price: Some(p.last_pyramid_price.to_string()),
                     base_position_id: p.base_position_id,
                 });
             }
@@ -387,10 +387,10 @@ impl Book {
         RecoveryRows {
             positions,
             portfolio: Some(PortfolioRow {
-                initial_capital: portfolio.initial_capital.to_string(),
-                closed_equity: portfolio.closed_equity.to_string(),
-                total_risk: portfolio.total_risk.to_string(),
-                margin_used: portfolio.margin_used.to_string(),
+                initial_capital: Some(portfolio.initial_capital.to_string()),
+                closed_equity: Some(portfolio.closed_equity.to_string()),
+                total_risk: Some(portfolio.total_risk.to_string()),
+                margin_used: Some(portfolio.margin_used.to_string()),
                 version: portfolio.version,
             }),
             pyramiding: self.pyramiding.iter().cloned().collect(),
@@ -405,15 +405,15 @@ fn row(position: &vigil::domain::Position) -> PositionRow {
         id: position.id.clone(),
         instrument: position.instrument.clone(),
         label: position.label.clone(),
-        status: "open".into(),
-        lots: position.lots.to_string(),
-        entry_price: position.entry_price.to_string(),
-        stop_price: position.stop_price.to_string(),
-        risk_amount: position.risk_amount.to_string(),
-        margin: position.margin.to_string(),
+        status: Some("open".into()),
+        lots: Some(position.lots.to_string()),
+        entry_price: Some(position.entry_price.to_string()),
+        stop_price: Some(position.stop_price.to_string()),
+        risk_amount: Some(position.risk_amount.to_string()),
+        margin: Some(position.margin.to_string()),
         is_base_position: position.is_base_position,
         base_position_id: position.base_position_id.clone(),
-        entry_time: position.entry_time.to_rfc3339(),
+        entry_time: Some(position.entry_time.to_rfc3339()),
         version: position.version,
         exit_price: None,
         exit_time: None,
@@ -493,10 +493,15 @@ fn recovery_rows() -> impl Strategy<Value = RecoveryRows> {
         Just("99999999999999999999999999999999".to_string()),
         ".{0,12}",
     ];
+    // A value, or now and then NULL (which vigil never writes).
+    let number = prop::option::weighted(0.9, number);
     let position = (
         "[a-c]{1,2}",
         prop::sample::select(vec!["NIFTY", "BANKNIFTY", "X"]),
-        prop::sample::select(vec!["open", "closed", "OPEN", ""]),
+        prop::option::weighted(
+            0.95,
+            prop::sample::select(vec!["open", "closed", "OPEN", ""]),
+        ),
         (
             number.clone(),
             number.clone(),
@@ -506,7 +511,10 @@ fn recovery_rows() -> impl Strategy<Value = RecoveryRows> {
         ),
         any::<bool>(),
         prop::option::of("[a-c]{1,2}"),
-        prop_oneof![Just("2026-11-21T09:15:00Z".to_string()), ".{0,10}"],
+        prop::option::weighted(
+            0.95,
+            prop_oneof![Just("2026-11-21T09:15:00Z".to_string()), ".{0,10}"],
+        ),
     )
         .prop_map(
             |(id, instrument, status, (lots, entry, stop, risk, margin), base, base_id, time)| {
@@ -514,7 +522,7 @@ fn recovery_rows() -> impl Strategy<Value = RecoveryRows> {
                     id,
                     instrument: instrument.to_string(),
                     label: "long".to_string(),
-                    status: status.to_string(),
+                    status: status.map(str::to_string),
                     lots,
                     entry_price: entry,
                     stop_price: stop,

@@ -145,6 +145,16 @@ const SCENARIOS: &[Scenario] = &[
         ),
     },
     Scenario {
+        name: "lots_null",
+        seed: true,
+        // SQLite cannot drop a NOT NULL: the column is replaced by a nullable one of its type.
+        damage: (
+            "ALTER TABLE positions RENAME COLUMN lots TO lots_before; ALTER TABLE positions ADD COLUMN lots TEXT; \
+             UPDATE positions SET lots = lots_before WHERE id <> 'banknifty-base'",
+            "ALTER TABLE positions ALTER COLUMN lots DROP NOT NULL; UPDATE positions SET lots = NULL WHERE id = 'banknifty-base'",
+        ),
+    },
+    Scenario {
         name: "migration_changed",
         seed: true,
         damage: (
@@ -639,8 +649,8 @@ async fn the_initial_capital_comes_from_the_deployment() {
         store.close().await;
         assert_eq!(
             (
-                money(&portfolio.initial_capital),
-                money(&portfolio.closed_equity)
+                money(portfolio.initial_capital.as_deref().unwrap()),
+                money(portfolio.closed_equity.as_deref().unwrap())
             ),
             (money("1000000"), money("1000000")),
             "{}",

@@ -120,7 +120,11 @@ enum Sign {
 
 /// Decodes `text` at `place`; a value that does not decode is reported once, not again for
 /// its sign.
-fn amount(problems: &mut Problems, place: &str, text: &str, sign: Sign) -> Decimal {
+fn amount(problems: &mut Problems, place: &str, text: Option<&str>, sign: Sign) -> Decimal {
+    let Some(text) = text else {
+        problems.push(format!("{place} is NULL"));
+        return Decimal::ZERO;
+    };
     let Some(value) = parse_decimal(text) else {
         problems.push(format!("{place} = {text:?} is not an exact decimal number"));
         return Decimal::ZERO;
@@ -193,35 +197,47 @@ fn decode(rows: RecoveryRows, problems: &mut Problems) -> State {
 /// carry no exit, and a closed one its whole exit: its price, time and P&L.
 fn decode_position(row: PositionRow, problems: &mut Problems) -> (Position, Option<Decimal>) {
     let at = |column: &str| format!("position {} {column}", row.id);
-    let status = PositionStatus::parse(&row.status).unwrap_or_else(|| {
-        problems.push(format!(
-            "{} = {:?} is not open or closed",
-            at("status"),
-            row.status
-        ));
-        PositionStatus::Open
-    });
-    let lots = amount(problems, &at("lots"), &row.lots, Sign::Positive);
+    let status = match row
+        .status
+        .as_deref()
+        .map(|text| (text, PositionStatus::parse(text)))
+    {
+        Some((_, Some(status))) => status,
+        Some((text, None)) => {
+            problems.push(format!("{} = {text:?} is not open or closed", at("status")));
+            PositionStatus::Open
+        }
+        None => {
+            problems.push(format!("{} is NULL", at("status")));
+            PositionStatus::Open
+        }
+    };
+    let lots = amount(problems, &at("lots"), row.lots.as_deref(), Sign::Positive);
     let entry_price = amount(
         problems,
         &at("entry_price"),
-        &row.entry_price,
+        row.entry_price.as_deref(),
         Sign::Positive,
     );
     let stop_price = amount(
         problems,
         &at("stop_price"),
-        &row.stop_price,
+        row.stop_price.as_deref(),
         Sign::NotNegative,
     );
     let risk_amount = amount(
         problems,
         &at("risk_amount"),
-        &row.risk_amount,
+        row.risk_amount.as_deref(),
         Sign::NotNegative,
     );
-    let margin = amount(problems, &at("margin"), &row.margin, Sign::NotNegative);
-    let entry_time = timestamp(problems, &at("entry_time"), &row.entry_time);
+    let margin = amount(
+        problems,
+        &at("margin"),
+        row.margin.as_deref(),
+        Sign::NotNegative,
+    );
+    let entry_time = timestamp(problems, &at("entry_time"), row.entry_time.as_deref());
     let exit = [
         ("exit_price", &row.exit_price),
         ("exit_time", &row.exit_time),
@@ -246,13 +262,13 @@ fn decode_position(row: PositionRow, problems: &mut Problems) -> (Position, Opti
                 }
             }
             if let Some(text) = &row.exit_price {
-                amount(problems, &at("exit_price"), text, Sign::Positive);
+                amount(problems, &at("exit_price"), Some(text), Sign::Positive);
             }
             if let Some(text) = &row.exit_time {
-                timestamp(problems, &at("exit_time"), text);
+                timestamp(problems, &at("exit_time"), Some(text));
             }
             Some(row.realized_pnl.as_deref().map_or(Decimal::ZERO, |text| {
-                amount(problems, &at("realized_pnl"), text, Sign::Any)
+                amount(problems, &at("realized_pnl"), Some(text), Sign::Any)
             }))
         }
     };
@@ -274,7 +290,11 @@ fn decode_position(row: PositionRow, problems: &mut Problems) -> (Position, Opti
     (position, realized_pnl)
 }
 
-fn timestamp(problems: &mut Problems, place: &str, text: &str) -> DateTime<Utc> {
+fn timestamp(problems: &mut Problems, place: &str, text: Option<&str>) -> DateTime<Utc> {
+    let Some(text) = text else {
+        problems.push(format!("{place} is NULL"));
+        return DateTime::<Utc>::MIN_UTC;
+    };
     DateTime::parse_from_rfc3339(text)
         .map(|time| time.with_timezone(&Utc))
         .unwrap_or_else(|_| {
@@ -287,26 +307,26 @@ fn decode_portfolio(row: &PortfolioRow, problems: &mut Problems) -> Portfolio {
     let total_risk = amount(
         problems,
         "portfolio total_risk",
-        &row.total_risk,
+        row.total_risk.as_deref(),
         Sign::NotNegative,
     );
     let margin_used = amount(
         problems,
         "portfolio margin_used",
-        &row.margin_used,
+        row.margin_used.as_deref(),
         Sign::NotNegative,
     );
     Portfolio {
         initial_capital: amount(
             problems,
             "portfolio initial_capital",
-            &row.initial_capital,
+            row.initial_capital.as_deref(),
             Sign::Any,
         ),
         closed_equity: amount(
             problems,
             "portfolio closed_equity",
-            &row.closed_equity,
+            row.closed_equity.as_deref(),
             Sign::Any,
         ),
         total_risk,
@@ -317,7 +337,12 @@ fn decode_portfolio(row: &PortfolioRow, problems: &mut Problems) -> Portfolio {
 
 fn decode_pyramiding(row: &PyramidingRow, problems: &mut Problems) -> Pyramiding {
     let place = format!("pyramiding {} last_pyramid_price", row.instrument);
-    let last_pyramid_price = amount(problems, &place, &row.last_pyramid_price, Sign::NotNegative);
+    let last_pyramid_price = amount(
+        problems,
+        &place,
+        row.last_pyramid_price.as_deref(),
+        Sign::NotNegative,
+    );
     Pyramiding {
         instrument: row.instrument.clone(),
         last_pyramid_price,
@@ -622,15 +647,15 @@ mod tests {
             id: id.into(),
             instrument: instrument.into(),
             label: "long".into(),
-            status: "open".into(),
-            lots: "1".into(),
-            entry_price: "100".into(),
-            stop_price: "90".into(),
-            risk_amount: risk.into(),
-            margin: margin.into(),
+            status: Some("open".into()),
+            lots: Some("1".into()),
+            entry_price: Some("100".into()),
+            stop_price: Some("90".into()),
+            risk_amount: Some(risk.into()),
+            margin: Some(margin.into()),
             is_base_position: base.is_none(),
             base_position_id: base.map(str::to_string),
-            entry_time: "2026-11-20T09:00:00.000000Z".into(),
+            entry_time: Some("2026-11-20T09:00:00.000000Z".into()),
             version: 1,
             exit_price: None,
             exit_time: None,
@@ -775,7 +800,7 @@ mod tests {
     /// A closed position on A with its whole exit and `pnl`.
     fn closed(id: &str, pnl: &str) -> PositionRow {
         PositionRow {
-            status: "closed".into(),
+            status: Some("closed".into()),
             exit_price: Some("105".into()),
             exit_time: Some("2026-11-20T09:30:00.000000Z".into()),
             realized_pnl: Some(pnl.into()),
@@ -786,7 +811,7 @@ mod tests {
     #[test]
     fn a_value_that_does_not_decode_is_reported_once() {
         let mut rows = rows();
-        rows.positions[0].lots = "two".into();
+        rows.positions[0].lots = Some("two".into());
         let (_, receipt) = recover(rows, &terms(&BTreeMap::new()));
         let detail = &receipt.checks[0].detail;
         assert_eq!(
@@ -803,15 +828,15 @@ mod tests {
                 row("a-pyr", "A", Some("a-base"), "10", "100"),
             ],
             portfolio: Some(PortfolioRow {
-                initial_capital: "1000".into(),
-                closed_equity: "1000".into(),
-                total_risk: "20".into(),
-                margin_used: "200".into(),
+                initial_capital: Some("1000".into()),
+                closed_equity: Some("1000".into()),
+                total_risk: Some("20".into()),
+                margin_used: Some("200".into()),
                 version: 1,
             }),
             pyramiding: vec![PyramidingRow {
                 instrument: "A".into(),
-                last_pyramid_price: "100".into(),
+                last_pyramid_price: Some("100".into()),
                 base_position_id: Some("a-base".into()),
             }],
             schema: None,
@@ -831,7 +856,7 @@ mod tests {
             ("nothing", |_| {}, None),
             (
                 "unknown status",
-                |r| r.positions[0].status = "opn".into(),
+                |r| r.positions[0].status = Some("opn".into()),
                 Some(("stored values decode", FailureKind::DataCorrupt)),
             ),
             (
@@ -840,48 +865,67 @@ mod tests {
                 Some(("stored values decode", FailureKind::DataCorrupt)),
             ),
             (
+                "NULL lots",
+                |r| r.positions[0].lots = None,
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "NULL status",
+                |r| r.positions[1].status = None,
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
+                "NULL closed equity",
+                |r| {
+                    if let Some(p) = &mut r.portfolio {
+                        p.closed_equity = None;
+                    }
+                },
+                Some(("stored values decode", FailureKind::DataCorrupt)),
+            ),
+            (
                 "padded money",
-                |r| r.positions[0].risk_amount = " 10".into(),
+                |r| r.positions[0].risk_amount = Some(" 10".into()),
                 Some(("stored values decode", FailureKind::DataCorrupt)),
             ),
             (
                 "separators",
-                |r| r.positions[0].margin = "1_00".into(),
+                |r| r.positions[0].margin = Some("1_00".into()),
                 Some(("stored values decode", FailureKind::DataCorrupt)),
             ),
             (
                 "too precise",
-                |r| r.positions[0].risk_amount = "0.0000000000000000000000000000001".into(),
+                |r| r.positions[0].risk_amount = Some("0.0000000000000000000000000000001".into()),
                 Some(("stored values decode", FailureKind::DataCorrupt)),
             ),
             (
                 "negative lots",
-                |r| r.positions[1].lots = "-1".into(),
+                |r| r.positions[1].lots = Some("-1".into()),
                 Some(("stored values decode", FailureKind::DataCorrupt)),
             ),
             (
                 "sum overflows",
                 |r| {
-                    r.positions[0].risk_amount = "79228162514264337593543950335".into();
-                    r.positions[1].risk_amount = "79228162514264337593543950335".into();
+                    r.positions[0].risk_amount = Some("79228162514264337593543950335".into());
+                    r.positions[1].risk_amount = Some("79228162514264337593543950335".into());
                 },
                 Some(("total risk", FailureKind::DataCorrupt)),
             ),
             (
                 "risk off by 0.02",
-                |r| r.positions[0].risk_amount = "10.02".into(),
+                |r| r.positions[0].risk_amount = Some("10.02".into()),
                 Some(("total risk", FailureKind::ValidationFailed)),
             ),
             (
                 "risk off by 0.01",
-                |r| r.positions[0].risk_amount = "10.01".into(),
+                |r| r.positions[0].risk_amount = Some("10.01".into()),
                 None,
             ),
             (
                 "margin tampered",
                 |r| {
                     if let Some(p) = &mut r.portfolio {
-                        p.margin_used = "999".into()
+                        p.margin_used = Some("999".into())
                     }
                 },
                 Some(("margin used", FailureKind::ValidationFailed)),
@@ -907,8 +951,8 @@ mod tests {
                 |r| {
                     r.positions.remove(0);
                     if let Some(p) = &mut r.portfolio {
-                        p.total_risk = "10".into();
-                        p.margin_used = "100".into();
+                        p.total_risk = Some("10".into());
+                        p.margin_used = Some("100".into());
                     }
                 },
                 Some((
@@ -944,7 +988,7 @@ mod tests {
                 |r| {
                     r.positions.push(closed("a-old", "50"));
                     if let Some(p) = &mut r.portfolio {
-                        p.closed_equity = "1050".into();
+                        p.closed_equity = Some("1050".into());
                     }
                 },
                 None,
@@ -958,7 +1002,7 @@ mod tests {
                 "closed equity off its initial capital",
                 |r| {
                     if let Some(p) = &mut r.portfolio {
-                        p.closed_equity = "0".into();
+                        p.closed_equity = Some("0".into());
                     }
                 },
                 Some(("closed equity", FailureKind::ValidationFailed)),
@@ -988,7 +1032,7 @@ mod tests {
             ),
             (
                 "stop at its entry",
-                |r| r.positions[0].stop_price = "100".into(),
+                |r| r.positions[0].stop_price = Some("100".into()),
                 Some((
                     "every stop is below its entry",
                     FailureKind::ValidationFailed,
@@ -996,7 +1040,7 @@ mod tests {
             ),
             (
                 "stop above its entry",
-                |r| r.positions[1].stop_price = "100.5".into(),
+                |r| r.positions[1].stop_price = Some("100.5".into()),
                 Some((
                     "every stop is below its entry",
                     FailureKind::ValidationFailed,
@@ -1015,7 +1059,7 @@ mod tests {
                 |r| {
                     r.pyramiding.push(PyramidingRow {
                         instrument: "C".into(),
-                        last_pyramid_price: "5".into(),
+                        last_pyramid_price: Some("5".into()),
                         base_position_id: None,
                     });
                 },

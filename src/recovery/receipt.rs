@@ -34,7 +34,7 @@ impl Counts {
         let open: Vec<_> = rows
             .positions
             .iter()
-            .filter(|row| row.status != closed)
+            .filter(|row| row.status.as_deref() != Some(closed))
             .collect();
         let base_positions = open.iter().filter(|row| row.is_base_position).count();
         Counts {

@@ -50,24 +50,24 @@ pub struct PositionRow {
     pub instrument: String,
     /// Label.
     pub label: String,
-    /// `open` or `closed`, as stored.
-    pub status: String,
+    /// `open` or `closed`, as stored (`None`: NULL).
+    pub status: Option<String>,
+    /// Decimal text (`None`: NULL, which vigil never writes).
+    pub lots: Option<String>,
     /// Decimal text.
-    pub lots: String,
+    pub entry_price: Option<String>,
     /// Decimal text.
-    pub entry_price: String,
+    pub stop_price: Option<String>,
     /// Decimal text.
-    pub stop_price: String,
+    pub risk_amount: Option<String>,
     /// Decimal text.
-    pub risk_amount: String,
-    /// Decimal text.
-    pub margin: String,
+    pub margin: Option<String>,
     /// Base or pyramid.
     pub is_base_position: bool,
     /// The base of a pyramid.
     pub base_position_id: Option<String>,
     /// RFC 3339 text.
-    pub entry_time: String,
+    pub entry_time: Option<String>,
     /// Optimistic-concurrency version.
     pub version: i64,
     /// Decimal text; set when the position closed, and only then.
@@ -82,13 +82,13 @@ pub struct PositionRow {
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct PortfolioRow {
     /// Decimal text.
-    pub initial_capital: String,
+    pub initial_capital: Option<String>,
     /// Decimal text.
-    pub closed_equity: String,
+    pub closed_equity: Option<String>,
     /// Decimal text.
-    pub total_risk: String,
+    pub total_risk: Option<String>,
     /// Decimal text.
-    pub margin_used: String,
+    pub margin_used: Option<String>,
     /// Optimistic-concurrency version.
     pub version: i64,
 }
@@ -99,7 +99,7 @@ pub struct PyramidingRow {
     /// Instrument.
     pub instrument: String,
     /// Decimal text.
-    pub last_pyramid_price: String,
+    pub last_pyramid_price: Option<String>,
     /// The base position.
     pub base_position_id: Option<String>,
 }
@@ -387,6 +387,14 @@ fn classify(
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Protocol(_) => StoreError::Unavailable(text),
+        sqlx::Error::ColumnDecode { index, source }
+            if source.is::<sqlx::error::UnexpectedNullError>() =>
+        {
+            StoreError::Corrupt(format!(
+                "column {} is NULL, which vigil never writes there: the row was changed by hand or by another program",
+                index.trim_matches('"')
+            ))
+        }
         sqlx::Error::ColumnDecode { .. }
         | sqlx::Error::Decode(_)
         | sqlx::Error::TypeNotFound { .. } => StoreError::Corrupt(text),
@@ -589,6 +597,10 @@ pub trait Store {
     /// Reads open positions straight into rows with no decoding: the raw read limit that
     /// recovery is measured against.
     fn raw_open_position_scan(&self) -> impl Future<Output = Result<usize, StoreError>>;
+
+    /// Whether the database holds nothing of vigil's: no migration history and no vigil
+    /// table, as a new database, which `vigil run` migrates.
+    fn is_blank(&self) -> impl Future<Output = Result<bool, StoreError>>;
 
     /// Closes the pool, waiting for connections to finish.
     fn close(&self) -> impl Future<Output = ()>;
@@ -841,6 +853,10 @@ impl Store for AnyStore {
 
     async fn create_portfolio(&self, initial_capital: Decimal) -> Result<(), StoreError> {
         delegate!(self, store => store.create_portfolio(initial_capital).await)
+    }
+
+    async fn is_blank(&self) -> Result<bool, StoreError> {
+        delegate!(self, store => store.is_blank().await)
     }
 
     async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {

@@ -847,6 +847,14 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn is_blank(&self) -> Result<bool, StoreError> {
+        let (history, tables): (bool, bool) = sqlx::query_as(HAS_HISTORY_AND_TABLES)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify_pg)?;
+        Ok(!history && !tables)
+    }
+
     async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {
         let rows = sqlx::query_as::<_, PositionRow>(LOAD_POSITIONS)
             .fetch_all(&self.pool)

@@ -105,15 +105,15 @@ struct JsonPosition(
     String,
     String,
     String,
-    Loose,
-    Loose,
-    Loose,
-    Loose,
-    Loose,
-    Loose,
+    Option<Loose>,
+    Option<Loose>,
+    Option<Loose>,
+    Option<Loose>,
+    Option<Loose>,
+    Option<Loose>,
     i64,
     Option<String>,
-    Loose,
+    Option<Loose>,
     i64,
     Option<Loose>,
     Option<Loose>,
@@ -148,15 +148,15 @@ fn positions_from_json(json: &str) -> Result<Vec<PositionRow>, StoreError> {
                     id,
                     instrument,
                     label,
-                    status: status.into_text(),
-                    lots: lots.into_text(),
-                    entry_price: entry.into_text(),
-                    stop_price: stop.into_text(),
-                    risk_amount: risk.into_text(),
-                    margin: margin.into_text(),
+                    status: status.map(Loose::into_text),
+                    lots: lots.map(Loose::into_text),
+                    entry_price: entry.map(Loose::into_text),
+                    stop_price: stop.map(Loose::into_text),
+                    risk_amount: risk.map(Loose::into_text),
+                    margin: margin.map(Loose::into_text),
                     is_base_position: is_base != 0,
                     base_position_id: base,
-                    entry_time: entry_time.into_text(),
+                    entry_time: entry_time.map(Loose::into_text),
                     version,
                     exit_price: exit_price.map(Loose::into_text),
                     exit_time: exit_time.map(Loose::into_text),
@@ -616,6 +616,14 @@ impl Store for SqliteStore {
         .map_err(classify_sqlite)?;
         tx.commit().await.map_err(classify_sqlite)?;
         Ok(())
+    }
+
+    async fn is_blank(&self) -> Result<bool, StoreError> {
+        let (history, tables): (bool, bool) = sqlx::query_as(HAS_HISTORY_AND_TABLES)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify_sqlite)?;
+        Ok(!history && !tables)
     }
 
     async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {
