@@ -634,6 +634,34 @@ async fn recovery_scenarios() {
     }
 }
 
+/// A write the database refuses says which table refused it, in the database's words and
+/// without the driver's internals.
+#[tokio::test]
+async fn a_refused_write_names_its_table() {
+    for backend in Backend::all("refused_write").await {
+        let store = AnyStore::connect(&backend.url, Access::ReadWrite)
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        store.write_state(&seeded_state()).await.unwrap();
+        let error = store
+            .write_state(&seeded_state())
+            .await
+            .unwrap_err()
+            .to_string();
+        store.close().await;
+        assert!(error.contains("positions"), "{}: {error}", backend.name);
+        assert!(!error.contains(" at line "), "{}: {error}", backend.name);
+        if backend.name == "postgres" {
+            assert!(
+                error.contains("in table positions (SQLSTATE 23505)"),
+                "{error}"
+            );
+        }
+        backend.cleanup().await;
+    }
+}
+
 /// A new database's portfolio starts from the deployment's initial capital, and a later
 /// start under another capital halts on it.
 #[tokio::test]

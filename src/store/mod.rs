@@ -407,10 +407,17 @@ fn classify(
                 .unwrap_or_default();
             // The server's own message, without the driver's additions (the server's source
             // line, on PostgreSQL), and its code, which its documentation explains.
-            let text = match code.as_str() {
-                "" => database.message().to_string(),
-                code => format!("{} (SQLSTATE {code})", database.message()),
-            };
+            let mut text = database.message().to_string();
+            // A constraint's message names the constraint; the table is what a person knows.
+            if let Some(table) = database
+                .table()
+                .filter(|table| !text.contains(&format!("\"{table}\"")))
+            {
+                text.push_str(&format!(" in table {table}"));
+            }
+            if !code.is_empty() {
+                text.push_str(&format!(" (SQLSTATE {code})"));
+            }
             database_code(&code, database.message()).unwrap_or(StoreError::Other(text))
         }
         _ => StoreError::Other(text),
