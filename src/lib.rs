@@ -18,6 +18,7 @@ pub mod machines;
 pub mod policy;
 pub mod recovery;
 pub mod shared;
+pub mod shutdown;
 pub mod spec;
 pub mod store;
 pub mod trading;

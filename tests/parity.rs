@@ -31,6 +31,12 @@ const CASES: &[Case] = &[
     ("another database", "mysql://db/vigil", false, ""),
     ("bad port", "postgres://db:99999/vigil", false, ""),
     (
+        "no schema yet",
+        "sqlite://{dir}/vigil.db",
+        false,
+        "CREATE TABLE unrelated (id INTEGER)",
+    ),
+    (
         "a changed migration",
         "sqlite://{dir}/vigil.db",
         true,

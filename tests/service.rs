@@ -13,6 +13,8 @@ const PASSPHRASE: &str = "e2e-passphrase";
 const READY_POLLS: usize = 200;
 /// The pause between readiness polls.
 const READY_POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a test waits for an instance to exit, or for a line in its log.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn scratch(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("vigil-service-{}-{test}", std::process::id()));
@@ -70,12 +72,28 @@ impl Instance {
 
     /// Starts an instance whose operator listener asks for `token`.
     async fn start_with(dir: &Path, ports: Ports, token: Option<&str>) -> Instance {
+        Instance::spawn(dir, ports, token, None).await
+    }
+
+    /// Starts an instance that stops the thread reaching `failpoint` (src/failpoint.rs) for
+    /// good.
+    async fn start_at_failpoint(dir: &Path, ports: Ports, failpoint: &str) -> Instance {
+        Instance::spawn(dir, ports, None, Some(failpoint)).await
+    }
+
+    async fn spawn(
+        dir: &Path,
+        ports: Ports,
+        token: Option<&str>,
+        failpoint: Option<&str>,
+    ) -> Instance {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("vigil.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_vigil"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
+        command
             .args([
                 "run",
                 "--listen",
@@ -91,10 +109,13 @@ impl Instance {
             .env_remove("VIGIL_DATABASE_URL")
             .env_remove("VIGIL_CONFIG")
             .env_remove("VIGIL_POLICY")
+            .env_remove("VIGIL_FAILPOINT")
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+            .stderr(log);
+        if let Some(failpoint) = failpoint {
+            command.env("VIGIL_FAILPOINT", failpoint);
+        }
+        let child = command.spawn().unwrap();
         let instance = Instance {
             child,
             url: format!("http://127.0.0.1:{}", ports.webhook),
@@ -113,6 +134,31 @@ impl Instance {
             "the instance never became ready:\n{}",
             std::fs::read_to_string(dir.join("vigil.log")).unwrap_or_default()
         );
+    }
+
+    /// Sends the signal `name` (`INT`, `TERM`) to the process, as `kill -NAME` does.
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{name} {} failed", self.child.id());
+    }
+
+    /// Waits, at most [`EXIT_TIMEOUT`], for the process to end by itself; its exit code.
+    async fn exit_code(&mut self, dir: &Path) -> Option<i32> {
+        let deadline = tokio::time::Instant::now() + EXIT_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the instance did not exit; its log:\n{}",
+                log_of(dir)
+            );
+            tokio::time::sleep(READY_POLL_INTERVAL).await;
+        }
     }
 
     async fn post(&self, body: String) -> (u16, serde_json::Value) {
@@ -147,6 +193,24 @@ impl Instance {
             request = request.bearer_auth(token);
         }
         request.send().await
+    }
+}
+
+/// The log of the instance started in `dir`, so far.
+fn log_of(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("vigil.log")).unwrap_or_default()
+}
+
+/// Waits, at most [`EXIT_TIMEOUT`], for the log of the instance in `dir` to hold `needle`.
+async fn wait_for_log(dir: &Path, needle: &str) {
+    let deadline = tokio::time::Instant::now() + EXIT_TIMEOUT;
+    while !log_of(dir).contains(needle) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the log never showed {needle:?}:\n{}",
+            log_of(dir)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -507,5 +571,111 @@ async fn a_torn_journal_recovers_its_good_records_and_a_damaged_one_halts() {
         bytes,
         "the damaged journal was changed"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One SIGINT stops the instance gracefully: `stopping`, then `stopped`, exit 0, and no
+/// forced stop.
+#[tokio::test]
+async fn one_sigint_stops_gracefully() {
+    let dir = scratch("sigint");
+    let mut instance = Instance::start(&dir, Ports::free()).await;
+    let (status, json) = instance
+        .post(signal("BASE_ENTRY", "22000", "21900", "09:15"))
+        .await;
+    assert_eq!(status, 200, "{json}");
+    instance.signal("INT");
+    let code = instance.exit_code(&dir).await;
+    let log = log_of(&dir);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("from=stopping to=stopped"), "{log}");
+    assert!(!log.contains("stop forced"), "{log}");
+    drop(instance);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One SIGINT ends the instance even while an alert is held in flight for good: the stop
+/// waits its bound for signals in flight, then the listeners theirs, and the process exits.
+#[tokio::test]
+async fn one_sigint_ends_even_with_an_alert_stuck_in_flight() {
+    let dir = scratch("stuck");
+    let mut instance = Instance::start_at_failpoint(&dir, Ports::free(), "after_broker").await;
+    let held = {
+        let url = format!("{}/webhook", instance.url);
+        let body = signal("BASE_ENTRY", "22000", "21900", "09:15");
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+        })
+    };
+    wait_for_log(&dir, "failpoint after_broker reached").await;
+    instance.signal("INT");
+    let code = instance.exit_code(&dir).await;
+    let log = log_of(&dir);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("from=stopping to=stopped"), "{log}");
+    assert!(log.contains("a listener did not close within 2s"), "{log}");
+    assert!(held.await.unwrap().is_err(), "the held alert was answered");
+    drop(instance);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A graceful stop that cannot finish (an alert held for good in flight, at the
+/// `after_broker` failpoint: the stop waits for it) ends at once on a second SIGINT, with
+/// exit code 130 and one line saying what stays behind; the next start recovers clean, and
+/// the alert that never got an answer changed nothing.
+#[tokio::test]
+async fn a_second_sigint_forces_a_stuck_stop() {
+    let dir = scratch("forced");
+    let ports = Ports::free();
+    let mut instance = Instance::start_at_failpoint(&dir, ports, "after_broker").await;
+    let held = {
+        let url = format!("{}/webhook", instance.url);
+        let body = signal("BASE_ENTRY", "22000", "21900", "09:15");
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+        })
+    };
+    wait_for_log(&dir, "failpoint after_broker reached").await;
+    instance.signal("INT");
+    // The stop has begun, and cannot end while the alert is held.
+    wait_for_log(&dir, "to=stopping").await;
+    assert!(
+        instance.child.try_wait().unwrap().is_none(),
+        "{}",
+        log_of(&dir)
+    );
+    instance.signal("INT");
+    let code = instance.exit_code(&dir).await;
+    let log = log_of(&dir);
+    assert_eq!(code, Some(130), "{log}");
+    let forced: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("stop forced"))
+        .collect();
+    assert_eq!(forced.len(), 1, "{log}");
+    assert!(
+        forced[0].contains(" WARN vigil::startup: stop forced by a second stop signal (SIGINT): exiting now with code 130; signals in flight left unanswered: 1; alerts kept in the intake journal and applied at the next start: 0 instance=vigil-e2e"),
+        "{log}"
+    );
+    assert!(!log.contains("to=stopped"), "{log}");
+    assert!(held.await.unwrap().is_err(), "the held alert was answered");
+    drop(instance);
+
+    let restarted = Instance::start(&dir, ports).await;
+    let ready = restarted.get("/ready").await;
+    assert_eq!(ready["receipt"]["verdict"], "clean", "{ready}");
+    let page = restarted.get("/status").await;
+    assert_eq!(page["open_positions"], 0, "{page}");
+    drop(restarted);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,7 +9,7 @@ use crate::deployment::{Deployment, DeploymentError, OPERATOR_TOKEN_ENV};
 use crate::domain::default_instruments;
 use crate::domain::Instrument;
 use crate::driver::live::{self, TokioClock};
-use crate::driver::{Driver, Input};
+use crate::driver::Driver;
 use crate::executor::ports::{RedisCheck, StoreDatabase};
 use crate::executor::{Executor, ExecutorConfig, Ports, Until};
 use crate::http::signature::Signatures;
@@ -32,6 +32,13 @@ use std::sync::Arc;
 /// How long a graceful stop spends applying what the intake journal holds; what is left
 /// is applied at the next start.
 pub const JOURNAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long the listeners may take to close once the instance stopped, after in-flight
+/// signals had their own bound; a connection still open then is dropped.
+pub const LISTENERS_CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// How long the async runtime may take to wind down once `vigil run` has stopped.
+pub const RUNTIME_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Exit code of `vigil recover --check` when recovery would end degraded rather than active.
 pub const EXIT_DEGRADED: u8 = 5;
@@ -440,7 +447,14 @@ async fn start_up(
     let (mut driver, init) =
         Driver::new(&settings.policy, &settings.instance, fastrand::Rng::new());
     if until == Until::Stopped {
-        tokio::spawn(stop_on_signal(sender.clone()));
+        let shared = Arc::clone(&shared);
+        crate::shutdown::listen(sender.clone(), settings.instance.clone(), move || {
+            crate::shutdown::Left {
+                in_flight: shared.in_flight.count(),
+                journaled: shared.journal.borrow().pending,
+            }
+        })
+        .await;
     }
     let code = live::run(
         &mut driver,
@@ -457,8 +471,16 @@ async fn start_up(
     if let Some(drainer) = servers.next() {
         drainer.abort();
     }
-    for server in servers {
-        let _ = server.await;
+    // A connection that never finishes (a request stuck in flight) must not keep the process
+    // alive after the stop: the listeners get a bounded time to close, then are ended.
+    for mut server in servers {
+        if tokio::time::timeout(LISTENERS_CLOSE_TIMEOUT, &mut server)
+            .await
+            .is_err()
+        {
+            tracing::warn!(target: "vigil::startup", instance = %settings.instance, "a listener did not close within {LISTENERS_CLOSE_TIMEOUT:?}; its connections are dropped");
+            server.abort();
+        }
     }
     // A graceful stop applies what the journal holds while the database still answers.
     if until == Until::Stopped && code == crate::cli::EXIT_OK {
@@ -471,28 +493,6 @@ async fn start_up(
         last_error: executor.last_error(),
     };
     (code, report)
-}
-
-/// Sends `stop` on SIGTERM or SIGINT.
-async fn stop_on_signal(sender: tokio::sync::mpsc::Sender<Input>) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!("cannot listen for SIGTERM: {error}");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
-    }
-    // The loop may already have ended; then there is nobody left to tell.
-    let _ = sender.send(Input::Stop).await;
-    std::future::pending::<()>().await;
 }
 
 /// The passphrase from settings, or the one generated at first start (kept in
@@ -634,6 +634,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         Some(listeners),
         redis,
     ));
+    // The stop is done; a task still stuck (a request wedged in flight) must not hold the
+    // process: the runtime gets a bound to wind down, then is left behind.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
     Ok(Outcome::Exit(code))
 }
 
@@ -701,6 +704,20 @@ pub fn recover_check(
         };
         return print_check(&report, format);
     }
+    if journal_readable && database_is_blank(&settings.database_url)? {
+        // `vigil run` migrates a new database, and an empty one recovers clean.
+        let report = CheckReport {
+            state: "active",
+            exit_code: 0,
+            receipt: None,
+            error: None,
+            note: Some(
+                "the database holds nothing of vigil's yet: `vigil run` would create its tables, and an empty database recovers clean"
+                    .into(),
+            ),
+        };
+        return print_check(&report, format);
+    }
     init_logging();
     let (code, found) = runtime()?.block_on(start_up(
         &settings,
@@ -726,6 +743,19 @@ pub fn recover_check(
         note: None,
     };
     print_check(&report, format)
+}
+
+/// Whether the database at `url` answers and holds nothing of vigil's; a database that
+/// cannot be asked is left to the start-up to report.
+fn database_is_blank(url: &str) -> anyhow::Result<bool> {
+    Ok(runtime()?.block_on(async {
+        let Ok(store) = AnyStore::connect(url, Access::ReadOnly).await else {
+            return false;
+        };
+        let blank = store.is_blank().await.unwrap_or(false);
+        store.close().await;
+        blank
+    }))
 }
 
 /// Prints `report` in `format`; the outcome is its exit code.

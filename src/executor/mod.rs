@@ -567,7 +567,7 @@ impl Executor {
             tracing::warn!(
                 target: STARTUP_TARGET,
                 instance = %instance,
-                "{} signals still in flight after {DRAIN_TIMEOUT:?}; stopping anyway",
+                "signals still in flight after {DRAIN_TIMEOUT:?}: {}; stopping anyway",
                 shared.in_flight.count()
             );
         }

@@ -75,9 +75,10 @@ pub struct Policy {
 }
 
 /// The exit codes vigil's command line uses for itself (2: a bad command line, 3: an invalid
-/// file, 4: a run-time failure, 5: `recover --check` would end degraded), which a halt may
-/// not use, so a supervisor can tell a policy's halt from them.
-pub const RESERVED_EXIT_CODES: std::ops::RangeInclusive<u8> = 2..=5;
+/// file, 4: a run-time failure, 5: `recover --check` would end degraded, 130: a stop forced
+/// by a second stop signal), which a halt may not use, so a supervisor can tell a policy's
+/// halt from them.
+pub const RESERVED_EXIT_CODES: [u8; 5] = [2, 3, 4, 5, crate::shutdown::EXIT_FORCED];
 
 impl Response {
     /// The exit code it halts with, at once or once its retries are spent; `None` when it
