@@ -594,25 +594,33 @@ async fn one_sigint_stops_gracefully() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Sends a BASE_ENTRY to an instance started at the `after_broker` failpoint and returns,
+/// its answer still pending, once the failpoint holds it.
+async fn hold_alert(
+    instance: &Instance,
+    dir: &Path,
+) -> tokio::task::JoinHandle<reqwest::Result<reqwest::Response>> {
+    let url = format!("{}/webhook", instance.url);
+    let body = signal("BASE_ENTRY", "22000", "21900", "09:15");
+    let held = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+    });
+    wait_for_log(dir, "failpoint after_broker reached").await;
+    held
+}
+
 /// One SIGINT ends the instance even while an alert is held in flight for good: the stop
 /// waits its bound for signals in flight, then the listeners theirs, and the process exits.
 #[tokio::test]
 async fn one_sigint_ends_even_with_an_alert_stuck_in_flight() {
     let dir = scratch("stuck");
     let mut instance = Instance::start_at_failpoint(&dir, Ports::free(), "after_broker").await;
-    let held = {
-        let url = format!("{}/webhook", instance.url);
-        let body = signal("BASE_ENTRY", "22000", "21900", "09:15");
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-        })
-    };
-    wait_for_log(&dir, "failpoint after_broker reached").await;
+    let held = hold_alert(&instance, &dir).await;
     instance.signal("INT");
     let code = instance.exit_code(&dir).await;
     let log = log_of(&dir);
@@ -633,19 +641,7 @@ async fn a_second_sigint_forces_a_stuck_stop() {
     let dir = scratch("forced");
     let ports = Ports::free();
     let mut instance = Instance::start_at_failpoint(&dir, ports, "after_broker").await;
-    let held = {
-        let url = format!("{}/webhook", instance.url);
-        let body = signal("BASE_ENTRY", "22000", "21900", "09:15");
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-        })
-    };
-    wait_for_log(&dir, "failpoint after_broker reached").await;
+    let held = hold_alert(&instance, &dir).await;
     instance.signal("INT");
     // The stop has begun, and cannot end while the alert is held.
     wait_for_log(&dir, "to=stopping").await;
