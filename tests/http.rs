@@ -536,6 +536,7 @@ async fn the_passphrase_never_reaches_the_logs() {
             .replace("battery", "batery"),
         signal("BASE_ENTRY", "DOGE", "1", "0.5", "1", "09:17:01"),
         "{broken".to_string(),
+        signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:17:00"),
     ] {
         send(&api.webhook, "POST", "/webhook", body).await;
     }
@@ -544,6 +545,26 @@ async fn the_passphrase_never_reaches_the_logs() {
         lines.iter().any(|line| line.contains("applied")),
         "the test must see the signal log lines: {lines:?}"
     );
+    // Each refusal and the duplicate left one line, with its request id and reason.
+    let request_id = regex::Regex::new(r#"request_id="[0-9a-f-]{36}""#).unwrap();
+    for (status, reason) in [
+        ("401", "alert refused: "),
+        ("422", "alert refused: instrument: DOGE is not configured"),
+        ("400", "alert refused: "),
+    ] {
+        let found: Vec<&String> = lines
+            .iter()
+            .filter(|line| line.contains(reason) && line.contains(&format!("status={status}")))
+            .collect();
+        assert_eq!(found.len(), 1, "{status}: {lines:#?}");
+        assert!(request_id.is_match(found[0]), "{}", found[0]);
+    }
+    let duplicates: Vec<&String> = lines
+        .iter()
+        .filter(|line| line.contains("alert answered duplicate"))
+        .collect();
+    assert_eq!(duplicates.len(), 1, "{lines:#?}");
+    assert!(request_id.is_match(duplicates[0]), "{}", duplicates[0]);
     for line in &lines {
         assert!(
             !line.contains(PASSPHRASE) && !line.contains("batery"),

@@ -125,6 +125,19 @@ pub async fn receive(
             Err(_) => {}
         }
     }
+    // Every refusal and every duplicate leaves one line with its reason, in the request's
+    // span (which carries the request id the answer carries); never the body or the
+    // passphrase.
+    let shown = source.map_or("unknown".to_string(), |source| source.to_string());
+    match &answer {
+        Err(error) => {
+            tracing::warn!(target: "vigil::signal", source = %shown, status = error.status.as_u16(), code = error.code, "alert refused: {}", error.message);
+        }
+        Ok(accepted) if accepted.duplicate => {
+            tracing::info!(target: "vigil::signal", source = %shown, fingerprint = %crate::intake::short(&accepted.fingerprint), "alert answered duplicate: it was received before");
+        }
+        Ok(_) => {}
+    }
     let outcome = match &answer {
         Ok(accepted) => accepted.status,
         Err(error) => error.code,
@@ -142,11 +155,7 @@ fn admit(app: &AppState, client: Option<IpAddr>) -> Result<(), ApiError> {
     }
     match client {
         Some(client) if app.sources.allows(client) => Ok(()),
-        _ => {
-            let shown = client.map_or("unknown".to_string(), |client| client.to_string());
-            tracing::warn!(target: "vigil::signal", source = %shown, "webhook refused: source not allowed");
-            Err(ApiError::forbidden())
-        }
+        _ => Err(ApiError::forbidden()),
     }
 }
 
@@ -160,10 +169,7 @@ fn signed(app: &AppState, headers: &HeaderMap, body: &[u8]) -> Result<(), ApiErr
         .map(|value| value.to_str().unwrap_or(""));
     signatures
         .verify(header, body, Utc::now().timestamp())
-        .map_err(|error| {
-            tracing::warn!(target: "vigil::signal", "webhook refused: {error}");
-            ApiError::bad_signature(error)
-        })
+        .map_err(ApiError::bad_signature)
 }
 
 async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {

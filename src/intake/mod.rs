@@ -859,7 +859,7 @@ fn unknown_instrument(signal: &Signal) -> Refusal {
 }
 
 /// The first 16 characters of a fingerprint, as logs show it.
-fn short(fingerprint: &str) -> &str {
+pub fn short(fingerprint: &str) -> &str {
     fingerprint.get(..16).unwrap_or(fingerprint)
 }
 
