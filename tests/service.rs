@@ -72,20 +72,21 @@ impl Instance {
 
     /// Starts an instance whose operator listener asks for `token`.
     async fn start_with(dir: &Path, ports: Ports, token: Option<&str>) -> Instance {
-        Instance::spawn(dir, ports, token, None).await
+        Instance::spawn(dir, ports, token, &[]).await
     }
 
     /// Starts an instance that stops the thread reaching `failpoint` (src/failpoint.rs) for
     /// good.
     async fn start_at_failpoint(dir: &Path, ports: Ports, failpoint: &str) -> Instance {
-        Instance::spawn(dir, ports, None, Some(failpoint)).await
+        Instance::spawn(dir, ports, None, &[("VIGIL_FAILPOINT", failpoint)]).await
     }
 
+    /// Starts an instance with `env` set on top of the test's own settings.
     async fn spawn(
         dir: &Path,
         ports: Ports,
         token: Option<&str>,
-        failpoint: Option<&str>,
+        env: &[(&str, &str)],
     ) -> Instance {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -110,11 +111,11 @@ impl Instance {
             .env_remove("VIGIL_CONFIG")
             .env_remove("VIGIL_POLICY")
             .env_remove("VIGIL_FAILPOINT")
+            .env_remove("VIGIL_LOG_LEVEL")
+            .env_remove("VIGIL_LOG_FORMAT")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log);
-        if let Some(failpoint) = failpoint {
-            command.env("VIGIL_FAILPOINT", failpoint);
-        }
         let child = command.spawn().unwrap();
         let instance = Instance {
             child,
@@ -572,6 +573,87 @@ async fn a_torn_journal_recovers_its_good_records_and_a_damaged_one_halts() {
         "the damaged journal was changed"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One case of [`the_log_level_and_format_settings_shape_the_log`].
+struct LogCase {
+    /// The settings, as environment variables.
+    env: &'static [(&'static str, &'static str)],
+    /// Whether every line is JSON.
+    json: bool,
+    /// What the log holds.
+    holds: &'static [&'static str],
+    /// What it must not.
+    lacks: &'static [&'static str],
+}
+
+/// The log level and format settings, on the real binary: what each writes for an applied
+/// alert, a refused one and a stop.
+#[tokio::test]
+async fn the_log_level_and_format_settings_shape_the_log() {
+    let cases = [
+        LogCase {
+            env: &[],
+            json: false,
+            holds: &[" INFO ", "alert refused", "from=stopping to=stopped"],
+            lacks: &["{\""],
+        },
+        LogCase {
+            env: &[("VIGIL_LOG_FORMAT", "json")],
+            json: true,
+            holds: &["\"level\":\"INFO\"", "\"request_id\":", "alert refused"],
+            lacks: &[],
+        },
+        LogCase {
+            env: &[("VIGIL_LOG_LEVEL", "warn"), ("VIGIL_LOG_FORMAT", "text")],
+            json: false,
+            holds: &[" WARN ", "alert refused", "request_id="],
+            lacks: &[" INFO ", "from=stopping"],
+        },
+    ];
+    for (
+        n,
+        LogCase {
+            env,
+            json,
+            holds,
+            lacks,
+        },
+    ) in cases.into_iter().enumerate()
+    {
+        let dir = scratch(&format!("log-settings-{n}"));
+        let mut instance = Instance::spawn(&dir, Ports::free(), None, env).await;
+        let (status, answer) = instance
+            .post(signal("BASE_ENTRY", "22000", "21900", "09:15"))
+            .await;
+        assert_eq!(status, 200, "{env:?}: {answer}");
+        let (status, answer) = instance
+            .post(
+                signal("BASE_ENTRY", "22000", "21900", "09:16")
+                    .replace(PASSPHRASE, "not-the-passphrase-7f3a"),
+            )
+            .await;
+        assert_eq!(status, 401, "{env:?}: {answer}");
+        instance.signal("INT");
+        assert_eq!(instance.exit_code(&dir).await, Some(0), "{env:?}");
+        let log = log_of(&dir);
+        for line in log.lines() {
+            let parsed = serde_json::from_str::<serde_json::Value>(line);
+            assert_eq!(parsed.is_ok(), json, "{env:?}: {line}");
+        }
+        for needle in holds {
+            assert!(log.contains(needle), "{env:?}: no {needle:?} in\n{log}");
+        }
+        for needle in lacks {
+            assert!(!log.contains(needle), "{env:?}: {needle:?} in\n{log}");
+        }
+        assert!(
+            !log.contains("not-the-passphrase-7f3a"),
+            "{env:?}: the passphrase sent is logged:\n{log}"
+        );
+        drop(instance);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
 
 /// One SIGINT stops the instance gracefully: `stopping`, then `stopped`, exit 0, and no

@@ -20,7 +20,7 @@ use crate::machines::lifecycle;
 use crate::policy::{Policy, PolicyError};
 use crate::recovery::Receipt;
 use crate::shared::Shared;
-use crate::store::{self, Access, AnyStore, InstanceRecord, Store};
+use crate::store::{self, Access, AnyStore, Footprint, InstanceRecord, Store};
 use anyhow::Context;
 use chrono::Utc;
 use serde::Serialize;
@@ -102,6 +102,24 @@ pub struct ServiceArgs {
     /// The directory of the intake journal, INSTANCE.journal [default: the working directory].
     #[arg(long, value_name = "DIR", env = "VIGIL_JOURNAL_DIR")]
     pub journal_dir: Option<PathBuf>,
+    /// The most verbose level of vigil's log lines; libraries log warnings and errors.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "LEVEL",
+        env = "VIGIL_LOG_LEVEL",
+        default_value_t
+    )]
+    pub log_level: logging::LogLevel,
+    /// The format of the log lines on standard error.
+    #[arg(
+        long,
+        value_enum,
+        value_name = "FORMAT",
+        env = "VIGIL_LOG_FORMAT",
+        default_value_t
+    )]
+    pub log_format: logging::LogFormat,
 }
 
 /// Settings after layering flags, environment, deployment file and defaults.
@@ -281,10 +299,18 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Log lines go to standard error with wall-clock time, in the format the dry-run shows.
-fn init_logging() {
-    let subscriber =
-        logging::subscriber(std::io::stderr, tracing_subscriber::fmt::time::SystemTime);
+/// Log lines go to standard error with wall-clock time, at the level and in the format
+/// `args` choose; as text, in the format the dry-run shows.
+fn init_logging(args: &ServiceArgs) {
+    let options = logging::LogOptions {
+        level: args.log_level.into(),
+        format: args.log_format,
+    };
+    let subscriber = logging::subscriber_with(
+        std::io::stderr,
+        tracing_subscriber::fmt::time::SystemTime,
+        options,
+    );
     // A second call (tests running commands in one process) keeps the first subscriber.
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
@@ -570,7 +596,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         return Ok(Outcome::Invalid);
     }
     let (passphrase, _) = passphrase(&settings)?;
-    init_logging();
+    init_logging(&args.service);
     tracing::info!(
         target: crate::executor::STARTUP_TARGET,
         instance = %settings.instance,
@@ -718,7 +744,7 @@ pub fn recover_check(
         };
         return print_check(&report, format);
     }
-    init_logging();
+    init_logging(args);
     let (code, found) = runtime()?.block_on(start_up(
         &settings,
         Access::ReadOnly,
@@ -752,7 +778,7 @@ fn database_is_blank(url: &str) -> anyhow::Result<bool> {
         let Ok(store) = AnyStore::connect(url, Access::ReadOnly).await else {
             return false;
         };
-        let blank = store.is_blank().await.unwrap_or(false);
+        let blank = store.footprint().await.is_ok_and(Footprint::is_blank);
         store.close().await;
         blank
     }))

@@ -229,13 +229,15 @@ fn layered(router: Router) -> Router {
             TraceLayer::new_for_http()
                 .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG))
                 .make_span_with(|request: &Request<_>| {
-                    // The path only: a query string could carry a secret.
+                    // The path only: a query string could carry a secret. At the ERROR
+                    // level so that the span, and the request id on every line written in
+                    // it, exists whatever the log level.
                     let id = request
                         .headers()
                         .get("x-request-id")
                         .and_then(|id| id.to_str().ok())
                         .unwrap_or("-");
-                    tracing::info_span!("request", method = %request.method(), path = request.uri().path(), request_id = id)
+                    tracing::error_span!("request", method = %request.method(), path = request.uri().path(), request_id = id)
                 }),
         )
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))

@@ -220,12 +220,50 @@ fn migration_drift(error: &sqlx::migrate::MigrateError) -> Option<StoreError> {
     )))
 }
 
-/// The refusal to migrate a database whose vigil tables exist without their migration
-/// history: running the migrations again would fail half-way, or worse.
-fn missing_history() -> StoreError {
-    StoreError::Corrupt(
-        "schema drift: vigil's tables exist but their migration history (the _sqlx_migrations table) is missing; restore the database from a backup".into(),
-    )
+/// What of vigil's a database holds, read before migrating it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, sqlx::FromRow)]
+pub struct Footprint {
+    /// Whether the migration history (`_sqlx_migrations`) exists.
+    pub history: bool,
+    /// Whether vigil's tables exist (`positions` stands for them).
+    pub tables: bool,
+}
+
+impl Footprint {
+    /// A new database: nothing of vigil's, which `vigil run` migrates.
+    pub fn is_blank(self) -> bool {
+        !self.history && !self.tables
+    }
+
+    /// Refuses to migrate a database whose vigil tables exist without their migration
+    /// history: running the migrations again would fail half-way, or worse.
+    fn migratable(self) -> Result<(), StoreError> {
+        if self.tables && !self.history {
+            return Err(StoreError::Corrupt(
+                "schema drift: vigil's tables exist but their migration history (the _sqlx_migrations table) is missing; restore the database from a backup".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Migrates the database behind `pool` with `migrator`, unless `footprint` says it must not
+/// be; `classify` turns the backend's errors into store errors.
+async fn run_migrations<DB>(
+    migrator: &sqlx::migrate::Migrator,
+    pool: &sqlx::Pool<DB>,
+    footprint: Footprint,
+    classify: fn(sqlx::Error) -> StoreError,
+) -> Result<(), StoreError>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Connection: sqlx::migrate::Migrate,
+{
+    footprint.migratable()?;
+    migrator
+        .run(pool)
+        .await
+        .map_err(|error| classify_migration(error, classify))
 }
 
 /// Everything recovery reads, from one consistent snapshot.
@@ -605,9 +643,8 @@ pub trait Store {
     /// recovery is measured against.
     fn raw_open_position_scan(&self) -> impl Future<Output = Result<usize, StoreError>>;
 
-    /// Whether the database holds nothing of vigil's: no migration history and no vigil
-    /// table, as a new database, which `vigil run` migrates.
-    fn is_blank(&self) -> impl Future<Output = Result<bool, StoreError>>;
+    /// What of vigil's the database holds: its migration history, its tables.
+    fn footprint(&self) -> impl Future<Output = Result<Footprint, StoreError>>;
 
     /// Closes the pool, waiting for connections to finish.
     fn close(&self) -> impl Future<Output = ()>;
@@ -862,8 +899,8 @@ impl Store for AnyStore {
         delegate!(self, store => store.create_portfolio(initial_capital).await)
     }
 
-    async fn is_blank(&self) -> Result<bool, StoreError> {
-        delegate!(self, store => store.is_blank().await)
+    async fn footprint(&self) -> Result<Footprint, StoreError> {
+        delegate!(self, store => store.footprint().await)
     }
 
     async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {

@@ -7,7 +7,7 @@ use super::{
     PortfolioRow, PositionRow, PyramidingRow, QueuedRow, RecoveryRows, SignalClaim, SignalOutcome,
     StateWrite, Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
-use super::{fenced, lease_ms, ColumnRow, Fence, MigrationRow, Schema};
+use super::{fenced, lease_ms, ColumnRow, Fence, Footprint, MigrationRow, Schema};
 use crate::domain::Pyramiding;
 use crate::domain::{Portfolio, Position};
 use crate::trading::plan::{Book, Closed, Plan, Refusal};
@@ -117,9 +117,9 @@ fn classify_pg(error: sqlx::Error) -> StoreError {
 /// The migrations this version ships for PostgreSQL.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
-/// Whether the database has a migration history, and whether it has vigil's tables.
-const HAS_HISTORY_AND_TABLES: &str =
-    "SELECT to_regclass('_sqlx_migrations') IS NOT NULL, to_regclass('positions') IS NOT NULL";
+/// What of vigil's the database holds: whether it has a migration history, and its tables.
+const FOOTPRINT: &str =
+    "SELECT to_regclass('_sqlx_migrations') IS NOT NULL AS history, to_regclass('positions') IS NOT NULL AS tables";
 
 /// The migrations a database records.
 const LOAD_MIGRATIONS: &str =
@@ -540,17 +540,8 @@ impl Store for PgStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let (history, tables): (bool, bool) = sqlx::query_as(HAS_HISTORY_AND_TABLES)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(classify_pg)?;
-        if tables && !history {
-            return Err(super::missing_history());
-        }
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|error| super::classify_migration(error, classify_pg))
+        let footprint = self.footprint().await?;
+        super::run_migrations(&MIGRATOR, &self.pool, footprint, classify_pg).await
     }
 
     async fn load_recovery_rows(&self) -> Result<RecoveryRows, StoreError> {
@@ -572,7 +563,7 @@ impl Store for PgStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(classify_pg)?;
-        let (history, _): (bool, bool) = sqlx::query_as(HAS_HISTORY_AND_TABLES)
+        let Footprint { history, .. } = sqlx::query_as(FOOTPRINT)
             .fetch_one(&mut *tx)
             .await
             .map_err(classify_pg)?;
@@ -847,12 +838,11 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn is_blank(&self) -> Result<bool, StoreError> {
-        let (history, tables): (bool, bool) = sqlx::query_as(HAS_HISTORY_AND_TABLES)
+    async fn footprint(&self) -> Result<Footprint, StoreError> {
+        sqlx::query_as(FOOTPRINT)
             .fetch_one(&self.pool)
             .await
-            .map_err(classify_pg)?;
-        Ok(!history && !tables)
+            .map_err(classify_pg)
     }
 
     async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {

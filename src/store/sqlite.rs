@@ -6,7 +6,7 @@ use super::{
     PortfolioRow, PositionRow, PyramidingRow, QueuedRow, RecoveryRows, SignalClaim, SignalOutcome,
     StateWrite, Store, StoreError, CONNECT_TIMEOUT, POOL_MAX_CONNECTIONS,
 };
-use super::{fenced, lease_ms, ColumnRow, Fence, MigrationRow, Schema};
+use super::{fenced, lease_ms, ColumnRow, Fence, Footprint, MigrationRow, Schema};
 use crate::domain::{Portfolio, Position, Pyramiding};
 use crate::trading::plan::{Book, Closed, Plan, Refusal};
 use chrono::{DateTime, Utc};
@@ -52,10 +52,10 @@ fn classify_sqlite(error: sqlx::Error) -> StoreError {
 /// The migrations this version ships for SQLite.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 
-/// Whether the database has a migration history, and whether it has vigil's tables.
-const HAS_HISTORY_AND_TABLES: &str = "SELECT \
-     EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'), \
-     EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'positions')";
+/// What of vigil's the database holds: whether it has a migration history, and its tables.
+const FOOTPRINT: &str = "SELECT \
+     EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations') AS history, \
+     EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'positions') AS tables";
 
 /// The connection options `url` gives, or why it is not a SQLite URL.
 pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
@@ -344,17 +344,8 @@ impl Store for SqliteStore {
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
-        let (history, tables): (bool, bool) = sqlx::query_as(HAS_HISTORY_AND_TABLES)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(classify_sqlite)?;
-        if tables && !history {
-            return Err(super::missing_history());
-        }
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|error| super::classify_migration(error, classify_sqlite))
+        let footprint = self.footprint().await?;
+        super::run_migrations(&MIGRATOR, &self.pool, footprint, classify_sqlite).await
     }
 
     async fn load_recovery_rows(&self) -> Result<RecoveryRows, StoreError> {
@@ -373,7 +364,7 @@ impl Store for SqliteStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(classify_sqlite)?;
-        let (history, _): (bool, bool) = sqlx::query_as(HAS_HISTORY_AND_TABLES)
+        let Footprint { history, .. } = sqlx::query_as(FOOTPRINT)
             .fetch_one(&mut *tx)
             .await
             .map_err(classify_sqlite)?;
@@ -618,12 +609,11 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn is_blank(&self) -> Result<bool, StoreError> {
-        let (history, tables): (bool, bool) = sqlx::query_as(HAS_HISTORY_AND_TABLES)
+    async fn footprint(&self) -> Result<Footprint, StoreError> {
+        sqlx::query_as(FOOTPRINT)
             .fetch_one(&self.pool)
             .await
-            .map_err(classify_sqlite)?;
-        Ok(!history && !tables)
+            .map_err(classify_sqlite)
     }
 
     async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {
