@@ -16,6 +16,7 @@ pub mod intake;
 pub mod logging;
 pub mod machines;
 pub mod policy;
+pub mod positions;
 pub mod recovery;
 pub mod shared;
 pub mod shutdown;

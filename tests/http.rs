@@ -28,20 +28,21 @@ static UNIQUE: AtomicUsize = AtomicUsize::new(0);
 
 /// A migrated SQLite store in a fresh directory.
 async fn sqlite_store() -> AnyStore {
+    sqlite_store_and_url().await.0
+}
+
+/// A migrated SQLite store in a fresh directory, and its URL.
+async fn sqlite_store_and_url() -> (AnyStore, String) {
     let dir = std::env::temp_dir().join(format!(
         "vigil-http-{}-{}",
         std::process::id(),
         UNIQUE.fetch_add(1, Ordering::Relaxed)
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let store = AnyStore::connect(
-        &format!("sqlite://{}/vigil.db", dir.display()),
-        Access::ReadWrite,
-    )
-    .await
-    .unwrap();
+    let url = format!("sqlite://{}/vigil.db", dir.display());
+    let store = AnyStore::connect(&url, Access::ReadWrite).await.unwrap();
     store.migrate().await.unwrap();
-    store
+    (store, url)
 }
 
 /// A migrated PostgreSQL store in a fresh database, when a server is configured.
@@ -53,6 +54,18 @@ async fn postgres_store() -> Option<(AnyStore, ScratchDatabase)> {
         .unwrap();
     store.migrate().await.unwrap();
     Some((store, scratch))
+}
+
+/// A migrated store of each backend (PostgreSQL when a server is configured), named, with
+/// the scratch database to drop after.
+async fn both_stores() -> Vec<(&'static str, AnyStore, Option<ScratchDatabase>)> {
+    let mut stores = vec![("sqlite", sqlite_store().await, None)];
+    stores.extend(
+        postgres_store()
+            .await
+            .map(|(store, scratch)| ("postgres", store, Some(scratch))),
+    );
+    stores
 }
 
 /// The two listeners' routers of one instance.
@@ -574,17 +587,130 @@ async fn the_passphrase_never_reaches_the_logs() {
     store.close().await;
 }
 
+/// `GET /positions` after each step of a trade, on both backends: (kind, label, lots,
+/// entry, stop, risk, margin) of every open position, in instrument and entry-time order.
+#[tokio::test]
+async fn the_open_positions_are_listed() {
+    keep_call_sites_interesting();
+    type Listed = &'static [(
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+        &'static str,
+    )];
+    let steps: [(String, Listed); 4] = [
+        (
+            signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:20:01"),
+            &[("base", "long", "2", "22000", "21900", "15000", "300000")],
+        ),
+        (
+            labelled("PYRAMID", Some("add1"), "22100.5", "22000", "09:20:02"),
+            &[
+                ("base", "long", "2", "22000", "21900", "15000", "300000"),
+                (
+                    "pyramid", "add1", "1", "22100.5", "22000", "7537.5", "150000",
+                ),
+            ],
+        ),
+        (
+            signal("BASE_ENTRY", "BANKNIFTY", "48000", "47900", "1", "09:20:03"),
+            &[
+                ("base", "long", "1", "48000", "47900", "3500", "160000"),
+                ("base", "long", "2", "22000", "21900", "15000", "300000"),
+                (
+                    "pyramid", "add1", "1", "22100.5", "22000", "7537.5", "150000",
+                ),
+            ],
+        ),
+        (
+            signal("EXIT", "NIFTY", "22300", "0", "1", "09:20:04"),
+            &[("base", "long", "1", "48000", "47900", "3500", "160000")],
+        ),
+    ];
+    let stores = both_stores().await;
+    for (backend, store, database) in stores {
+        let (api, _) = service(&store, "active", SignalSet::ALL);
+        for (body, expected) in &steps {
+            let (status, _, json) = send(&api.webhook, "POST", "/webhook", body.clone()).await;
+            assert_eq!(status, StatusCode::OK, "{backend}: {json}");
+            let (status, _, page) = send(&api.operator, "GET", "/positions", String::new()).await;
+            assert_eq!(status, StatusCode::OK, "{backend}: {page}");
+            let listed: Vec<_> = page["positions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|view| {
+                    let text = |name: &str| view[name].as_str().unwrap().to_string();
+                    assert_eq!(text("side"), "long");
+                    assert!(text("entry_time").ends_with('Z'), "{view}");
+                    (
+                        text("kind"),
+                        text("label"),
+                        text("lots"),
+                        text("entry_price"),
+                        text("stop_price"),
+                        text("risk"),
+                        text("margin"),
+                    )
+                })
+                .collect();
+            let expected: Vec<_> = expected
+                .iter()
+                .map(|&(kind, label, lots, entry, stop, risk, margin)| {
+                    let owned = |text: &str| text.to_string();
+                    (
+                        owned(kind),
+                        owned(label),
+                        owned(lots),
+                        owned(entry),
+                        owned(stop),
+                        owned(risk),
+                        owned(margin),
+                    )
+                })
+                .collect();
+            assert_eq!(listed, expected, "{backend}: {page}");
+            assert_eq!(page["truncated"], false, "{backend}");
+        }
+        store.close().await;
+        if let Some(scratch) = database {
+            scratch.drop_now().await;
+        }
+    }
+}
+
+/// A stored position that does not decode: `GET /positions` answers 500 without the row's
+/// contents, which go to the log.
+#[tokio::test]
+async fn a_damaged_position_is_not_listed_as_if_sound() {
+    keep_call_sites_interesting();
+    let (store, url) = sqlite_store_and_url().await;
+    let (api, _) = service(&store, "active", SignalSet::ALL);
+    let body = signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:21:01");
+    let (status, _, json) = send(&api.webhook, "POST", "/webhook", body).await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let hand = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE positions SET lots = 'two'")
+        .execute(&hand)
+        .await
+        .unwrap();
+    hand.close().await;
+    let (status, _, page) = send(&api.operator, "GET", "/positions", String::new()).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{page}");
+    assert_eq!(page["error"]["code"], "internal", "{page}");
+    assert!(!page.to_string().contains("two"), "{page}");
+    store.close().await;
+}
+
 /// The same payload fifty times at once: exactly one position, every other answer a 200
 /// duplicate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_identical_signals_at_once_make_one_position() {
     keep_call_sites_interesting();
-    let mut stores = vec![("sqlite", sqlite_store().await, None)];
-    stores.extend(
-        postgres_store()
-            .await
-            .map(|(store, scratch)| ("postgres", store, Some(scratch))),
-    );
+    let stores = both_stores().await;
     for (backend, store, database) in stores {
         let (api, _) = service(&store, "active", SignalSet::ALL);
         let body = signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:18:00");

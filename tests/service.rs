@@ -575,6 +575,55 @@ async fn a_torn_journal_recovers_its_good_records_and_a_damaged_one_halts() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `vigil positions` lists what `GET /positions` lists, from the database, while the
+/// instance runs.
+#[tokio::test]
+async fn vigil_positions_lists_the_open_positions() {
+    let dir = scratch("positions");
+    let instance = Instance::start(&dir, Ports::free()).await;
+    let positions = |format: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_vigil"))
+            .args(["positions", "--format", format])
+            .current_dir(&dir)
+            .env_remove("VIGIL_DATABASE_URL")
+            .env_remove("VIGIL_CONFIG")
+            .env_remove("VIGIL_POLICY")
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    assert!(positions("text").ends_with("(no open positions)\n"));
+    let (status, json) = instance
+        .post(signal("BASE_ENTRY", "22000", "21900", "09:15"))
+        .await;
+    assert_eq!(status, 200, "{json}");
+    let table = positions("text");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 3, "{table}");
+    let columns: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        columns[..9],
+        [
+            "NIFTY",
+            "long",
+            "long",
+            "base",
+            "1",
+            "22000",
+            "21900",
+            "7500.00",
+            "150000.00"
+        ],
+        "{table}"
+    );
+    assert_eq!(lines[2], "1 position open", "{table}");
+    let listed: serde_json::Value = serde_json::from_str(&positions("json")).unwrap();
+    assert_eq!(listed, instance.get("/positions").await);
+    drop(instance);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// One case of [`the_log_level_and_format_settings_shape_the_log`].
 struct LogCase {
     /// The settings, as environment variables.

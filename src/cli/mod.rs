@@ -74,6 +74,15 @@ pub enum Command {
         #[command(flatten)]
         service: service::ServiceArgs,
     },
+    /// List the open positions, from the database (read-only).
+    Positions {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+        /// Settings.
+        #[command(flatten)]
+        service: service::ServiceArgs,
+    },
     /// Apply database migrations (idempotent).
     Migrate {
         /// Settings.
@@ -161,6 +170,7 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         } => service::recover_check(&service, format),
         Command::Migrate { service } => service::migrate(&service),
         Command::Status { format, service } => service::status(&service, format),
+        Command::Positions { format, service } => service::positions(&service, format),
         Command::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(shell, &mut Cli::command(), "vigil", &mut script);

@@ -825,6 +825,33 @@ struct HostJournal {
     problem: Option<String>,
 }
 
+/// `vigil positions`: the open positions, as `GET /positions` lists them.
+pub fn positions(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Result<Outcome> {
+    let Some(settings) = settings(args)? else {
+        return Ok(Outcome::Invalid);
+    };
+    let shown = store::redact(&settings.database_url);
+    let (positions, truncated) = runtime()?.block_on(async {
+        let store = AnyStore::connect(&settings.database_url, Access::ReadOnly)
+            .await
+            .with_context(|| format!("cannot open {shown}"))?;
+        let listed = store::open_positions(&store).await.with_context(|| {
+            format!("cannot list the open positions in {shown}; `vigil recover --check` reports what is wrong")
+        });
+        store.close().await;
+        listed
+    })?;
+    let page = crate::positions::PositionsPage::new(positions, truncated);
+    let text = match format {
+        crate::dry_run::Format::Json => {
+            serde_json::to_string_pretty(&page).context("cannot encode the positions")? + "\n"
+        }
+        crate::dry_run::Format::Text => page.text(),
+    };
+    super::write_stdout(text.as_bytes())?;
+    Ok(Outcome::Ok)
+}
+
 /// `vigil status`: the instances the database knows, with their last status and heartbeat,
 /// and this host's intake journal of the instance.
 pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Result<Outcome> {

@@ -158,13 +158,14 @@ pub fn webhook_app(state: Arc<AppState>) -> Router {
 }
 
 /// The operator listener's router: `GET /health` (open, for liveness probes), and `/ready`,
-/// `/status`, `/metrics` and `/signals/{fingerprint}` behind the bearer token when one is
+/// `/status`, `/positions`, `/metrics` and `/signals/{fingerprint}` behind the bearer token when one is
 /// configured.
 pub fn operator_app(state: Arc<AppState>) -> Router {
     let _ = prometheus();
     let guarded = Router::new()
         .route("/ready", get(probes::ready))
         .route("/status", get(probes::status))
+        .route("/positions", get(probes::positions))
         .route("/metrics", get(probes::metrics))
         .route("/signals/{fingerprint}", get(probes::signal))
         .route_layer(middleware::from_fn_with_state(

@@ -1,4 +1,4 @@
-//! `GET /health`, `/ready`, `/status` and `/metrics`.
+//! `GET /health`, `/ready`, `/status`, `/positions`, `/metrics` and `/signals/{fingerprint}`.
 
 use super::metrics::{prometheus, LEADER, LIFECYCLE_STATE, RECOVERY_DURATION, REDIS_UP};
 use super::{ApiError, AppState};
@@ -168,6 +168,28 @@ pub async fn status(State(app): State<Arc<AppState>>) -> Result<Json<Status>, Ap
         receipt: app.shared.receipt.borrow().clone(),
         recent_transitions: app.shared.recent_transitions(),
     }))
+}
+
+/// The open positions (503 while the database cannot say; 500, with the details in the
+/// log, when a stored row does not decode).
+pub async fn positions(
+    State(app): State<Arc<AppState>>,
+) -> Result<Json<crate::positions::PositionsPage>, ApiError> {
+    let Some(store) = app.shared.store() else {
+        return Err(ApiError::unavailable("the database is not connected yet"));
+    };
+    match tokio::time::timeout(DB_PING_TIMEOUT, crate::store::open_positions(&store)).await {
+        Ok(Ok((positions, truncated))) => Ok(Json(crate::positions::PositionsPage::new(
+            positions, truncated,
+        ))),
+        Ok(Err(crate::store::StoreError::Corrupt(problem))) => {
+            tracing::error!(target: "vigil::http", "GET /positions: a stored position does not decode: {problem}; run `vigil recover --check`");
+            Err(ApiError::internal())
+        }
+        Ok(Err(_)) | Err(_) => Err(ApiError::unavailable(
+            "the database did not answer; ask again",
+        )),
+    }
 }
 
 /// Prometheus text.

@@ -4,20 +4,14 @@
 
 mod receipt;
 
-pub use receipt::{Basis, Check, Counts, Receipt, Verdict};
+pub use receipt::{counted, Basis, Check, Counts, Money, Receipt, Verdict};
 
-use crate::domain::{
-    checked_sum, parse_decimal, Instrument, Portfolio, Position, PositionStatus, Pyramiding,
-};
-use crate::store::{PortfolioRow, PositionRow, PyramidingRow, RecoveryRows, Schema};
+use crate::domain::{checked_sum, Instrument, Portfolio, Position, PositionStatus, Pyramiding};
+use crate::store::codec::{decode_portfolio, decode_position, decode_pyramiding, Problems};
+use crate::store::{RecoveryRows, Schema};
 use crate::vocabulary::FailureKind;
-use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use std::collections::{BTreeMap, HashMap, HashSet};
-
-/// The most problems a receipt lists one by one; the rest are counted. A damaged table can
-/// hold a problem per row, and a receipt of 100,000 lines helps nobody.
-pub const MAX_LISTED_PROBLEMS: usize = 20;
 
 /// The in-memory state recovery rebuilds.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -65,7 +59,11 @@ pub fn recover(rows: RecoveryRows, terms: &Terms<'_>) -> (Option<State>, Receipt
     state.positions.sort_unstable_by(|a, b| a.id.cmp(&b.id));
     if !problems.is_empty() {
         let mut checks: Vec<Check> = schema.into_iter().collect();
-        checks.push(problems.into_check("stored values decode", FailureKind::DataCorrupt));
+        checks.push(into_check(
+            problems,
+            "stored values decode",
+            FailureKind::DataCorrupt,
+        ));
         return (None, Receipt::new(counted, None, checks, duration_ms));
     }
     let mut checks: Vec<Check> = schema.into_iter().collect();
@@ -79,85 +77,6 @@ pub fn recover(rows: RecoveryRows, terms: &Terms<'_>) -> (Option<State>, Receipt
         Some(state),
         Receipt::new(counts, closed_equity, checks, duration_ms),
     )
-}
-
-/// Problems found while decoding, with the first few spelled out.
-#[derive(Debug, Default)]
-struct Problems {
-    listed: Vec<String>,
-    more: usize,
-}
-
-impl Problems {
-    fn push(&mut self, problem: String) {
-        if self.listed.len() < MAX_LISTED_PROBLEMS {
-            self.listed.push(problem);
-        } else {
-            self.more += 1;
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.listed.is_empty()
-    }
-
-    fn into_check(self, name: &'static str, kind: FailureKind) -> Check {
-        let mut detail = self.listed.join("; ");
-        if self.more > 0 {
-            detail.push_str(&format!("; and {} more", self.more));
-        }
-        Check::failed(name, kind, detail)
-    }
-}
-
-/// What a stored amount must be, besides an exact decimal.
-#[derive(Debug, Clone, Copy)]
-enum Sign {
-    Any,
-    Positive,
-    NotNegative,
-}
-
-/// Decodes `text` at `place`; a value that does not decode is reported once, not again for
-/// its sign.
-fn amount(problems: &mut Problems, place: &str, text: Option<&str>, sign: Sign) -> Decimal {
-    let Some(text) = text else {
-        problems.push(format!("{place} is NULL"));
-        return Decimal::ZERO;
-    };
-    let Some(value) = parse_decimal(text) else {
-        problems.push(format!("{place} = {text:?} is not an exact decimal number"));
-        return Decimal::ZERO;
-    };
-    match sign {
-        Sign::Positive if value <= Decimal::ZERO => {
-            problems.push(format!("{place} = {value} is not positive"));
-        }
-        Sign::NotNegative if value < Decimal::ZERO => {
-            problems.push(format!("{place} = {value} is negative"));
-        }
-        Sign::Any | Sign::Positive | Sign::NotNegative => {}
-    }
-    value
-}
-
-/// Decodes stored rows the way recovery does, for code that reads a few rows at a time
-/// (a signal's transaction). Any problem makes the whole read corrupt.
-pub fn decode_rows(
-    positions: Vec<PositionRow>,
-    portfolio: Option<&PortfolioRow>,
-) -> Result<(Vec<Position>, Option<Portfolio>), String> {
-    let mut problems = Problems::default();
-    let portfolio = portfolio.map(|row| decode_portfolio(row, &mut problems));
-    let positions = positions
-        .into_iter()
-        .map(|row| decode_position(row, &mut problems).0)
-        .collect();
-    if problems.is_empty() {
-        Ok((positions, portfolio))
-    } else {
-        Err(problems.listed.join("; "))
-    }
 }
 
 fn decode(rows: RecoveryRows, problems: &mut Problems) -> State {
@@ -190,163 +109,6 @@ fn decode(rows: RecoveryRows, problems: &mut Problems) -> State {
             count: realized.len(),
             realized_pnl: checked_sum(realized),
         },
-    }
-}
-
-/// Decodes one position row; a closed one also gives its realized P&L. An open row must
-/// carry no exit, and a closed one its whole exit: its price, time and P&L.
-fn decode_position(row: PositionRow, problems: &mut Problems) -> (Position, Option<Decimal>) {
-    let at = |column: &str| format!("position {} {column}", row.id);
-    let status = match row
-        .status
-        .as_deref()
-        .map(|text| (text, PositionStatus::parse(text)))
-    {
-        Some((_, Some(status))) => status,
-        Some((text, None)) => {
-            problems.push(format!("{} = {text:?} is not open or closed", at("status")));
-            PositionStatus::Open
-        }
-        None => {
-            problems.push(format!("{} is NULL", at("status")));
-            PositionStatus::Open
-        }
-    };
-    let lots = amount(problems, &at("lots"), row.lots.as_deref(), Sign::Positive);
-    let entry_price = amount(
-        problems,
-        &at("entry_price"),
-        row.entry_price.as_deref(),
-        Sign::Positive,
-    );
-    let stop_price = amount(
-        problems,
-        &at("stop_price"),
-        row.stop_price.as_deref(),
-        Sign::NotNegative,
-    );
-    let risk_amount = amount(
-        problems,
-        &at("risk_amount"),
-        row.risk_amount.as_deref(),
-        Sign::NotNegative,
-    );
-    let margin = amount(
-        problems,
-        &at("margin"),
-        row.margin.as_deref(),
-        Sign::NotNegative,
-    );
-    let entry_time = timestamp(problems, &at("entry_time"), row.entry_time.as_deref());
-    let exit = [
-        ("exit_price", &row.exit_price),
-        ("exit_time", &row.exit_time),
-        ("realized_pnl", &row.realized_pnl),
-    ];
-    let realized_pnl = match status {
-        PositionStatus::Open => {
-            for (column, value) in exit {
-                if let Some(value) = value {
-                    problems.push(format!(
-                        "{} = {value:?} is set on an open position",
-                        at(column)
-                    ));
-                }
-            }
-            None
-        }
-        PositionStatus::Closed => {
-            for (column, value) in exit {
-                if value.is_none() {
-                    problems.push(format!("{} is missing on a closed position", at(column)));
-                }
-            }
-            if let Some(text) = &row.exit_price {
-                amount(problems, &at("exit_price"), Some(text), Sign::Positive);
-            }
-            if let Some(text) = &row.exit_time {
-                timestamp(problems, &at("exit_time"), Some(text));
-            }
-            Some(row.realized_pnl.as_deref().map_or(Decimal::ZERO, |text| {
-                amount(problems, &at("realized_pnl"), Some(text), Sign::Any)
-            }))
-        }
-    };
-    let position = Position {
-        id: row.id,
-        instrument: row.instrument,
-        label: row.label,
-        status,
-        lots,
-        entry_price,
-        stop_price,
-        risk_amount,
-        margin,
-        is_base_position: row.is_base_position,
-        base_position_id: row.base_position_id,
-        entry_time,
-        version: row.version,
-    };
-    (position, realized_pnl)
-}
-
-fn timestamp(problems: &mut Problems, place: &str, text: Option<&str>) -> DateTime<Utc> {
-    let Some(text) = text else {
-        problems.push(format!("{place} is NULL"));
-        return DateTime::<Utc>::MIN_UTC;
-    };
-    DateTime::parse_from_rfc3339(text)
-        .map(|time| time.with_timezone(&Utc))
-        .unwrap_or_else(|_| {
-            problems.push(format!("{place} = {text:?} is not a timestamp"));
-            DateTime::<Utc>::MIN_UTC
-        })
-}
-
-fn decode_portfolio(row: &PortfolioRow, problems: &mut Problems) -> Portfolio {
-    let total_risk = amount(
-        problems,
-        "portfolio total_risk",
-        row.total_risk.as_deref(),
-        Sign::NotNegative,
-    );
-    let margin_used = amount(
-        problems,
-        "portfolio margin_used",
-        row.margin_used.as_deref(),
-        Sign::NotNegative,
-    );
-    Portfolio {
-        initial_capital: amount(
-            problems,
-            "portfolio initial_capital",
-            row.initial_capital.as_deref(),
-            Sign::Any,
-        ),
-        closed_equity: amount(
-            problems,
-            "portfolio closed_equity",
-            row.closed_equity.as_deref(),
-            Sign::Any,
-        ),
-        total_risk,
-        margin_used,
-        version: row.version,
-    }
-}
-
-fn decode_pyramiding(row: &PyramidingRow, problems: &mut Problems) -> Pyramiding {
-    let place = format!("pyramiding {} last_pyramid_price", row.instrument);
-    let last_pyramid_price = amount(
-        problems,
-        &place,
-        row.last_pyramid_price.as_deref(),
-        Sign::NotNegative,
-    );
-    Pyramiding {
-        instrument: row.instrument.clone(),
-        last_pyramid_price,
-        base_position_id: row.base_position_id.clone(),
     }
 }
 
@@ -406,7 +168,7 @@ fn schema_check(schema: &Schema) -> Check {
     if problems.is_empty() {
         Check::passed(NAME)
     } else {
-        problems.into_check(NAME, FailureKind::DataCorrupt)
+        into_check(problems, NAME, FailureKind::DataCorrupt)
     }
 }
 
@@ -454,7 +216,7 @@ fn validate(state: &State, terms: &Terms<'_>) -> Vec<Check> {
             problems.push(format!("position id {} appears twice", position.id));
         }
     }
-    checks.push(problems.into_check_or_pass("position ids are unique"));
+    checks.push(into_check_or_pass(problems, "position ids are unique"));
 
     let mut problems = Problems::default();
     let mut bases: BTreeMap<&str, &str> = BTreeMap::new();
@@ -472,7 +234,7 @@ fn validate(state: &State, terms: &Terms<'_>) -> Vec<Check> {
             ));
         }
     }
-    checks.push(problems.into_check_or_pass("one open base per instrument"));
+    checks.push(into_check_or_pass(problems, "one open base per instrument"));
 
     let mut problems = Problems::default();
     for pyramid in open.iter().filter(|p| !p.is_base_position) {
@@ -497,7 +259,10 @@ fn validate(state: &State, terms: &Terms<'_>) -> Vec<Check> {
             Some(_) => {}
         }
     }
-    checks.push(problems.into_check_or_pass("every pyramid has an open base"));
+    checks.push(into_check_or_pass(
+        problems,
+        "every pyramid has an open base",
+    ));
 
     let mut problems = Problems::default();
     for position in &open {
@@ -508,7 +273,10 @@ fn validate(state: &State, terms: &Terms<'_>) -> Vec<Check> {
             ));
         }
     }
-    checks.push(problems.into_check_or_pass("every stop is below its entry"));
+    checks.push(into_check_or_pass(
+        problems,
+        "every stop is below its entry",
+    ));
 
     let mut problems = Problems::default();
     let traded: HashSet<&str> = open.iter().map(|p| p.instrument.as_str()).collect();
@@ -542,7 +310,10 @@ fn validate(state: &State, terms: &Terms<'_>) -> Vec<Check> {
             )),
         }
     }
-    checks.push(problems.into_check_or_pass("pyramiding state points at open bases"));
+    checks.push(into_check_or_pass(
+        problems,
+        "pyramiding state points at open bases",
+    ));
 
     checks.push(match (initial_capital, &state.portfolio) {
         (None, _) => Check::skipped("initial capital", "no initial_capital in the deployment file"),
@@ -617,24 +388,32 @@ fn validate(state: &State, terms: &Terms<'_>) -> Vec<Check> {
                 ));
             }
         }
-        checks.push(problems.into_check_or_pass("position risk and margin match their instrument"));
+        checks.push(into_check_or_pass(
+            problems,
+            "position risk and margin match their instrument",
+        ));
     }
     checks
 }
 
-impl Problems {
-    fn into_check_or_pass(self, name: &'static str) -> Check {
-        if self.is_empty() {
-            Check::passed(name)
-        } else {
-            self.into_check(name, FailureKind::ValidationFailed)
-        }
+/// The check `problems` make: failed with `kind`, listing them, unless there are none.
+fn into_check(problems: Problems, name: &'static str, kind: FailureKind) -> Check {
+    Check::failed(name, kind, problems.joined())
+}
+
+/// The validation check `problems` make: passed when there are none.
+fn into_check_or_pass(problems: Problems, name: &'static str) -> Check {
+    if problems.is_empty() {
+        Check::passed(name)
+    } else {
+        into_check(problems, name, FailureKind::ValidationFailed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{PortfolioRow, PositionRow, PyramidingRow};
 
     fn row(
         id: &str,

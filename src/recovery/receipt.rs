@@ -320,7 +320,8 @@ impl Receipt {
 
 /// An amount as a receipt shows it: without trailing zeros beyond the cents, so that a stored
 /// `14500.00` and a sum of `14500.0` read alike.
-struct Money(Decimal);
+#[derive(Debug, Clone, Copy)]
+pub struct Money(pub Decimal);
 
 impl fmt::Display for Money {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -333,7 +334,7 @@ impl fmt::Display for Money {
 }
 
 /// `1 pyramid`, `2 pyramids`: a count with its noun.
-fn counted(count: usize, noun: &str) -> String {
+pub fn counted(count: usize, noun: &str) -> String {
     match count {
         1 => format!("1 {noun}"),
         many => format!("{many} {noun}s"),

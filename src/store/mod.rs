@@ -5,6 +5,7 @@
 //! Reads for recovery return rows as stored, money as decimal *text*, so that decoding, and
 //! deciding what is corrupt, happens once in Rust for both backends.
 
+pub mod codec;
 mod postgres;
 mod signal_tx;
 mod sqlite;
@@ -639,6 +640,12 @@ pub trait Store {
         initial_capital: Decimal,
     ) -> impl Future<Output = Result<(), StoreError>>;
 
+    /// The open positions' rows, by instrument and entry time, at most `limit`.
+    fn open_position_rows(
+        &self,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<PositionRow>, StoreError>>;
+
     /// Reads open positions straight into rows with no decoding: the raw read limit that
     /// recovery is measured against.
     fn raw_open_position_scan(&self) -> impl Future<Output = Result<usize, StoreError>>;
@@ -903,6 +910,10 @@ impl Store for AnyStore {
         delegate!(self, store => store.footprint().await)
     }
 
+    async fn open_position_rows(&self, limit: i64) -> Result<Vec<PositionRow>, StoreError> {
+        delegate!(self, store => store.open_position_rows(limit).await)
+    }
+
     async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {
         delegate!(self, store => store.raw_open_position_scan().await)
     }
@@ -912,6 +923,24 @@ impl Store for AnyStore {
     }
 }
 
+/// The most open positions one listing shows (`GET /positions`, `vigil positions`): far more
+/// than any risk budget holds open, and a bound on what a damaged table can make it read.
+pub const MAX_LISTED_POSITIONS: usize = 1_000;
+
+/// The open positions, by instrument and entry time: at most [`MAX_LISTED_POSITIONS`], and
+/// whether there were more. A row that does not decode makes the listing corrupt, naming it.
+pub async fn open_positions(store: &impl Store) -> Result<(Vec<Position>, bool), StoreError> {
+    const ASKED: i64 = MAX_LISTED_POSITIONS as i64 + 1;
+    let mut rows = store.open_position_rows(ASKED).await?;
+    let more = rows.len() > MAX_LISTED_POSITIONS;
+    rows.truncate(MAX_LISTED_POSITIONS);
+    let (mut positions, _) = codec::decode_rows(rows, None).map_err(StoreError::Corrupt)?;
+    positions.sort_by(|a, b| {
+        (&a.instrument, a.entry_time, &a.id).cmp(&(&b.instrument, b.entry_time, &b.id))
+    });
+    Ok((positions, more))
+}
+
 /// Decodes what a signal's transaction read. The transaction creates the portfolio row
 /// before reading it, so a missing row means the table was changed by hand.
 fn book_from_rows(
@@ -919,7 +948,7 @@ fn book_from_rows(
     portfolio: Option<PortfolioRow>,
 ) -> Result<Book, StoreError> {
     let (open, portfolio) =
-        crate::recovery::decode_rows(positions, portfolio.as_ref()).map_err(StoreError::Corrupt)?;
+        codec::decode_rows(positions, portfolio.as_ref()).map_err(StoreError::Corrupt)?;
     let portfolio = portfolio.ok_or_else(|| {
         StoreError::Corrupt("the portfolio row vanished inside a transaction".into())
     })?;

@@ -142,11 +142,29 @@ const CREATE_PORTFOLIO: &str =
      VALUES (1, $1::numeric, $1::numeric, 0, 0, 0, now()) ON CONFLICT (id) DO NOTHING";
 
 /// Timestamps as the RFC 3339 text SQLite stores, so rows decode the same way.
-const LOAD_POSITIONS: &str = "SELECT id, instrument, label, status, lots::text AS lots, entry_price::text AS entry_price, \
-     stop_price::text AS stop_price, risk_amount::text AS risk_amount, margin::text AS margin, is_base_position, \
-     base_position_id, to_char(entry_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS entry_time, version, \
-     exit_price::text AS exit_price, to_char(exit_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS exit_time, \
-     realized_pnl::text AS realized_pnl FROM positions ORDER BY id";
+/// A position's columns as text, to be decoded by `store::codec`.
+macro_rules! position_columns {
+    () => {
+        "id, instrument, label, status, lots::text AS lots, entry_price::text AS entry_price, \
+         stop_price::text AS stop_price, risk_amount::text AS risk_amount, margin::text AS margin, is_base_position, \
+         base_position_id, to_char(entry_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS entry_time, version, \
+         exit_price::text AS exit_price, to_char(exit_time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS exit_time, \
+         realized_pnl::text AS realized_pnl"
+    };
+}
+
+const LOAD_POSITIONS: &str = concat!(
+    "SELECT ",
+    position_columns!(),
+    " FROM positions ORDER BY id"
+);
+
+/// The open positions, at most `$1`.
+const LOAD_OPEN_POSITIONS: &str = concat!(
+    "SELECT ",
+    position_columns!(),
+    " FROM positions WHERE status = 'open' ORDER BY instrument, positions.entry_time, id LIMIT $1"
+);
 
 const LOAD_PORTFOLIO: &str = "SELECT initial_capital::text AS initial_capital, closed_equity::text AS closed_equity, \
      total_risk::text AS total_risk, margin_used::text AS margin_used, version FROM portfolio_state WHERE id = 1";
@@ -841,6 +859,14 @@ impl Store for PgStore {
     async fn footprint(&self) -> Result<Footprint, StoreError> {
         sqlx::query_as(FOOTPRINT)
             .fetch_one(&self.pool)
+            .await
+            .map_err(classify_pg)
+    }
+
+    async fn open_position_rows(&self, limit: i64) -> Result<Vec<PositionRow>, StoreError> {
+        sqlx::query_as::<_, PositionRow>(LOAD_OPEN_POSITIONS)
+            .bind(limit)
+            .fetch_all(&self.pool)
             .await
             .map_err(classify_pg)
     }

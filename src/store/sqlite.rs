@@ -69,17 +69,31 @@ const CREATE_PORTFOLIO: &str =
     "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, margin_used, version, updated_at) \
      VALUES (1, ?1, ?1, '0', '0', 0, ?2) ON CONFLICT (id) DO NOTHING";
 
-const LOAD_POSITIONS: &str =
-    "SELECT id, instrument, label, status, lots, entry_price, stop_price, risk_amount, \
-     margin, is_base_position, base_position_id, entry_time, version, exit_price, exit_time, realized_pnl \
-     FROM positions";
+/// A position's columns, in [`JsonPosition`]'s order.
+macro_rules! position_columns {
+    () => {
+        "id, instrument, label, status, lots, entry_price, stop_price, risk_amount, margin, \
+         is_base_position, base_position_id, entry_time, version, exit_price, exit_time, realized_pnl"
+    };
+}
+
+const LOAD_POSITIONS: &str = concat!("SELECT ", position_columns!(), " FROM positions");
 
 /// The same rows as [`LOAD_POSITIONS`], built into one JSON array by SQLite itself: the
 /// driver's per-row cost is several times SQLite's own, and recovery reads every open
 /// position at once.
-const LOAD_POSITIONS_JSON: &str = "SELECT json_group_array(json_array(id, instrument, label, status, lots, \
-     entry_price, stop_price, risk_amount, margin, is_base_position, base_position_id, entry_time, version, \
-     exit_price, exit_time, realized_pnl)) FROM positions";
+const LOAD_POSITIONS_JSON: &str = concat!(
+    "SELECT json_group_array(json_array(",
+    position_columns!(),
+    ")) FROM positions"
+);
+
+/// The open positions, at most `?1`, as [`LOAD_POSITIONS_JSON`] builds them.
+const LOAD_OPEN_POSITIONS_JSON: &str = concat!(
+    "SELECT json_group_array(json_array(",
+    position_columns!(),
+    ")) FROM (SELECT * FROM positions WHERE status = 'open' ORDER BY instrument, entry_time, id LIMIT ?1)"
+);
 
 /// A money or lot column as SQLite holds it: text as written, or a number if a hand wrote
 /// one; either way it reaches the decoder as text.
@@ -614,6 +628,15 @@ impl Store for SqliteStore {
             .fetch_one(&self.pool)
             .await
             .map_err(classify_sqlite)
+    }
+
+    async fn open_position_rows(&self, limit: i64) -> Result<Vec<PositionRow>, StoreError> {
+        let json: String = sqlx::query_scalar(LOAD_OPEN_POSITIONS_JSON)
+            .bind(limit)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(classify_sqlite)?;
+        positions_from_json(&json)
     }
 
     async fn raw_open_position_scan(&self) -> Result<usize, StoreError> {
