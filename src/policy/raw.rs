@@ -568,6 +568,10 @@ impl Checker<'_> {
         let millis = duration.as_nanos().saturating_add(500_000) / 1_000_000;
         let duration = Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX));
         if duration < min || duration > max {
+            let (bound, side) = match duration < min {
+                true => (min, "or more"),
+                false => (max, "or less"),
+            };
             self.report(
                 Some(value.span()),
                 format!(
@@ -575,7 +579,10 @@ impl Checker<'_> {
                     humantime::format_duration(min),
                     humantime::format_duration(max)
                 ),
-                None,
+                Some(format!(
+                    "set it to \"{}\" {side}",
+                    humantime::format_duration(bound)
+                )),
             );
             return None;
         }
