@@ -996,6 +996,8 @@ mod tests {
             ("postgres://vigil:secret@db:5432/vigil", None),
             ("postgresql://db/vigil?sslmode=require", None),
             ("notaurl", Some("is neither sqlite://FILE nor postgres://")),
+            ("sqlite://", Some("it names no file")),
+            ("sqlite://?mode=rwc", Some("it names no file")),
             (
                 "mysql://db/vigil",
                 Some("is neither sqlite://FILE nor postgres://"),

@@ -59,6 +59,15 @@ const FOOTPRINT: &str = "SELECT \
 
 /// The connection options `url` gives, or why it is not a SQLite URL.
 pub(super) fn options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    if path.split('?').next().is_none_or(str::is_empty) {
+        return Err(StoreError::BadUrl(format!(
+            "invalid SQLite URL `{url}`: it names no file; write sqlite://FILE, for example sqlite://vigil.db"
+        )));
+    }
     SqliteConnectOptions::from_str(url)
         .map_err(|error| StoreError::BadUrl(format!("invalid SQLite URL `{url}`: {error}")))
 }
