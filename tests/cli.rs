@@ -386,6 +386,143 @@ fn all_machines(format: &str) -> Result<String, Box<dyn std::error::Error>> {
     Ok(String::from_utf8(output.stdout)?)
 }
 
+/// The machines every all-machines document draws.
+const MACHINES: [&str; 2] = ["lifecycle", "failure"];
+
+/// What the all-machines document of one `--format` must look like.
+struct Document {
+    /// The `--format`.
+    format: &'static str,
+    /// How the document starts.
+    starts: &'static str,
+    /// What marks the document's header: exactly one line holds it.
+    header: &'static str,
+    /// The block each machine is drawn in, `{machine}` standing for its name.
+    block: &'static str,
+    /// What draws a machine's start: once per machine.
+    start: &'static str,
+    /// Further text the document holds.
+    holds: &'static [&'static str],
+    /// How its braces nest.
+    braces: Braces,
+    /// Patterns every line after the first matches, trimmed (none: not checked here).
+    lines: &'static [&'static str],
+    /// A program that reads the format, run where it is installed: its name and arguments,
+    /// and what its output holds exactly once (it stops at a second graph in its input).
+    reader: Option<(&'static str, &'static [&'static str], &'static str)>,
+}
+
+/// How the braces of a document nest.
+enum Braces {
+    /// Composite states: a line ending `{` opens one, a line `}` closes it.
+    Composites,
+    /// One block: outside double-quoted strings the braces balance, and the outermost closes
+    /// only on the last line, with nothing after it.
+    OneBlock,
+}
+
+const DOCUMENTS: &[Document] = &[
+    Document {
+        format: "mermaid",
+        starts: "stateDiagram-v2\n",
+        header: "stateDiagram",
+        block: "\n    state {machine} {\n",
+        start: "[*] --> ",
+        // `idle` of the failure machine is an id of its own.
+        holds: &["state \"idle\" as failure_idle\n"],
+        braces: Braces::Composites,
+        lines: &[
+            r"^%%",
+            r"^\}$",
+            // A composite state, a state declaration, a transition with one label, a
+            // state description.
+            r"^state [a-z_]+ \{$",
+            r#"^state "[a-z_]+" as [a-z_]+$"#,
+            r"^(\[\*\]|[a-z_]+) --> (\[\*\]|[a-z_]+)( : [^:;{}]+)?$",
+            r"^[a-z_]+ : [^:;{}]+$",
+        ],
+        reader: None,
+    },
+    Document {
+        format: "dot",
+        starts: "digraph ",
+        header: "digraph ",
+        block: "    subgraph \"cluster_{machine}\" {\n        label=\"{machine}\";\n",
+        start: "[shape=point];",
+        holds: &[],
+        braces: Braces::OneBlock,
+        lines: &[],
+        reader: Some(("dot", &["-Tsvg"], "<svg")),
+    },
+];
+
+/// Every machine is in one document, in every format that draws them all.
+#[test]
+fn every_machine_is_in_one_document() -> Result<(), Box<dyn std::error::Error>> {
+    for document in DOCUMENTS {
+        check(document, &all_machines(document.format)?)?;
+    }
+    Ok(())
+}
+
+/// Holds `text` to `document`.
+fn check(document: &Document, text: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let format = document.format;
+    let headers = text.lines().filter(|line| line.contains(document.header));
+    assert_eq!(headers.count(), 1, "{format}:\n{text}");
+    assert!(text.starts_with(document.starts), "{format}:\n{text}");
+    assert!(text.ends_with("}\n"), "{format}:\n{text}");
+    match document.braces {
+        Braces::Composites => assert_composites_nest(text),
+        Braces::OneBlock => assert_one_block_of_braces(text),
+    }
+    for machine in MACHINES {
+        let block = document.block.replace("{machine}", machine);
+        assert!(text.contains(&block), "{format} lacks {block:?}:\n{text}");
+    }
+    assert_eq!(
+        text.matches(document.start).count(),
+        MACHINES.len(),
+        "{format}: one start per machine:\n{text}"
+    );
+    for held in document.holds {
+        assert!(text.contains(held), "{format} lacks {held:?}:\n{text}");
+    }
+    if !document.lines.is_empty() {
+        let patterns = document
+            .lines
+            .iter()
+            .map(|pattern| regex::Regex::new(pattern))
+            .collect::<Result<Vec<_>, _>>()?;
+        for line in text.lines().skip(1) {
+            let line = line.trim();
+            let valid = patterns.iter().any(|pattern| pattern.is_match(line));
+            assert!(valid, "not valid {format}: {line:?}");
+        }
+    }
+    if let Some((program, args, once)) = document.reader {
+        assert_read_once(program, args, once, text)?;
+    }
+    Ok(())
+}
+
+/// Checks that the composite states of `text` nest: a line ending `{` opens one, a line
+/// `}` closes one, never more than are open, and all are closed at the end; and that no
+/// other brace stands anywhere.
+fn assert_composites_nest(text: &str) {
+    let mut braces = 0_i32;
+    for line in text.lines() {
+        braces += i32::from(line.ends_with('{')) - i32::from(line.trim() == "}");
+        assert!(braces >= 0, "{text}");
+    }
+    assert_eq!(braces, 0, "unbalanced composite states:\n{text}");
+    assert_eq!(
+        text.matches('{').count(),
+        text.matches('}').count(),
+        "{text}"
+    );
+}
+
 /// Checks that the braces of `text` outside double-quoted strings balance, and that the
 /// outermost one closes only on the last line: one document, nothing after it.
 fn assert_one_block_of_braces(text: &str) {
@@ -417,85 +554,35 @@ fn assert_one_block_of_braces(text: &str) {
     assert_eq!(depth, 0, "unbalanced braces:\n{text}");
 }
 
-#[test]
-fn every_machine_is_in_one_mermaid_document() -> Result<(), Box<dyn std::error::Error>> {
-    let text = all_machines("mermaid")?;
-    let headers = text.lines().filter(|line| line.contains("stateDiagram"));
-    assert_eq!(headers.count(), 1, "{text}");
-    assert!(text.starts_with("stateDiagram-v2\n"), "{text}");
-    let mut braces = 0_i32;
-    for line in text.lines() {
-        braces += i32::from(line.ends_with('{')) - i32::from(line.trim() == "}");
-        assert!(braces >= 0, "{text}");
-    }
-    assert_eq!(braces, 0, "unbalanced composite states:\n{text}");
-    assert_eq!(
-        text.matches('{').count(),
-        text.matches('}').count(),
-        "{text}"
-    );
-    for machine in ["lifecycle", "failure"] {
-        assert!(
-            text.contains(&format!("\n    state {machine} {{\n")),
-            "{text}"
-        );
-    }
-    // Each machine has its own start inside its composite, and `idle` of the failure
-    // machine is an id of its own.
-    assert_eq!(text.matches("[*] --> ").count(), 2, "{text}");
-    assert!(text.contains("state \"idle\" as failure_idle\n"), "{text}");
-    let composite = regex::Regex::new(r"^state [a-z_]+ \{$").unwrap();
-    let declaration = regex::Regex::new(r#"^state "[a-z_]+" as [a-z_]+$"#).unwrap();
-    let transition =
-        regex::Regex::new(r"^(\[\*\]|[a-z_]+) --> (\[\*\]|[a-z_]+)( : [^:;{}]+)?$").unwrap();
-    let description = regex::Regex::new(r"^[a-z_]+ : [^:;{}]+$").unwrap();
-    for line in text.lines().skip(1) {
-        let line = line.trim();
-        let valid = line.starts_with("%%")
-            || line == "}"
-            || [&composite, &declaration, &transition, &description]
-                .iter()
-                .any(|pattern| pattern.is_match(line));
-        assert!(valid, "not valid Mermaid: {line:?}");
-    }
-    Ok(())
-}
-
-#[test]
-fn every_machine_is_in_one_dot_document() -> Result<(), Box<dyn std::error::Error>> {
-    let text = all_machines("dot")?;
-    let headers = text.lines().filter(|line| line.starts_with("digraph "));
-    assert_eq!(headers.count(), 1, "{text}");
-    assert!(text.starts_with("digraph "), "{text}");
-    assert!(text.ends_with("}\n"), "{text}");
-    assert_one_block_of_braces(&text);
-    for machine in ["lifecycle", "failure"] {
-        let cluster =
-            format!("    subgraph \"cluster_{machine}\" {{\n        label=\"{machine}\";\n");
-        assert!(text.contains(&cluster), "{text}");
-    }
-    assert_eq!(text.matches("[shape=point];").count(), 2, "{text}");
-    // Graphviz itself, where it is installed: it stops at a second graph in its input.
-    let dot = Command::new("dot")
-        .arg("-Tsvg")
+/// Feeds `text` to `program args` where it is installed: it must accept it, and its output
+/// hold `once` exactly once.
+fn assert_read_once(
+    program: &str,
+    args: &[&str],
+    once: &str,
+    text: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let reader = Command::new(program)
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn();
-    let Ok(mut dot) = dot else {
+    let Ok(mut reader) = reader else {
         return Ok(());
     };
-    if let Some(mut stdin) = dot.stdin.take() {
+    if let Some(mut stdin) = reader.stdin.take() {
         std::io::Write::write_all(&mut stdin, text.as_bytes())?;
     }
-    let output = dot.wait_with_output()?;
+    let output = reader.wait_with_output()?;
     assert!(
         output.status.success(),
-        "dot -Tsvg refused the output:\n{}",
+        "{program} {} refused the output:\n{}",
+        args.join(" "),
         String::from_utf8_lossy(&output.stderr)
     );
-    let svg = String::from_utf8(output.stdout)?;
-    assert_eq!(svg.matches("<svg").count(), 1, "{svg}");
+    let read = String::from_utf8(output.stdout)?;
+    assert_eq!(read.matches(once).count(), 1, "{read}");
     Ok(())
 }
 

@@ -11,13 +11,16 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 use vigil::store::{Access, AnyStore, Store};
 
 /// How long `vigil run` may take to settle or end; the built-in policy's longest retry
 /// schedule is well inside it.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The instance id both ways run as.
+const INSTANCE: &str = "vigil-parity";
 
 /// A case: its name, the database URL (`{dir}` is the scratch directory), whether the
 /// schema is migrated first, and the SQL run on it then.
@@ -111,10 +114,7 @@ async fn a_missing_postgres_database_says_what_to_do() {
     let (server, _) = admin.rsplit_once('/').unwrap();
     let url = format!("{server}/vigil_no_such_database");
     let dir = scratch(CASES.len());
-    let output = vigil(&dir)
-        .args(["recover", "--check", "--database-url", &url])
-        .output()
-        .unwrap();
+    let output = recover_check_output(&dir, &url);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         stdout.contains("database \"vigil_no_such_database\" does not exist: create it"),
@@ -147,12 +147,24 @@ async fn prepare(url: &str, migrate: bool, sql: &str) {
     pool.close().await;
 }
 
+/// What `vigil recover --check` prints and its exit status.
+fn recover_check_output(dir: &Path, url: &str) -> Output {
+    common::vigil(dir)
+        .args([
+            "recover",
+            "--check",
+            "--database-url",
+            url,
+            "--instance",
+            INSTANCE,
+        ])
+        .output()
+        .unwrap()
+}
+
 /// What `vigil recover --check` says: the state it predicts and its exit code.
 fn recover_check(dir: &Path, url: &str) -> (String, i32) {
-    let output = vigil(dir)
-        .args(["recover", "--check", "--database-url", url])
-        .output()
-        .unwrap();
+    let output = recover_check_output(dir, url);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let code = output.status.code().unwrap_or(-1);
     let state = stdout
@@ -166,16 +178,10 @@ fn recover_check(dir: &Path, url: &str) -> (String, i32) {
 /// What `vigil run` does: the state it settles on (then stopped) or ends in, and the exit
 /// code `recover --check` gives that state: 0 active, 5 degraded, else the process's own.
 fn run(dir: &Path, url: &str) -> (String, i32) {
-    let mut child = vigil(dir)
-        .args([
-            "run",
-            "--database-url",
-            url,
-            "--listen",
-            "127.0.0.1:0",
-            "--operator-listen",
-            "127.0.0.1:0",
-        ])
+    let mut child = common::vigil_run(dir)
+        .database_url(url)
+        .instance(INSTANCE)
+        .command()
         .stderr(Stdio::piped())
         .stdout(Stdio::null())
         .spawn()
@@ -196,9 +202,7 @@ fn run(dir: &Path, url: &str) -> (String, i32) {
     loop {
         if let Ok(state) = settled.try_recv() {
             // Stopped as a supervisor stops it: SIGTERM, by pid.
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
+            let _ = vigil_testkit::process::send_signal(child.id(), "TERM");
             let status = child.wait().unwrap();
             assert_eq!(status.code(), Some(0), "a settled instance stops cleanly");
             let code = if state == "active" { 0 } else { 5 };
@@ -215,19 +219,6 @@ fn run(dir: &Path, url: &str) -> (String, i32) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// The real binary, in `dir`, with no deployment file or settings from the environment.
-fn vigil(dir: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
-    command
-        .current_dir(dir)
-        .env_remove("VIGIL_CONFIG")
-        .env_remove("VIGIL_DATABASE_URL")
-        .env_remove("VIGIL_REDIS_URL")
-        .env_remove("VIGIL_POLICY")
-        .env("VIGIL_INSTANCE", "vigil-parity");
-    command
 }
 
 fn scratch(index: usize) -> PathBuf {

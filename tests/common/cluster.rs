@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+use vigil_testkit::process::Process;
 
 /// The webhook passphrase every instance is given.
 pub const PASSPHRASE: &str = "ha-passphrase";
@@ -39,131 +39,55 @@ pub const HEARTBEAT: Duration = Duration::from_millis(400);
 /// The signal lock TTL [`POLICY`] sets.
 pub const LOCK_TTL: Duration = Duration::from_secs(1);
 
-/// How many ports a private Redis tries before the test fails.
-const REDIS_START_ATTEMPTS: usize = 5;
-
-/// A free TCP port on loopback.
+/// A free TCP port on loopback (the kit's).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    vigil_testkit::free_port().unwrap()
 }
 
-/// A private `redis-server` that a test may stop and start again on the same port.
+/// A private `redis-server` that a test may stop and start again on the same port: the
+/// kit's, failing the test where it fails.
+#[derive(Debug)]
 pub struct RedisServer {
     /// Its port.
     pub port: u16,
-    /// The process, while running.
-    child: Option<Child>,
+    /// The server.
+    server: vigil_testkit::redis_server::RedisServer,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers.
     pub async fn start() -> RedisServer {
-        for _ in 0..REDIS_START_ATTEMPTS {
-            let mut server = RedisServer {
-                port: free_port(),
-                child: None,
-            };
-            // Another process may take the port between picking it and the server binding
-            // it; then pick another.
-            if server.try_resume().await {
-                return server;
-            }
+        let server =
+            vigil_testkit::redis_server::RedisServer::start(Path::new("redis-server"), None)
+                .await
+                .expect("redis-server did not start (.ci/services installs it)");
+        RedisServer {
+            port: server.port(),
+            server,
         }
-        panic!("redis-server did not start in {REDIS_START_ATTEMPTS} attempts");
     }
 
     /// Its URL.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        self.server.url()
     }
 
     /// Starts the server again on its port, empty, and waits until it answers.
     pub async fn resume(&mut self) {
-        assert!(
-            self.try_resume().await,
-            "redis-server did not start again on port {}",
-            self.port
-        );
-    }
-
-    /// Starts the server on its port; whether it is this server that answers there.
-    async fn try_resume(&mut self) -> bool {
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed (.ci/services installs it)");
-        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-        let pid = format!("process_id:{}", child.id());
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if self
-                .info_server()
-                .await
-                .is_some_and(|info| info.contains(&pid))
-            {
-                self.child = Some(child);
-                return true;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            tokio::time::sleep(POLL_INTERVAL).await;
-        }
+        self.server
+            .resume()
+            .await
+            .expect("redis-server did not start again on its port");
     }
 
     /// Kills the server (SIGKILL: no goodbye to clients).
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// `INFO server`, when a server answers on the port.
-    async fn info_server(&self) -> Option<String> {
-        let client = redis::Client::open(self.url()).ok()?;
-        let mut connection = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut connection)
-            .await
-            .ok()
+        let _ = self.server.kill();
     }
 
     /// Runs one command.
     pub async fn command(&self, args: &[&str]) -> redis::RedisResult<redis::Value> {
-        let client = redis::Client::open(self.url())?;
-        let mut connection = client.get_multiplexed_async_connection().await?;
-        let mut command = redis::cmd(args[0]);
-        for arg in &args[1..] {
-            command.arg(*arg);
-        }
-        command.query_async(&mut connection).await
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
+        self.server.command(args).await
     }
 }
 
@@ -175,10 +99,10 @@ pub struct Instance {
     pub url: String,
     /// The base URL of its operator listener (`/ready`, `/status`, `/metrics`).
     pub operator_url: String,
-    /// Its log file (standard error).
+    /// Its log file (standard output and error).
     pub log: PathBuf,
     /// The process.
-    child: Child,
+    process: Process,
 }
 
 impl Drop for Instance {
@@ -190,8 +114,7 @@ impl Drop for Instance {
 impl Instance {
     /// kill -9.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.process.kill();
     }
 
     /// Sends SIGTERM, as a supervisor stopping the service does.
@@ -201,18 +124,14 @@ impl Instance {
 
     /// Sends the signal `name` (`STOP`, `CONT`, `TERM`) to the process.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill -{name} {} failed", self.child.id());
+        self.process.signal(name).unwrap();
     }
 
     /// Waits for the process to end by itself; its exit code.
     pub async fn exit_code(&mut self) -> Option<i32> {
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Ok(Some(status)) = self.process.try_exit() {
                 return status.code();
             }
             assert!(
@@ -311,50 +230,24 @@ impl Cluster {
     pub async fn spawn_with(&self, id: &str, env: &[(&str, &str)]) -> Instance {
         let log = self.dir.join(format!("{id}.log"));
         let earlier = std::fs::metadata(&log).map_or(0, |meta| meta.len());
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_vigil"));
-        command.args([
-            "run",
-            "--config",
-            "vigil.toml",
-            "--listen",
-            "127.0.0.1:0",
-            "--operator-listen",
-            "127.0.0.1:0",
-            "--instance",
-            id,
-            "--database-url",
-            &self.database_url,
-        ]);
+        let mut run = super::vigil_run(&self.dir)
+            .config("vigil.toml")
+            .instance(id)
+            .database_url(&self.database_url)
+            .passphrase(PASSPHRASE);
         if self.use_redis {
-            command.args(["--redis-url", &self.redis.url()]);
+            run = run.redis_url(&self.redis.url());
         }
-        command.env_remove("VIGIL_FAILPOINT");
         for (name, value) in env {
-            command.env(name, value);
+            run = run.env(name, value);
         }
-        let child = command
-            .current_dir(&self.dir)
-            .env("VIGIL_WEBHOOK_PASSPHRASE", PASSPHRASE)
-            .env_remove("VIGIL_POLICY")
-            .env_remove("VIGIL_REDIS_URL")
-            .env_remove("VIGIL_LISTEN")
-            .env_remove("VIGIL_OPERATOR_LISTEN")
-            .env_remove("VIGIL_OPERATOR_TOKEN")
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
+        let process = Process::spawn(run.command(), id, Some(&log)).unwrap();
         let mut instance = Instance {
             id: id.to_string(),
             url: String::new(),
             operator_url: String::new(),
             log,
-            child,
+            process,
         };
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
@@ -373,7 +266,7 @@ impl Cluster {
                 instance.operator_url = operator_url;
                 return instance;
             }
-            if let Ok(Some(exit)) = instance.child.try_wait() {
+            if let Ok(Some(exit)) = instance.process.try_exit() {
                 panic!("{id} exited ({exit}) before listening:\n{fresh}");
             }
             assert!(

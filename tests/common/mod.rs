@@ -1,11 +1,14 @@
 //! What several integration tests share: the PostgreSQL and Redis servers to test against,
-//! scratch databases, several real instances at once, and log capture that cannot lose lines.
+//! scratch databases, the real binary, several real instances at once, and log capture that
+//! cannot lose lines. What the benchmarks need too (free ports, the private `redis-server`,
+//! the binary's launch and supervision, scratch databases) is `vigil-testkit`'s; this wraps
+//! it for tests, failing the test where the kit answers an error.
 #![allow(dead_code)] // Each test crate uses a different part of what is shared.
 
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-/// Makes every scratch database name unique within the test process.
-static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+use vigil_testkit::launch::Run;
 
 /// Installs, once per test process, a global subscriber that wants every INFO event. Tests
 /// capture logs with thread-local subscribers; `tracing` caches each call site's interest,
@@ -53,54 +56,68 @@ pub fn redis_url(test: &str) -> Option<String> {
     None
 }
 
-/// A fresh PostgreSQL database, dropped by [`ScratchDatabase::drop_now`].
+/// A fresh PostgreSQL database, dropped by [`ScratchDatabase::drop_now`]: the kit's
+/// (`admin`, `name` and `url` are its fields), failing the test where it fails.
 #[derive(Debug, Clone)]
-pub struct ScratchDatabase {
-    /// The server's admin URL.
-    pub admin: String,
-    /// The database's name.
-    pub name: String,
-    /// Its URL.
-    pub url: String,
+pub struct ScratchDatabase(vigil_testkit::postgres::ScratchDatabase);
+
+impl std::ops::Deref for ScratchDatabase {
+    type Target = vigil_testkit::postgres::ScratchDatabase;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl ScratchDatabase {
     /// Creates `vigil_{prefix}_{pid}_{n}` on the server at `admin`.
     pub async fn create(admin: &str, prefix: &str) -> ScratchDatabase {
-        let name = format!(
-            "vigil_{prefix}_{}_{}",
-            std::process::id(),
-            UNIQUE.fetch_add(1, Ordering::Relaxed)
-        );
-        execute(admin, format!("CREATE DATABASE {name}")).await;
-        let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
-        ScratchDatabase {
-            admin: admin.to_string(),
-            url: format!("{base}/{name}"),
-            name,
-        }
+        ScratchDatabase(
+            vigil_testkit::postgres::ScratchDatabase::create(admin, prefix)
+                .await
+                .expect("VIGIL_TEST_DATABASE_URL does not create a database"),
+        )
     }
 
     /// Drops the database, cutting any connection still open.
     pub async fn drop_now(&self) {
-        execute(
-            &self.admin,
-            format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        )
-        .await;
+        self.0
+            .drop_now()
+            .await
+            .expect("a scratch database could not be dropped");
+    }
+
+    /// Makes the database refuse connections and cuts the ones it has (`refuse`), or lets
+    /// it take them again.
+    pub async fn refuse_connections(&self, refuse: bool) {
+        self.0
+            .refuse_connections(refuse)
+            .await
+            .expect("the database's connections could not be refused or let in");
     }
 }
 
 /// Runs one statement on the server at `admin`.
 pub async fn execute(admin: &str, sql: String) {
-    let pool = sqlx::PgPool::connect(admin)
-        .await
-        .expect("VIGIL_TEST_DATABASE_URL does not accept connections");
-    sqlx::query(sqlx::AssertSqlSafe(sql))
-        .execute(&pool)
+    vigil_testkit::postgres::execute(admin, &[sql])
         .await
         .expect("an admin statement failed");
-    pool.close().await;
+}
+
+/// The `vigil` binary these tests were built with (with the failpoints they arm).
+pub fn vigil_binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_vigil"))
+}
+
+/// The real binary, to be run in `dir`, with no setting from the environment.
+pub fn vigil(dir: &Path) -> Command {
+    vigil_testkit::launch::vigil(vigil_binary(), dir)
+}
+
+/// `vigil run` of the real binary in `dir`, with no setting from the environment, listening
+/// on loopback ports the system picks.
+pub fn vigil_run(dir: &Path) -> Run {
+    Run::new(vigil_binary(), dir)
 }
 pub mod cluster;
 pub mod tradingview;
