@@ -149,6 +149,8 @@ struct RawInstrument {
     lot_size: Spanned<String>,
     point_value: Spanned<String>,
     margin_per_lot: Spanned<String>,
+    #[serde(default)]
+    fractional_lots: bool,
 }
 
 /// Reads the `[webhook]` table, adding a diagnostic for each entry that cannot be used. A
@@ -336,6 +338,7 @@ impl Deployment {
                 lot_size: field(&raw.lot_size, "lot_size"),
                 point_value: field(&raw.point_value, "point_value"),
                 margin_per_lot: field(&raw.margin_per_lot, "margin_per_lot"),
+                fractional_lots: raw.fractional_lots,
             };
             // Signals name instruments upper-cased; so does the table.
             instruments.insert(name.to_ascii_uppercase(), instrument);
@@ -477,6 +480,35 @@ mod tests {
                     let shown = diagnostics.to_string();
                     assert!(shown.contains(problem), "{line}: {shown}");
                     assert!(shown.contains("vigil.toml:1:"), "{line}: {shown}");
+                }
+                (parsed, expected) => panic!("{line}: {parsed:?}, expected {expected:?}"),
+            }
+        }
+    }
+
+    /// (the instrument's extra lines, whether it trades fractional lots, or the problem)
+    #[test]
+    fn fractional_lots() {
+        #[rustfmt::skip]
+        let cases: &[(&str, Result<bool, &str>)] = &[
+            ("", Ok(false)),
+            ("fractional_lots = true", Ok(true)),
+            ("fractional_lots = false", Ok(false)),
+            ("fractional_lots = \"yes\"", Err("invalid type: string \"yes\", expected a boolean")),
+        ];
+        for (line, expected) in cases {
+            let text = format!(
+                "[instruments.gold]\nlot_size = \"1\"\npoint_value = \"1\"\nmargin_per_lot = \"1\"\n{line}\n"
+            );
+            match (Deployment::parse(Path::new("vigil.toml"), &text), expected) {
+                (Ok(deployment), Ok(fractional)) => assert_eq!(
+                    deployment.instruments["GOLD"].fractional_lots, *fractional,
+                    "{line}"
+                ),
+                (Err(diagnostics), Err(problem)) => {
+                    let shown = diagnostics.to_string();
+                    assert!(shown.contains(problem), "{line}: {shown}");
+                    assert!(shown.contains("vigil.toml:5:"), "{line}: {shown}");
                 }
                 (parsed, expected) => panic!("{line}: {parsed:?}, expected {expected:?}"),
             }

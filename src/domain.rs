@@ -112,6 +112,9 @@ pub struct Instrument {
     pub point_value: Decimal,
     /// Margin blocked per lot, in account currency.
     pub margin_per_lot: Decimal,
+    /// Whether sizes such as 1.5 lots are traded. Exchange-traded futures trade whole lots;
+    /// an alert for a fraction of one is a broken template, and is refused.
+    pub fractional_lots: bool,
 }
 
 /// Decimal places kept in risk, margin and P&L. Every stored amount has at most this many,
@@ -164,6 +167,7 @@ pub fn default_instruments() -> std::collections::BTreeMap<String, Instrument> {
         lot_size: Decimal::from(lot_size),
         point_value: Decimal::from(lot_size),
         margin_per_lot: Decimal::from(margin_per_lot),
+        fractional_lots: false,
     };
     std::collections::BTreeMap::from([
         ("NIFTY".to_string(), terms(75, 150_000)),

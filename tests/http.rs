@@ -107,6 +107,16 @@ fn guarded_service(
     sources: SourcePolicy,
     signatures: Option<Signatures>,
 ) -> Built {
+    trading_service(store, sources, signatures, default_instruments())
+}
+
+/// An active app trading `instruments`.
+fn trading_service(
+    store: &AnyStore,
+    sources: SourcePolicy,
+    signatures: Option<Signatures>,
+    instruments: std::collections::BTreeMap<String, vigil::domain::Instrument>,
+) -> Built {
     let (sender, receiver) = vigil::driver::live::channel();
     // Reports to the machines are not looked at here; keep the channel open.
     std::mem::forget(receiver);
@@ -115,7 +125,7 @@ fn guarded_service(
     let state = Arc::new(AppState {
         shared: Arc::clone(&shared),
         passphrase: Passphrase::new(PASSPHRASE),
-        instruments: default_instruments(),
+        instruments,
         intake: common::intake(&shared),
         throttle: Throttle::for_sources(&sources),
         sources,
@@ -271,6 +281,46 @@ fn bad_input_cases() -> Vec<Case> {
             Some("lots"),
         ),
         (
+            "fractional lots on an instrument that trades whole lots",
+            vec![(
+                "POST",
+                "/webhook",
+                signal("BASE_ENTRY", "NIFTY", "22000", "21900", "1.5", "09:15:00"),
+            )],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("lots"),
+        ),
+        (
+            "a price with an exponent",
+            vec![(
+                "POST",
+                "/webhook",
+                signal("BASE_ENTRY", "NIFTY", "2.2e4", "21900", "1", "09:15:00"),
+            )],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("price"),
+        ),
+        (
+            "a stop with a sign",
+            vec![(
+                "POST",
+                "/webhook",
+                signal("BASE_ENTRY", "NIFTY", "22000", "+21900", "1", "09:15:00"),
+            )],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("stop"),
+        ),
+        (
+            "a price padded with spaces",
+            vec![(
+                "POST",
+                "/webhook",
+                signal("BASE_ENTRY", "NIFTY", " 22000", "21900", "1", "09:15:00"),
+            )],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("price"),
+        ),
+        (
             "negative price",
             vec![(
                 "POST",
@@ -362,6 +412,49 @@ async fn bad_input_is_refused_and_changes_nothing() {
         assert_eq!(counts(&store).await, before, "{name} changed the database");
         store.close().await;
     }
+}
+
+#[tokio::test]
+async fn a_fractional_size_is_traded_where_the_instrument_allows_it() {
+    let store = sqlite_store().await;
+    let mut instruments = default_instruments();
+    if let Some(nifty) = instruments.get_mut("NIFTY") {
+        nifty.fractional_lots = true;
+    }
+    let (api, _) = trading_service(&store, SourcePolicy::default(), None, instruments)
+        .with_lifecycle("active", SignalSet::ALL);
+    let (status, _, json) = send(
+        &api.webhook,
+        "POST",
+        "/webhook",
+        signal("BASE_ENTRY", "NIFTY", "22000", "21900", "1.5", "09:15:00"),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    let (status, _, json) = send(
+        &api.webhook,
+        "POST",
+        "/webhook",
+        signal(
+            "BASE_ENTRY",
+            "BANKNIFTY",
+            "48000",
+            "47900",
+            "1.5",
+            "09:15:00",
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{json}");
+    assert_eq!(
+        json["error"]["message"].as_str(),
+        Some(
+            "lots: 1.5 is not a whole number of lots, and BANKNIFTY trades whole lots; if it \
+             does trade fractions, set fractional_lots = true in its [instruments.BANKNIFTY] table"
+        ),
+        "{json}"
+    );
+    store.close().await;
 }
 
 #[tokio::test]

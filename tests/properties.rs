@@ -154,6 +154,8 @@ proptest! {
         minute in 0u32..60,
     ) {
         let stop_units = stop_units.min(price.saturating_sub(1)).max(1);
+        // Trailing zeros are written decimals: a respelling stays within the 8 read.
+        let zeros = zeros.min((8 - price_scale) as usize);
         let spell = |units: u64, scale: u32, zeros: usize, number: bool| {
             let text = render(units, scale, zeros);
             if number { text } else { format!("\"{text}\"") }
@@ -260,6 +262,7 @@ proptest! {
             lot_size: Decimal::ONE,
             point_value: decimal(point_units, point_scale),
             margin_per_lot: decimal(margin_units, margin_scale),
+            fractional_lots: true,
         };
         let mut book = Book::new(instrument.clone());
         for (entries, exit) in trades {

@@ -81,13 +81,8 @@ impl Instance {
         Instance::spawn(dir, ports, None, &[("VIGIL_FAILPOINT", failpoint)]).await
     }
 
-    /// Starts an instance with `env` set on top of the test's own settings.
-    async fn spawn(
-        dir: &Path,
-        ports: Ports,
-        token: Option<&str>,
-        env: &[(&str, &str)],
-    ) -> Instance {
+    /// Starts the process with `env` set on top of the test's own settings, without waiting.
+    fn launch(dir: &Path, ports: Ports, token: Option<&str>, env: &[(&str, &str)]) -> Instance {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -117,12 +112,23 @@ impl Instance {
             .stdout(Stdio::null())
             .stderr(log);
         let child = command.spawn().unwrap();
-        let instance = Instance {
+        Instance {
             child,
             url: format!("http://127.0.0.1:{}", ports.webhook),
             operator_url: format!("http://127.0.0.1:{}", ports.operator),
             token: token.map(str::to_string),
-        };
+        }
+    }
+
+    /// Starts an instance with `env` set on top of the test's own settings, and waits until
+    /// it is ready.
+    async fn spawn(
+        dir: &Path,
+        ports: Ports,
+        token: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Instance {
+        let instance = Instance::launch(dir, ports, token, env);
         for _ in 0..READY_POLLS {
             if let Ok(response) = instance.operator("/ready", instance.token.as_deref()).await {
                 if response.status() == 200 {
@@ -703,6 +709,41 @@ async fn the_log_level_and_format_settings_shape_the_log() {
         drop(instance);
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// A second process under a live instance's id is refused before it listens (exit 6) and
+/// leaves the first serving; once the first has stopped, the id is free again.
+#[tokio::test]
+async fn a_second_process_under_a_live_id_is_refused() {
+    let dir = scratch("twin");
+    let mut first = Instance::start(&dir, Ports::free()).await;
+    let ports = Ports::free();
+    let mut second = Instance::launch(&dir, ports, None, &[]);
+    let code = second.exit_code(&dir).await;
+    let log = log_of(&dir);
+    assert_eq!(code, Some(6), "{log}");
+    assert!(
+        log.contains(r#"error: instance id "vigil-e2e" is held by a live process on this host"#),
+        "{log}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", ports.webhook)).is_err(),
+        "the refused process must not have listened"
+    );
+    let (status, json) = first
+        .post(signal("BASE_ENTRY", "22000", "21900", "09:15"))
+        .await;
+    assert_eq!(
+        (status, json["status"].as_str()),
+        (200, Some("applied")),
+        "{json}"
+    );
+    first.signal("TERM");
+    assert_eq!(first.exit_code(&dir).await, Some(0), "{}", log_of(&dir));
+    let again = Instance::start(&dir, ports).await;
+    assert_eq!(again.get("/status").await["open_positions"], 1);
+    drop(again);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One SIGINT stops the instance gracefully: `stopping`, then `stopped`, exit 0, and no

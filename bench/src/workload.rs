@@ -106,6 +106,7 @@ impl Load {
             lot_size: Decimal::ONE,
             point_value: Decimal::ONE,
             margin_per_lot: Decimal::from(1000),
+            fractional_lots: false,
         };
         let sizes = (count, instruments, concurrency);
         let instruments = (0..instruments)

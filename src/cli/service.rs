@@ -43,6 +43,14 @@ pub const RUNTIME_SHUTDOWN_TIMEOUT: std::time::Duration = std::time::Duration::f
 /// Exit code of `vigil recover --check` when recovery would end degraded rather than active.
 pub const EXIT_DEGRADED: u8 = 5;
 
+/// Exit code of `vigil run`: another live process holds this instance id
+/// ([`crate::coordination::identity`]).
+pub const EXIT_ID_HELD: u8 = 6;
+
+/// How long a start waits for the database to say who holds its instance id before it
+/// starts without knowing (the database then being the policy's to answer, as always).
+const ID_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// The environment variable holding the webhook passphrase.
 pub const PASSPHRASE_ENV: &str = "VIGIL_WEBHOOK_PASSPHRASE";
 
@@ -631,6 +639,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
             }
         },
     };
+    // Before the journal is opened and before anything listens: a second process under a
+    // live instance's id would share its journal, heartbeat and leadership row.
+    if let Some(held) = runtime.block_on(id_held(&settings)) {
+        tracing::error!(target: crate::executor::STARTUP_TARGET, instance = %settings.instance, "{held}");
+        eprintln!("error: {held}");
+        return Ok(Outcome::Exit(EXIT_ID_HELD));
+    }
     let bind = |address: std::net::SocketAddr| {
         runtime
             .block_on(tokio::net::TcpListener::bind(address))
@@ -664,6 +679,57 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     // process: the runtime gets a bound to wind down, then is left behind.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
     Ok(Outcome::Exit(code))
+}
+
+/// Whether another live process holds the instance id (`None`: it is free, or the database
+/// could not tell within [`ID_CHECK_TIMEOUT`], which is logged).
+async fn id_held(settings: &Settings) -> Option<coordination::identity::Held> {
+    use coordination::identity::{self, Verdict};
+    // A new SQLite file holds no rows; it is created by the start itself.
+    if store::missing_sqlite_file(&settings.database_url).is_some() {
+        return None;
+    }
+    let heartbeat_interval = settings.policy.ha.heartbeat_interval;
+    let verdict = async {
+        let store = tokio::time::timeout(
+            ID_CHECK_TIMEOUT,
+            AnyStore::connect(&settings.database_url, Access::ReadOnly),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "no connection within {}",
+                humantime::format_duration(ID_CHECK_TIMEOUT)
+            )
+        })?
+        .map_err(|error| error.to_string())?;
+        let verdict = identity::check(
+            &store,
+            &settings.instance,
+            &settings.hostname,
+            &settings.journal_path(),
+            heartbeat_interval,
+            Utc::now(),
+        )
+        .await
+        .map_err(|error| error.to_string());
+        store.close().await;
+        verdict
+    }
+    .await;
+    match verdict {
+        Ok(Verdict::Free) => None,
+        Ok(Verdict::Held(held)) => Some(held),
+        Err(why) => {
+            tracing::warn!(
+                target: crate::executor::STARTUP_TARGET,
+                instance = %settings.instance,
+                "could not check that no other live process holds instance id {:?} ({why}); starting",
+                settings.instance
+            );
+            None
+        }
+    }
 }
 
 /// The address a listener binds: `given`, or `default`; `None` (with the error printed) when

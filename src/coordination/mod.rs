@@ -15,6 +15,7 @@
 //! one instrument from interleaving.
 
 mod database;
+pub mod identity;
 pub mod leader;
 mod redis;
 

@@ -184,7 +184,7 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
             ApiError::invalid(field, format!("{field}: {message}"))
         }
     })?;
-    if !app.instruments.contains_key(&signal.instrument) {
+    let Some(terms) = app.instruments.get(&signal.instrument) else {
         let known: Vec<&str> = app.instruments.keys().map(String::as_str).collect();
         return Err(ApiError::invalid(
             "instrument",
@@ -194,6 +194,19 @@ async fn handle(app: &AppState, bytes: &[u8]) -> Result<Accepted, ApiError> {
                 known.join(", ")
             ),
         ));
+    };
+    if let Some(lots) = signal.lots.filter(|lots| !lots.fract().is_zero()) {
+        if !terms.fractional_lots {
+            return Err(ApiError::invalid(
+                "lots",
+                format!(
+                    "lots: {lots} is not a whole number of lots, and {} trades whole lots; \
+                     if it does trade fractions, set fractional_lots = true in its \
+                     [instruments.{}] table",
+                    signal.instrument, signal.instrument
+                ),
+            ));
+        }
     }
     let fingerprint = signal.fingerprint();
     if app

@@ -876,6 +876,7 @@ mod tests {
             lot_size: Decimal::ONE,
             point_value: Decimal::ONE,
             margin_per_lot: Decimal::from(100),
+            fractional_lots: false,
         };
         let mut instruments = BTreeMap::from([("A".to_string(), instrument)]);
         let (_, receipt) = recover(rows(), &terms(&instruments));
@@ -886,6 +887,7 @@ mod tests {
                 lot_size: Decimal::ONE,
                 point_value: Decimal::TWO,
                 margin_per_lot: Decimal::from(100),
+                fractional_lots: false,
             },
         );
         let (_, receipt) = recover(rows(), &terms(&instruments));
@@ -940,6 +942,7 @@ mod tests {
             lot_size: Decimal::ONE,
             point_value: Decimal::ONE,
             margin_per_lot: Decimal::ONE,
+            fractional_lots: false,
         }
     }
 }

@@ -155,7 +155,8 @@ fn text(
 }
 
 /// A number as sent: a JSON number (read from its digits, never through floating point) or a
-/// string holding one.
+/// string holding one, written as TradingView renders its numeric placeholders (see
+/// [`fixed_point`]).
 fn number(
     body: &Map<String, Value>,
     field_name: &'static str,
@@ -165,7 +166,7 @@ fn number(
         return Ok(None);
     };
     let text = match value {
-        Value::String(text) => text.trim().to_string(),
+        Value::String(text) => text.clone(),
         Value::Number(number) => number.to_string(),
         other => {
             return Err(invalid(
@@ -174,19 +175,89 @@ fn number(
             ))
         }
     };
-    let number = crate::domain::parse_decimal(&text)
-        .or_else(|| Decimal::from_scientific(&text).ok())
-        .ok_or_else(|| invalid(field_name, format!("{text:?} is not a number")))?;
-    if number <= Decimal::ZERO {
-        return Err(invalid(field_name, format!("{number} is not positive")));
+    fixed_point(&text)
+        .map(Some)
+        .map_err(|message| invalid(field_name, message))
+}
+
+/// Reads a positive fixed-point number, `(0|[1-9][0-9]*)(\.[0-9]{1,8})?`, the form TradingView
+/// gives its numeric placeholders (`{{close}}`, `{{strategy.order.price}}`, a plot). Anything
+/// else is refused with what is wrong with it: a value that only looks like a number is more
+/// likely a broken template than an order to trade.
+pub fn fixed_point(text: &str) -> Result<Decimal, String> {
+    let shown = format!("{text:?}");
+    if text.is_empty() {
+        return Err("is empty".into());
     }
-    if number.normalize().scale() > MAX_INPUT_DECIMAL_PLACES {
-        return Err(invalid(
-            field_name,
-            format!("{number} has more than {MAX_INPUT_DECIMAL_PLACES} decimal places"),
+    if text.contains("{{") {
+        return Err(format!(
+            "{shown} is a placeholder TradingView did not fill; check its name in the alert's message"
         ));
     }
-    Ok(Some(number.normalize()))
+    if text.eq_ignore_ascii_case("nan") {
+        return Err(format!(
+            "{shown} is not a number (TradingView sends NaN for a plot with no value)"
+        ));
+    }
+    if text.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "{shown} holds white space; write the digits alone, for example \"22000.5\""
+        ));
+    }
+    if let Some(rest) = text.strip_prefix('-') {
+        return Err(format!("-{rest} is not positive"));
+    }
+    if let Some(rest) = text.strip_prefix('+') {
+        return Err(format!("{shown} has a sign; write {rest}"));
+    }
+    if text.contains(['e', 'E']) {
+        let hint = Decimal::from_scientific(text)
+            .map(|value| format!(", {}", value.normalize()))
+            .unwrap_or_default();
+        return Err(format!(
+            "{shown} has an exponent; write it in fixed point{hint}"
+        ));
+    }
+    if text.contains(',') {
+        return Err(format!(
+            "{shown} has a separator; write {} (digits and one decimal point)",
+            text.replace(',', "")
+        ));
+    }
+    if !text.chars().all(|c| c.is_ascii_digit() || c == '.') || text.matches('.').count() > 1 {
+        return Err(format!("{shown} is not a number"));
+    }
+    let (whole, fraction) = match text.split_once('.') {
+        Some((whole, fraction)) => (whole, Some(fraction)),
+        None => (text, None),
+    };
+    if whole.is_empty() || fraction.is_some_and(str::is_empty) {
+        return Err(format!(
+            "{shown} needs a digit on each side of its decimal point, for example 0.5 or 5.0"
+        ));
+    }
+    if whole.len() > 1 && whole.starts_with('0') {
+        let digits = match whole.trim_start_matches('0') {
+            "" => "0",
+            digits => digits,
+        };
+        let point = fraction
+            .map(|fraction| format!(".{fraction}"))
+            .unwrap_or_default();
+        return Err(format!("{shown} has a leading zero; write {digits}{point}"));
+    }
+    let places = fraction.map_or(0, str::len);
+    if places > MAX_INPUT_DECIMAL_PLACES as usize {
+        return Err(format!(
+            "{shown} has {places} decimal places; at most {MAX_INPUT_DECIMAL_PLACES} are read"
+        ));
+    }
+    let number =
+        Decimal::from_str_exact(text).map_err(|_| format!("{shown} is too large a number"))?;
+    if number.is_zero() {
+        return Err(format!("{text} is not positive"));
+    }
+    Ok(number.normalize())
 }
 
 fn check(body: &Map<String, Value>) -> Result<Signal, SignalError> {
@@ -395,6 +466,67 @@ mod tests {
         for (body, expected) in cases {
             check(body, *expected);
         }
+    }
+
+    /// Every way a number may be written, and how each is read: one line per case, in the
+    /// snapshot next to its answer.
+    #[test]
+    fn numbers() {
+        let cases = [
+            "22000",
+            "22000.5",
+            "22000.50",
+            "0.5",
+            "0.00012345",
+            "1.00000000",
+            "1",
+            "007",
+            "00.5",
+            "0",
+            "0.0",
+            "-5",
+            "+5",
+            "1e3",
+            "1E-3",
+            "2.5e+2",
+            " 22000",
+            "22000 ",
+            "22 000",
+            "22,000.5",
+            ".5",
+            "5.",
+            "1.2.3",
+            "1.000000000",
+            "22000.123456789",
+            "NaN",
+            "nan",
+            "{{plot_0}}",
+            "",
+            "abc",
+            "0x10",
+            "\u{664}",
+            "99999999999999999999999999999999",
+        ];
+        let mut lines = String::new();
+        for text in cases {
+            let answer = match fixed_point(text) {
+                Ok(value) => format!("= {value}"),
+                Err(message) => format!("refused: {message}"),
+            };
+            lines.push_str(&format!("{text:?} -> {answer}\n"));
+        }
+        // JSON numbers are read from the digits as written, through the same rule.
+        for json in ["22000.5", "1e3", "-0", "1.0E2", "22000.500"] {
+            let body = format!(
+                r#"{{"signal":"EXIT","instrument":"NIFTY","price":{json},"timestamp":"2026-11-21T09:15:00Z"}}"#
+            );
+            let answer = match parse(body.as_bytes()) {
+                Ok(parsed) => format!("= {}", parsed.signal.price),
+                Err(error) => format!("refused: {error}"),
+            };
+            lines.push_str(&format!("json {json} -> {answer}\n"));
+        }
+        insta::assert_snapshot!(lines);
     }
 
     fn fingerprint(body: &str) -> String {

@@ -358,6 +358,7 @@ mod tests {
             lot_size: Decimal::from(75),
             point_value: Decimal::from(75),
             margin_per_lot: Decimal::from(150_000),
+            fractional_lots: false,
         }
     }
 

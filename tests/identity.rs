@@ -1,0 +1,176 @@
+//! A start refuses an instance id another live process holds, and only then: each case is
+//! the row the id's earlier holder left, whether that holder still beats, and the verdict.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::Utc;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use vigil::coordination::identity::{self, Held, Verdict};
+use vigil::store::{Access, AnyStore, InstanceRecord, Store};
+
+static UNIQUE: AtomicUsize = AtomicUsize::new(0);
+
+/// The heartbeat interval the cases run with: short, so a watch takes 100 ms.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(50);
+
+const ID: &str = "vigil-twin";
+const HOST: &str = "host-a";
+
+fn scratch() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "vigil-identity-{}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// What the earlier holder of the id left.
+struct Case {
+    name: &'static str,
+    /// The status and host its row records; `None`: there is no row.
+    row: Option<(&'static str, &'static str)>,
+    /// How long ago its last heartbeat was written, in heartbeat intervals.
+    beat_intervals_ago: u32,
+    /// Whether it keeps beating while the start watches.
+    beating: bool,
+    /// Whether it holds the journal (a process on this host).
+    holds_journal: bool,
+    /// What the start decides: `None` free, `Some("here" | "elsewhere")` held.
+    held: Option<&'static str>,
+}
+
+fn cases() -> Vec<Case> {
+    let case = |name, row, beat_intervals_ago, beating, holds_journal, held| Case {
+        name,
+        row,
+        beat_intervals_ago,
+        beating,
+        holds_journal,
+        held,
+    };
+    vec![
+        case("no row: a first start", None, 0, false, false, None),
+        case(
+            "stopped cleanly",
+            Some(("stopped", "host-b")),
+            0,
+            false,
+            false,
+            None,
+        ),
+        case("halted", Some(("crashed", "host-b")), 0, false, false, None),
+        case(
+            "live on this host",
+            Some(("active", HOST)),
+            0,
+            true,
+            true,
+            Some("here"),
+        ),
+        case(
+            "killed on this host",
+            Some(("active", HOST)),
+            0,
+            false,
+            false,
+            None,
+        ),
+        case(
+            "live on another host",
+            Some(("active", "host-b")),
+            0,
+            true,
+            false,
+            Some("elsewhere"),
+        ),
+        case(
+            "degraded but live on another host",
+            Some(("degraded", "host-b")),
+            1,
+            true,
+            false,
+            Some("elsewhere"),
+        ),
+        case(
+            "killed on another host a moment ago",
+            Some(("active", "host-b")),
+            0,
+            false,
+            false,
+            None,
+        ),
+        case(
+            "gone from another host long ago",
+            Some(("active", "host-b")),
+            20,
+            false,
+            false,
+            None,
+        ),
+    ]
+}
+
+async fn check(case: &Case) {
+    let dir = scratch();
+    let url = format!("sqlite://{}/vigil.db", dir.display());
+    let store = AnyStore::connect(&url, Access::ReadWrite).await.unwrap();
+    store.migrate().await.unwrap();
+    let journal = dir.join(format!("{ID}.journal"));
+    if let Some((status, hostname)) = case.row {
+        let record = InstanceRecord {
+            instance_id: ID.into(),
+            hostname: hostname.into(),
+            started_at: Utc::now(),
+        };
+        let beat = Utc::now() - HEARTBEAT_INTERVAL * case.beat_intervals_ago;
+        store.record_status(&record, status, beat).await.unwrap();
+    }
+    // The earlier holder on this host keeps its journal locked, as a running instance does.
+    let _locked = case.holds_journal.then(|| {
+        let file = std::fs::File::create(&journal).unwrap();
+        file.lock().unwrap();
+        file
+    });
+    let beater = case.beating.then(|| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT_INTERVAL / 2).await;
+                let _ = store.heartbeat(ID, Utc::now()).await;
+            }
+        })
+    });
+    let verdict = identity::check(&store, ID, HOST, &journal, HEARTBEAT_INTERVAL, Utc::now())
+        .await
+        .unwrap();
+    if let Some(beater) = beater {
+        beater.abort();
+    }
+    let held = match &verdict {
+        Verdict::Free => None,
+        Verdict::Held(Held::Here { .. }) => Some("here"),
+        Verdict::Held(Held::Elsewhere { .. }) => Some("elsewhere"),
+    };
+    assert_eq!(held, case.held, "{}: {verdict:?}", case.name);
+    if let Verdict::Held(why) = &verdict {
+        let message = why.to_string();
+        assert!(
+            message.contains(&format!("{ID:?}")) && message.contains("--instance"),
+            "{}: the refusal names the id and what to do: {message}",
+            case.name
+        );
+    }
+    store.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_start_refuses_only_an_id_a_live_process_holds() {
+    for case in cases() {
+        check(&case).await;
+    }
+}
