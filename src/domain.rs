@@ -193,3 +193,47 @@ pub fn checked_sum(amounts: impl IntoIterator<Item = Decimal>) -> Option<Decimal
         .into_iter()
         .try_fold(Decimal::ZERO, Decimal::checked_add)
 }
+
+/// An amount as receipts and listings show it: without trailing zeros beyond the cents, so that a stored
+/// `14500.00` and a sum of `14500.0` read alike.
+#[derive(Debug, Clone, Copy)]
+pub struct Money(pub Decimal);
+
+impl std::fmt::Display for Money {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut amount = self.0.normalize();
+        if amount.scale() < 2 {
+            amount.rescale(2);
+        }
+        write!(f, "{amount}")
+    }
+}
+
+/// `1 pyramid`, `2 pyramids`: a count with its noun.
+pub fn counted(count: usize, noun: &str) -> String {
+    match count {
+        1 => format!("1 {noun}"),
+        many => format!("{many} {noun}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Money;
+    use rust_decimal::Decimal;
+
+    #[test]
+    fn amounts_are_shown_in_one_scale() {
+        for (amount, shown) in [
+            ("14500.00", "14500.00"),
+            ("14500.0", "14500.00"),
+            ("0", "0.00"),
+            ("7999368.0555510", "7999368.055551"),
+            ("-985499.990", "-985499.99"),
+            ("0.00000001", "0.00000001"),
+        ] {
+            let amount: Decimal = amount.parse().unwrap_or_default();
+            assert_eq!(Money(amount).to_string(), shown);
+        }
+    }
+}

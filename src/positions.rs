@@ -2,7 +2,7 @@
 //! `vigil positions` as JSON or a table. Pure: the caller reads the positions.
 
 use crate::domain::Position;
-use crate::recovery::{counted, Money};
+use crate::domain::{counted, Money};
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;

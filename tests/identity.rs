@@ -41,6 +41,8 @@ struct Case {
     holds_journal: bool,
     /// What the start decides: `None` free, `Some("here" | "elsewhere")` held.
     held: Option<&'static str>,
+    /// Whether the database has vigil's tables (a database with a row always has).
+    migrated: bool,
 }
 
 fn cases() -> Vec<Case> {
@@ -51,8 +53,20 @@ fn cases() -> Vec<Case> {
         beating,
         holds_journal,
         held,
+        migrated: true,
     };
     vec![
+        Case {
+            migrated: false,
+            ..case(
+                "a blank database, not migrated yet",
+                None,
+                0,
+                false,
+                false,
+                None,
+            )
+        },
         case("no row: a first start", None, 0, false, false, None),
         case(
             "stopped cleanly",
@@ -118,7 +132,9 @@ async fn check(case: &Case) {
     let dir = scratch();
     let url = format!("sqlite://{}/vigil.db", dir.display());
     let store = AnyStore::connect(&url, Access::ReadWrite).await.unwrap();
-    store.migrate().await.unwrap();
+    if case.row.is_some() || case.migrated {
+        store.migrate().await.unwrap();
+    }
     let journal = dir.join(format!("{ID}.journal"));
     if let Some((status, hostname)) = case.row {
         let record = InstanceRecord {

@@ -144,9 +144,10 @@ async fn row_of(
     id: &str,
     now: DateTime<Utc>,
 ) -> Result<Option<InstanceRow>, StoreError> {
-    Ok(store
-        .instances(now)
-        .await?
-        .into_iter()
-        .find(|row| row.instance_id == id))
+    match store.instances(now).await {
+        Ok(rows) => Ok(rows.into_iter().find(|row| row.instance_id == id)),
+        // A blank database, not migrated yet: no instance has run on it.
+        Err(StoreError::NoSchema(_)) => Ok(None),
+        Err(error) => Err(error),
+    }
 }

@@ -4,7 +4,7 @@
 
 mod receipt;
 
-pub use receipt::{counted, Basis, Check, Counts, Money, Receipt, Verdict};
+pub use receipt::{Basis, Check, Counts, Receipt, Verdict};
 
 use crate::domain::{checked_sum, Instrument, Portfolio, Position, PositionStatus, Pyramiding};
 use crate::store::codec::{decode_portfolio, decode_position, decode_pyramiding, Problems};

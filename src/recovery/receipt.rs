@@ -2,7 +2,7 @@
 //! It is logged, kept for `/ready` and `/status`, and printed by `vigil recover --check`.
 
 use super::State;
-use crate::domain::PositionStatus;
+use crate::domain::{counted, Money, PositionStatus};
 use crate::vocabulary::FailureKind;
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -318,29 +318,6 @@ impl Receipt {
     }
 }
 
-/// An amount as a receipt shows it: without trailing zeros beyond the cents, so that a stored
-/// `14500.00` and a sum of `14500.0` read alike.
-#[derive(Debug, Clone, Copy)]
-pub struct Money(pub Decimal);
-
-impl fmt::Display for Money {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut amount = self.0.normalize();
-        if amount.scale() < 2 {
-            amount.rescale(2);
-        }
-        write!(f, "{amount}")
-    }
-}
-
-/// `1 pyramid`, `2 pyramids`: a count with its noun.
-pub fn counted(count: usize, noun: &str) -> String {
-    match count {
-        1 => format!("1 {noun}"),
-        many => format!("{many} {noun}s"),
-    }
-}
-
 impl fmt::Display for Receipt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.verdict {
@@ -405,26 +382,5 @@ impl fmt::Display for Receipt {
             writeln!(f)?;
         }
         write!(f, "  duration: {} ms", self.duration_ms)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Money;
-    use rust_decimal::Decimal;
-
-    #[test]
-    fn amounts_are_shown_in_one_scale() {
-        for (amount, shown) in [
-            ("14500.00", "14500.00"),
-            ("14500.0", "14500.00"),
-            ("0", "0.00"),
-            ("7999368.0555510", "7999368.055551"),
-            ("-985499.990", "-985499.99"),
-            ("0.00000001", "0.00000001"),
-        ] {
-            let amount: Decimal = amount.parse().unwrap_or_default();
-            assert_eq!(Money(amount).to_string(), shown);
-        }
     }
 }
