@@ -527,6 +527,10 @@ mod tests {
             ("database_url = \"postgres://db/vigil?password=secret\" x\n", "password=***"),
             ("redis_url = 7 # redis://:secret@cache\n", "redis://:***@cache"),
             ("[webhook]\nsignature_keys = \"secret-secret-secret\"\n", "signature_keys = <redacted>"),
+            ("webhook = { signature_keys = [\"secret-secret-secret\"], bogus = 1 }\n", "webhook = <redacted>"),
+            ("[webhook]\nsignature_keys = [\n  \"secret-secret-secret\" x,\n]\n", "<redacted>"),
+            ("webhook_passphrase = \"\"\"\nsecret-secret = secret\"\"\" x\n", "<redacted>"),
+            ("instance = \"a\" ; webhook_passphrase = \"hunter2-hunter2-secret\"\n", "instance = <redacted>"),
         ];
         for (source, shown_instead) in cases {
             let shown = Deployment::parse(Path::new("vigil.toml"), source)

@@ -54,6 +54,7 @@ impl Diagnostic {
                 .get(line_start..)
                 .and_then(|rest| rest.lines().next())
                 .unwrap_or(""),
+            source.get(..line_start).unwrap_or(""),
         );
         // A parser's message may quote the value too.
         let hide = |text: String| match &hidden {
@@ -117,18 +118,48 @@ impl fmt::Display for Diagnostic {
 /// Parts of a key whose value is a secret: a line setting one is never shown as written.
 const SECRET_KEY_PARTS: [&str; 5] = ["passphrase", "password", "token", "secret", "keys"];
 
-/// `line` as a diagnostic may show it: the value of a secret key (`webhook_passphrase`,
-/// `operator_token`, `signature_keys`, ...) replaced by `<redacted>`, and the password in a
-/// URL value (`database_url`, `redis_url`) masked; and, when something was hidden, the value
-/// as written with what is shown instead, so a message quoting it can hide it too.
-fn conceal(line: &str) -> (String, Option<(String, String)>) {
+/// Whether `text` names a secret key anywhere.
+fn mentions_secret(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    SECRET_KEY_PARTS.iter().any(|part| text.contains(part))
+}
+
+/// `line` (after the file's text `before` it) as a diagnostic may show it: the value of a
+/// secret key (`webhook_passphrase`, `operator_token`, `signature_keys`, ...) replaced by
+/// `<redacted>`, wherever on the line the key stands (an inline table too), a line that
+/// continues a multi-line value of one (an array, a `"""` string) hidden whole, and the
+/// password in a URL value (`database_url`, `redis_url`) masked; and, when something was
+/// hidden, the value as written with what is shown instead, so a message quoting it can hide
+/// it too.
+fn conceal(line: &str, before: &str) -> (String, Option<(String, String)>) {
+    let redacted = || "<redacted>".to_string();
+    let inside_long_string = before.matches("\"\"\"").count() % 2 == 1;
+    let trimmed = line.trim_start();
+    let continues_a_value = !line.contains('=')
+        && !trimmed.is_empty()
+        && !trimmed.starts_with('[')
+        && !trimmed.starts_with('#');
+    let continued_key_is_secret = || {
+        before
+            .lines()
+            .rev()
+            .find(|earlier| earlier.contains('=') && !earlier.trim_start().starts_with('#'))
+            .is_some_and(|earlier| mentions_secret(earlier.split('=').next().unwrap_or("")))
+    };
+    if inside_long_string || (continues_a_value && continued_key_is_secret()) {
+        let written = written_value(trimmed);
+        let hidden = (!written.is_empty()).then(|| (written.to_string(), redacted()));
+        return (redacted(), hidden);
+    }
     let Some((key, value)) = line.split_once('=') else {
         return (line.to_string(), None);
     };
-    let name = key.trim().trim_matches('"').to_ascii_lowercase();
     let written = written_value(value);
-    if SECRET_KEY_PARTS.iter().any(|part| name.contains(part)) {
-        let hidden = (!written.is_empty()).then(|| (written.to_string(), "<redacted>".into()));
+    // Every key the line sets (an inline table sets several); a URL's query is not a key.
+    let mut keys = line.split('=');
+    keys.next_back();
+    if keys.any(|key| !key.contains("://") && mentions_secret(key)) {
+        let hidden = (!written.is_empty()).then(|| (written.to_string(), redacted()));
         (format!("{key}= <redacted>"), hidden)
     } else if value.contains("://") {
         let shown = crate::store::redact(written);

@@ -91,6 +91,9 @@ where
     // that a dependency's chatter never changes what operators (or snapshots) see.
     let targets = tracing_subscriber::filter::Targets::new()
         .with_target("vigil", options.level)
+        // It names an unknown URL parameter with its value, which may be a secret; vigil
+        // names the parameter itself at start-up.
+        .with_target("sqlx_postgres::options::parse", tracing::Level::ERROR)
         .with_default(options.level.min(tracing::Level::WARN));
     let builder = tracing_subscriber::fmt()
         .with_writer(writer)

@@ -37,8 +37,6 @@ struct Case {
     beat_intervals_ago: u32,
     /// Whether it keeps beating while the start watches.
     beating: bool,
-    /// Whether it holds the journal (a process on this host).
-    holds_journal: bool,
     /// What the start decides: `None` free, `Some("here" | "elsewhere")` held.
     held: Option<&'static str>,
     /// Whether the database has vigil's tables (a database with a row always has).
@@ -46,86 +44,28 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let case = |name, row, beat_intervals_ago, beating, holds_journal, held| Case {
+    let case = |name, row, beat_intervals_ago, beating, held| Case {
         name,
         row,
         beat_intervals_ago,
         beating,
-        holds_journal,
         held,
         migrated: true,
     };
-    vec![
-        Case {
-            migrated: false,
-            ..case(
-                "a blank database, not migrated yet",
-                None,
-                0,
-                false,
-                false,
-                None,
-            )
-        },
-        case("no row: a first start", None, 0, false, false, None),
-        case(
-            "stopped cleanly",
-            Some(("stopped", "host-b")),
-            0,
-            false,
-            false,
-            None,
-        ),
-        case("halted", Some(("crashed", "host-b")), 0, false, false, None),
-        case(
-            "live on this host",
-            Some(("active", HOST)),
-            0,
-            true,
-            true,
-            Some("here"),
-        ),
-        case(
-            "killed on this host",
-            Some(("active", HOST)),
-            0,
-            false,
-            false,
-            None,
-        ),
-        case(
-            "live on another host",
-            Some(("active", "host-b")),
-            0,
-            true,
-            false,
-            Some("elsewhere"),
-        ),
-        case(
-            "degraded but live on another host",
-            Some(("degraded", "host-b")),
-            1,
-            true,
-            false,
-            Some("elsewhere"),
-        ),
-        case(
-            "killed on another host a moment ago",
-            Some(("active", "host-b")),
-            0,
-            false,
-            false,
-            None,
-        ),
-        case(
-            "gone from another host long ago",
-            Some(("active", "host-b")),
-            20,
-            false,
-            false,
-            None,
-        ),
-    ]
+    #[rustfmt::skip]
+    let cases = vec![
+        Case { migrated: false, ..case("a blank database, not migrated yet", None, 0, false, None) },
+        case("no row: a first start", None, 0, false, None),
+        case("stopped cleanly", Some(("stopped", "host-b")), 0, false, None),
+        case("halted", Some(("crashed", "host-b")), 0, false, None),
+        // This host's processes are the host lock's to tell: the row is not watched.
+        case("last ran on this host", Some(("active", HOST)), 0, true, None),
+        case("live on another host", Some(("active", "host-b")), 0, true, Some("elsewhere")),
+        case("degraded but live on another host", Some(("degraded", "host-b")), 1, true, Some("elsewhere")),
+        case("killed on another host a moment ago", Some(("active", "host-b")), 0, false, None),
+        case("gone from another host long ago", Some(("active", "host-b")), 20, false, None),
+    ];
+    cases
 }
 
 async fn check(case: &Case) {
@@ -135,7 +75,6 @@ async fn check(case: &Case) {
     if case.row.is_some() || case.migrated {
         store.migrate().await.unwrap();
     }
-    let journal = dir.join(format!("{ID}.journal"));
     if let Some((status, hostname)) = case.row {
         let record = InstanceRecord {
             instance_id: ID.into(),
@@ -145,12 +84,6 @@ async fn check(case: &Case) {
         let beat = Utc::now() - HEARTBEAT_INTERVAL * case.beat_intervals_ago;
         store.record_status(&record, status, beat).await.unwrap();
     }
-    // The earlier holder on this host keeps its journal locked, as a running instance does.
-    let _locked = case.holds_journal.then(|| {
-        let file = std::fs::File::create(&journal).unwrap();
-        file.lock().unwrap();
-        file
-    });
     let beater = case.beating.then(|| {
         let store = store.clone();
         tokio::spawn(async move {
@@ -160,7 +93,7 @@ async fn check(case: &Case) {
             }
         })
     });
-    let verdict = identity::check(&store, ID, HOST, &journal, HEARTBEAT_INTERVAL, Utc::now())
+    let verdict = identity::check(&store, ID, HOST, HEARTBEAT_INTERVAL, Utc::now())
         .await
         .unwrap();
     if let Some(beater) = beater {
@@ -189,4 +122,29 @@ async fn a_start_refuses_only_an_id_a_live_process_holds() {
     for case in cases() {
         check(&case).await;
     }
+}
+
+/// On one host the lock tells: one holder per id and database, free again once the holder
+/// is gone; another database, or another id, has a lock of its own.
+#[test]
+fn one_process_per_id_and_database_holds_the_host_lock() {
+    let dir = scratch();
+    let lock = |id: &str, database: &str| {
+        identity::lock_on_this_host(id, &identity::host_lock_path(&dir, id, database))
+    };
+    let first = lock(ID, "postgres://db/vigil")
+        .unwrap()
+        .expect("locks work here");
+    match lock(ID, "postgres://db/vigil") {
+        Err(Held::Here { id, lock }) => {
+            assert_eq!((id.as_str(), &lock), (ID, &first.path));
+        }
+        other => panic!("a second holder must be refused: {other:?}"),
+    }
+    let other_database = lock(ID, "postgres://db/other").unwrap();
+    let other_id = lock("vigil-other", "postgres://db/vigil").unwrap();
+    assert!(other_database.is_some() && other_id.is_some());
+    drop(first);
+    assert!(lock(ID, "postgres://db/vigil").unwrap().is_some());
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -730,6 +730,23 @@ async fn a_second_process_under_a_live_id_is_refused() {
         std::net::TcpStream::connect(("127.0.0.1", ports.webhook)).is_err(),
         "the refused process must not have listened"
     );
+    // From another directory, naming the same database file: the same id and database.
+    let elsewhere = scratch("twin-elsewhere");
+    let same_database = format!("sqlite://{}/vigil.db", dir.display());
+    let mut third = Instance::launch(
+        &elsewhere,
+        ports,
+        None,
+        &[("VIGIL_DATABASE_URL", same_database.as_str())],
+    );
+    assert_eq!(
+        third.exit_code(&elsewhere).await,
+        Some(6),
+        "{}",
+        log_of(&elsewhere)
+    );
+    drop(third);
+    let _ = std::fs::remove_dir_all(&elsewhere);
     let (status, json) = first
         .post(signal("BASE_ENTRY", "22000", "21900", "09:15"))
         .await;

@@ -613,6 +613,13 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         settings.redis_url.as_deref().map_or("no redis".to_string(), |url| format!("redis {}", store::redact(url))),
         settings.policy.name
     );
+    for parameter in store::ignored_url_parameters(&settings.database_url) {
+        tracing::warn!(
+            target: crate::executor::STARTUP_TARGET,
+            instance = %settings.instance,
+            "the database URL's parameter {parameter:?} is not one the PostgreSQL driver reads; it is ignored"
+        );
+    }
     for warning in &settings.policy.warnings {
         tracing::warn!(
             target: crate::executor::STARTUP_TARGET,
@@ -641,10 +648,32 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     };
     // Before the journal is opened and before anything listens: a second process under a
     // live instance's id would share its journal, heartbeat and leadership row.
-    if let Some(held) = runtime.block_on(id_held(&settings)) {
+    // The host lock is held until the process ends.
+    let lock_path = coordination::identity::host_lock_path(
+        &std::env::temp_dir(),
+        &settings.instance,
+        &store::database_identity(&settings.database_url),
+    );
+    let refuse = |held: coordination::identity::Held| {
         tracing::error!(target: crate::executor::STARTUP_TARGET, instance = %settings.instance, "{held}");
         eprintln!("error: {held}");
-        return Ok(Outcome::Exit(EXIT_ID_HELD));
+        Ok(Outcome::Exit(EXIT_ID_HELD))
+    };
+    let host_lock = match coordination::identity::lock_on_this_host(&settings.instance, &lock_path)
+    {
+        Ok(lock) => lock,
+        Err(held) => return refuse(held),
+    };
+    if host_lock.is_none() {
+        tracing::warn!(
+            target: crate::executor::STARTUP_TARGET,
+            instance = %settings.instance,
+            "cannot lock {}: a second process under this id on this host would not be refused",
+            lock_path.display()
+        );
+    }
+    if let Some(held) = runtime.block_on(id_held(&settings)) {
+        return refuse(held);
     }
     let bind = |address: std::net::SocketAddr| {
         runtime
@@ -678,6 +707,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     // The stop is done; a task still stuck (a request wedged in flight) must not hold the
     // process: the runtime gets a bound to wind down, then is left behind.
     runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    drop(host_lock);
     Ok(Outcome::Exit(code))
 }
 
@@ -707,7 +737,6 @@ async fn id_held(settings: &Settings) -> Option<coordination::identity::Held> {
             &store,
             &settings.instance,
             &settings.hostname,
-            &settings.journal_path(),
             heartbeat_interval,
             Utc::now(),
         )

@@ -2,13 +2,16 @@
 //! believe they lead, share one heartbeat and one journal name: a start is refused while
 //! another live process holds the id.
 //!
-//! "Live" is judged without trusting clocks across hosts: on this host, the process holding
-//! the id's intake journal (its lock) is alive; on another host, a heartbeat that advances
-//! while this start watches it is. A row left by a process that was killed stops advancing,
-//! so a restart after a crash is never refused.
+//! "Live" is judged without trusting clocks across hosts: on this host, a running instance
+//! holds the id's host lock (an advisory lock on a file named for the id and the database,
+//! released by the kernel when the process ends, however it ends); on another host, a
+//! heartbeat that advances while this start watches it is live. A row left by a process
+//! that was killed stops advancing, so a restart after a crash is never refused.
 
 use crate::store::{InstanceRow, Store, StoreError};
 use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -27,17 +30,17 @@ const ENDED_STATUSES: [&str; 2] = ["stopped", "crashed"];
 /// Why the id cannot be taken now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Held {
-    /// A process on this host holds the id's intake journal.
+    /// A process on this host holds the id's host lock.
     #[error(
-        "instance id {id:?} is held by a live process on this host: it has the intake journal \
-         {} open; stop that process first, or give this one another --instance id",
-        journal.display()
+        "instance id {id:?} is held by a live process on this host: it holds the lock {}; \
+         stop that process first, or give this one another --instance id",
+        lock.display()
     )]
     Here {
         /// The id.
         id: String,
-        /// The journal it holds.
-        journal: PathBuf,
+        /// The lock file it holds.
+        lock: PathBuf,
     },
     /// A process on another host keeps the id's heartbeat advancing.
     #[error(
@@ -66,34 +69,71 @@ pub enum Verdict {
     Held(Held),
 }
 
-/// Whether the intake journal at `path` is held by another process (its lock is taken).
-pub fn journal_is_held(path: &Path) -> std::io::Result<bool> {
-    let file = match std::fs::File::open(path) {
-        Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(error) => return Err(error),
+/// The lock a running instance holds on its id and database on this host, for as long as it
+/// runs; the kernel releases it when the process ends.
+#[derive(Debug)]
+pub struct HostLock {
+    /// The open, locked file; dropping it releases the lock.
+    _file: File,
+    /// Where it is.
+    pub path: PathBuf,
+}
+
+/// The host lock's file for `id` on the database `database` (see
+/// [`crate::store::database_identity`]), in `directory`: one per id and database, so two
+/// deployments on one host may reuse an id.
+pub fn host_lock_path(directory: &Path, id: &str, database: &str) -> PathBuf {
+    let name: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let digest = Sha256::digest(database.as_bytes());
+    let tag: String = digest
+        .iter()
+        .take(6)
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    directory.join(format!("vigil-{name}-{tag}.lock"))
+}
+
+/// Takes the host lock at `path`: `Err` when a live process holds it, `Ok(None)` when locks
+/// cannot be taken here (a file system without them, a directory not writable), which the
+/// caller reports; the heartbeat check still runs.
+pub fn lock_on_this_host(id: &str, path: &Path) -> Result<Option<HostLock>, Held> {
+    let Ok(file) = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+    else {
+        return Ok(None);
     };
     match file.try_lock() {
-        // Dropping the file releases the lock at once.
-        Ok(()) => Ok(false),
-        Err(std::fs::TryLockError::WouldBlock) => Ok(true),
-        Err(std::fs::TryLockError::Error(error))
-            if error.kind() == std::io::ErrorKind::Unsupported =>
-        {
-            Ok(false)
-        }
-        Err(std::fs::TryLockError::Error(error)) => Err(error),
+        Ok(()) => Ok(Some(HostLock {
+            _file: file,
+            path: path.to_path_buf(),
+        })),
+        Err(TryLockError::WouldBlock) => Err(Held::Here {
+            id: id.to_string(),
+            lock: path.to_path_buf(),
+        }),
+        Err(TryLockError::Error(_)) => Ok(None),
     }
 }
 
-/// Whether `id` (this process runs on `hostname`, with its journal at `journal`) may be
-/// taken at `now`. Watching another host's heartbeat sleeps
-/// [`HEARTBEAT_WATCH_INTERVALS`] × `heartbeat_interval`.
+/// Whether `id` may be taken at `now` by this process, on `hostname`, as far as other hosts
+/// go (this host's processes are the [`HostLock`]'s to tell). Watching another host's
+/// heartbeat sleeps [`HEARTBEAT_WATCH_INTERVALS`] × `heartbeat_interval`.
 pub async fn check(
     store: &impl Store,
     id: &str,
     hostname: &str,
-    journal: &Path,
     heartbeat_interval: Duration,
     now: DateTime<Utc>,
 ) -> Result<Verdict, StoreError> {
@@ -104,14 +144,7 @@ pub async fn check(
         return Ok(Verdict::Free);
     }
     if row.hostname == hostname {
-        return match journal_is_held(journal) {
-            Ok(true) => Ok(Verdict::Held(Held::Here {
-                id: id.to_string(),
-                journal: journal.to_path_buf(),
-            })),
-            // An unreadable journal is the journal's own error to report, at its opening.
-            Ok(false) | Err(_) => Ok(Verdict::Free),
-        };
+        return Ok(Verdict::Free);
     }
     let stale_after = heartbeat_interval.saturating_mul(HEARTBEAT_STALE_INTERVALS);
     let fresh = DateTime::parse_from_rfc3339(&row.last_heartbeat).is_ok_and(|beat| {

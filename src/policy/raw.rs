@@ -514,7 +514,7 @@ impl Checker<'_> {
                 };
                 self.report(
                     Some(value.span()),
-                    format!("exit_code must be 1 or between 6 and 255, found {code}"),
+                    format!("exit_code must be 1, or 7 to 255 but 130, found {code}"),
                     Some(hint.into()),
                 );
                 None

@@ -723,6 +723,63 @@ pub fn missing_sqlite_file(url: &str) -> Option<std::path::PathBuf> {
         .then(|| file.to_path_buf())
 }
 
+/// The query parameters of a PostgreSQL URL that the driver does not understand and so
+/// ignores (`connect_timeout`, a misspelt `sslmode`), by name only: their values may be
+/// secrets.
+pub fn ignored_url_parameters(url: &str) -> Vec<String> {
+    /// The parameters sqlx's PostgreSQL driver reads.
+    const KNOWN: [&str; 18] = [
+        "sslmode",
+        "ssl-mode",
+        "sslrootcert",
+        "ssl-root-cert",
+        "ssl-ca",
+        "sslcert",
+        "ssl-cert",
+        "sslkey",
+        "ssl-key",
+        "statement-cache-capacity",
+        "host",
+        "hostaddr",
+        "port",
+        "dbname",
+        "user",
+        "password",
+        "application_name",
+        "options",
+    ];
+    if Backend::of(url).ok() != Some(Backend::Postgres) {
+        return Vec::new();
+    }
+    let Some((_, query)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|pair| pair.split('=').next())
+        .filter(|key| !key.is_empty() && !KNOWN.contains(key) && !key.starts_with("options["))
+        .map(str::to_string)
+        .collect()
+}
+
+/// What names the database `url` points at, the same from any working directory: a SQLite
+/// file's absolute path, or a PostgreSQL URL without its password.
+pub fn database_identity(url: &str) -> String {
+    if Backend::of(url).ok() == Some(Backend::Sqlite) {
+        if let Ok(options) = sqlite::options(url) {
+            let file = options.get_filename();
+            let directory = match file.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent,
+                _ => std::path::Path::new("."),
+            };
+            if let (Ok(directory), Some(name)) = (directory.canonicalize(), file.file_name()) {
+                return format!("sqlite:{}", directory.join(name).display());
+            }
+        }
+    }
+    redact(url)
+}
+
 /// Checks that `url` names a database vigil can open, and parses as its backend's URL,
 /// without connecting: a setting that can never work is refused before anything starts.
 pub fn check_url(url: &str) -> Result<(), StoreError> {
@@ -1022,6 +1079,24 @@ mod tests {
                 }
                 (Some(text), Ok(())) => panic!("{url} was accepted; expected: {text}"),
             }
+        }
+    }
+
+    #[test]
+    fn parameters_the_driver_ignores_are_named_without_their_values() {
+        for (url, ignored) in [
+            ("postgres://db/vigil", vec![]),
+            (
+                "postgres://db/vigil?sslmode=require&application_name=v",
+                vec![],
+            ),
+            (
+                "postgres://db/vigil?sslpassword=zz&connect_timeout=5",
+                vec!["sslpassword", "connect_timeout"],
+            ),
+            ("sqlite://vigil.db?mode=rwc", vec![]),
+        ] {
+            assert_eq!(ignored_url_parameters(url), ignored, "{url}");
         }
     }
 
