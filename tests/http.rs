@@ -642,6 +642,10 @@ async fn the_passphrase_never_reaches_the_logs() {
             .replace("battery", "batery"),
         signal("BASE_ENTRY", "DOGE", "1", "0.5", "1", "09:17:01"),
         "{broken".to_string(),
+        format!(
+            r#"{{"passphrase":"{PASSPHRASE}","pad":"{}"}}"#,
+            "x".repeat(20_000)
+        ),
         signal("BASE_ENTRY", "NIFTY", "22000", "21900", "2", "09:17:00"),
     ] {
         send(&api.webhook, "POST", "/webhook", body).await;
@@ -657,6 +661,7 @@ async fn the_passphrase_never_reaches_the_logs() {
         ("401", "alert refused: "),
         ("422", "alert refused: instrument: DOGE is not configured"),
         ("400", "alert refused: "),
+        ("413", "alert refused: "),
     ] {
         let found: Vec<&String> = lines
             .iter()

@@ -24,11 +24,7 @@ fn scratch(test: &str) -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    vigil_testkit::free_port().unwrap()
 }
 
 /// The two ports of one instance: webhooks, and the operator endpoints.
