@@ -81,6 +81,22 @@ const CASES: &[Case] = &[
          is_base_position, entry_time, exit_time, exit_price, realized_pnl, version) VALUES ('p1', 'NIFTY', 'long', \
          'closed', '1', '100', '90', '10', '100', 1, '2026-11-20T09:00:00Z', '2026-11-20T10:00:00Z', '110', '10', 2)",
     ),
+    (
+        "a stop at its entry",
+        "sqlite://{dir}/vigil.db",
+        true,
+        "INSERT INTO portfolio_state VALUES (1, '0', '0', '0', '100', 1, '2026-11-20T09:00:00Z'); \
+         INSERT INTO positions (id, instrument, label, status, lots, entry_price, stop_price, risk_amount, margin, \
+         is_base_position, entry_time, version) VALUES ('p1', 'NIFTY', 'long', 'open', '1', '100', '100', \
+         '0', '100', 1, '2026-11-20T09:00:00Z', 1)",
+    ),
+    (
+        "pyramiding with nothing open",
+        "sqlite://{dir}/vigil.db",
+        true,
+        "INSERT INTO portfolio_state VALUES (1, '0', '0', '0', '0', 1, '2026-11-20T09:00:00Z'); \
+         INSERT INTO pyramiding_state VALUES ('NIFTY', '100', NULL)",
+    ),
 ];
 
 /// Stored risk with nothing open.
