@@ -6,7 +6,7 @@ use chrono::Utc;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use vigil::coordination::identity::{self, Held, Verdict};
+use vigil::coordination::identity::{self, Held};
 use vigil::store::{Access, AnyStore, InstanceRecord, Store};
 
 static UNIQUE: AtomicUsize = AtomicUsize::new(0);
@@ -100,12 +100,12 @@ async fn check(case: &Case) {
         beater.abort();
     }
     let held = match &verdict {
-        Verdict::Free => None,
-        Verdict::Held(Held::Here { .. }) => Some("here"),
-        Verdict::Held(Held::Elsewhere { .. }) => Some("elsewhere"),
+        None => None,
+        Some(Held::Here { .. }) => Some("here"),
+        Some(Held::Elsewhere { .. }) => Some("elsewhere"),
     };
     assert_eq!(held, case.held, "{}: {verdict:?}", case.name);
-    if let Verdict::Held(why) = &verdict {
+    if let Some(why) = &verdict {
         let message = why.to_string();
         assert!(
             message.contains(&format!("{ID:?}")) && message.contains("--instance"),

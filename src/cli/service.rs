@@ -161,15 +161,10 @@ impl Settings {
     /// The intake journal of this instance: `INSTANCE.journal` in the journal directory, the
     /// id written with only letters, digits, `.`, `-` and `_`.
     fn journal_path(&self) -> PathBuf {
-        let name: String = self
-            .instance
-            .chars()
-            .map(|c| match c {
-                'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => c,
-                _ => '_',
-            })
-            .collect();
-        self.journal_dir.join(format!("{name}.journal"))
+        self.journal_dir.join(format!(
+            "{}.journal",
+            coordination::identity::file_name_part(&self.instance)
+        ))
     }
 }
 
@@ -711,10 +706,10 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Exit(code))
 }
 
-/// Whether another live process holds the instance id (`None`: it is free, or the database
+/// Which other live process holds the instance id (`None`: none, or the database
 /// could not tell within [`ID_CHECK_TIMEOUT`], which is logged).
 async fn id_held(settings: &Settings) -> Option<coordination::identity::Held> {
-    use coordination::identity::{self, Verdict};
+    use coordination::identity;
     // A new SQLite file holds no rows; it is created by the start itself.
     if store::missing_sqlite_file(&settings.database_url).is_some() {
         return None;
@@ -747,8 +742,7 @@ async fn id_held(settings: &Settings) -> Option<coordination::identity::Held> {
     }
     .await;
     match verdict {
-        Ok(Verdict::Free) => None,
-        Ok(Verdict::Held(held)) => Some(held),
+        Ok(held) => held,
         Err(why) => {
             tracing::warn!(
                 target: crate::executor::STARTUP_TARGET,

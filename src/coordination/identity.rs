@@ -60,13 +60,15 @@ pub enum Held {
     },
 }
 
-/// What a start learned about its id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Nobody else holds it (no row, an ended or stale one, or a holder that has died).
-    Free,
-    /// Another live process holds it.
-    Held(Held),
+/// An instance id as a file name part: letters, digits, `.`, `-` and `_` kept, anything else
+/// written `_`. The intake journal and the host lock are both named with it.
+pub fn file_name_part(id: &str) -> String {
+    id.chars()
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '-' | '_' => c,
+            _ => '_',
+        })
+        .collect()
 }
 
 /// The lock a running instance holds on its id and database on this host, for as long as it
@@ -83,23 +85,13 @@ pub struct HostLock {
 /// [`crate::store::database_identity`]), in `directory`: one per id and database, so two
 /// deployments on one host may reuse an id.
 pub fn host_lock_path(directory: &Path, id: &str, database: &str) -> PathBuf {
-    let name: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
     let digest = Sha256::digest(database.as_bytes());
     let tag: String = digest
         .iter()
         .take(6)
         .map(|byte| format!("{byte:02x}"))
         .collect();
-    directory.join(format!("vigil-{name}-{tag}.lock"))
+    directory.join(format!("vigil-{}-{tag}.lock", file_name_part(id)))
 }
 
 /// Takes the host lock at `path`: `Err` when a live process holds it, `Ok(None)` when locks
@@ -127,8 +119,8 @@ pub fn lock_on_this_host(id: &str, path: &Path) -> Result<Option<HostLock>, Held
     }
 }
 
-/// Whether `id` may be taken at `now` by this process, on `hostname`, as far as other hosts
-/// go (this host's processes are the [`HostLock`]'s to tell). Watching another host's
+/// Who else holds `id` at `now` (`None`: nobody), as far as other hosts go, for this process
+/// on `hostname` (this host's processes are the [`HostLock`]'s to tell). Watching another host's
 /// heartbeat sleeps [`HEARTBEAT_WATCH_INTERVALS`] × `heartbeat_interval`.
 pub async fn check(
     store: &impl Store,
@@ -136,15 +128,12 @@ pub async fn check(
     hostname: &str,
     heartbeat_interval: Duration,
     now: DateTime<Utc>,
-) -> Result<Verdict, StoreError> {
+) -> Result<Option<Held>, StoreError> {
     let Some(row) = row_of(store, id, now).await? else {
-        return Ok(Verdict::Free);
+        return Ok(None);
     };
-    if ENDED_STATUSES.contains(&row.status.as_str()) {
-        return Ok(Verdict::Free);
-    }
-    if row.hostname == hostname {
-        return Ok(Verdict::Free);
+    if ENDED_STATUSES.contains(&row.status.as_str()) || row.hostname == hostname {
+        return Ok(None);
     }
     let stale_after = heartbeat_interval.saturating_mul(HEARTBEAT_STALE_INTERVALS);
     let fresh = DateTime::parse_from_rfc3339(&row.last_heartbeat).is_ok_and(|beat| {
@@ -152,24 +141,21 @@ pub async fn check(
             .is_ok_and(|stale| now.signed_duration_since(beat) < stale)
     });
     if !fresh {
-        return Ok(Verdict::Free);
+        return Ok(None);
     }
     tokio::time::sleep(heartbeat_interval.saturating_mul(HEARTBEAT_WATCH_INTERVALS)).await;
     let after = row_of(store, id, now).await?;
-    Ok(match after {
-        Some(after)
-            if after.last_heartbeat != row.last_heartbeat
-                && !ENDED_STATUSES.contains(&after.status.as_str()) =>
-        {
-            Verdict::Held(Held::Elsewhere {
-                id: id.to_string(),
-                hostname: after.hostname,
-                before: row.last_heartbeat,
-                after: after.last_heartbeat,
-            })
-        }
-        _ => Verdict::Free,
-    })
+    Ok(after
+        .filter(|after| {
+            after.last_heartbeat != row.last_heartbeat
+                && !ENDED_STATUSES.contains(&after.status.as_str())
+        })
+        .map(|after| Held::Elsewhere {
+            id: id.to_string(),
+            hostname: after.hostname,
+            before: row.last_heartbeat,
+            after: after.last_heartbeat,
+        }))
 }
 
 async fn row_of(

@@ -713,14 +713,19 @@ pub fn missing_sqlite_file(url: &str) -> Option<std::path::PathBuf> {
     if Backend::of(url).ok()? != Backend::Sqlite {
         return None;
     }
-    let options = sqlite::options(url).ok()?;
-    let file = options.get_filename();
-    let directory = match file.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => std::path::Path::new("."),
-    };
+    let (file, directory) = sqlite_file(url)?;
     (file != std::path::Path::new(":memory:") && !file.exists() && directory.is_dir())
-        .then(|| file.to_path_buf())
+        .then_some(file)
+}
+
+/// The file a SQLite `url` names, and the directory it is in (`.` for a bare name).
+fn sqlite_file(url: &str) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let file = sqlite::options(url).ok()?.get_filename().to_path_buf();
+    let directory = match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    Some((file, directory))
 }
 
 /// The query parameters of a PostgreSQL URL that the driver does not understand and so
@@ -766,12 +771,7 @@ pub fn ignored_url_parameters(url: &str) -> Vec<String> {
 /// file's absolute path, or a PostgreSQL URL without its password.
 pub fn database_identity(url: &str) -> String {
     if Backend::of(url).ok() == Some(Backend::Sqlite) {
-        if let Ok(options) = sqlite::options(url) {
-            let file = options.get_filename();
-            let directory = match file.parent() {
-                Some(parent) if !parent.as_os_str().is_empty() => parent,
-                _ => std::path::Path::new("."),
-            };
+        if let Some((file, directory)) = sqlite_file(url) {
             if let (Ok(directory), Some(name)) = (directory.canonicalize(), file.file_name()) {
                 return format!("sqlite:{}", directory.join(name).display());
             }
