@@ -22,5 +22,6 @@ pub mod shared;
 pub mod shutdown;
 pub mod spec;
 pub mod store;
+pub mod supervisor;
 pub mod trading;
 pub mod vocabulary;

@@ -104,6 +104,9 @@ impl Instance {
             .env_remove("VIGIL_FAILPOINT")
             .env_remove("VIGIL_LOG_LEVEL")
             .env_remove("VIGIL_LOG_FORMAT")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC")
+            .env_remove("WATCHDOG_PID")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log);
@@ -858,5 +861,182 @@ async fn a_second_sigint_forces_a_stuck_stop() {
     let page = restarted.get("/status").await;
     assert_eq!(page["open_positions"], 0, "{page}");
     drop(restarted);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The watchdog timeout the supervision tests give the process, in microseconds, as
+/// systemd's `WatchdogSec` would: the loop pings every half of it.
+const WATCHDOG_TIMEOUT_US: &str = "200000";
+
+/// How long a supervision test waits for a message from the process.
+const NOTIFY_WAIT: Duration = Duration::from_secs(20);
+
+/// How long a wedged loop must stay silent: ten of its ping intervals.
+const WEDGED_SILENCE: Duration = Duration::from_secs(1);
+
+/// A socket standing in for systemd's `NOTIFY_SOCKET`, read all the time as systemd reads
+/// it (a datagram socket nobody reads fills and blocks its sender); removed when dropped.
+struct NotifySocket {
+    messages: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+    reader: tokio::task::JoinHandle<()>,
+    path: PathBuf,
+}
+
+impl NotifySocket {
+    fn bind(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&path).expect("bind the notify socket");
+        let (sender, messages) = tokio::sync::mpsc::unbounded_channel();
+        let reader = tokio::spawn(async move {
+            let mut buffer = vec![0_u8; 4096];
+            while let Ok(length) = socket.recv(&mut buffer).await {
+                let text = String::from_utf8_lossy(&buffer[..length]).into_owned();
+                if sender
+                    .send(text.lines().map(str::to_string).collect())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        NotifySocket {
+            messages,
+            reader,
+            path,
+        }
+    }
+
+    fn path(&self) -> String {
+        self.path
+            .to_str()
+            .expect("the scratch path is UTF-8")
+            .to_string()
+    }
+
+    /// The next message, split into its `NAME=value` lines; none within `wait`.
+    async fn next(&mut self, wait: Duration) -> Option<Vec<String>> {
+        tokio::time::timeout(wait, self.messages.recv())
+            .await
+            .ok()?
+    }
+
+    /// Reads messages until one holds `line`; every line read so far, `line`'s included.
+    async fn until(&mut self, line: &str, seen: &mut Vec<String>, dir: &Path) {
+        loop {
+            let Some(message) = self.next(NOTIFY_WAIT).await else {
+                panic!(
+                    "no {line} within {NOTIFY_WAIT:?}; seen {seen:?}; log:\n{}",
+                    log_of(dir)
+                );
+            };
+            let found = message.iter().any(|got| got == line);
+            seen.extend(message);
+            if found {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for NotifySocket {
+    fn drop(&mut self) {
+        self.reader.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[tokio::test]
+async fn systemd_hears_ready_status_watchdog_and_stopping_in_order() {
+    let dir = scratch("notify");
+    let mut socket = NotifySocket::bind(&dir);
+    let path = socket.path();
+    let env = [
+        ("NOTIFY_SOCKET", path.as_str()),
+        ("WATCHDOG_USEC", WATCHDOG_TIMEOUT_US),
+    ];
+    let mut instance = Instance::launch(&dir, Ports::free(), None, &env);
+    let mut seen = Vec::new();
+    socket.until("READY=1", &mut seen, &dir).await;
+    let statuses: Vec<&String> = seen
+        .iter()
+        .filter(|line| line.starts_with("STATUS="))
+        .collect();
+    assert!(
+        statuses
+            .first()
+            .is_some_and(|status| status.starts_with("STATUS=starting: ")),
+        "{seen:?}"
+    );
+    assert!(
+        statuses
+            .iter()
+            .any(|status| status.starts_with("STATUS=recovering: ")),
+        "{seen:?}"
+    );
+    assert!(
+        statuses
+            .last()
+            .is_some_and(|status| status.starts_with("STATUS=active: ")),
+        "READY comes with the first serving state: {seen:?}"
+    );
+    let before_ready = seen.len();
+    socket.until("WATCHDOG=1", &mut seen, &dir).await;
+    socket.until("WATCHDOG=1", &mut seen, &dir).await;
+    instance.signal("TERM");
+    socket.until("STOPPING=1", &mut seen, &dir).await;
+    assert!(
+        seen.iter()
+            .any(|line| line.starts_with("STATUS=stopping: ")),
+        "{seen:?}"
+    );
+    assert_eq!(
+        seen.iter().filter(|line| *line == "READY=1").count(),
+        1,
+        "READY is sent once: {seen:?}"
+    );
+    assert!(
+        seen[before_ready..].iter().all(|line| line != "READY=1"),
+        "{seen:?}"
+    );
+    assert_eq!(instance.exit_code(&dir).await, Some(0), "{}", log_of(&dir));
+    drop(instance);
+    drop(socket);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_wedged_driver_loop_stops_the_watchdog_pings_while_the_process_lives() {
+    let dir = scratch("wedged");
+    let mut socket = NotifySocket::bind(&dir);
+    let path = socket.path();
+    // The loop's 30th pass never ends: by then it has pinged and served for a while.
+    let env = [
+        ("NOTIFY_SOCKET", path.as_str()),
+        ("WATCHDOG_USEC", WATCHDOG_TIMEOUT_US),
+        ("VIGIL_FAILPOINT", "driver_loop:30"),
+    ];
+    let instance = Instance::launch(&dir, Ports::free(), None, &env);
+    let mut seen = Vec::new();
+    socket.until("READY=1", &mut seen, &dir).await;
+    socket.until("WATCHDOG=1", &mut seen, &dir).await;
+    wait_for_log(&dir, "failpoint driver_loop reached").await;
+    // Whatever was sent before the loop stopped is read first.
+    while socket.next(Duration::from_millis(50)).await.is_some() {}
+    assert_eq!(
+        socket.next(WEDGED_SILENCE).await,
+        None,
+        "a wedged loop must not ping the watchdog"
+    );
+    let health = instance
+        .operator("/health", None)
+        .await
+        .expect("the process still answers");
+    assert_eq!(
+        health.status(),
+        200,
+        "the process lives; only its loop is stuck"
+    );
+    drop(instance);
+    drop(socket);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -402,6 +402,8 @@ async fn start_up(
         Access::ReadOnly => journal::Mode::ReadOnly,
     };
     let journal_path = settings.journal_path();
+    // The intake publishes its journal's depth as it opens: the recorder must be there.
+    let _ = http::prometheus();
     let intake = Arc::new(Intake::new(
         Arc::clone(&shared),
         Arc::clone(&broker),
@@ -426,6 +428,13 @@ async fn start_up(
         shared: Arc::clone(&shared),
     };
     let mut executor = Executor::new(config, ports);
+    if until == Until::Stopped {
+        let supervisor = crate::supervisor::Supervisor::from_environment();
+        if let Some(interval) = supervisor.watchdog_interval() {
+            tracing::info!(target: "vigil::startup", "the driver loop pings systemd's watchdog every {interval:?}");
+        }
+        executor = executor.supervised(supervisor);
+    }
     // Both listeners stop when this says `true`.
     let (stop_serving, serving_stopped) = tokio::sync::watch::channel(false);
     let servers = http.map(|listeners| {

@@ -38,6 +38,16 @@ pub trait Executor {
     fn observe(&mut self, step: &Step) {
         let _ = step;
     }
+
+    /// How often, in milliseconds, the loop tells [`Executor::alive`] that it turns: none
+    /// by default.
+    fn liveness_interval_ms(&self) -> Option<u64> {
+        None
+    }
+
+    /// Called by the loop itself, at least every [`Executor::liveness_interval_ms`] while
+    /// it turns: a loop stuck in a command stops calling it (systemd's watchdog).
+    fn alive(&mut self) {}
 }
 
 /// Where the live loop gets its time from.
@@ -103,15 +113,29 @@ pub async fn run<E: Executor, C: Clock>(
     executor: &mut E,
     clock: &mut C,
 ) -> u8 {
+    let liveness_interval_ms = executor.liveness_interval_ms();
+    let mut alive_due_ms = liveness_interval_ms.map(|_| clock.now_ms());
     let mut follow_ups = VecDeque::new();
     carry_out(executor, init, &mut follow_ups).await;
     drain_follow_ups(driver, executor, clock, &mut follow_ups).await;
     let mut closed = false;
     loop {
+        crate::failpoint::hit("driver_loop");
         if let Some(code) = driver.exit_code() {
             return code;
         }
-        let deadline = driver.next_due_ms();
+        if let (Some(interval_ms), Some(due_ms)) = (liveness_interval_ms, alive_due_ms) {
+            let now_ms = clock.now_ms();
+            if now_ms >= due_ms {
+                executor.alive();
+                alive_due_ms = Some(now_ms.saturating_add(interval_ms));
+            }
+        }
+        let retry_due_ms = driver.next_due_ms();
+        let deadline = match (retry_due_ms, alive_due_ms) {
+            (Some(due_ms), Some(alive_ms)) => Some(due_ms.min(alive_ms)),
+            (due_ms, alive_ms) => due_ms.or(alive_ms),
+        };
         let step = tokio::select! {
             biased;
             input = inputs.recv(), if !closed => match input {
@@ -123,13 +147,16 @@ pub async fn run<E: Executor, C: Clock>(
                     driver.deliver(driver.now_ms(), Input::Drained)
                 }
             },
+            // Neither an input nor a retry can arrive any more (the watchdog's pings aside).
+            () = std::future::ready(()), if closed && retry_due_ms.is_none() => {
+                driver.deliver(driver.now_ms(), Input::Drained)
+            }
             () = sleep_until(clock, deadline), if deadline.is_some() => {
                 match driver.fire_due(clock.now_ms().max(driver.now_ms())) {
                     Some(step) => step,
                     None => continue,
                 }
             }
-            // Neither an input nor a retry can arrive any more.
             else => driver.deliver(driver.now_ms(), Input::Drained),
         };
         carry_out(executor, &step, &mut follow_ups).await;

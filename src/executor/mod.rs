@@ -34,6 +34,7 @@ use crate::machines::{lifecycle, Command};
 use crate::recovery::{self, Receipt};
 use crate::shared::{LifecycleView, RecentTransition, Shared};
 use crate::store::StoreError;
+use crate::supervisor::Supervisor;
 use crate::vocabulary::FailureKind;
 use chrono::Utc;
 use ports::{Database, HealthCheck, Watched};
@@ -410,6 +411,8 @@ pub struct Executor {
     watches: [Option<Task>; 6],
     /// The state published when the instance first served, with [`Until::Settled`].
     settled: Option<lifecycle::State>,
+    /// The service manager, told of lifecycle transitions and pinged by the driver loop.
+    supervisor: Supervisor,
 }
 
 impl Executor {
@@ -429,7 +432,15 @@ impl Executor {
             pulse: None,
             watches: Default::default(),
             settled: None,
+            supervisor: Supervisor::none(),
         }
+    }
+
+    /// The same executor, reporting to `supervisor` (systemd) as the lifecycle moves.
+    #[must_use]
+    pub fn supervised(mut self, supervisor: Supervisor) -> Executor {
+        self.supervisor = supervisor;
+        self
     }
 
     /// Follows the lifecycle as the machines publish it.
@@ -637,7 +648,16 @@ impl live::Executor for Executor {
         }
     }
 
+    fn liveness_interval_ms(&self) -> Option<u64> {
+        self.supervisor.watchdog_interval_ms()
+    }
+
+    fn alive(&mut self) {
+        self.supervisor.alive();
+    }
+
     fn observe(&mut self, step: &Step) {
+        self.supervisor.observe(&step.transitions);
         let at = crate::store::timestamp_text(Utc::now());
         for transition in &step.transitions {
             self.context.shared().remember(RecentTransition {

@@ -40,9 +40,50 @@ pub fn prometheus() -> &'static PrometheusHandle {
                 // Another recorder may be installed already (a test process building several
                 // apps); then this one renders its own, empty, metrics.
                 let _ = metrics::set_global_recorder(recorder);
+                describe();
                 handle
             }
             Err(error) => panic!("the latency buckets are a valid constant: {error}"),
         }
     })
+}
+
+/// Gives every metric its `# HELP` line.
+fn describe() {
+    use crate::coordination::leader::{CONSISTENCY_ALARMS, CONSISTENCY_OK, STATISTICS_SNAPSHOTS};
+    use crate::intake::{JOURNAL_PENDING, SIGNAL_OUTCOMES};
+    metrics::describe_counter!(SIGNALS_TOTAL, "Webhooks answered, by outcome.");
+    metrics::describe_histogram!(
+        SIGNAL_LATENCY,
+        metrics::Unit::Seconds,
+        "Time from arrival to answer of a webhook."
+    );
+    metrics::describe_gauge!(
+        LIFECYCLE_STATE,
+        "1 for the lifecycle's current state, 0 for the others."
+    );
+    metrics::describe_gauge!(
+        RECOVERY_DURATION,
+        metrics::Unit::Seconds,
+        "The last recovery's fetch, rebuild and validate time."
+    );
+    metrics::describe_gauge!(LEADER, "1 while this instance holds the leader lease.");
+    metrics::describe_gauge!(REDIS_UP, "1 while the configured Redis answers.");
+    metrics::describe_counter!(SIGNAL_OUTCOMES, "Alerts settled or journaled, by outcome.");
+    metrics::describe_gauge!(
+        JOURNAL_PENDING,
+        "Alerts in the intake journal not yet settled."
+    );
+    metrics::describe_counter!(
+        CONSISTENCY_ALARMS,
+        "Consistency checks that raised an alarm."
+    );
+    metrics::describe_gauge!(
+        CONSISTENCY_OK,
+        "1 when the leader's last consistency check passed."
+    );
+    metrics::describe_counter!(
+        STATISTICS_SNAPSHOTS,
+        "Statistics snapshots written as leader."
+    );
 }

@@ -23,7 +23,7 @@ use std::time::Duration;
 const ADVISORY_LOCK_CLASS: i32 = 0x7669_6700;
 
 /// The second key of the advisory lock that serialises leadership decisions. Instrument
-/// locks use `hashtext(instrument)` under their own class.
+/// locks use [`instrument_lock_key`] under their own class.
 const LEADERSHIP_LOCK_KEY: i32 = 0;
 
 /// The class of per-instrument signal locks.
@@ -174,21 +174,40 @@ const LOAD_PYRAMIDING: &str =
      FROM pyramiding_state ORDER BY instrument";
 
 /// One signal's transaction on PostgreSQL.
-struct PgSignalTx(sqlx::Transaction<'static, sqlx::Postgres>);
+struct PgSignalTx {
+    /// The transaction on a signal-pool session.
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    /// What the claim's statement read of the instrument's alerts: the claim and the
+    /// standing share one round trip.
+    standing: Option<Standing>,
+}
+
+/// The second key of an instrument's advisory lock: the first 4 bytes of the SHA-256 of
+/// its name, computed here so that the key is a number written into the `BEGIN` statement
+/// (the lock costs no round trip of its own) and never text from outside.
+fn instrument_lock_key(instrument: &str) -> i32 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(instrument.as_bytes());
+    let mut key = [0_u8; 4];
+    key.copy_from_slice(&digest[..4]);
+    i32::from_be_bytes(key)
+}
 
 impl PgSignalTx {
-    /// Begins it on the signal pool, and takes the instrument's advisory lock, so that
-    /// signals of one instrument never interleave whether or not Redis holds its lock too.
+    /// Begins it on the signal pool, and takes the instrument's advisory lock in the same
+    /// round trip, so that signals of one instrument never interleave whether or not Redis
+    /// holds its lock too.
     async fn begin(pool: &PgPool, instrument: &str) -> Result<PgSignalTx, StoreError> {
-        let mut tx = pool.begin().await.map_err(classify_pg)?;
         // The lock ends with the transaction; the session's lock_timeout bounds the wait.
-        sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
-            .bind(INSTRUMENT_LOCK_CLASS)
-            .bind(instrument)
-            .execute(&mut *tx)
+        let begin = format!(
+            "BEGIN; SELECT pg_advisory_xact_lock({INSTRUMENT_LOCK_CLASS}, {})",
+            instrument_lock_key(instrument)
+        );
+        let tx = pool
+            .begin_with(sqlx::AssertSqlSafe(begin))
             .await
             .map_err(classify_pg)?;
-        Ok(PgSignalTx(tx))
+        Ok(PgSignalTx { tx, standing: None })
     }
 
     /// Runs one statement; the rows it affected.
@@ -197,7 +216,7 @@ impl PgSignalTx {
         query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
     ) -> Result<u64, StoreError> {
         Ok(query
-            .execute(&mut *self.0)
+            .execute(&mut *self.tx)
             .await
             .map_err(classify_pg)?
             .rows_affected())
@@ -207,11 +226,18 @@ impl PgSignalTx {
 impl SignalTx for PgSignalTx {
     async fn claim(&mut self, claim: &SignalClaim<'_>) -> Result<u64, StoreError> {
         let signal = claim.signal;
-        self.run(
-            sqlx::query(
-                "INSERT INTO signal_log (fingerprint, signal_type, instrument, payload, status, received_at, processed_at, \
-                 instance_id, alert_at) VALUES ($1, $2, $3, $4, 'applied', $5::timestamptz, now(), $6, $7::timestamptz) \
-                 ON CONFLICT (fingerprint) DO NOTHING",
+        // The reads do not see the row this statement inserts; what they answer is the same
+        // (this alert is never older than itself, and is not queued).
+        let (claimed, older_queued, latest_recorded_at) =
+            sqlx::query_as::<_, (i64, bool, Option<String>)>(
+                "WITH claimed AS (INSERT INTO signal_log (fingerprint, signal_type, instrument, payload, status, \
+                 received_at, processed_at, instance_id, alert_at) VALUES ($1, $2, $3, $4, 'applied', $5::timestamptz, \
+                 now(), $6, $7::timestamptz) ON CONFLICT (fingerprint) DO NOTHING RETURNING 1) \
+                 SELECT (SELECT COUNT(*) FROM claimed), \
+                 EXISTS (SELECT 1 FROM signal_log WHERE instrument = $3 AND status = 'queued' \
+                 AND (alert_at < $7::timestamptz OR (alert_at = $7::timestamptz AND fingerprint < $1))), \
+                 (SELECT to_char(max(alert_at) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') \
+                 FROM signal_log WHERE instrument = $3 AND status <> 'queued')",
             )
             .bind(claim.fingerprint)
             .bind(signal.kind.as_str())
@@ -219,12 +245,22 @@ impl SignalTx for PgSignalTx {
             .bind(signal.payload())
             .bind(timestamp_text(claim.received_at))
             .bind(claim.instance_id)
-            .bind(signal_tx::alert_at(claim)),
-        )
-        .await
+            .bind(signal_tx::alert_at(claim))
+            .fetch_one(&mut *self.tx)
+            .await
+            .map_err(classify_pg)?;
+        self.standing = Some(Standing {
+            older_queued,
+            latest_recorded_at,
+        });
+        u64::try_from(claimed)
+            .map_err(|_| StoreError::Corrupt(format!("a claim counted {claimed} rows")))
     }
 
     async fn standing(&mut self, claim: &SignalClaim<'_>) -> Result<Standing, StoreError> {
+        if let Some(standing) = self.standing.take() {
+            return Ok(standing);
+        }
         sqlx::query_as::<_, Standing>(
             "SELECT EXISTS (SELECT 1 FROM signal_log WHERE instrument = $1 AND status = 'queued' \
              AND (alert_at < $2::timestamptz OR (alert_at = $2::timestamptz AND fingerprint < $3))) AS older_queued, \
@@ -234,7 +270,7 @@ impl SignalTx for PgSignalTx {
         .bind(&claim.signal.instrument)
         .bind(signal_tx::alert_at(claim))
         .bind(claim.fingerprint)
-        .fetch_one(&mut *self.0)
+        .fetch_one(&mut *self.tx)
         .await
         .map_err(classify_pg)
     }
@@ -256,12 +292,12 @@ impl SignalTx for PgSignalTx {
              total_risk::text AS total_risk, margin_used::text AS margin_used, version \
              FROM portfolio_state WHERE id = 1 FOR UPDATE",
         )
-        .fetch_optional(&mut *self.0)
+        .fetch_optional(&mut *self.tx)
         .await
         .map_err(classify_pg)?;
         let positions = sqlx::query_as::<_, PositionRow>(LOAD_INSTRUMENT)
             .bind(instrument)
-            .fetch_all(&mut *self.0)
+            .fetch_all(&mut *self.tx)
             .await
             .map_err(classify_pg)?;
         Ok((positions, portfolio))
@@ -319,7 +355,7 @@ impl SignalTx for PgSignalTx {
     }
 
     async fn upsert_pyramiding(&mut self, pyramiding: &Pyramiding) -> Result<u64, StoreError> {
-        upsert_pyramiding(&mut self.0, pyramiding).await
+        upsert_pyramiding(&mut self.tx, pyramiding).await
     }
 
     async fn delete_pyramiding(&mut self, instrument: &str) -> Result<u64, StoreError> {
@@ -356,11 +392,11 @@ impl SignalTx for PgSignalTx {
     }
 
     async fn commit(self) -> Result<(), StoreError> {
-        self.0.commit().await.map_err(classify_pg)
+        self.tx.commit().await.map_err(classify_pg)
     }
 
     async fn rollback(self) -> Result<(), StoreError> {
-        self.0.rollback().await.map_err(classify_pg)
+        self.tx.rollback().await.map_err(classify_pg)
     }
 }
 
