@@ -250,9 +250,11 @@ pub fn run(
         }
         let summary = Summary {
             state: driver.state().name(),
-            // Reasons only mean something while the instance serves degraded.
+            // Reasons only mean something while the instance serves degraded or paused.
             reasons: match driver.state() {
-                lifecycle::State::Degraded {} => driver.reasons().iter().collect(),
+                lifecycle::State::Degraded {} | lifecycle::State::Paused {} => {
+                    driver.reasons().iter().collect()
+                }
                 _ => Vec::new(),
             },
             accepts: driver.accepts(),

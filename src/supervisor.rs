@@ -11,7 +11,7 @@ use std::time::Duration;
 
 /// The lifecycle states in which the instance serves: the first one reached sends
 /// `READY=1`.
-const SERVING_STATES: [&str; 2] = ["active", "degraded"];
+const SERVING_STATES: [&str; 3] = ["active", "degraded", "paused"];
 
 /// The lifecycle state whose entry sends `STOPPING=1`.
 const STOPPING_STATE: &str = "stopping";

@@ -322,7 +322,12 @@ fn lifecycle_machine_conforms() {
         LifecycleEvent::Recovered,
         LifecycleEvent::Stop,
         LifecycleEvent::Drained,
+        LifecycleEvent::Resumed,
     ];
+    let exits = SignalSet::NONE.with(SignalType::Exit);
+    for allows in [SignalSet::NONE, exits] {
+        events.push(LifecycleEvent::Paused { allows });
+    }
     for kind in kinds {
         events.push(LifecycleEvent::Suspected { kind });
         events.push(LifecycleEvent::Tolerated {
@@ -334,12 +339,15 @@ fn lifecycle_machine_conforms() {
     }
     for state_name in lifecycle::State::NAMES {
         let state = lifecycle::State::from_name(state_name).unwrap();
-        for reasons in subsets(&kinds) {
-            // Only situations the machine can be in: active has no reason, degraded has one.
+        for (reasons, hold) in subsets(&kinds).into_iter().flat_map(|reasons| {
+            [None, Some(SignalSet::NONE), Some(exits)].map(|hold| (reasons, hold))
+        }) {
+            // Only situations the machine can be in: active has no reason, degraded has one;
+            // only paused is paused once serving.
             let possible = match state_name {
-                "active" => reasons.is_empty(),
-                "degraded" => !reasons.is_empty(),
-                "starting" | "recovering" => true,
+                "active" => reasons.is_empty() && hold.is_none(),
+                "degraded" => !reasons.is_empty() && hold.is_none(),
+                "paused" => hold.is_some(),
                 _ => true,
             };
             if !possible {
@@ -347,8 +355,11 @@ fn lifecycle_machine_conforms() {
             }
             for event in &events {
                 let mut outbox = Outbox::default();
-                let mut machine =
-                    Lifecycle::new(accepts_while).machine_at(state, reasons, &mut outbox);
+                let mut machine = Lifecycle::new(accepts_while).with_hold(hold).machine_at(
+                    state,
+                    reasons,
+                    &mut outbox,
+                );
                 outbox.clear();
                 outbox.begin(event.name());
                 machine.handle_with_context(event, &mut outbox);
@@ -364,10 +375,18 @@ fn lifecycle_machine_conforms() {
                     let rest = reasons.without(kind);
                     let recovery_due =
                         reasons.contains(kind) && kind.needs_recovery() && !rest.needs_recovery();
+                    let paused = hold.is_some();
                     match when {
-                        "it leaves stored state in doubt" => kind.needs_recovery(),
-                        "every reason is one recovery answers" => reasons.iter().all(FailureKind::needs_recovery),
-                        "a reason recovery cannot answer remains" => !reasons.iter().all(FailureKind::needs_recovery),
+                        "it leaves stored state in doubt, and trading is not paused" => kind.needs_recovery() && !paused,
+                        "it leaves stored state in doubt, and the operator paused trading" => kind.needs_recovery() && paused,
+                        "trading is not paused, and every reason is one recovery answers" => !paused && reasons.iter().all(FailureKind::needs_recovery),
+                        "trading is not paused, and a reason recovery cannot answer remains" => !paused && !reasons.iter().all(FailureKind::needs_recovery),
+                        "the operator paused trading" => paused,
+                        "a reason needs recovery" => reasons.needs_recovery(),
+                        "it changes what the pause lets through" => matches!(event, LifecycleEvent::Paused { allows } if hold != Some(*allows)),
+                        "no reason remains" => reasons.is_empty(),
+                        "reasons remain" => !reasons.is_empty(),
+                        "it is a reason, and recovery is not due" => reasons.contains(kind) && !recovery_due,
                         "it is a reason that needs recovery" => reasons.contains(kind) && kind.needs_recovery(),
                         "a reason needs recovery, and every reason is one recovery answers" => reasons.needs_recovery() && reasons.iter().all(FailureKind::needs_recovery),
                         "a reason needs recovery, and a reason recovery cannot answer remains" => reasons.needs_recovery() && !reasons.iter().all(FailureKind::needs_recovery),
@@ -380,7 +399,8 @@ fn lifecycle_machine_conforms() {
                         other => panic!("machines/lifecycle.toml: the conformance test does not know the condition {other:?}"),
                     }
                 };
-                let situation = format!("lifecycle degraded by [{reasons}], event {event:?}");
+                let situation =
+                    format!("lifecycle degraded by [{reasons}], paused {hold:?}, event {event:?}");
                 check(
                     &spec,
                     &situation,
@@ -397,7 +417,7 @@ fn lifecycle_machine_conforms() {
                 );
                 // The positions are known once served, after a recovery, or after one whose
                 // only finding was a failed consistency check.
-                let loaded = matches!(state_name, "active" | "degraded")
+                let loaded = matches!(state_name, "active" | "degraded" | "paused")
                     || *event == LifecycleEvent::Recovered
                     || matches!(
                         event,
@@ -469,7 +489,7 @@ fn check_commands(
     }
     let expected = match state.name() {
         "active" => SignalSet::ALL,
-        "degraded" => machine.accepts(machine.reasons()),
+        "degraded" | "paused" => machine.accepts(machine.reasons()),
         _ => SignalSet::NONE,
     };
     assert_eq!(accepted, expected, "{situation}");
@@ -480,15 +500,24 @@ fn check_commands(
             "{situation}: accepts signals before a recovery read the positions"
         );
     }
-    if state.name() == "degraded" && accepted != SignalSet::NONE {
-        let intersection = machine.reasons().iter().fold(SignalSet::ALL, |set, kind| {
-            set.intersect(accepts_while[kind.index()])
-        });
+    if matches!(state.name(), "degraded" | "paused") && accepted != SignalSet::NONE {
+        let hold = machine.hold().unwrap_or(SignalSet::ALL);
+        let intersection = machine
+            .reasons()
+            .iter()
+            .fold(hold, |set, kind| set.intersect(accepts_while[kind.index()]));
         assert_eq!(
-            accepted, intersection,
-            "{situation}: degraded accepts more than every reason allows"
+            accepted,
+            intersection,
+            "{situation}: {} accepts more than every reason and the pause allow",
+            state.name()
         );
     }
+    assert_eq!(
+        state.name() == "paused",
+        machine.hold().is_some() && state.is_serving(),
+        "{situation}: serving paused exactly while the operator's pause holds"
+    );
     for transition in &outbox.transitions {
         if let Some(named) = vigil::machines::named_accept_set(&transition.message) {
             assert_eq!(
@@ -508,7 +537,7 @@ fn check_commands(
             )
         }
         ("stopped", _, last) => assert_eq!(last, Some(&Command::Exit { code: 0 }), "{situation}"),
-        ("degraded", _, Some(Command::Serve { heartbeat })) => assert_eq!(
+        ("degraded" | "paused", _, Some(Command::Serve { heartbeat })) => assert_eq!(
             *heartbeat,
             !machine.reasons().contains(FailureKind::DbUnavailable),
             "{situation}: the database heartbeat runs unless the database is a reason"

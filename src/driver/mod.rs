@@ -13,7 +13,7 @@ use crate::machines::failure::{self, FailureEvent, FailureResponse};
 use crate::machines::lifecycle::{self, Lifecycle, LifecycleEvent, Reasons};
 use crate::machines::{Command, Escalation, Level, MachineName, Outbox, Transition};
 use crate::policy::Policy;
-use crate::vocabulary::{FailureKind, SignalSet};
+use crate::vocabulary::{FailureKind, SignalSet, SignalType};
 use rust_decimal::Decimal;
 use serde::Serialize;
 use statig::blocking::InitializedStateMachine;
@@ -43,6 +43,13 @@ pub enum Input {
     Stop,
     /// Every signal in flight has finished (`drained`).
     Drained,
+    /// The operator paused trading (`pause`), or everything but exits (`pause_exits_only`).
+    Pause {
+        /// Whether exits still go through.
+        exits_only: bool,
+    },
+    /// The operator lifted the pause (`resume`).
+    Resume,
 }
 
 /// Failure kinds that are a dependency which can come back, with the name of its input.
@@ -58,7 +65,13 @@ impl Input {
         let mut inputs = vec![Input::Started, Input::Recovered];
         inputs.extend(FailureKind::ALL.map(Input::Failure));
         inputs.extend(RESTORABLE.map(|(kind, _)| Input::Restored(kind)));
-        inputs.extend([Input::Stop, Input::Drained]);
+        inputs.extend([
+            Input::Stop,
+            Input::Drained,
+            Input::Pause { exits_only: false },
+            Input::Pause { exits_only: true },
+            Input::Resume,
+        ]);
         inputs
     }
 
@@ -74,6 +87,9 @@ impl Input {
                 .map_or("restored", |(_, name)| name),
             Input::Stop => "stop",
             Input::Drained => "drained",
+            Input::Pause { exits_only: false } => "pause",
+            Input::Pause { exits_only: true } => "pause_exits_only",
+            Input::Resume => "resume",
         }
     }
 
@@ -271,6 +287,14 @@ impl Driver {
                 Input::Restored(kind) => self.send_failure(kind, FailureEvent::Succeeded),
                 Input::Stop => self.send_lifecycle(&LifecycleEvent::Stop),
                 Input::Drained => self.send_lifecycle(&LifecycleEvent::Drained),
+                Input::Pause { exits_only } => {
+                    let allows = match exits_only {
+                        true => SignalSet::NONE.with(SignalType::Exit),
+                        false => SignalSet::NONE,
+                    };
+                    self.send_lifecycle(&LifecycleEvent::Paused { allows });
+                }
+                Input::Resume => self.send_lifecycle(&LifecycleEvent::Resumed),
             }
         }
         self.finish(Cause::Input { input })
@@ -338,7 +362,9 @@ impl Driver {
     pub fn accepts(&self) -> SignalSet {
         match self.state() {
             lifecycle::State::Active {} => SignalSet::ALL,
-            lifecycle::State::Degraded {} => self.lifecycle.inner().accepts(self.reasons()),
+            lifecycle::State::Degraded {} | lifecycle::State::Paused {} => {
+                self.lifecycle.inner().accepts(self.reasons())
+            }
             _ => SignalSet::NONE,
         }
     }

@@ -4,11 +4,14 @@
 //! starting -> recovering -> active | degraded     (active and degraded are both "serving")
 //! degraded -> recovering -> active                (a lost dependency returned)
 //! any running state -> stopping -> stopped        (graceful shutdown, exit 0)
+//! active | degraded -> paused -> active | degraded (the operator's kill switch)
 //! any running state -> crashed                    (halt, exit with the policy's code)
 //! ```
 //!
 //! The lifecycle keeps the set of reasons it is degraded for. While degraded it accepts only
-//! the signal types that every current reason allows (the policy's `[degraded]` table).
+//! the signal types that every current reason allows (the policy's `[degraded]` table). While
+//! the operator pauses trading (`vigil pause`) it is `paused`, and accepts at most what the
+//! pause allows (nothing, or exits only) within what every reason allows.
 
 use super::{Command, Level, MachineName, Outbox};
 use crate::vocabulary::{FailureKind, SignalSet};
@@ -52,11 +55,19 @@ pub enum LifecycleEvent {
     Stop,
     /// Every signal in flight has finished.
     Drained,
+    /// The operator paused trading (`vigil pause`): nothing is applied beyond `allows`
+    /// (nothing, or exits only) until resumed.
+    Paused {
+        /// What the pause still lets through.
+        allows: SignalSet,
+    },
+    /// The operator lifted the pause (`vigil resume`).
+    Resumed,
 }
 
 impl LifecycleEvent {
     /// Every event name, in spec order.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 10] = [
         "started",
         "recovered",
         "suspected",
@@ -65,6 +76,8 @@ impl LifecycleEvent {
         "halt",
         "stop",
         "drained",
+        "paused",
+        "resumed",
     ];
 
     /// The name used in specs and log fields.
@@ -78,6 +91,8 @@ impl LifecycleEvent {
             LifecycleEvent::Halt { .. } => "halt",
             LifecycleEvent::Stop => "stop",
             LifecycleEvent::Drained => "drained",
+            LifecycleEvent::Paused { .. } => "paused",
+            LifecycleEvent::Resumed => "resumed",
         }
     }
 }
@@ -153,6 +168,10 @@ pub struct Lifecycle {
     /// has, the positions are not known, so nothing is accepted whatever the policy's
     /// `[degraded]` table allows.
     loaded: bool,
+    /// What the operator's pause still allows (nothing, or exits only); `None` while trading
+    /// is not paused. Kept while starting, recovering or stopping, so that an instance that
+    /// was paused serves paused once recovered, and never `active` in between.
+    hold: Option<SignalSet>,
 }
 
 #[state_machine(
@@ -188,6 +207,16 @@ impl Lifecycle {
             // instance serves degraded if it is still being retried once recovery ends.
             LifecycleEvent::Suspected { kind } => {
                 self.reasons = self.reasons.with(*kind);
+                Handled
+            }
+            // Before serving, or while stopping: remember the pause (or its end), so that
+            // the instance serves paused once recovered.
+            LifecycleEvent::Paused { allows } => {
+                self.hold = Some(*allows);
+                Handled
+            }
+            LifecycleEvent::Resumed => {
+                self.hold = None;
                 Handled
             }
             _ => Handled,
@@ -234,7 +263,7 @@ impl Lifecycle {
         }
     }
 
-    /// Active and degraded: the webhook listener is open.
+    /// Active, degraded and paused: the webhook listener is open.
     #[superstate(superstate = "running")]
     fn serving() -> Outcome<State> {
         Super
@@ -250,6 +279,7 @@ impl Lifecycle {
             LifecycleEvent::Suspected { kind } => {
                 self.degrade(context, *kind, "retrying", "serving degraded")
             }
+            LifecycleEvent::Paused { allows } => self.pause(context, *allows),
             _ => Super,
         }
     }
@@ -296,6 +326,70 @@ impl Lifecycle {
             LifecycleEvent::Cleared { .. } => Handled,
             // A watch re-ran recovery for a tolerated reason and it passed.
             LifecycleEvent::Recovered if self.reasons.needs_recovery() => self.recovered(context),
+            LifecycleEvent::Paused { allows } => self.pause(context, *allows),
+            _ => Super,
+        }
+    }
+
+    /// Paused by the operator: accepts at most what the pause allows, within what every
+    /// reason allows; failures still come and go underneath.
+    #[state(superstate = "serving", entry_action = "enter_paused")]
+    fn paused(&mut self, context: &mut Outbox, event: &LifecycleEvent) -> Outcome<State> {
+        match event {
+            LifecycleEvent::Paused { allows } if self.hold != Some(*allows) => {
+                self.hold = Some(*allows);
+                let message = format!(
+                    "pause changed by the operator; accepting {}",
+                    self.accepts(self.reasons)
+                );
+                context.note(Level::Warn, None, message);
+                Transition(State::paused())
+            }
+            LifecycleEvent::Paused { .. } => Handled,
+            LifecycleEvent::Resumed => {
+                self.hold = None;
+                if self.reasons.is_empty() {
+                    let message = "resumed by the operator; accepting all signals".to_string();
+                    context.note(Level::Info, None, message);
+                    Transition(State::active())
+                } else {
+                    let message = format!(
+                        "resumed by the operator; still degraded by {}; accepting {}",
+                        self.reasons,
+                        self.accepts(self.reasons)
+                    );
+                    context.note(Level::Warn, None, message);
+                    Transition(State::degraded())
+                }
+            }
+            LifecycleEvent::Tolerated { kind, warning } if !self.reasons.contains(*kind) => {
+                self.degrade(context, *kind, warning, "still paused, now also")
+            }
+            LifecycleEvent::Suspected { kind } if !self.reasons.contains(*kind) => {
+                self.degrade(context, *kind, "retrying", "still paused, now also")
+            }
+            LifecycleEvent::Tolerated { .. } | LifecycleEvent::Suspected { .. } => Handled,
+            LifecycleEvent::Cleared { kind } if self.reasons.contains(*kind) => {
+                let remaining = self.reasons.without(*kind);
+                self.reasons = remaining;
+                if kind.needs_recovery() && !remaining.needs_recovery() {
+                    context.note(
+                        Level::Info,
+                        Some(*kind),
+                        format!("{kind} cleared; recovering state again"),
+                    );
+                    Transition(State::recovering())
+                } else {
+                    let message = format!(
+                        "{kind} cleared; still paused; accepting {}",
+                        self.accepts(remaining)
+                    );
+                    context.note(Level::Info, Some(*kind), message);
+                    Transition(State::paused())
+                }
+            }
+            LifecycleEvent::Cleared { .. } => Handled,
+            LifecycleEvent::Recovered if self.reasons.needs_recovery() => self.recovered(context),
             _ => Super,
         }
     }
@@ -317,6 +411,7 @@ impl Lifecycle {
             LifecycleEvent::Stop
             | LifecycleEvent::Tolerated { .. }
             | LifecycleEvent::Suspected { .. } => Handled,
+            // `running` remembers a pause or its end; nothing new is accepted either way.
             _ => Super,
         }
     }
@@ -356,6 +451,7 @@ impl Lifecycle {
             "active with degraded reasons {}",
             self.reasons
         );
+        assert!(self.hold.is_none(), "active while paused");
         self.enter(context, State::active(), SignalSet::ALL);
         context.commands.push(Command::Serve { heartbeat: true });
     }
@@ -363,7 +459,17 @@ impl Lifecycle {
     #[action]
     fn enter_degraded(&mut self, context: &mut Outbox) {
         assert!(!self.reasons.is_empty(), "degraded without a reason");
+        assert!(self.hold.is_none(), "degraded while paused");
         self.enter(context, State::degraded(), self.accepts(self.reasons));
+        context.commands.push(Command::Serve {
+            heartbeat: !self.reasons.contains(FailureKind::DbUnavailable),
+        });
+    }
+
+    #[action]
+    fn enter_paused(&mut self, context: &mut Outbox) {
+        assert!(self.hold.is_some(), "paused without a pause");
+        self.enter(context, State::paused(), self.accepts(self.reasons));
         context.commands.push(Command::Serve {
             heartbeat: !self.reasons.contains(FailureKind::DbUnavailable),
         });
@@ -398,7 +504,16 @@ impl Lifecycle {
             reasons: Reasons::NONE,
             exit_code: 1,
             loaded: false,
+            hold: None,
         }
+    }
+
+    /// The same lifecycle, paused by the operator with `hold` let through (`None`: not
+    /// paused); for dry-runs and tests that start mid-way.
+    #[must_use]
+    pub fn with_hold(mut self, hold: Option<SignalSet>) -> Lifecycle {
+        self.hold = hold;
+        self
     }
 
     /// The same lifecycle, crashing with `exit_code` (for dry-runs that start crashed).
@@ -418,7 +533,11 @@ impl Lifecycle {
     ) -> InitializedStateMachine<Lifecycle> {
         self.reasons = reasons;
         // A serving state is only reached through a recovery that read the positions.
-        self.loaded = matches!(state, State::Active {} | State::Degraded {});
+        self.loaded = state.is_serving();
+        // A paused start with no pause named holds everything back.
+        if matches!(state, State::Paused {}) && self.hold.is_none() {
+            self.hold = Some(SignalSet::NONE);
+        }
         let mut machine = self.uninitialized_state_machine();
         *machine.state_mut() = state;
         machine.init_with_context(context)
@@ -434,15 +553,22 @@ impl Lifecycle {
         self.exit_code
     }
 
-    /// What is accepted while degraded for all of `reasons`: only what each allows, and
-    /// nothing before a recovery has read the positions.
+    /// What the operator's pause lets through; `None` while trading is not paused.
+    pub fn hold(&self) -> Option<SignalSet> {
+        self.hold
+    }
+
+    /// What is accepted while degraded for all of `reasons`: only what each allows, within
+    /// what the operator's pause allows, and nothing before a recovery has read the positions.
     pub fn accepts(&self, reasons: Reasons) -> SignalSet {
         if !self.loaded {
             return SignalSet::NONE;
         }
-        reasons.iter().fold(SignalSet::ALL, |set, kind| {
-            set.intersect(self.accepts_while[kind.index()])
-        })
+        reasons
+            .iter()
+            .fold(self.hold.unwrap_or(SignalSet::ALL), |set, kind| {
+                set.intersect(self.accepts_while[kind.index()])
+            })
     }
 
     /// Publishes `state` and what it accepts: always the first command of an entry, so
@@ -468,7 +594,14 @@ impl Lifecycle {
             .iter()
             .filter(|kind| !kind.needs_recovery())
             .collect();
-        if self.reasons.is_empty() {
+        if self.hold.is_some() {
+            let message = format!(
+                "recovery complete; paused by the operator; accepting {}",
+                self.accepts(self.reasons)
+            );
+            context.note(Level::Warn, None, message);
+            Transition(State::paused())
+        } else if self.reasons.is_empty() {
             context.note(
                 Level::Info,
                 None,
@@ -506,6 +639,8 @@ impl Lifecycle {
         self.reasons.contains(kind) && kind.needs_recovery()
     }
 
+    /// `kind` narrows what is accepted: degraded, or still paused while the operator's
+    /// pause holds.
     fn degrade(
         &mut self,
         context: &mut Outbox,
@@ -519,7 +654,21 @@ impl Lifecycle {
             self.accepts(self.reasons)
         );
         context.note(Level::Warn, Some(kind), message);
-        Transition(State::degraded())
+        match self.hold {
+            Some(_) => Transition(State::paused()),
+            None => Transition(State::degraded()),
+        }
+    }
+
+    /// The operator paused trading: serve paused, letting through at most `allows`.
+    fn pause(&mut self, context: &mut Outbox, allows: SignalSet) -> Outcome<State> {
+        self.hold = Some(allows);
+        let message = format!(
+            "paused by the operator; accepting {}",
+            self.accepts(self.reasons)
+        );
+        context.note(Level::Warn, None, message);
+        Transition(State::paused())
     }
 
     /// A failure tolerated before the instance serves: if it leaves stored state in doubt
@@ -534,7 +683,11 @@ impl Lifecycle {
             if kind.found_with_positions_read() {
                 self.loaded = true;
             }
-            return self.degrade(context, kind, warning, "serving degraded");
+            let lead = match self.hold {
+                Some(_) => "serving paused, and degraded",
+                None => "serving degraded",
+            };
+            return self.degrade(context, kind, warning, lead);
         }
         self.reasons = self.reasons.with(kind);
         Handled
@@ -547,11 +700,12 @@ impl Lifecycle {
 
 impl State {
     /// Every state name, in spec order.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "starting",
         "recovering",
         "active",
         "degraded",
+        "paused",
         "stopping",
         "stopped",
         "crashed",
@@ -564,6 +718,7 @@ impl State {
             State::Recovering {} => "recovering",
             State::Active {} => "active",
             State::Degraded {} => "degraded",
+            State::Paused {} => "paused",
             State::Stopping {} => "stopping",
             State::Stopped {} => "stopped",
             State::Crashed {} => "crashed",
@@ -582,6 +737,7 @@ impl State {
             "recovering" => State::recovering(),
             "active" => State::active(),
             "degraded" => State::degraded(),
+            "paused" => State::paused(),
             "stopping" => State::stopping(),
             "stopped" => State::stopped(),
             "crashed" => State::crashed(),
@@ -594,9 +750,12 @@ impl State {
         matches!(self, State::Stopped {} | State::Crashed {})
     }
 
-    /// Whether the instance serves (the `serving` superstate: active or degraded).
+    /// Whether the instance serves (the `serving` superstate: active, degraded or paused).
     pub const fn is_serving(&self) -> bool {
-        matches!(self, State::Active {} | State::Degraded {})
+        matches!(
+            self,
+            State::Active {} | State::Degraded {} | State::Paused {}
+        )
     }
 
     /// Whether the instance is ending: stopping, stopped or crashed.
