@@ -48,6 +48,8 @@ pub struct Deployment {
     pub webhook_passphrase: Option<String>,
     /// Who may send webhooks, and how signed ones are checked (`[webhook]`).
     pub webhook: WebhookSettings,
+    /// Where notifications go (`[[notify]]`), secrets not yet read.
+    pub notify: Vec<crate::notify::SinkSpec>,
 }
 
 impl std::fmt::Debug for Deployment {
@@ -72,6 +74,7 @@ impl std::fmt::Debug for Deployment {
             .field("journal_dir", &self.journal_dir)
             .field("webhook_passphrase", &redacted(&self.webhook_passphrase))
             .field("webhook", &self.webhook)
+            .field("notify", &self.notify)
             .finish()
     }
 }
@@ -127,6 +130,110 @@ struct RawDeployment {
     instruments: BTreeMap<String, RawInstrument>,
     #[serde(default)]
     webhook: RawWebhook,
+    #[serde(default)]
+    notify: Vec<RawNotify>,
+}
+
+/// One `[[notify]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNotify {
+    name: Option<String>,
+    kind: Spanned<String>,
+    webhook_url: Option<Spanned<String>>,
+    webhook_url_env: Option<String>,
+    bot_token: Option<Spanned<String>>,
+    bot_token_env: Option<String>,
+    chat_id: Option<String>,
+    api_url: Option<String>,
+    events: Option<Vec<Spanned<String>>>,
+}
+
+/// The kinds of `[[notify]]` sink.
+const NOTIFY_KINDS: [&str; 4] = ["webhook", "slack", "discord", "telegram"];
+
+/// Reads the `[[notify]]` tables, adding a diagnostic for each that cannot be used; a
+/// diagnostic never shows a webhook URL or a bot token.
+fn notify_sinks(file: &mut Collector<'_>, raw: Vec<RawNotify>) -> Vec<crate::notify::SinkSpec> {
+    use crate::notify::{Event, SecretSource, SinkSpec, TELEGRAM_API_URL};
+    let mut sinks = Vec::new();
+    for (index, raw) in raw.into_iter().enumerate() {
+        let kind = raw.kind.get_ref().trim().to_string();
+        if !NOTIFY_KINDS.contains(&kind.as_str()) {
+            let hint = crate::diagnostic::did_you_mean(&kind, &NOTIFY_KINDS, "the kinds");
+            file.report(
+                Some(raw.kind.span()),
+                format!("notify.kind = {kind:?} is not a kind of sink vigil sends to"),
+                Some(hint),
+            );
+            continue;
+        }
+        let name = raw.name.unwrap_or_else(|| format!("{kind} {}", index + 1));
+        let secret = |inline: Option<Spanned<String>>, env: Option<String>| match (inline, env) {
+            (_, Some(env)) => Some(SecretSource::Env(env)),
+            (Some(inline), None) => Some(SecretSource::Inline(inline.into_inner())),
+            (None, None) => None,
+        };
+        let webhook_url = secret(raw.webhook_url, raw.webhook_url_env);
+        let bot_token = secret(raw.bot_token, raw.bot_token_env);
+        let needs = match kind.as_str() {
+            "telegram" => [
+                (bot_token.is_none(), "bot_token_env (or bot_token)"),
+                (raw.chat_id.is_none(), "chat_id"),
+            ],
+            _ => [
+                (webhook_url.is_none(), "webhook_url_env (or webhook_url)"),
+                (false, ""),
+            ],
+        };
+        for (missing, key) in needs {
+            if missing {
+                file.report(
+                    Some(raw.kind.span()),
+                    format!("the {kind} sink {name:?} needs {key}"),
+                    Some("secrets are best read from the environment: name the variable with the _env key".into()),
+                );
+            }
+        }
+        let events = match raw.events {
+            None => Event::ALL.to_vec(),
+            Some(names) => {
+                let known = Event::ALL.map(Event::as_str);
+                names
+                    .iter()
+                    .filter_map(|name| {
+                        let parsed = Event::parse(name.get_ref().trim());
+                        if parsed.is_none() {
+                            let hint = crate::diagnostic::did_you_mean(
+                                name.get_ref(),
+                                &known,
+                                "the events",
+                            );
+                            file.report(
+                                Some(name.span()),
+                                format!(
+                                    "notify.events: {:?} is not an event vigil notifies",
+                                    name.get_ref()
+                                ),
+                                Some(hint),
+                            );
+                        }
+                        parsed
+                    })
+                    .collect()
+            }
+        };
+        sinks.push(SinkSpec {
+            name,
+            kind,
+            webhook_url,
+            bot_token,
+            chat_id: raw.chat_id,
+            api_url: raw.api_url.unwrap_or_else(|| TELEGRAM_API_URL.to_string()),
+            events,
+        });
+    }
+    sinks
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -365,6 +472,7 @@ impl Deployment {
             }
         });
         let webhook = webhook_settings(&mut file, raw.webhook);
+        let notify = notify_sinks(&mut file, raw.notify);
         let operator_token = operator_token(&mut file, raw.operator_token);
         let base = path.parent().unwrap_or(Path::new(""));
         file.finish(Some(Deployment {
@@ -380,6 +488,7 @@ impl Deployment {
             journal_dir: raw.journal_dir,
             webhook_passphrase: raw.webhook_passphrase,
             webhook,
+            notify,
         }))
     }
 
@@ -418,6 +527,64 @@ mod tests {
     use super::*;
 
     /// (what, the [webhook] table, the problems it reports, each a piece of its message)
+    /// Parses `source`: with `problems`, it must be refused with exactly those (each a piece
+    /// of one message), never showing `secret`; without, it must be accepted, and is
+    /// returned.
+    fn check(what: &str, source: &str, problems: &[&str], secret: &str) -> Option<Deployment> {
+        match Deployment::parse(Path::new("vigil.toml"), source) {
+            Ok(deployment) => {
+                assert!(problems.is_empty(), "{what}: accepted");
+                Some(deployment)
+            }
+            Err(diagnostics) => {
+                let shown = diagnostics.to_string();
+                assert_eq!(diagnostics.0.len(), problems.len(), "{what}: {shown}");
+                for problem in problems {
+                    assert!(shown.contains(problem), "{what}: {shown}");
+                }
+                assert!(
+                    !shown.contains(secret),
+                    "{what}: a secret was shown: {shown}"
+                );
+                None
+            }
+        }
+    }
+
+    #[test]
+    fn notify_tables() {
+        let secret = "https://hooks.example/T000/B000/XXXXsecret";
+        #[rustfmt::skip]
+        let cases: &[(&str, String, &[&str])] = &[
+            ("a webhook with every event", format!("kind = \"webhook\"\nwebhook_url = \"{secret}\""), &[]),
+            ("a slack hook from the environment", "kind = \"slack\"\nwebhook_url_env = \"VIGIL_SLACK_URL\"\nevents = [\"halted\"]".into(), &[]),
+            ("telegram", "kind = \"telegram\"\nbot_token_env = \"VIGIL_BOT\"\nchat_id = \"-1001\"".into(), &[]),
+            ("an unknown kind", "kind = \"pager\"".into(), &["is not a kind of sink vigil sends to"]),
+            ("a hook with no URL", "kind = \"discord\"".into(), &["needs webhook_url_env (or webhook_url)"]),
+            ("telegram with no chat", "kind = \"telegram\"\nbot_token_env = \"VIGIL_BOT\"".into(), &["needs chat_id"]),
+            ("an unknown event", format!("kind = \"webhook\"\nwebhook_url = \"{secret}\"\nevents = [\"halt\"]"), &["\"halt\" is not an event vigil notifies"]),
+            ("an unknown key", format!("kind = \"webhook\"\nurl = \"{secret}\""), &["unknown field `url`"]),
+        ];
+        for (what, table, problems) in cases {
+            let source = format!("[[notify]]\n{table}\n");
+            if let Some(deployment) = check(what, &source, problems, "XXXXsecret") {
+                assert_eq!(deployment.notify.len(), 1, "{what}");
+                assert!(!format!("{deployment:?}").contains("XXXXsecret"), "{what}");
+            }
+        }
+        let env = |name: &str| (name == "VIGIL_BOT").then(|| "123:abc".to_string());
+        let parsed = Deployment::parse(
+            Path::new("vigil.toml"),
+            "[[notify]]\nkind = \"telegram\"\nbot_token_env = \"VIGIL_BOT\"\nchat_id = \"7\"\n\n[[notify]]\nkind = \"slack\"\nwebhook_url_env = \"VIGIL_UNSET\"\n",
+        )
+        .unwrap();
+        let telegram = parsed.notify[0].resolve(&env).unwrap();
+        assert_eq!(telegram.name, "telegram 1");
+        assert_eq!(telegram.events.len(), crate::notify::Event::ALL.len());
+        let unset = parsed.notify[1].resolve(&env).unwrap_err();
+        assert_eq!(unset, "the environment variable VIGIL_UNSET is not set");
+    }
+
     #[test]
     fn webhook_tables() {
         #[rustfmt::skip]
@@ -433,24 +600,10 @@ mod tests {
         ];
         for (what, table, problems) in cases {
             let source = format!("[webhook]\n{table}\n");
-            match Deployment::parse(Path::new("vigil.toml"), &source) {
-                Ok(deployment) => {
-                    assert!(problems.is_empty(), "{what}: accepted");
-                    let sources = deployment.webhook.sources;
-                    assert_eq!(sources.allow.map(|allow| allow.len()), Some(5), "{what}");
-                    assert_eq!(sources.trusted_proxies.len(), 1, "{what}");
-                }
-                Err(diagnostics) => {
-                    let shown = diagnostics.to_string();
-                    assert_eq!(diagnostics.0.len(), problems.len(), "{what}: {shown}");
-                    for problem in *problems {
-                        assert!(shown.contains(problem), "{what}: {shown}");
-                    }
-                    assert!(
-                        !shown.contains("short-secret"),
-                        "{what}: a key was shown: {shown}"
-                    );
-                }
+            if let Some(deployment) = check(what, &source, problems, "short-secret") {
+                let sources = deployment.webhook.sources;
+                assert_eq!(sources.allow.map(|allow| allow.len()), Some(5), "{what}");
+                assert_eq!(sources.trusted_proxies.len(), 1, "{what}");
             }
         }
     }

@@ -116,7 +116,14 @@ impl fmt::Display for Diagnostic {
 }
 
 /// Parts of a key whose value is a secret: a line setting one is never shown as written.
-const SECRET_KEY_PARTS: [&str; 5] = ["passphrase", "password", "token", "secret", "keys"];
+const SECRET_KEY_PARTS: [&str; 6] = [
+    "passphrase",
+    "password",
+    "token",
+    "secret",
+    "keys",
+    "webhook_url",
+];
 
 /// Whether `text` names a secret key anywhere.
 fn mentions_secret(text: &str) -> bool {
@@ -161,12 +168,36 @@ fn conceal(line: &str, before: &str) -> (String, Option<(String, String)>) {
     if keys.any(|key| !key.contains("://") && mentions_secret(key)) {
         let hidden = (!written.is_empty()).then(|| (written.to_string(), redacted()));
         (format!("{key}= <redacted>"), hidden)
+    } else if value.contains("://") && !STORE_URL_KEYS.contains(&key.trim()) {
+        // Any other URL may carry a token in its path (a Slack or Discord webhook): only
+        // its scheme and host are shown.
+        let shown = url_host_only(written);
+        let hidden = (shown != written).then(|| (written.to_string(), shown.clone()));
+        (format!("{key}= \"{shown}\""), hidden)
     } else if value.contains("://") {
         let shown = crate::store::redact(written);
         let hidden = (shown != written).then(|| (written.to_string(), shown));
         (format!("{key}={}", crate::store::redact(value)), hidden)
     } else {
         (line.to_string(), None)
+    }
+}
+
+/// The keys whose URLs are shown with only their password masked: their paths name a
+/// database, which a diagnostic should show.
+const STORE_URL_KEYS: [&str; 2] = ["database_url", "redis_url"];
+
+/// `url` with everything after its host hidden: `https://hooks.example/<redacted>`.
+fn url_host_only(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<redacted>".to_string();
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or("");
+    // A user or password before the host goes too.
+    let host = host.rsplit('@').next().unwrap_or(host);
+    match rest.len() > host.len() {
+        true => format!("{scheme}://{host}/<redacted>"),
+        false => format!("{scheme}://{host}"),
     }
 }
 

@@ -6,6 +6,7 @@ use crate::coordination::Coordination;
 use crate::driver::Input;
 use crate::machines::{lifecycle, Transition};
 use crate::recovery::Receipt;
+use crate::store::operations::Pause;
 use crate::store::AnyStore;
 use crate::vocabulary::SignalSet;
 use serde::Serialize;
@@ -109,6 +110,12 @@ pub struct Shared {
     /// most every few seconds, so no rate of status calls becomes a rate of scans. Emptied
     /// when this instance applies a signal.
     pub counts: Mutex<Option<(tokio::time::Instant, (i64, i64))>>,
+    /// The operator's kill switch as last read from the database (at recovery, at every
+    /// heartbeat, or set through this instance's operator endpoint). The intake obeys it at
+    /// once, before the lifecycle has heard.
+    pub pause: watch::Sender<Pause>,
+    /// Tells the operator's sinks what happened (none configured: nothing is sent).
+    pub notifier: crate::notify::Notifier,
 }
 
 impl Shared {
@@ -141,7 +148,16 @@ impl Shared {
             leadership: watch::Sender::new(None),
             journal: watch::Sender::new(crate::intake::JournalStatus::default()),
             counts: Mutex::new(None),
+            pause: watch::Sender::new(Pause::None),
+            notifier: crate::notify::Notifier::none(),
         }
+    }
+
+    /// The same shared state, notifying through `notifier`.
+    #[must_use]
+    pub fn with_notifier(mut self, notifier: crate::notify::Notifier) -> Shared {
+        self.notifier = notifier;
+        self
     }
 
     /// The lifecycle view now.
@@ -157,6 +173,38 @@ impl Shared {
     /// The store, if connected.
     pub fn store(&self) -> Option<AnyStore> {
         self.store.borrow().clone()
+    }
+
+    /// Takes the operator's kill switch as read (or set here): the intake obeys it from now
+    /// on, and the machines hear it when it changed, or when the lifecycle does not show it
+    /// yet (an input that found the queue full is sent again at the next reading).
+    pub fn heard_pause(&self, pause: Pause) {
+        let changed = self.pause.send_if_modified(|held| {
+            let changed = *held != pause;
+            *held = pause;
+            changed
+        });
+        if changed {
+            tracing::warn!(target: "vigil::operator", instance = %self.instance, "the operator's kill switch is now {}", pause.as_str());
+        }
+        match (changed, pause) {
+            (false, _) => {}
+            (true, Pause::None) => self.notifier.notify(
+                crate::notify::Event::Resumed,
+                "trading resumed by the operator",
+            ),
+            (true, pause) => self.notifier.notify(
+                crate::notify::Event::Paused,
+                format!("trading paused by the operator ({})", pause.as_str()),
+            ),
+        }
+        let view = self.view();
+        let shown = matches!(view.state, lifecycle::State::Paused {});
+        let behind = view.state.is_serving() && shown != (pause != Pause::None);
+        if changed || behind {
+            // A full queue: the next reading of the switch sends it again.
+            let _ = self.inputs.try_send(pause.input());
+        }
     }
 
     /// Remembers a transition for `/status`.

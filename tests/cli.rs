@@ -133,7 +133,7 @@ const CASES: &[(&str, &[&str], i32)] = &[
         &[
             "dry-run",
             "--policy",
-            "tests/data/valid_policies/exit_code_7.toml",
+            "tests/data/valid_policies/exit_code_9.toml",
             "--from",
             "crashed",
             "--reason",

@@ -251,7 +251,7 @@ const CASES: &[Case] = &[
            events: "started,validation_failed" },
     Case { name: "validation fails once, retried", policy: "tests/data/valid_policies/retry_validation.toml", lost: None, failing: Some(1), how: How::Exact,
            events: "started,validation_failed,recovered" },
-    Case { name: "broker fails for ever, the policy's own exit code", policy: "tests/data/valid_policies/broker_halts_7.toml", lost: BROKER, failing: None, how: How::Exact,
+    Case { name: "broker fails for ever, the policy's own exit code", policy: "tests/data/valid_policies/broker_halts_9.toml", lost: BROKER, failing: None, how: How::Exact,
            events: "started,recovered,broker_unavailable" },
     Case { name: "broker hangs for ever, strict", policy: "policies/strict.toml", lost: BROKER, failing: None, how: How::Hangs,
            events: "started,recovered,broker_unavailable" },

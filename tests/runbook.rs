@@ -17,6 +17,7 @@ use vigil::intake::{JOURNAL_APPEND_TIMEOUT, JOURNAL_PENDING};
 use vigil::policy::{Policy, RESERVED_EXIT_CODES};
 use vigil::recovery::{self, Terms};
 use vigil::shutdown::{forced_line, Left};
+use vigil::store::operations::PreviousEnd;
 use vigil::store::{PortfolioRow, RecoveryRows, Schema};
 use vigil::vocabulary::FailureKind;
 
@@ -202,6 +203,19 @@ fn exit_quotes(code: u8) -> Vec<String> {
         .expect("the refusal names the lock, then what to do");
     match code {
         6 => vec![what_to_do.to_string()],
+        7 => {
+            let usage = vigil::restarts::Usage {
+                counted: 10,
+                max: 10,
+                window_s: 3600,
+                by_instance: Vec::new(),
+            };
+            let refusal = vigil::restarts::refusal(PreviousEnd::Killed, &usage);
+            let (_, what_to_do) = refusal
+                .split_once("within 1h; ")
+                .expect("the refusal names the budget, then what to do");
+            vec![what_to_do.to_string()]
+        }
         130 => vec![forced_line(
             "SIGTERM",
             Left {

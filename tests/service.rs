@@ -503,6 +503,7 @@ fn write_journal(dir: &Path, instruments: &[&str]) -> Vec<usize> {
             fingerprint: signal.fingerprint(),
             signal,
             received_at: chrono::Utc::now(),
+            held_back_by: None,
         };
         let before = opened.journal.bytes();
         opened

@@ -56,6 +56,7 @@ pub async fn fsync_run(load: &Load, dir: &Path) -> anyhow::Result<Stats> {
                 fingerprint: signal.fingerprint(),
                 signal: signal.clone(),
                 received_at: Utc::now(),
+                held_back_by: None,
             })
         })
         .collect::<Result<Vec<_>, _>>()

@@ -1,6 +1,7 @@
 //! The `vigil` command line. Each subcommand returns an [`Outcome`] that maps to a
 //! documented exit code; errors meant for people carry file:line:column and a hint.
 
+mod operate;
 mod service;
 
 use crate::diagnostic::Diagnostics;
@@ -89,10 +90,46 @@ pub enum Command {
         #[command(flatten)]
         service: service::ServiceArgs,
     },
+    /// Pause trading on every instance within one heartbeat: alerts are answered and recorded
+    /// refused by the operator, never applied, until `vigil resume`.
+    Pause {
+        /// Keep applying EXIT alerts, so open positions can still be closed.
+        #[arg(long)]
+        exits_only: bool,
+        /// Why, recorded with the switch and shown by `vigil status`.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        reason: String,
+        /// Settings.
+        #[command(flatten)]
+        service: service::ServiceArgs,
+    },
+    /// Lift `vigil pause`: every instance applies every signal type again within one heartbeat.
+    Resume {
+        /// Settings.
+        #[command(flatten)]
+        service: service::ServiceArgs,
+    },
+    /// The restart budget (`vigil status` shows it).
+    Restarts {
+        /// What to do with it.
+        #[command(subcommand)]
+        command: RestartsCommand,
+    },
     /// Print a shell completion script.
     Completions {
         /// The shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// What `vigil restarts` does.
+#[derive(Debug, Subcommand)]
+pub enum RestartsCommand {
+    /// Stop counting the restarts so far: the next start after an unclean end is admitted.
+    Reset {
+        /// Settings.
+        #[command(flatten)]
+        service: service::ServiceArgs,
     },
 }
 
@@ -169,6 +206,23 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
             service,
         } => service::recover_check(&service, format),
         Command::Migrate { service } => service::migrate(&service),
+        Command::Pause {
+            exits_only,
+            reason,
+            service,
+        } => {
+            let pause = match exits_only {
+                true => crate::store::operations::Pause::ExitsOnly,
+                false => crate::store::operations::Pause::All,
+            };
+            operate::set_pause(&service, pause, &reason)
+        }
+        Command::Resume { service } => {
+            operate::set_pause(&service, crate::store::operations::Pause::None, "")
+        }
+        Command::Restarts {
+            command: RestartsCommand::Reset { service },
+        } => operate::reset_restarts(&service),
         Command::Status { format, service } => service::status(&service, format),
         Command::Positions { format, service } => service::positions(&service, format),
         Command::Completions { shell } => {

@@ -20,6 +20,7 @@ use crate::machines::lifecycle;
 use crate::policy::{Policy, PolicyError};
 use crate::recovery::Receipt;
 use crate::shared::Shared;
+use crate::store::operations::{Operations, Pause};
 use crate::store::{self, Access, AnyStore, Footprint, InstanceRecord, Store};
 use anyhow::Context;
 use chrono::Utc;
@@ -46,6 +47,10 @@ pub const EXIT_DEGRADED: u8 = 5;
 /// Exit code of `vigil run`: another live process holds this instance id
 /// ([`crate::coordination::identity`]).
 pub const EXIT_ID_HELD: u8 = 6;
+
+/// `vigil run` refused to start: the deployment's instances have restarted after an unclean
+/// end `[restarts] max` times within `window` ([`crate::restarts`]).
+pub const EXIT_RESTARTS_SPENT: u8 = crate::restarts::EXIT_RESTARTS_SPENT;
 
 /// How long a start waits for the database to say who holds its instance id before it
 /// starts without knowing (the database then being the policy's to answer, as always).
@@ -132,29 +137,31 @@ pub struct ServiceArgs {
 
 /// Settings after layering flags, environment, deployment file and defaults.
 #[derive(Debug, Clone)]
-struct Settings {
-    database_url: String,
+pub(super) struct Settings {
+    pub(super) database_url: String,
     /// Only with PostgreSQL.
-    redis_url: Option<String>,
-    policy: Policy,
-    instance: String,
-    instruments: BTreeMap<String, Instrument>,
+    pub(super) redis_url: Option<String>,
+    pub(super) policy: Policy,
+    pub(super) instance: String,
+    pub(super) instruments: BTreeMap<String, Instrument>,
     /// From the deployment file.
-    initial_capital: Option<rust_decimal::Decimal>,
+    pub(super) initial_capital: Option<rust_decimal::Decimal>,
     /// The host this process runs on, read once.
-    hostname: String,
+    pub(super) hostname: String,
     /// From the deployment file; the flag and environment variable are layered by `run`.
-    listen: Option<String>,
+    pub(super) listen: Option<String>,
     /// From the deployment file, layered like `listen`.
-    operator_listen: Option<String>,
+    pub(super) operator_listen: Option<String>,
     /// From the environment or the deployment file.
-    operator_token: Option<String>,
+    pub(super) operator_token: Option<String>,
     /// From the environment or the deployment file.
-    passphrase: Option<String>,
+    pub(super) passphrase: Option<String>,
     /// The `[webhook]` table, with signing keys from the environment when set there.
-    webhook: crate::deployment::WebhookSettings,
+    pub(super) webhook: crate::deployment::WebhookSettings,
     /// The intake journal's directory.
-    journal_dir: PathBuf,
+    pub(super) journal_dir: PathBuf,
+    /// Where notifications go, secrets not yet read (`vigil run` reads them).
+    pub(super) notify: Vec<crate::notify::SinkSpec>,
 }
 
 impl Settings {
@@ -169,7 +176,7 @@ impl Settings {
 }
 
 /// Layers the settings; `None` when a file was invalid (its diagnostics are printed).
-fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
+pub(super) fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
     let deployment = match Deployment::load(args.config.as_deref()) {
         Ok(deployment) => deployment,
         Err(DeploymentError::Invalid(diagnostics)) => {
@@ -223,6 +230,7 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
         }
     }
     let mut webhook = deployment.webhook;
+    let notify = deployment.notify;
     // An empty variable is no setting, as for the passphrase: the file's keys stay.
     let from_env: Vec<String> = std::env::var(SIGNATURE_KEYS_ENV)
         .unwrap_or_default()
@@ -268,6 +276,7 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
         _ => deployment.operator_token,
     };
     Ok(Some(Settings {
+        notify,
         database_url,
         redis_url,
         policy,
@@ -295,7 +304,7 @@ fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
     }))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -323,16 +332,7 @@ pub fn migrate(args: &ServiceArgs) -> anyhow::Result<Outcome> {
     let Some(settings) = settings(args)? else {
         return Ok(Outcome::Invalid);
     };
-    let shown = store::redact(&settings.database_url);
-    runtime()?.block_on(async {
-        let store = AnyStore::connect(&settings.database_url, Access::ReadWrite)
-            .await
-            .with_context(|| format!("cannot open {shown}"))?;
-        store
-            .migrate()
-            .await
-            .with_context(|| format!("cannot migrate {shown}"))?;
-        store.close().await;
+    super::operate::with_store(&settings, async |_, shown| {
         super::write_stdout(format!("{shown}: schema up to date\n").as_bytes())?;
         Ok(Outcome::Ok)
     })
@@ -367,6 +367,7 @@ async fn start_up(
     until: Until,
     http: Option<Listeners>,
     redis: Option<RedisCoordinator>,
+    notifier: crate::notify::Notifier,
 ) -> (u8, RunReport) {
     let config = ExecutorConfig {
         instance: settings.instance.clone(),
@@ -384,11 +385,10 @@ async fn start_up(
         &settings.instance,
         sender.clone(),
     );
-    let shared = Arc::new(Shared::with_coordination(
-        &settings.instance,
-        sender.clone(),
-        coordination,
-    ));
+    let shared = Arc::new(
+        Shared::with_coordination(&settings.instance, sender.clone(), coordination)
+            .with_notifier(notifier),
+    );
     let broker: Arc<dyn Broker> = Arc::new(PaperBroker);
     // With no instruments listed, the built-in ones trade; recovery then recomputes nothing,
     // as it only checks terms an operator wrote down.
@@ -636,6 +636,20 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         );
     }
     let runtime = runtime()?;
+    let mut sinks = Vec::new();
+    for spec in &settings.notify {
+        match spec.resolve(&|name| std::env::var(name).ok()) {
+            Ok(sink) => sinks.push(sink),
+            Err(problem) => {
+                eprintln!("error: {problem}; set it, or remove the sink from the deployment file");
+                return Ok(Outcome::Invalid);
+            }
+        }
+    }
+    let notifier = {
+        let _inside = runtime.enter();
+        crate::notify::Notifier::start(&settings.instance, sinks)
+    };
     // The connection is made lazily, so Redis being down at start is the policy's to answer;
     // only a URL that cannot be used stops the start here.
     let redis = match &settings.redis_url {
@@ -679,6 +693,9 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     if let Some(held) = runtime.block_on(id_held(&settings)) {
         return refuse(held);
     }
+    if !runtime.block_on(start_admitted(&settings, &notifier)) {
+        return Ok(Outcome::Exit(EXIT_RESTARTS_SPENT));
+    }
     let bind = |address: std::net::SocketAddr| {
         runtime
             .block_on(tokio::net::TcpListener::bind(address))
@@ -707,6 +724,7 @@ pub fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
         Until::Stopped,
         Some(listeners),
         redis,
+        notifier,
     ));
     // The stop is done; a task still stuck (a request wedged in flight) must not hold the
     // process: the runtime gets a bound to wind down, then is left behind.
@@ -760,6 +778,65 @@ async fn id_held(settings: &Settings) -> Option<coordination::identity::Held> {
                 settings.instance
             );
             None
+        }
+    }
+}
+
+/// Records this start against the restart budget; `false` when the budget is spent and the
+/// start must not go on (logged, with what to do). A database that does not answer within
+/// [`ID_CHECK_TIMEOUT`] cannot be asked: the start goes on, and says so.
+async fn start_admitted(settings: &Settings, notifier: &crate::notify::Notifier) -> bool {
+    let instance = &settings.instance;
+    let admission = async {
+        let store = tokio::time::timeout(
+            ID_CHECK_TIMEOUT,
+            AnyStore::connect(&settings.database_url, Access::ReadWrite),
+        )
+        .await
+        .map_err(|_| "no connection in time".to_string())?
+        .map_err(|error| error.to_string())?;
+        let admitted = tokio::time::timeout(ID_CHECK_TIMEOUT, async {
+            store.migrate().await?;
+            crate::restarts::admit(
+                &store,
+                instance,
+                &settings.hostname,
+                &settings.policy.restarts,
+                Utc::now(),
+            )
+            .await
+        })
+        .await
+        .map_err(|_| "no answer in time".to_string())
+        .and_then(|admitted| admitted.map_err(|error| error.to_string()));
+        store.close().await;
+        admitted
+    }
+    .await;
+    match admission {
+        Ok(crate::restarts::Admission::Admitted { previous, usage }) => {
+            let budget = crate::restarts::describe(&usage);
+            match previous.is_unclean() {
+                true => {
+                    tracing::warn!(target: crate::executor::STARTUP_TARGET, instance = %instance, "restarting after the previous run {}; restart budget: {budget}", previous.as_str())
+                }
+                false => {
+                    tracing::info!(target: crate::executor::STARTUP_TARGET, instance = %instance, "restart budget: {budget}")
+                }
+            }
+            true
+        }
+        Ok(crate::restarts::Admission::Refused { previous, usage }) => {
+            let message = crate::restarts::refusal(previous, &usage);
+            tracing::error!(target: crate::executor::STARTUP_TARGET, instance = %instance, "{message}");
+            eprintln!("error: {message}");
+            notifier.notify(crate::notify::Event::RestartBudgetSpent, message);
+            notifier.flush(crate::notify::NOTIFY_FLUSH_TIMEOUT).await;
+            false
+        }
+        Err(why) => {
+            tracing::warn!(target: crate::executor::STARTUP_TARGET, instance = %instance, "could not check the restart budget ({why}); starting");
+            true
         }
     }
 }
@@ -849,6 +926,7 @@ pub fn recover_check(
         Until::Settled,
         None,
         None,
+        crate::notify::Notifier::none(),
     ));
     let (state, exit_code) = match found.settled {
         Some(lifecycle::State::Active {}) => ("active", 0),
@@ -957,7 +1035,7 @@ pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Res
         return Ok(Outcome::Invalid);
     };
     let shown = store::redact(&settings.database_url);
-    let rows = runtime()?.block_on(async {
+    let (rows, switch, budget) = runtime()?.block_on(async {
         let store = AnyStore::connect(&settings.database_url, Access::ReadOnly)
             .await
             .with_context(|| format!("cannot open {shown}"))?;
@@ -965,8 +1043,16 @@ pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Res
             .instances(Utc::now())
             .await
             .with_context(|| format!("cannot read the instances in {shown}"));
+        // A database an older vigil wrote has neither yet: `vigil migrate` adds them.
+        let switch = store
+            .pause_switch()
+            .await
+            .map_err(|error| error.to_string());
+        let budget = crate::restarts::usage(&store, &settings.policy.restarts, Utc::now())
+            .await
+            .map_err(|error| error.to_string());
         store.close().await;
-        rows
+        rows.map(|rows| (rows, switch, budget))
     })?;
     let views = instance_views(rows, Utc::now(), settings.policy.ha.instance_stale_after);
     // This host's journal of the instance.
@@ -985,7 +1071,18 @@ pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Res
     };
     let text = match format {
         crate::dry_run::Format::Json => {
-            let status = serde_json::json!({ "instances": views, "journal": journal });
+            let status = serde_json::json!({
+                "instances": views,
+                "journal": journal,
+                "pause": switch.as_ref().ok(),
+                "restarts": budget.as_ref().ok().map(|usage| serde_json::json!({
+                    "counted": usage.counted,
+                    "max": usage.max,
+                    "window_s": usage.window_s,
+                    "spent": usage.spent(),
+                    "by_instance": usage.by_instance,
+                })),
+            });
             serde_json::to_string_pretty(&status).context("cannot encode the instances")? + "\n"
         }
         crate::dry_run::Format::Text => {
@@ -1010,6 +1107,33 @@ pub fn status(args: &ServiceArgs, format: crate::dry_run::Format) -> anyhow::Res
             if views.is_empty() {
                 text.push_str("(no instance has started against this database)\n");
             }
+            text.push_str(&match &switch {
+                Ok(switch) if switch.pause == Pause::None => {
+                    "kill switch: off (trading)\n".to_string()
+                }
+                Ok(switch) => format!(
+                    "kill switch: {} since {} by {}{}; `vigil resume` lifts it\n",
+                    match switch.pause {
+                        Pause::ExitsOnly => "paused except exits",
+                        _ => "paused",
+                    },
+                    switch.changed_at.as_deref().unwrap_or("?"),
+                    switch.changed_by,
+                    match switch.reason.is_empty() {
+                        true => String::new(),
+                        false => format!(" ({})", switch.reason),
+                    }
+                ),
+                Err(why) => format!("kill switch: cannot be read ({why})\n"),
+            });
+            text.push_str(&match &budget {
+                Ok(usage) if usage.spent() => format!(
+                    "restart budget: spent, {}; the next start after an unclean end is refused (exit {EXIT_RESTARTS_SPENT}) until `vigil restarts reset`\n",
+                    crate::restarts::describe(usage)
+                ),
+                Ok(usage) => format!("restart budget: {}\n", crate::restarts::describe(usage)),
+                Err(why) => format!("restart budget: cannot be read ({why})\n"),
+            });
             // The journal, when it holds anything.
             match (&journal.problem, journal.pending) {
                 (Some(problem), _) => {

@@ -325,6 +325,13 @@ async fn check_consistency(
             metrics::gauge!(CONSISTENCY_OK).set(0.0);
             metrics::counter!(CONSISTENCY_ALARMS).increment(1);
             tracing::error!(target: COORDINATION_TARGET, instance = %instance, "consistency alarm: {}", receipt.summary());
+            // Once per alarm, not at every check while it lasts.
+            if *consistent {
+                shared.notifier.notify(
+                    crate::notify::Event::ConsistencyAlarm,
+                    format!("consistency alarm: {}", receipt.summary()),
+                );
+            }
             for check in receipt.checks.iter().filter(|check| !check.passed) {
                 tracing::error!(target: COORDINATION_TARGET, instance = %instance, check = check.name, "{}", check.detail);
             }
@@ -355,6 +362,16 @@ fn log_step_down(shared: &Shared, fencing_token: i64, why: StepDown) {
     );
 }
 
+/// Publishes the leadership this instance holds, and tells the operator's sinks when it
+/// changed.
 fn publish(shared: &Shared, fencing_token: Option<i64>) {
-    shared.leadership.send_replace(fencing_token);
+    let before = shared.leadership.send_replace(fencing_token);
+    let message = match (before, fencing_token) {
+        (None, Some(token)) => format!("leading background tasks with fencing token {token}"),
+        (Some(token), None) => format!("stepped down as leader (fencing token {token})"),
+        _ => return,
+    };
+    shared
+        .notifier
+        .notify(crate::notify::Event::LeaderChange, message);
 }

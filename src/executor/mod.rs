@@ -225,6 +225,9 @@ impl Context {
                 }
                 Some(_) => {
                     tracing::error!(target: STARTUP_TARGET, instance = %instance, "{}", receipt.summary());
+                    self.shared()
+                        .notifier
+                        .notify(crate::notify::Event::ReceiptFailed, receipt.summary());
                     for check in receipt.checks.iter().filter(|check| !check.passed) {
                         tracing::error!(target: STARTUP_TARGET, instance = %instance, check = check.name, "{}", check.detail);
                     }
@@ -232,6 +235,18 @@ impl Context {
             }
         }
         self.shared().receipt.send_replace(Some(receipt));
+        if failure.is_none() {
+            // Before the instance serves: an instance the operator paused never applies an
+            // alert it holds back, whatever the lifecycle has heard yet.
+            match within(PROBE_TIMEOUT, self.ports.database.pause()).await {
+                Ok(pause) => self.shared().heard_pause(pause),
+                // A read-only check of a database older than the switch predicts no pause.
+                Err(found) if self.config.until == Until::Settled => {
+                    tracing::debug!(target: STARTUP_TARGET, instance = %instance, "the kill switch cannot be read: {}", found.message);
+                }
+                Err(found) => return self.failed(found, loud),
+            }
+        }
         match failure {
             None => {
                 *self
@@ -413,6 +428,9 @@ pub struct Executor {
     settled: Option<lifecycle::State>,
     /// The service manager, told of lifecycle transitions and pinged by the driver loop.
     supervisor: Supervisor,
+    /// Whether the operator's sinks were told the instance is degraded and not yet that it
+    /// recovered: a degradation is announced once, however many reasons it gathers.
+    degraded_announced: bool,
 }
 
 impl Executor {
@@ -433,6 +451,7 @@ impl Executor {
             watches: Default::default(),
             settled: None,
             supervisor: Supervisor::none(),
+            degraded_announced: false,
         }
     }
 
@@ -505,13 +524,27 @@ impl Executor {
             self.heartbeat = None;
         } else if !self.heartbeat.as_ref().is_some_and(Task::is_running) {
             let database = Arc::clone(&self.context.ports.database);
+            let shared = Arc::clone(&self.context.ports.shared);
             let inputs = self.context.shared().inputs.clone();
             let interval = self.context.config.heartbeat_interval;
             self.heartbeat = Some(Task(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(interval).await;
                     let beat = tokio::time::timeout(DB_PING_TIMEOUT, database.heartbeat()).await;
-                    if !matches!(beat, Ok(Ok(()))) {
+                    if matches!(beat, Ok(Ok(()))) {
+                        // Every heartbeat reads the operator's kill switch: every instance
+                        // obeys a pause within one heartbeat. A reading that fails is left
+                        // to the next beat.
+                        match tokio::time::timeout(DB_PING_TIMEOUT, database.pause()).await {
+                            Ok(Ok(pause)) => shared.heard_pause(pause),
+                            Ok(Err(error)) => {
+                                tracing::debug!(target: STARTUP_TARGET, "the kill switch cannot be read: {error}")
+                            }
+                            Err(_) => {
+                                tracing::debug!(target: STARTUP_TARGET, "the kill switch did not answer within {DB_PING_TIMEOUT:?}")
+                            }
+                        }
+                    } else {
                         // Reported once; the machines' retries and watch ask from here on, and
                         // the next `serve` with a heartbeat starts a new one. The loop may have
                         // ended; then nobody needs to know.
@@ -591,6 +624,32 @@ impl Executor {
     }
 }
 
+impl Executor {
+    /// Tells the operator's sinks about lifecycle transitions that matter to them: a halt,
+    /// the first step into `degraded`, and the way back to `active`.
+    fn announce(&mut self, transitions: &[crate::machines::Transition]) {
+        use crate::notify::Event;
+        let notifier = &self.context.ports.shared.notifier;
+        for transition in transitions
+            .iter()
+            .filter(|transition| transition.machine == crate::machines::MachineName::Lifecycle)
+        {
+            match transition.to {
+                "crashed" => notifier.notify(Event::Halted, transition.message.clone()),
+                "degraded" if !self.degraded_announced => {
+                    self.degraded_announced = true;
+                    notifier.notify(Event::Degraded, transition.message.clone());
+                }
+                "active" if self.degraded_announced => {
+                    self.degraded_announced = false;
+                    notifier.notify(Event::Recovered, transition.message.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
 /// Waits, at most [`LEASE_RELEASE_TIMEOUT`], for the pulse to end: it saw the lifecycle
 /// leave `serving` and gives up the lease, so another instance leads at once rather than
 /// after the lease expires. Past the bound it is stopped and the lease expires by itself.
@@ -640,9 +699,15 @@ impl live::Executor for Executor {
             Command::Exit { .. } => {
                 self.watches = Default::default();
                 self.heartbeat = None;
-                // A crash gives the lease up too, while the final status is written.
+                // A crash gives the lease up too, while the final status is written and the
+                // operator is told (a halt's notice goes out before the process ends).
                 let release = release_lease(self.pulse.take(), self.context.instance());
-                tokio::join!(release, self.status.flush(STATUS_FLUSH_TIMEOUT));
+                let notified = self
+                    .context
+                    .shared()
+                    .notifier
+                    .flush(crate::notify::NOTIFY_FLUSH_TIMEOUT);
+                tokio::join!(release, self.status.flush(STATUS_FLUSH_TIMEOUT), notified);
                 None
             }
         }
@@ -658,6 +723,7 @@ impl live::Executor for Executor {
 
     fn observe(&mut self, step: &Step) {
         self.supervisor.observe(&step.transitions);
+        self.announce(&step.transitions);
         let at = crate::store::timestamp_text(Utc::now());
         for transition in &step.transitions {
             self.context.shared().remember(RecentTransition {

@@ -4,6 +4,7 @@
 
 use crate::machines::lifecycle;
 use crate::shared::Shared;
+use crate::store::operations::{Operations, Pause};
 use crate::store::{Access, AnyStore, InstanceRecord, RecoveryRows, Store, StoreError};
 use chrono::Utc;
 use rust_decimal::Decimal;
@@ -32,6 +33,10 @@ pub trait Database: Send + Sync + std::fmt::Debug {
     fn create_portfolio(&self, initial_capital: Decimal) -> PortFuture<'_, Result<(), StoreError>> {
         let _ = initial_capital;
         Box::pin(async { Ok(()) })
+    }
+    /// The operator's kill switch (never set, for a database that has none).
+    fn pause(&self) -> PortFuture<'_, Result<Pause, StoreError>> {
+        Box::pin(async { Ok(Pause::None) })
     }
     /// Closes the database.
     fn close(&self) -> PortFuture<'_, ()>;
@@ -169,6 +174,10 @@ impl Database for StoreDatabase {
             }
             self.store().await?.create_portfolio(initial_capital).await
         })
+    }
+
+    fn pause(&self) -> PortFuture<'_, Result<Pause, StoreError>> {
+        Box::pin(async move { Ok(self.store().await?.pause_switch().await?.pause) })
     }
 
     fn close(&self) -> PortFuture<'_, ()> {

@@ -6,6 +6,7 @@
 
 mod error;
 mod metrics;
+mod operator;
 mod probes;
 pub mod signature;
 pub mod source;
@@ -158,8 +159,8 @@ pub fn webhook_app(state: Arc<AppState>) -> Router {
 }
 
 /// The operator listener's router: `GET /health` (open, for liveness probes), and `/ready`,
-/// `/status`, `/positions`, `/metrics` and `/signals/{fingerprint}` behind the bearer token when one is
-/// configured.
+/// `/status`, `/positions`, `/metrics`, `/signals/{fingerprint}` and the kill switch
+/// (`POST /pause`, `POST /resume`) behind the bearer token when one is configured.
 pub fn operator_app(state: Arc<AppState>) -> Router {
     let _ = prometheus();
     let guarded = Router::new()
@@ -168,6 +169,8 @@ pub fn operator_app(state: Arc<AppState>) -> Router {
         .route("/positions", get(probes::positions))
         .route("/metrics", get(probes::metrics))
         .route("/signals/{fingerprint}", get(probes::signal))
+        .route("/pause", post(operator::pause))
+        .route("/resume", post(operator::resume))
         .route_layer(middleware::from_fn_with_state(
             Arc::clone(&state),
             bearer_token,

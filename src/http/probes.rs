@@ -92,6 +92,9 @@ pub struct Status {
     signals_in_flight: usize,
     /// The intake journal: alerts queued and not yet applied, and whether it can be read.
     journal: crate::intake::JournalStatus,
+    /// The operator's kill switch as this instance last read it: `none`, `all` or
+    /// `exits_only`.
+    pause: crate::store::operations::Pause,
     /// The last recovery receipt.
     receipt: Option<Receipt>,
     /// The last transitions of both machines, oldest first.
@@ -165,6 +168,7 @@ pub async fn status(State(app): State<Arc<AppState>>) -> Result<Json<Status>, Ap
         closed_positions: counts.map(|(_, closed)| closed),
         signals_in_flight: app.shared.in_flight.count(),
         journal: app.intake.status(),
+        pause: *app.shared.pause.borrow(),
         receipt: app.shared.receipt.borrow().clone(),
         recent_transitions: app.shared.recent_transitions(),
     }))

@@ -21,6 +21,7 @@ use crate::domain::Instrument;
 use crate::driver::Input;
 use crate::policy::SignalAges;
 use crate::shared::Shared;
+use crate::store::operations::Pause;
 use crate::store::{AnyStore, Applied, ApplyError, QueuedRow, SignalClaim, Store, StoreError};
 use crate::trading::plan::{decide, expired, Refusal};
 use crate::trading::Signal;
@@ -99,6 +100,10 @@ pub struct QueuedAlert {
     pub signal: Signal,
     /// When this instance received it.
     pub received_at: DateTime<Utc>,
+    /// The operator's pause that held it back when it arrived: it is recorded refused by
+    /// the operator, whatever the switch says by the time the database takes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_back_by: Option<Pause>,
 }
 
 impl QueuedAlert {
@@ -347,11 +352,31 @@ impl Intake {
         if self.is_queued(&fingerprint) {
             return Ok(Answer::Queued);
         }
+        let pause = *self.shared.pause.borrow();
         let alert = QueuedAlert {
             fingerprint,
+            held_back_by: pause.holds_back(signal.kind).then_some(pause),
             signal,
             received_at: Utc::now(),
         };
+        // Held back by the operator: recorded refused at once, or journaled to be.
+        if let Some(pause) = alert.held_back_by {
+            if let (Some(store), false) = (self.shared.store(), self.store_backing_off()) {
+                match self
+                    .refuse(&store, &alert, pause, DIRECT_STORE_DEADLINE)
+                    .await
+                {
+                    Ok(answer) => return Ok(answer),
+                    Err(not_now) => {
+                        if matches!(not_now, NotNow::Store(_)) {
+                            self.store_answered(false);
+                        }
+                        tracing::info!(target: "vigil::signal", fingerprint = %short(&alert.fingerprint), "journaling: {not_now}");
+                    }
+                }
+            }
+            return self.enqueue(alert).await;
+        }
         let view = self.shared.view();
         let instrument_waits = self
             .queue()
@@ -438,7 +463,18 @@ impl Intake {
             "queued in the intake journal (record {seq})"
         );
         metrics::counter!(SIGNAL_OUTCOMES, "outcome" => "queued").increment(1);
-        self.queue().push(Waiting { seq, alert });
+        let first = {
+            let mut queue = self.queue();
+            queue.push(Waiting { seq, alert });
+            queue.len() == 1
+        };
+        if first {
+            self.shared.notifier.notify(
+                crate::notify::Event::JournalBacklog,
+                "alerts are waiting in the intake journal: the database did not take them in time; \
+                 they are applied once it answers",
+            );
+        }
         self.publish();
         self.wake.notify_one();
         Ok(Answer::Queued)
@@ -546,6 +582,24 @@ impl Intake {
         }
     }
 
+    /// Records `alert` refused by the operator's `pause`, at once, whatever waits on its
+    /// instrument.
+    async fn refuse(
+        &self,
+        store: &AnyStore,
+        alert: &QueuedAlert,
+        pause: Pause,
+        deadline: Duration,
+    ) -> Result<Answer, NotNow> {
+        let claim = claim_of(alert, &self.shared.instance);
+        let refusing = store.refuse_signal(&claim, pause.refusal());
+        match tokio::time::timeout(deadline, refusing).await {
+            Ok(Ok(applied)) => Ok(self.settled(alert, applied)),
+            Ok(Err(ApplyError::Store(error))) => Err(self.store_failure(error)),
+            Err(_) => Err(NotNow::Store("no answer in time".into())),
+        }
+    }
+
     /// Records `refusal` as the outcome of `alert` without trading.
     async fn record_refusal(
         &self,
@@ -580,6 +634,15 @@ impl Intake {
             }
             Applied::Refused(refusal) => {
                 tracing::warn!(target: "vigil::signal", signal = %signal.kind, instrument = %signal.instrument, fingerprint = %fingerprint, "{}: {refusal}", refusal.status());
+                if matches!(refusal, Refusal::Expired { .. }) {
+                    self.shared.notifier.notify(
+                        crate::notify::Event::AlertExpired,
+                        format!(
+                            "{} on {} ({fingerprint}) traded nothing: {refusal}",
+                            signal.kind, signal.instrument
+                        ),
+                    );
+                }
                 (refusal.status(), Answer::Refused(refusal))
             }
             Applied::Duplicate => ("duplicate", Answer::Duplicate),
@@ -671,7 +734,9 @@ impl Intake {
                 let settling = row.queued_at.parse::<DateTime<Utc>>().is_ok_and(|at| {
                     now.signed_duration_since(at).to_std().unwrap_or_default() >= QUEUE_SETTLE
                 });
-                let allowed = view.accepts.contains(alert.signal.kind) || stopping;
+                // Never while the operator's pause holds it back, not even at a stop.
+                let allowed = (view.accepts.contains(alert.signal.kind) || stopping)
+                    && !self.shared.pause.borrow().holds_back(alert.signal.kind);
                 let stale = expired(&alert.signal, now, self.ages.max_age(alert.signal.kind));
                 match (settling || stopping, allowed, stale) {
                     (true, true, _) => due.push((alert, None)),
@@ -736,6 +801,28 @@ impl Intake {
                 .flat_map(|queued| queued.values().cloned())
                 .collect()
         };
+        if waiting.is_empty() {
+            return true;
+        }
+        // Alerts the operator held back are recorded refused: they take no turn.
+        let (held, waiting): (Vec<Waiting>, Vec<Waiting>) = waiting
+            .into_iter()
+            .partition(|waiting| waiting.alert.held_back_by.is_some());
+        for waiting in &held {
+            let Some(pause) = waiting.alert.held_back_by else {
+                continue;
+            };
+            match self
+                .refuse(store, &waiting.alert, pause, DRAIN_STORE_DEADLINE)
+                .await
+            {
+                Ok(_) => self.settle(waiting).await,
+                Err(not_now) => {
+                    tracing::debug!(target: "vigil::intake", "journal not moved: {not_now}");
+                    return false;
+                }
+            }
+        }
         if waiting.is_empty() {
             return true;
         }
@@ -847,6 +934,7 @@ fn queued_alert(row: &QueuedRow) -> Result<QueuedAlert, String> {
         fingerprint: row.fingerprint.clone(),
         signal,
         received_at,
+        held_back_by: None,
     })
 }
 
@@ -863,8 +951,8 @@ pub fn short(fingerprint: &str) -> &str {
     fingerprint.get(..16).unwrap_or(fingerprint)
 }
 
-/// Alerts settled, by outcome (`applied`, `rejected`, `expired`, `superseded`, `duplicate`),
-/// and journaled (`queued`).
+/// Alerts settled, by outcome (`applied`, `rejected`, `expired`, `superseded`, `refused` by
+/// the operator's pause, `duplicate`), and journaled (`queued`).
 pub const SIGNAL_OUTCOMES: &str = "vigil_signal_outcomes_total";
 
 /// Alerts in the intake journal not yet settled.

@@ -76,9 +76,10 @@ pub struct Policy {
 
 /// The exit codes vigil's command line uses for itself (2: a bad command line, 3: an invalid
 /// file, 4: a run-time failure, 5: `recover --check` would end degraded, 6: another live
-/// process holds the instance id, 130: a stop forced by a second stop signal), which a halt
-/// may not use, so a supervisor can tell a policy's halt from them.
-pub const RESERVED_EXIT_CODES: [u8; 6] = [2, 3, 4, 5, 6, crate::shutdown::EXIT_FORCED];
+/// process holds the instance id, 7: the restart budget is spent, 130: a stop forced by a
+/// second stop signal), which a halt may not use, so a supervisor can tell a policy's halt
+/// from them.
+pub const RESERVED_EXIT_CODES: [u8; 7] = [2, 3, 4, 5, 6, 7, crate::shutdown::EXIT_FORCED];
 
 impl Response {
     /// The exit code it halts with, at once or once its retries are spent; `None` when it

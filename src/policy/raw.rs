@@ -496,11 +496,11 @@ impl Checker<'_> {
             Ok(code) if super::RESERVED_EXIT_CODES.contains(&code) => {
                 self.report(
                     Some(value.span()),
-                    format!("exit_code {code} is one of vigil's own exit codes (2 to 6, and 130)"),
+                    format!("exit_code {code} is one of vigil's own exit codes (2 to 7, and 130)"),
                     Some(
-                        "2 to 6 tell a bad command line, an invalid file, a run-time failure, a degraded \
-                         `recover --check` and an instance id held elsewhere apart, and 130 a stop forced by a \
-                         second signal; use 1, or 7 to 255 but 130"
+                        "2 to 7 tell a bad command line, an invalid file, a run-time failure, a degraded \
+                         `recover --check`, an instance id held elsewhere and a spent restart budget apart, \
+                         and 130 a stop forced by a second signal; use 1, or 8 to 255 but 130"
                             .into(),
                     ),
                 );
@@ -514,7 +514,7 @@ impl Checker<'_> {
                 };
                 self.report(
                     Some(value.span()),
-                    format!("exit_code must be 1, or 7 to 255 but 130, found {code}"),
+                    format!("exit_code must be 1, or 8 to 255 but 130, found {code}"),
                     Some(hint.into()),
                 );
                 None

@@ -6,6 +6,7 @@
 //! deciding what is corrupt, happens once in Rust for both backends.
 
 pub mod codec;
+pub mod operations;
 mod postgres;
 mod signal_tx;
 mod sqlite;
@@ -520,6 +521,14 @@ pub trait Store {
     where
         F: FnOnce(&Book) -> Result<crate::trading::plan::Plan, crate::trading::plan::Refusal>;
 
+    /// Records `refusal` as the outcome of the claimed alert in one transaction, at once,
+    /// whatever else waits on its instrument (see [`signal_tx::refuse`]).
+    fn refuse_signal(
+        &self,
+        claim: &SignalClaim<'_>,
+        refusal: crate::trading::plan::Refusal,
+    ) -> impl Future<Output = Result<Applied, ApplyError>>;
+
     /// Whether `fingerprint` is claimed in the signal log.
     fn signal_claimed(&self, fingerprint: &str) -> impl Future<Output = Result<bool, StoreError>>;
 
@@ -840,6 +849,47 @@ macro_rules! delegate {
     };
 }
 
+impl operations::Operations for AnyStore {
+    async fn pause_switch(&self) -> Result<operations::PauseSwitch, StoreError> {
+        delegate!(self, store => store.pause_switch().await)
+    }
+
+    async fn set_pause_switch(
+        &self,
+        pause: operations::Pause,
+        reason: &str,
+        changed_by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        delegate!(self, store => store.set_pause_switch(pause, reason, changed_by, now).await)
+    }
+
+    async fn last_status(&self, instance_id: &str) -> Result<Option<String>, StoreError> {
+        delegate!(self, store => store.last_status(instance_id).await)
+    }
+
+    async fn counted_starts(
+        &self,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<operations::CountedStarts>, StoreError> {
+        delegate!(self, store => store.counted_starts(since).await)
+    }
+
+    async fn record_start(
+        &self,
+        instance_id: &str,
+        hostname: &str,
+        previous: operations::PreviousEnd,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        delegate!(self, store => store.record_start(instance_id, hostname, previous, now).await)
+    }
+
+    async fn reset_starts(&self) -> Result<u64, StoreError> {
+        delegate!(self, store => store.reset_starts().await)
+    }
+}
+
 impl Store for AnyStore {
     async fn apply_signal<F>(
         &self,
@@ -850,6 +900,14 @@ impl Store for AnyStore {
         F: FnOnce(&Book) -> Result<crate::trading::plan::Plan, crate::trading::plan::Refusal>,
     {
         delegate!(self, store => store.apply_signal(claim, decide).await)
+    }
+
+    async fn refuse_signal(
+        &self,
+        claim: &SignalClaim<'_>,
+        refusal: crate::trading::plan::Refusal,
+    ) -> Result<Applied, ApplyError> {
+        delegate!(self, store => store.refuse_signal(claim, refusal).await)
     }
 
     async fn signal_claimed(&self, fingerprint: &str) -> Result<bool, StoreError> {

@@ -487,6 +487,15 @@ impl Store for PgStore {
         signal_tx::apply(tx, claim, decide).await
     }
 
+    async fn refuse_signal(
+        &self,
+        claim: &SignalClaim<'_>,
+        refusal: Refusal,
+    ) -> Result<Applied, ApplyError> {
+        let tx = PgSignalTx::begin(&self.signals, &claim.signal.instrument).await?;
+        signal_tx::refuse(tx, claim, refusal).await
+    }
+
     async fn signal_outcome(&self, fingerprint: &str) -> Result<Option<SignalOutcome>, StoreError> {
         sqlx::query_as::<_, SignalOutcome>(
             "SELECT fingerprint, signal_type, instrument, status, reason, to_char(alert_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS alert_at, to_char(received_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS received_at, instance_id FROM signal_log WHERE fingerprint = $1",
@@ -535,9 +544,7 @@ impl Store for PgStore {
     }
 
     async fn queued_heads(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
-        sqlx::query_as::<_, QueuedRow>(signal_tx::queued_heads_sql(|column| {
-            format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
-        }))
+        sqlx::query_as::<_, QueuedRow>(signal_tx::queued_heads_sql(pg_time_text))
         .bind(limit)
         .fetch_all(&self.pool)
         .await
@@ -939,3 +946,10 @@ async fn upsert_pyramiding(
     .map_err(classify_pg)
     .map(|done| done.rows_affected())
 }
+
+/// A PostgreSQL time column as RFC 3339 text in UTC.
+fn pg_time_text(column: &str) -> String {
+    format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
+}
+
+super::operations::impl_operations!(PgStore, classify_pg, "::timestamptz", pg_time_text);

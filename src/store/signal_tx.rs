@@ -151,6 +151,31 @@ where
     Ok(Applied::Done(plan))
 }
 
+/// Records `refusal` as the alert's outcome at once (claiming its fingerprint, or taking
+/// over its `queued` row), whatever else waits on its instrument: it trades nothing, so it
+/// takes no turn in alert order. A fingerprint already settled is [`Applied::Duplicate`].
+pub(super) async fn refuse<T: SignalTx>(
+    mut tx: T,
+    claim: &SignalClaim<'_>,
+    refusal: Refusal,
+) -> Result<Applied, ApplyError> {
+    if tx.claim(claim).await? == 0 && tx.take_over_queued(claim).await? == 0 {
+        tx.rollback().await?;
+        return Ok(Applied::Duplicate);
+    }
+    let reason = refusal.to_string();
+    let recorded = tx
+        .set_outcome(claim.fingerprint, refusal.status(), Some(&reason))
+        .await?;
+    finish(
+        tx,
+        recorded,
+        "the signal's claim",
+        Applied::Refused(refusal),
+    )
+    .await
+}
+
 /// Commits when `count` is 1, else rolls back as a conflict over `what`.
 async fn finish<T: SignalTx>(
     tx: T,

@@ -227,6 +227,27 @@ impl SqliteStore {
             writer: Arc::default(),
         })
     }
+
+    /// Begins a signal's transaction. IMMEDIATE takes the write lock now: SQLite has one
+    /// writer, and a transaction that reads first and upgrades later can fail where this
+    /// one waits (busy timeout).
+    async fn begin_signal(
+        &self,
+    ) -> Result<
+        (
+            tokio::sync::MutexGuard<'_, ()>,
+            sqlx::Transaction<'static, sqlx::Sqlite>,
+        ),
+        StoreError,
+    > {
+        let writer = self.writer.lock().await;
+        let tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(classify_sqlite)?;
+        Ok((writer, tx))
+    }
 }
 
 const LOAD_INSTRUMENT: &str =
@@ -243,14 +264,7 @@ impl Store for SqliteStore {
     where
         F: FnOnce(&Book) -> Result<Plan, Refusal>,
     {
-        // IMMEDIATE takes the write lock now: SQLite has one writer, and a transaction that
-        // reads first and upgrades later can fail where this one waits (busy timeout).
-        let writer = self.writer.lock().await;
-        let tx = self
-            .pool
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(classify_sqlite)?;
+        let (writer, tx) = self.begin_signal().await?;
         signal_tx::apply(
             SqliteSignalTx {
                 tx,
@@ -258,6 +272,23 @@ impl Store for SqliteStore {
             },
             claim,
             decide,
+        )
+        .await
+    }
+
+    async fn refuse_signal(
+        &self,
+        claim: &SignalClaim<'_>,
+        refusal: Refusal,
+    ) -> Result<Applied, ApplyError> {
+        let (writer, tx) = self.begin_signal().await?;
+        signal_tx::refuse(
+            SqliteSignalTx {
+                tx,
+                _writer: writer,
+            },
+            claim,
+            refusal,
         )
         .await
     }
@@ -870,3 +901,5 @@ async fn upsert_pyramiding(
     .map_err(classify_sqlite)
     .map(|done| done.rows_affected())
 }
+
+super::operations::impl_operations!(SqliteStore, classify_sqlite, "", str::to_string);

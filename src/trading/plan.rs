@@ -111,6 +111,21 @@ pub enum Refusal {
         /// The alert time of that later alert, RFC 3339.
         latest_recorded_at: String,
     },
+    /// It arrived while the operator paused trading (`vigil pause`), and the pause holds
+    /// its type back.
+    #[error("{}", paused_reason(*exits_only))]
+    Paused {
+        /// Whether the pause lets exits through (`vigil pause --exits-only`).
+        exits_only: bool,
+    },
+}
+
+/// The reason recorded for an alert the operator's pause held back.
+fn paused_reason(exits_only: bool) -> &'static str {
+    match exits_only {
+        true => "refused by the operator: only exits are taken while trading is paused (vigil pause --exits-only); vigil resume lifts the pause",
+        false => "refused by the operator: trading is paused (vigil pause); vigil resume lifts the pause",
+    }
 }
 
 impl Refusal {
@@ -120,6 +135,7 @@ impl Refusal {
             Refusal::Rejected(_) => "rejected",
             Refusal::Expired { .. } => "expired",
             Refusal::Superseded { .. } => "superseded",
+            Refusal::Paused { .. } => "refused",
         }
     }
 }

@@ -27,6 +27,11 @@ instance_stale_after = "1200ms"
 leader_lease = "2400ms"
 signal_lock_ttl = "1s"
 leader_task_interval = "500ms"
+
+# Tests kill their instances again and again on one database: vigil's own restart budget
+# would refuse the eleventh restart within the hour (tests/operations.rs tests it).
+[restarts]
+max = 1000
 "#;
 
 /// The lease [`POLICY`] sets.
@@ -226,10 +231,20 @@ impl Cluster {
         self.spawn_with(id, &[]).await
     }
 
-    /// [`Cluster::spawn`], with `env` set for the process (a failpoint, say).
-    pub async fn spawn_with(&self, id: &str, env: &[(&str, &str)]) -> Instance {
+    /// Starts instance `id` without waiting for anything: for a start that is expected to
+    /// end by itself ([`Instance::exit_code`]).
+    pub async fn spawn_until_exit(&self, id: &str) -> Instance {
+        self.launch(id, &[])
+    }
+
+    /// [`Cluster::spawn_until_exit`], with `env` set for the process.
+    pub async fn spawn_until_exit_with(&self, id: &str, env: &[(&str, &str)]) -> Instance {
+        self.launch(id, env)
+    }
+
+    /// Starts the process of instance `id`, appending to its log.
+    fn launch(&self, id: &str, env: &[(&str, &str)]) -> Instance {
         let log = self.dir.join(format!("{id}.log"));
-        let earlier = std::fs::metadata(&log).map_or(0, |meta| meta.len());
         let mut run = super::vigil_run(&self.dir)
             .config("vigil.toml")
             .instance(id)
@@ -242,13 +257,20 @@ impl Cluster {
             run = run.env(name, value);
         }
         let process = Process::spawn(run.command(), id, Some(&log)).unwrap();
-        let mut instance = Instance {
+        Instance {
             id: id.to_string(),
             url: String::new(),
             operator_url: String::new(),
             log,
             process,
-        };
+        }
+    }
+
+    /// [`Cluster::spawn`], with `env` set for the process (a failpoint, say).
+    pub async fn spawn_with(&self, id: &str, env: &[(&str, &str)]) -> Instance {
+        let earlier =
+            std::fs::metadata(self.dir.join(format!("{id}.log"))).map_or(0, |meta| meta.len());
+        let mut instance = self.launch(id, env);
         let deadline = tokio::time::Instant::now() + START_TIMEOUT;
         loop {
             let text = std::fs::read(&instance.log).unwrap_or_default();

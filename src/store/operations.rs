@@ -1,0 +1,354 @@
+//! What operators change and what the restart budget counts: the kill switch (`vigil pause`,
+//! `vigil resume`) and the record of every start. A small capability of its own, next to
+//! [`super::Store`]: only the executor's heartbeat, the operator endpoints and the start-up
+//! need it.
+
+use super::StoreError;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use std::future::Future;
+
+/// What the operator's kill switch holds back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pause {
+    /// Trading is not paused.
+    #[default]
+    None,
+    /// Nothing is applied (`vigil pause`).
+    All,
+    /// Only exits are applied (`vigil pause --exits-only`).
+    ExitsOnly,
+}
+
+impl Pause {
+    /// The name stored and shown.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Pause::None => "none",
+            Pause::All => "all",
+            Pause::ExitsOnly => "exits_only",
+        }
+    }
+
+    /// The pause with this stored name.
+    pub fn parse(name: &str) -> Option<Pause> {
+        [Pause::None, Pause::All, Pause::ExitsOnly]
+            .into_iter()
+            .find(|pause| pause.as_str() == name)
+    }
+
+    /// Whether the pause holds an alert of `kind` back.
+    pub fn holds_back(self, kind: crate::vocabulary::SignalType) -> bool {
+        match self {
+            Pause::None => false,
+            Pause::All => true,
+            Pause::ExitsOnly => kind != crate::vocabulary::SignalType::Exit,
+        }
+    }
+
+    /// The refusal an alert it holds back is recorded with.
+    pub const fn refusal(self) -> crate::trading::plan::Refusal {
+        crate::trading::plan::Refusal::Paused {
+            exits_only: matches!(self, Pause::ExitsOnly),
+        }
+    }
+
+    /// The machines' input for this pause.
+    pub const fn input(self) -> crate::driver::Input {
+        match self {
+            Pause::None => crate::driver::Input::Resume,
+            Pause::All => crate::driver::Input::Pause { exits_only: false },
+            Pause::ExitsOnly => crate::driver::Input::Pause { exits_only: true },
+        }
+    }
+}
+
+/// The kill switch as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+pub struct PauseSwitch {
+    /// What it holds back.
+    pub pause: Pause,
+    /// What the operator said about it (may be empty).
+    pub reason: String,
+    /// When it last changed, RFC 3339; `None` when it never has.
+    pub changed_at: Option<String>,
+    /// Who changed it: the command line (`cli@HOST`) or an instance's operator endpoint.
+    pub changed_by: String,
+}
+
+/// How the previous run of an instance ended, as its recorded status tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PreviousEnd {
+    /// The instance never ran against this database.
+    First,
+    /// It stopped gracefully (`stopped`).
+    Stopped,
+    /// It halted on a failure (`crashed`).
+    Halted,
+    /// It was killed or lost: it never recorded `stopped` or `crashed`.
+    Killed,
+}
+
+impl PreviousEnd {
+    /// The end a recorded status means; no row is a first start.
+    pub fn from_status(status: Option<&str>) -> PreviousEnd {
+        match status {
+            None => PreviousEnd::First,
+            Some("stopped") => PreviousEnd::Stopped,
+            Some("crashed") => PreviousEnd::Halted,
+            Some(_) => PreviousEnd::Killed,
+        }
+    }
+
+    /// The name stored and shown.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            PreviousEnd::First => "first",
+            PreviousEnd::Stopped => "stopped",
+            PreviousEnd::Halted => "halted",
+            PreviousEnd::Killed => "killed",
+        }
+    }
+
+    /// Whether a start after this end counts against the restart budget.
+    pub const fn is_unclean(self) -> bool {
+        matches!(self, PreviousEnd::Halted | PreviousEnd::Killed)
+    }
+}
+
+/// The starts the restart budget counts since some time, per instance id.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, Serialize)]
+pub struct CountedStarts {
+    /// The instance id.
+    pub instance_id: String,
+    /// Its counted starts.
+    pub starts: i64,
+}
+
+/// The kill switch and the start record.
+pub trait Operations {
+    /// The kill switch; not paused when it was never set.
+    fn pause_switch(&self) -> impl Future<Output = Result<PauseSwitch, StoreError>>;
+
+    /// Sets the kill switch.
+    fn set_pause_switch(
+        &self,
+        pause: Pause,
+        reason: &str,
+        changed_by: &str,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// The status the last run of `instance_id` recorded, if it ever ran here.
+    fn last_status(
+        &self,
+        instance_id: &str,
+    ) -> impl Future<Output = Result<Option<String>, StoreError>>;
+
+    /// Counted starts since `since`, per instance id, by id.
+    fn counted_starts(
+        &self,
+        since: DateTime<Utc>,
+    ) -> impl Future<Output = Result<Vec<CountedStarts>, StoreError>>;
+
+    /// Records a start of `instance_id` after `previous`, counted when that end was unclean,
+    /// and marks the instance `starting`, so that a run killed before it records anything
+    /// else still counts as killed.
+    fn record_start(
+        &self,
+        instance_id: &str,
+        hostname: &str,
+        previous: PreviousEnd,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>>;
+
+    /// Stops counting every start recorded so far; returns how many were counted.
+    fn reset_starts(&self) -> impl Future<Output = Result<u64, StoreError>>;
+}
+
+/// The SQL both backends share: `$n` placeholders; times bound as RFC 3339 text and cast by
+/// `time` (PostgreSQL's `::timestamptz`, nothing on SQLite), and read back as text by
+/// `text` (a column expression).
+#[derive(Debug)]
+pub(super) struct OperationsSql;
+
+impl OperationsSql {
+    pub(super) fn read_switch(text: fn(&str) -> String) -> sqlx::AssertSqlSafe<String> {
+        let changed_at = text("changed_at");
+        sqlx::AssertSqlSafe(format!(
+            "SELECT pause, reason, {changed_at} AS changed_at, changed_by FROM operator_switch WHERE id = 1"
+        ))
+    }
+
+    pub(super) fn write_switch(time: &str) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(format!(
+            "INSERT INTO operator_switch (id, pause, reason, changed_at, changed_by) \
+             VALUES (1, $1, $2, $3{time}, $4) \
+             ON CONFLICT (id) DO UPDATE SET pause = excluded.pause, reason = excluded.reason, \
+             changed_at = excluded.changed_at, changed_by = excluded.changed_by"
+        ))
+    }
+
+    pub(super) const LAST_STATUS: &'static str =
+        "SELECT status FROM instance_metadata WHERE instance_id = $1";
+
+    pub(super) fn counted_starts(time: &str) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(format!(
+            "SELECT instance_id, COUNT(*) AS starts FROM instance_starts \
+             WHERE counted AND started_at >= $1{time} GROUP BY instance_id ORDER BY instance_id"
+        ))
+    }
+
+    pub(super) fn insert_start(time: &str) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(format!(
+            "INSERT INTO instance_starts (instance_id, hostname, started_at, previous_end, counted) \
+             VALUES ($1, $2, $3{time}, $4, $5)"
+        ))
+    }
+
+    pub(super) const MARK_STARTING: &'static str =
+        "UPDATE instance_metadata SET status = 'starting' WHERE instance_id = $1";
+
+    pub(super) const RESET_STARTS: &'static str =
+        "UPDATE instance_starts SET counted = false WHERE counted";
+}
+
+/// The kill switch row as read.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct SwitchRow {
+    pub pause: String,
+    pub reason: String,
+    pub changed_at: String,
+    pub changed_by: String,
+}
+
+impl SwitchRow {
+    /// The switch it holds, or why it cannot be read; no row is a switch never set.
+    pub(super) fn into_switch(row: Option<SwitchRow>) -> Result<PauseSwitch, StoreError> {
+        let Some(row) = row else {
+            return Ok(PauseSwitch::default());
+        };
+        row.switch()
+    }
+
+    fn switch(self) -> Result<PauseSwitch, StoreError> {
+        let pause = Pause::parse(&self.pause).ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "operator_switch.pause = {:?} is not none, all or exits_only",
+                self.pause
+            ))
+        })?;
+        Ok(PauseSwitch {
+            pause,
+            reason: self.reason,
+            changed_at: Some(self.changed_at),
+            changed_by: self.changed_by,
+        })
+    }
+}
+
+/// Implements [`Operations`] for a backend's store, written once: `$store` has a `pool`,
+/// errors are classified by `$classify`, times are bound as text cast by `$time_in` and read
+/// back through `$time_out` (see [`OperationsSql`]).
+macro_rules! impl_operations {
+    ($store:ty, $classify:path, $time_in:expr, $time_out:expr) => {
+        impl $crate::store::operations::Operations for $store {
+            async fn pause_switch(
+                &self,
+            ) -> Result<$crate::store::operations::PauseSwitch, $crate::store::StoreError> {
+                let row = sqlx::query_as::<_, $crate::store::operations::SwitchRow>(
+                    $crate::store::operations::OperationsSql::read_switch($time_out),
+                )
+                .fetch_optional(&self.pool)
+                .await
+                .map_err($classify)?;
+                $crate::store::operations::SwitchRow::into_switch(row)
+            }
+
+            async fn set_pause_switch(
+                &self,
+                pause: $crate::store::operations::Pause,
+                reason: &str,
+                changed_by: &str,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                sqlx::query($crate::store::operations::OperationsSql::write_switch(
+                    $time_in,
+                ))
+                .bind(pause.as_str())
+                .bind(reason)
+                .bind($crate::store::timestamp_text(now))
+                .bind(changed_by)
+                .execute(&self.pool)
+                .await
+                .map_err($classify)?;
+                Ok(())
+            }
+
+            async fn last_status(
+                &self,
+                instance_id: &str,
+            ) -> Result<Option<String>, $crate::store::StoreError> {
+                let row: Option<(String,)> =
+                    sqlx::query_as($crate::store::operations::OperationsSql::LAST_STATUS)
+                        .bind(instance_id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($classify)?;
+                Ok(row.map(|(status,)| status))
+            }
+
+            async fn counted_starts(
+                &self,
+                since: chrono::DateTime<chrono::Utc>,
+            ) -> Result<Vec<$crate::store::operations::CountedStarts>, $crate::store::StoreError>
+            {
+                sqlx::query_as::<_, $crate::store::operations::CountedStarts>(
+                    $crate::store::operations::OperationsSql::counted_starts($time_in),
+                )
+                .bind($crate::store::timestamp_text(since))
+                .fetch_all(&self.pool)
+                .await
+                .map_err($classify)
+            }
+
+            async fn record_start(
+                &self,
+                instance_id: &str,
+                hostname: &str,
+                previous: $crate::store::operations::PreviousEnd,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                let mut tx = self.pool.begin().await.map_err($classify)?;
+                sqlx::query($crate::store::operations::OperationsSql::insert_start(
+                    $time_in,
+                ))
+                .bind(instance_id)
+                .bind(hostname)
+                .bind($crate::store::timestamp_text(now))
+                .bind(previous.as_str())
+                .bind(previous.is_unclean())
+                .execute(&mut *tx)
+                .await
+                .map_err($classify)?;
+                sqlx::query($crate::store::operations::OperationsSql::MARK_STARTING)
+                    .bind(instance_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($classify)?;
+                tx.commit().await.map_err($classify)
+            }
+
+            async fn reset_starts(&self) -> Result<u64, $crate::store::StoreError> {
+                let done = sqlx::query($crate::store::operations::OperationsSql::RESET_STARTS)
+                    .execute(&self.pool)
+                    .await
+                    .map_err($classify)?;
+                Ok(done.rows_affected())
+            }
+        }
+    };
+}
+pub(super) use impl_operations;
