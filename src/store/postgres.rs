@@ -545,10 +545,10 @@ impl Store for PgStore {
 
     async fn queued_heads(&self, limit: i64) -> Result<Vec<QueuedRow>, StoreError> {
         sqlx::query_as::<_, QueuedRow>(signal_tx::queued_heads_sql(pg_time_text))
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(classify_pg)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(classify_pg)
     }
 
     async fn record_journal_backlog(
