@@ -44,6 +44,8 @@ pub struct Deployment {
     pub operator_token: Option<String>,
     /// The intake journal's directory, relative to the working directory.
     pub journal_dir: Option<PathBuf>,
+    /// The state snapshots' directory, relative to the working directory.
+    pub snapshot_dir: Option<PathBuf>,
     /// The webhook passphrase TradingView alerts must carry.
     pub webhook_passphrase: Option<String>,
     /// Who may send webhooks, and how signed ones are checked (`[webhook]`).
@@ -72,6 +74,7 @@ impl std::fmt::Debug for Deployment {
             .field("operator_listen", &self.operator_listen)
             .field("operator_token", &redacted(&self.operator_token))
             .field("journal_dir", &self.journal_dir)
+            .field("snapshot_dir", &self.snapshot_dir)
             .field("webhook_passphrase", &redacted(&self.webhook_passphrase))
             .field("webhook", &self.webhook)
             .field("notify", &self.notify)
@@ -124,6 +127,7 @@ struct RawDeployment {
     operator_listen: Option<String>,
     operator_token: Option<Spanned<String>>,
     journal_dir: Option<PathBuf>,
+    snapshot_dir: Option<PathBuf>,
     webhook_passphrase: Option<String>,
     initial_capital: Option<Spanned<String>>,
     #[serde(default)]
@@ -486,6 +490,7 @@ impl Deployment {
             operator_listen: raw.operator_listen,
             operator_token,
             journal_dir: raw.journal_dir,
+            snapshot_dir: raw.snapshot_dir,
             webhook_passphrase: raw.webhook_passphrase,
             webhook,
             notify,

@@ -22,6 +22,7 @@ pub mod recovery;
 pub mod restarts;
 pub mod shared;
 pub mod shutdown;
+pub mod snapshot;
 pub mod spec;
 pub mod store;
 pub mod supervisor;

@@ -416,6 +416,7 @@ async fn run(policy: &Policy, fakes: &Fakes, lost: Option<FailureKind>, how: How
         // No heartbeat during the story: the loss is reported once, at t=0, as a signal's
         // failure would report it.
         heartbeat_interval: HORIZON * 2,
+        snapshots: None,
     };
     let mut executor = Executor::new(config, ports);
     let mut lifecycle = executor.watch_lifecycle();

@@ -44,24 +44,11 @@ fn exit(slot: usize, n: usize) -> String {
     )
 }
 
-/// Runs a `vigil` command against the cluster's database and deployment file; its exit code
-/// and standard output.
+/// Runs a `vigil` command against the cluster's database and deployment file.
 async fn vigil_command(cluster: &Cluster, args: &[&str]) -> (i32, String) {
-    let mut command = common::vigil(&cluster.dir);
-    command.args(args).args([
-        "--config",
-        "vigil.toml",
-        "--database-url",
-        &cluster.database_url,
-    ]);
-    let output = tokio::task::spawn_blocking(move || command.output().unwrap())
-        .await
-        .unwrap();
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).to_string()
-            + &String::from_utf8_lossy(&output.stderr),
-    )
+    let mut args = args.to_vec();
+    args.extend(["--database-url", &cluster.database_url]);
+    cluster.vigil(&args).await
 }
 
 /// The lifecycle state an instance's `/status` shows.
@@ -451,15 +438,7 @@ async fn check_restarts(case: &Case) {
                 instance.kill();
                 let _ = instance.exit_code().await;
             }
-            End::Stopped => {
-                instance.terminate();
-                assert_eq!(
-                    instance.exit_code().await,
-                    Some(0),
-                    "{}",
-                    instance.log_text()
-                );
-            }
+            End::Stopped => instance.stop_gracefully().await,
         }
     }
     if !case.refused {

@@ -456,6 +456,7 @@ fn config(tolerance: Decimal, initial_capital: Option<Decimal>) -> ExecutorConfi
         initial_capital,
         until: Until::Stopped,
         heartbeat_interval: std::time::Duration::from_secs(5),
+        snapshots: None,
     }
 }
 

@@ -109,6 +109,21 @@ pub enum Command {
         #[command(flatten)]
         service: service::ServiceArgs,
     },
+    /// Write a snapshot of the stored state now (do it before every deployment).
+    Snapshot {
+        /// Settings.
+        #[command(flatten)]
+        service: service::ServiceArgs,
+    },
+    /// Load a snapshot into an empty database, after recovery's checks pass on it.
+    Restore {
+        /// The snapshot file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Settings.
+        #[command(flatten)]
+        service: service::ServiceArgs,
+    },
     /// The restart budget (`vigil status` shows it).
     Restarts {
         /// What to do with it.
@@ -223,6 +238,8 @@ pub fn run(cli: Cli) -> anyhow::Result<Outcome> {
         Command::Restarts {
             command: RestartsCommand::Reset { service },
         } => operate::reset_restarts(&service),
+        Command::Snapshot { service } => operate::snapshot(&service),
+        Command::Restore { file, service } => operate::restore(&service, &file),
         Command::Status { format, service } => service::status(&service, format),
         Command::Positions { format, service } => service::positions(&service, format),
         Command::Completions { shell } => {

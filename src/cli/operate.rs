@@ -77,3 +77,108 @@ pub fn reset_restarts(args: &ServiceArgs) -> anyhow::Result<Outcome> {
         Ok(Outcome::Ok)
     })
 }
+
+/// `vigil snapshot`: writes a snapshot of the stored state now (before every deployment).
+pub fn snapshot(args: &ServiceArgs) -> anyhow::Result<Outcome> {
+    let Some(settings) = settings(args)? else {
+        return Ok(Outcome::Invalid);
+    };
+    let shown = store::redact(&settings.database_url);
+    runtime()?.block_on(async {
+        let store = AnyStore::connect(&settings.database_url, Access::ReadOnly)
+            .await
+            .with_context(|| format!("cannot open {shown}"))?;
+        let taken = crate::snapshot::take(&store, &settings.snapshot_dir, &settings.instance).await;
+        store.close().await;
+        match taken {
+            Ok((path, snapshot)) => {
+                super::write_stdout(
+                    format!(
+                        "{}: snapshot of {shown}: portfolio version {}, {} positions\n",
+                        path.display(),
+                        snapshot.portfolio_version,
+                        snapshot.positions.len()
+                    )
+                    .as_bytes(),
+                )?;
+                Ok(Outcome::Ok)
+            }
+            Err(problem) => {
+                eprintln!("error: {problem}");
+                Ok(Outcome::Failed)
+            }
+        }
+    })
+}
+
+/// `vigil restore FILE`: loads a snapshot into an empty database, after recovery's checks
+/// pass on it, and checks what was written.
+pub fn restore(args: &ServiceArgs, file: &std::path::Path) -> anyhow::Result<Outcome> {
+    let Some(settings) = settings(args)? else {
+        return Ok(Outcome::Invalid);
+    };
+    let snapshot = match crate::snapshot::read(file) {
+        Ok(snapshot) => snapshot,
+        Err(error @ crate::snapshot::SnapshotError::Invalid { .. }) => {
+            eprintln!("error: {error}");
+            return Ok(Outcome::Invalid);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    let terms = crate::recovery::Terms {
+        tolerance: settings.policy.recovery.tolerance,
+        instruments: &settings.instruments,
+        initial_capital: settings.initial_capital,
+    };
+    let (_, receipt) = crate::recovery::recover(snapshot.rows(), &terms);
+    if receipt.failure().is_some() {
+        eprintln!(
+            "{receipt}\nerror: {} does not pass recovery's checks; nothing was written",
+            file.display()
+        );
+        return Ok(Outcome::Failed);
+    }
+    with_store(&settings, async |store, shown| {
+        let stored = store
+            .stored_rows()
+            .await
+            .with_context(|| format!("cannot read {shown}"))?;
+        if stored > 0 {
+            eprintln!(
+                "error: {shown} is not empty ({stored} rows of positions, portfolio, pyramiding \
+                 state and signals): vigil restore writes only into an empty database; point \
+                 --database-url at a new one"
+            );
+            return Ok(Outcome::Failed);
+        }
+        store
+            .restore_rows(&snapshot.rows(), Utc::now())
+            .await
+            .with_context(|| format!("cannot restore into {shown}"))?;
+        let rows = store
+            .load_recovery_rows()
+            .await
+            .with_context(|| format!("cannot read back {shown}"))?;
+        let (_, receipt) = crate::recovery::recover(rows, &terms);
+        if receipt.failure().is_some() {
+            eprintln!(
+                "{receipt}\nerror: what was written to {shown} does not pass recovery's checks"
+            );
+            return Ok(Outcome::Failed);
+        }
+        super::write_stdout(
+            format!(
+                "{}: restored into {shown}, written {} by {}: portfolio version {}; {}\n\
+                 The signal log starts empty: an alert older than the policy's [signals] max \
+                 age is refused as expired, and a newer one sent again would be applied again.\n",
+                file.display(),
+                snapshot.written_at,
+                snapshot.instance,
+                snapshot.portfolio_version,
+                receipt.summary()
+            )
+            .as_bytes(),
+        )?;
+        Ok(Outcome::Ok)
+    })
+}

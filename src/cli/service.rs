@@ -115,6 +115,9 @@ pub struct ServiceArgs {
     /// The directory of the intake journal, INSTANCE.journal [default: the working directory].
     #[arg(long, value_name = "DIR", env = "VIGIL_JOURNAL_DIR")]
     pub journal_dir: Option<PathBuf>,
+    /// The directory of this instance's state snapshots [default: the journal directory].
+    #[arg(long, value_name = "DIR", env = "VIGIL_SNAPSHOT_DIR")]
+    pub snapshot_dir: Option<PathBuf>,
     /// The most verbose level of vigil's log lines; libraries log warnings and errors.
     #[arg(
         long,
@@ -162,6 +165,8 @@ pub(super) struct Settings {
     pub(super) journal_dir: PathBuf,
     /// Where notifications go, secrets not yet read (`vigil run` reads them).
     pub(super) notify: Vec<crate::notify::SinkSpec>,
+    /// The directory of this instance's state snapshots.
+    pub(super) snapshot_dir: PathBuf,
 }
 
 impl Settings {
@@ -288,6 +293,13 @@ pub(super) fn settings(args: &ServiceArgs) -> anyhow::Result<Option<Settings>> {
         hostname,
         instruments: deployment.instruments,
         initial_capital: deployment.initial_capital,
+        snapshot_dir: args
+            .snapshot_dir
+            .clone()
+            .or(deployment.snapshot_dir)
+            .or_else(|| args.journal_dir.clone())
+            .or_else(|| deployment.journal_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(".")),
         journal_dir: args
             .journal_dir
             .clone()
@@ -376,6 +388,10 @@ async fn start_up(
         initial_capital: settings.initial_capital,
         until,
         heartbeat_interval: settings.policy.ha.heartbeat_interval,
+        snapshots: Some(crate::executor::Snapshots {
+            dir: settings.snapshot_dir.clone(),
+            max_age: settings.policy.recovery.snapshot_max_age,
+        }),
     };
     // The sender stays alive until the loop ends: a closed channel would mean "stop now".
     let (sender, mut inputs) = live::channel();
@@ -494,6 +510,22 @@ async fn start_up(
         })
         .await;
     }
+    // A snapshot every SNAPSHOT_INTERVAL while the instance serves.
+    let snapshots = (until == Until::Stopped).then(|| {
+        let (shared, dir, instance) = (
+            Arc::clone(&shared),
+            settings.snapshot_dir.clone(),
+            settings.instance.clone(),
+        );
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(crate::snapshot::SNAPSHOT_INTERVAL).await;
+                if let (true, Some(store)) = (shared.view().state.is_serving(), shared.store()) {
+                    write_snapshot(&store, &dir, &instance).await;
+                }
+            }
+        })
+    });
     let code = live::run(
         &mut driver,
         &init,
@@ -502,6 +534,9 @@ async fn start_up(
         &mut TokioClock::start(),
     )
     .await;
+    if let Some(snapshots) = snapshots {
+        snapshots.abort();
+    }
     drop(sender);
     let _ = stop_serving.send(true);
     let mut servers = servers.into_iter().flatten();
@@ -520,9 +555,13 @@ async fn start_up(
             server.abort();
         }
     }
-    // A graceful stop applies what the journal holds while the database still answers.
+    // A graceful stop applies what the journal holds while the database still answers, and
+    // leaves a snapshot of the state it stops with.
     if until == Until::Stopped && code == crate::cli::EXIT_OK {
         intake.flush(JOURNAL_FLUSH_TIMEOUT).await;
+        if let Some(store) = shared.store() {
+            write_snapshot(&store, &settings.snapshot_dir, &settings.instance).await;
+        }
     }
     executor.close().await;
     let report = RunReport {
@@ -531,6 +570,24 @@ async fn start_up(
         last_error: executor.last_error(),
     };
     (code, report)
+}
+
+/// Writes a snapshot of the state, logging what became of it.
+async fn write_snapshot(store: &AnyStore, dir: &std::path::Path, instance: &str) {
+    match crate::snapshot::take(store, dir, instance).await {
+        Ok((path, snapshot)) => tracing::info!(
+            target: crate::executor::STARTUP_TARGET,
+            instance = %instance,
+            "wrote snapshot {} (portfolio version {})",
+            path.display(),
+            snapshot.portfolio_version
+        ),
+        Err(problem) => tracing::warn!(
+            target: crate::executor::STARTUP_TARGET,
+            instance = %instance,
+            "no snapshot written: {problem}"
+        ),
+    }
 }
 
 /// The passphrase from settings, or the one generated at first start (kept in

@@ -103,6 +103,18 @@ pub struct ExecutorConfig {
     /// How often a serving instance refreshes its database heartbeat (the policy's
     /// `ha.heartbeat_interval`); each refresh is also the check that the database answers.
     pub heartbeat_interval: Duration,
+    /// This instance's state snapshots: the newest valid one is recovery's witness
+    /// ([`crate::snapshot`]); `None`: no witness.
+    pub snapshots: Option<Snapshots>,
+}
+
+/// Where the witness comes from, and how old it may be before the receipt flags it.
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    /// The snapshot directory.
+    pub dir: std::path::PathBuf,
+    /// The policy's `[recovery] snapshot_max_age`.
+    pub max_age: Duration,
 }
 
 /// What the executor carries commands out against.
@@ -196,6 +208,7 @@ impl Context {
             Ok(rows) => rows,
             Err(found) => return self.failed(found, loud),
         };
+        let stored_version = rows.portfolio.as_ref().map(|row| row.version);
         let terms = recovery::Terms {
             tolerance: self.config.tolerance,
             instruments: &self.config.instruments,
@@ -214,7 +227,10 @@ impl Context {
             }
         }
         let journal = self.shared().journal.borrow().clone();
-        let mut receipt = receipt.with_journal(journal.pending, journal.problem.as_deref());
+        let witness = self.witness(loud);
+        let mut receipt = receipt
+            .with_journal(journal.pending, journal.problem.as_deref())
+            .with_witness(stored_version, witness.as_ref());
         receipt.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let instance = self.instance();
         let failure = receipt.failure();
@@ -257,6 +273,47 @@ impl Context {
                 Input::Recovered
             }
             Some(kind) => Input::Failure(kind),
+        }
+    }
+
+    /// The newest valid snapshot of this instance, recovery's witness; newer files that do
+    /// not read are logged (when loud) and passed over.
+    fn witness(&self, loud: Loud) -> Option<recovery::Witness> {
+        let snapshots = self.config.snapshots.as_ref()?;
+        match crate::snapshot::newest_valid(&snapshots.dir, self.instance()) {
+            Ok(crate::snapshot::Found {
+                newest: found,
+                skipped,
+            }) => {
+                if loud == Loud::Yes {
+                    for problem in &skipped {
+                        tracing::warn!(target: STARTUP_TARGET, instance = %self.instance(), "snapshot passed over: {problem}");
+                    }
+                }
+                found.map(|(path, snapshot)| {
+                    // A time that does not parse (a file from elsewhere) is not flagged.
+                    let age_s = chrono::DateTime::parse_from_rfc3339(&snapshot.written_at)
+                        .ok()
+                        .and_then(|at| (Utc::now() - at.with_timezone(&Utc)).to_std().ok())
+                        .map(|age| age.as_secs());
+                    let max_age_s = snapshots.max_age.as_secs();
+                    recovery::Witness {
+                        file: path.display().to_string(),
+                        written_at: snapshot.written_at,
+                        portfolio_version: snapshot.portfolio_version,
+                        skipped: skipped.len(),
+                        stale: age_s
+                            .filter(|age_s| *age_s > max_age_s)
+                            .map(|age_s| (age_s, max_age_s)),
+                    }
+                })
+            }
+            Err(problem) => {
+                if loud == Loud::Yes {
+                    tracing::warn!(target: STARTUP_TARGET, instance = %self.instance(), "no snapshot witness: {problem}");
+                }
+                None
+            }
         }
     }
 

@@ -45,6 +45,15 @@ pub const HEARTBEATS_BEFORE_STALE: u32 = 2;
 /// The shortest restart window.
 pub const MIN_RESTART_WINDOW: Duration = Duration::from_secs(1);
 
+/// The default `[recovery] snapshot_max_age`: a day.
+pub const DEFAULT_SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+
+/// The shortest `[recovery] snapshot_max_age`: snapshots are written every 5 minutes.
+pub const MIN_SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(600);
+
+/// The longest `[recovery] snapshot_max_age`: a year.
+pub const MAX_SNAPSHOT_MAX_AGE: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// The longest restart window: a week.
 pub const MAX_RESTART_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -195,6 +204,8 @@ pub struct RecoverySettings {
     /// The largest difference, in account currency, allowed between a stored total and the
     /// sum over open positions.
     pub tolerance: Decimal,
+    /// How old the newest state snapshot may be before the receipt flags it.
+    pub snapshot_max_age: Duration,
 }
 
 /// Timings for several instances sharing one database and one Redis.

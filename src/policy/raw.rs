@@ -62,6 +62,7 @@ struct RawFailure {
 #[serde(deny_unknown_fields)]
 struct RawRecovery {
     tolerance: Option<Value>,
+    snapshot_max_age: Option<Value>,
 }
 
 /// `[ha]`.
@@ -624,16 +625,35 @@ impl Checker<'_> {
         raw: Option<RawRecovery>,
         base: Option<&Policy>,
     ) -> Option<RecoverySettings> {
-        let tolerance = raw.and_then(|raw| raw.tolerance);
-        let Some(value) = tolerance else {
-            return match base {
-                Some(base) => Some(base.recovery.clone()),
-                None => Some(RecoverySettings {
-                    tolerance: Decimal::new(1, 2),
-                }),
-            };
+        let fallback = base.map_or_else(
+            || RecoverySettings {
+                tolerance: Decimal::new(1, 2),
+                snapshot_max_age: super::DEFAULT_SNAPSHOT_MAX_AGE,
+            },
+            |base| base.recovery.clone(),
+        );
+        let (tolerance, max_age) =
+            raw.map_or((None, None), |raw| (raw.tolerance, raw.snapshot_max_age));
+        let snapshot_max_age = match max_age {
+            None => Some(fallback.snapshot_max_age),
+            Some(value) => self.duration(
+                &value,
+                super::MIN_SNAPSHOT_MAX_AGE,
+                super::MAX_SNAPSHOT_MAX_AGE,
+            ),
         };
-        let tolerance = self.decimal(&value, r#"tolerance = "0.01""#)?;
+        let tolerance = match tolerance {
+            None => Some(fallback.tolerance),
+            Some(value) => self.tolerance(&value),
+        };
+        Some(RecoverySettings {
+            tolerance: tolerance?,
+            snapshot_max_age: snapshot_max_age?,
+        })
+    }
+
+    fn tolerance(&mut self, value: &Value) -> Option<Decimal> {
+        let tolerance = self.decimal(value, r#"tolerance = "0.01""#)?;
         if tolerance < Decimal::ZERO {
             self.report(
                 Some(value.span()),
@@ -644,7 +664,7 @@ impl Checker<'_> {
             );
             return None;
         }
-        Some(RecoverySettings { tolerance })
+        Some(tolerance)
     }
 
     fn degraded(

@@ -4,7 +4,7 @@
 
 mod receipt;
 
-pub use receipt::{Basis, Check, Counts, Receipt, Verdict};
+pub use receipt::{Basis, Check, Counts, Receipt, Verdict, Witness, WITNESS_CHECK};
 
 use crate::domain::{checked_sum, Instrument, Portfolio, Position, PositionStatus, Pyramiding};
 use crate::store::codec::{decode_portfolio, decode_position, decode_pyramiding, Problems};
@@ -450,6 +450,68 @@ mod tests {
             instruments,
             initial_capital: Some(Decimal::from(1000)),
         }
+    }
+
+    /// One witness case: the stored version, the witness's version, its age over the bound,
+    /// the receipt's verdict and the check as printed.
+    struct WitnessCase {
+        stored: Option<i64>,
+        version: i64,
+        stale: Option<(u64, u64)>,
+        verdict: Option<FailureKind>,
+        shown: &'static str,
+    }
+
+    #[test]
+    fn the_witness_refuses_a_database_behind_it_and_flags_a_stale_one() {
+        let case = |stored, version, stale, verdict, shown| WitnessCase {
+            stored,
+            version,
+            stale,
+            verdict,
+            shown,
+        };
+        let corrupt = Some(FailureKind::DataCorrupt);
+        #[rustfmt::skip]
+        let cases = [
+            case(Some(7), 7, None, None, "[ok  ] not behind the newest snapshot"),
+            case(Some(9), 7, None, None, "[ok  ] not behind the newest snapshot"),
+            case(Some(6), 7, None, corrupt, "[FAIL] not behind the newest snapshot: the portfolio is at version 6, behind FILE (version 7"),
+            case(None, 7, None, corrupt, "the portfolio is at version 0, behind FILE"),
+            case(Some(7), 7, Some((90_000, 86_400)), None, "[warn] not behind the newest snapshot: the portfolio is at version 7, not behind FILE (version 7, written AT); the snapshot is 1day 1h old, older than the policy's [recovery] snapshot_max_age of 1day"),
+        ];
+        let instruments = BTreeMap::new();
+        for WitnessCase {
+            stored,
+            version,
+            stale,
+            verdict,
+            shown,
+        } in cases
+        {
+            let witness = Witness {
+                file: "FILE".into(),
+                written_at: "AT".into(),
+                portfolio_version: version,
+                skipped: 0,
+                stale,
+            };
+            let (_, receipt) = recover(RecoveryRows::default(), &terms(&instruments));
+            let receipt = receipt.with_witness(stored, Some(&witness));
+            assert_eq!(receipt.failure(), verdict, "{stored:?} against {version}");
+            let printed = receipt.to_string();
+            assert!(
+                printed.contains(shown),
+                "{stored:?} against {version}: {printed}"
+            );
+        }
+        let (_, receipt) = recover(RecoveryRows::default(), &terms(&instruments));
+        let without = receipt.clone().with_witness(Some(1), None);
+        assert_eq!(
+            without.checks.len(),
+            receipt.checks.len(),
+            "no snapshot, no check"
+        );
     }
 
     #[test]

@@ -73,6 +73,25 @@ impl Counts {
     }
 }
 
+/// The name of the snapshot witness's check.
+pub const WITNESS_CHECK: &str = "not behind the newest snapshot";
+
+/// The newest valid snapshot, as recovery's witness of how far the stored state had come.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Witness {
+    /// Its file.
+    pub file: String,
+    /// When it was written, RFC 3339.
+    pub written_at: String,
+    /// The portfolio version it holds.
+    pub portfolio_version: i64,
+    /// Newer snapshot files that did not read and were passed over.
+    pub skipped: usize,
+    /// How old it is, when that is longer than the policy's `[recovery] snapshot_max_age`
+    /// (in whole seconds), with that bound: the receipt flags it.
+    pub stale: Option<(u64, u64)>,
+}
+
 /// One check and its result.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Check {
@@ -112,6 +131,9 @@ pub struct Check {
     /// Not run, for the reason in `detail`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub skipped: bool,
+    /// Passed, with something an operator should see in `detail` (a stale witness).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub warned: bool,
     /// What the stored value is compared with, for sum checks.
     #[serde(skip)]
     pub basis: Option<Basis>,
@@ -147,6 +169,7 @@ impl Check {
             tolerance: None,
             detail: String::new(),
             skipped: false,
+            warned: false,
             basis: None,
         }
     }
@@ -155,6 +178,7 @@ impl Check {
         Check {
             detail: why.to_string(),
             skipped: true,
+            warned: false,
             ..Check::passed(name)
         }
     }
@@ -170,6 +194,7 @@ impl Check {
             tolerance: None,
             detail,
             skipped: false,
+            warned: false,
             basis: None,
         }
     }
@@ -205,6 +230,7 @@ impl Check {
             tolerance: Some(tolerance),
             detail,
             skipped: false,
+            warned: false,
             basis: Some(basis),
         }
     }
@@ -285,6 +311,60 @@ impl Receipt {
         self
     }
 
+    /// Adds the snapshot witness: the stored portfolio's version (`stored`, `None` for a
+    /// database with no portfolio row) must not be behind the newest valid snapshot's. A
+    /// database behind it lost history (an old backup restored, a WAL lost after `kill -9`):
+    /// corrupt data, under the policy. With no snapshot there is no witness and no check.
+    pub fn with_witness(mut self, stored: Option<i64>, witness: Option<&Witness>) -> Receipt {
+        let Some(witness) = witness else {
+            return self;
+        };
+        let stored = stored.unwrap_or(0);
+        let skipped = match witness.skipped {
+            0 => String::new(),
+            n => format!(
+                "; {} that do not read were skipped",
+                counted(n, "newer snapshot")
+            ),
+        };
+        let check = if stored >= witness.portfolio_version {
+            let mut check = Check::passed(WITNESS_CHECK);
+            check.detail = format!(
+                "the portfolio is at version {stored}, not behind {} (version {}, written {}){skipped}",
+                witness.file, witness.portfolio_version, witness.written_at
+            );
+            if let Some((age_s, max_age_s)) = witness.stale {
+                check.warned = true;
+                check.detail.push_str(&format!(
+                    "; the snapshot is {} old, older than the policy's [recovery] snapshot_max_age \
+                     of {}, so it witnesses little: write one with `vigil snapshot`",
+                    humantime::format_duration(std::time::Duration::from_secs(age_s)),
+                    humantime::format_duration(std::time::Duration::from_secs(max_age_s))
+                ));
+            }
+            check
+        } else {
+            Check::failed(
+                WITNESS_CHECK,
+                FailureKind::DataCorrupt,
+                format!(
+                    "the portfolio is at version {stored}, behind {} (version {}, written {}){skipped}: \
+                     the database lost history (an old backup restored, or a WAL lost after a crash); \
+                     restore the newest backup, or load the snapshot into an empty database with \
+                     `vigil restore {}`; if the database is right, move the snapshot aside",
+                    witness.file, witness.portfolio_version, witness.written_at, witness.file
+                ),
+            )
+        };
+        self.checks.push(check);
+        if self.verdict == Verdict::Clean && !self.checks.last().is_some_and(|c| c.passed) {
+            self.verdict = Verdict::Failed {
+                kind: FailureKind::DataCorrupt,
+            };
+        }
+        self
+    }
+
     /// The failure the policy must answer, if any.
     pub fn failure(&self) -> Option<FailureKind> {
         match self.verdict {
@@ -353,6 +433,7 @@ impl fmt::Display for Receipt {
         for check in &self.checks {
             let mark = match (check.passed, check.skipped) {
                 (_, true) => "skip",
+                (true, false) if check.warned => "warn",
                 (true, false) => "ok  ",
                 (false, false) => "FAIL",
             };
@@ -376,7 +457,9 @@ impl fmt::Display for Receipt {
                         write!(f, ", more than the tolerance of {}", tolerance.normalize())?;
                     }
                 }
-                _ if !check.passed || check.skipped => write!(f, ": {}", check.detail)?,
+                _ if !check.passed || check.skipped || check.warned => {
+                    write!(f, ": {}", check.detail)?
+                }
                 _ => {}
             }
             writeln!(f)?;

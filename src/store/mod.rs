@@ -44,7 +44,7 @@ pub enum Access {
 }
 
 /// A position row as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct PositionRow {
     /// Unique id.
     pub id: String,
@@ -81,7 +81,7 @@ pub struct PositionRow {
 }
 
 /// The portfolio row as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct PortfolioRow {
     /// Decimal text.
     pub initial_capital: Option<String>,
@@ -96,7 +96,7 @@ pub struct PortfolioRow {
 }
 
 /// A pyramiding row as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct PyramidingRow {
     /// Instrument.
     pub instrument: String,
@@ -887,6 +887,18 @@ impl operations::Operations for AnyStore {
 
     async fn reset_starts(&self) -> Result<u64, StoreError> {
         delegate!(self, store => store.reset_starts().await)
+    }
+
+    async fn stored_rows(&self) -> Result<i64, StoreError> {
+        delegate!(self, store => store.stored_rows().await)
+    }
+
+    async fn restore_rows(
+        &self,
+        rows: &RecoveryRows,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        delegate!(self, store => store.restore_rows(rows, now).await)
     }
 }
 

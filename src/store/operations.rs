@@ -166,6 +166,18 @@ pub trait Operations {
 
     /// Stops counting every start recorded so far; returns how many were counted.
     fn reset_starts(&self) -> impl Future<Output = Result<u64, StoreError>>;
+
+    /// Rows in the tables a restore writes, and in the signal log: a restore goes only into
+    /// a database where this is 0.
+    fn stored_rows(&self) -> impl Future<Output = Result<i64, StoreError>>;
+
+    /// Writes a snapshot's rows, as stored, in one transaction: every position (bases
+    /// first), the portfolio row and the pyramiding rows.
+    fn restore_rows(
+        &self,
+        rows: &super::RecoveryRows,
+        now: DateTime<Utc>,
+    ) -> impl Future<Output = Result<(), StoreError>>;
 }
 
 /// The SQL both backends share: `$n` placeholders; times bound as RFC 3339 text and cast by
@@ -213,6 +225,33 @@ impl OperationsSql {
 
     pub(super) const RESET_STARTS: &'static str =
         "UPDATE instance_starts SET counted = false WHERE counted";
+
+    pub(super) const STORED_ROWS: &'static str =
+        "SELECT (SELECT COUNT(*) FROM positions) + (SELECT COUNT(*) FROM portfolio_state) \
+         + (SELECT COUNT(*) FROM pyramiding_state) + (SELECT COUNT(*) FROM signal_log)";
+
+    pub(super) fn insert_position(num: &str, time: &str) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(format!(
+            "INSERT INTO positions (id, instrument, label, status, lots, entry_price, stop_price, \
+             risk_amount, margin, is_base_position, base_position_id, entry_time, version, \
+             exit_price, exit_time, realized_pnl) VALUES ($1, $2, $3, $4, $5{num}, $6{num}, \
+             $7{num}, $8{num}, $9{num}, $10, $11, $12{time}, $13, $14{num}, $15{time}, $16{num})"
+        ))
+    }
+
+    pub(super) fn insert_portfolio(num: &str, time: &str) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(format!(
+            "INSERT INTO portfolio_state (id, initial_capital, closed_equity, total_risk, \
+             margin_used, version, updated_at) VALUES (1, $1{num}, $2{num}, $3{num}, $4{num}, $5, $6{time})"
+        ))
+    }
+
+    pub(super) fn insert_pyramiding(num: &str) -> sqlx::AssertSqlSafe<String> {
+        sqlx::AssertSqlSafe(format!(
+            "INSERT INTO pyramiding_state (instrument, last_pyramid_price, base_position_id) \
+             VALUES ($1, $2{num}, $3)"
+        ))
+    }
 }
 
 /// The kill switch row as read.
@@ -253,7 +292,7 @@ impl SwitchRow {
 /// errors are classified by `$classify`, times are bound as text cast by `$time_in` and read
 /// back through `$time_out` (see [`OperationsSql`]).
 macro_rules! impl_operations {
-    ($store:ty, $classify:path, $time_in:expr, $time_out:expr) => {
+    ($store:ty, $classify:path, $time_in:expr, $num_in:expr, $time_out:expr) => {
         impl $crate::store::operations::Operations for $store {
             async fn pause_switch(
                 &self,
@@ -347,6 +386,71 @@ macro_rules! impl_operations {
                     .await
                     .map_err($classify)?;
                 Ok(done.rows_affected())
+            }
+
+            async fn stored_rows(&self) -> Result<i64, $crate::store::StoreError> {
+                let (rows,): (i64,) =
+                    sqlx::query_as($crate::store::operations::OperationsSql::STORED_ROWS)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err($classify)?;
+                Ok(rows)
+            }
+
+            async fn restore_rows(
+                &self,
+                rows: &$crate::store::RecoveryRows,
+                now: chrono::DateTime<chrono::Utc>,
+            ) -> Result<(), $crate::store::StoreError> {
+                use $crate::store::operations::OperationsSql;
+                let mut tx = self.pool.begin().await.map_err($classify)?;
+                // Bases first: a pyramid's row names its base.
+                let mut positions: Vec<_> = rows.positions.iter().collect();
+                positions.sort_by_key(|row| !row.is_base_position);
+                for row in positions {
+                    sqlx::query(OperationsSql::insert_position($num_in, $time_in))
+                        .bind(&row.id)
+                        .bind(&row.instrument)
+                        .bind(&row.label)
+                        .bind(&row.status)
+                        .bind(&row.lots)
+                        .bind(&row.entry_price)
+                        .bind(&row.stop_price)
+                        .bind(&row.risk_amount)
+                        .bind(&row.margin)
+                        .bind(row.is_base_position)
+                        .bind(&row.base_position_id)
+                        .bind(&row.entry_time)
+                        .bind(row.version)
+                        .bind(&row.exit_price)
+                        .bind(&row.exit_time)
+                        .bind(&row.realized_pnl)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($classify)?;
+                }
+                if let Some(row) = &rows.portfolio {
+                    sqlx::query(OperationsSql::insert_portfolio($num_in, $time_in))
+                        .bind(&row.initial_capital)
+                        .bind(&row.closed_equity)
+                        .bind(&row.total_risk)
+                        .bind(&row.margin_used)
+                        .bind(row.version)
+                        .bind($crate::store::timestamp_text(now))
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($classify)?;
+                }
+                for row in &rows.pyramiding {
+                    sqlx::query(OperationsSql::insert_pyramiding($num_in))
+                        .bind(&row.instrument)
+                        .bind(&row.last_pyramid_price)
+                        .bind(&row.base_position_id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err($classify)?;
+                }
+                tx.commit().await.map_err($classify)
             }
         }
     };

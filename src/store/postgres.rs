@@ -952,4 +952,10 @@ fn pg_time_text(column: &str) -> String {
     format!("to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')")
 }
 
-super::operations::impl_operations!(PgStore, classify_pg, "::timestamptz", pg_time_text);
+super::operations::impl_operations!(
+    PgStore,
+    classify_pg,
+    "::timestamptz",
+    "::numeric",
+    pg_time_text
+);

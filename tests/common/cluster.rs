@@ -127,6 +127,19 @@ impl Instance {
         self.signal("TERM");
     }
 
+    /// SIGTERM, and the graceful stop's exit code 0 (its log shown otherwise).
+    pub async fn stop_gracefully(&mut self) {
+        self.terminate();
+        let code = self.exit_code().await;
+        assert_eq!(
+            code,
+            Some(0),
+            "{} did not stop cleanly:\n{}",
+            self.id,
+            self.log_text()
+        );
+    }
+
     /// Sends the signal `name` (`STOP`, `CONT`, `TERM`) to the process.
     pub fn signal(&self, name: &str) {
         self.process.signal(name).unwrap();
@@ -297,6 +310,21 @@ impl Cluster {
             );
             tokio::time::sleep(POLL_INTERVAL).await;
         }
+    }
+
+    /// Runs a `vigil` command in the cluster's directory with its deployment file (and the
+    /// rest of `args`); its exit code and what it printed, standard output first.
+    pub async fn vigil(&self, args: &[&str]) -> (i32, String) {
+        let mut command = super::vigil(&self.dir);
+        command.args(args).args(["--config", "vigil.toml"]);
+        let output = tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).to_string()
+                + &String::from_utf8_lossy(&output.stderr),
+        )
     }
 
     /// Starts instance `id` and waits until it is ready.
