@@ -13,7 +13,6 @@
 
 use chrono::Utc;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -31,7 +30,9 @@ pub const NOTIFY_ATTEMPTS: u32 = 3;
 /// The pause before the second attempt; it doubles before each further one.
 pub const NOTIFY_BACKOFF_INITIAL: Duration = Duration::from_millis(500);
 
-/// A notice equal to one sent less than this long ago is not sent again.
+/// A notice equal to the last one sent, less than this long ago, is not sent again: a
+/// flapping condition is told once, while a condition that ends and comes back is told
+/// again (another notice came between).
 pub const NOTIFY_DEDUP_WINDOW: Duration = Duration::from_secs(300);
 
 /// How long a halt (or a refused start) waits for its notices before the process exits.
@@ -256,8 +257,8 @@ struct Inner {
     instance: String,
     /// One queue per sink.
     queues: Vec<Queue>,
-    /// When each notice (event and message) was last sent, for the dedup window.
-    recent: Mutex<HashMap<(Event, String), tokio::time::Instant>>,
+    /// The last notice sent (event and message) and when, for the dedup window.
+    last: Mutex<Option<(Event, String, tokio::time::Instant)>>,
     /// Notices queued and not yet delivered or given up.
     pending: AtomicUsize,
     /// Woken when `pending` drops to zero.
@@ -291,7 +292,7 @@ impl Notifier {
             inner: Arc::new(Inner {
                 instance: instance.to_string(),
                 queues,
-                recent: Mutex::new(HashMap::new()),
+                last: Mutex::new(None),
                 pending: AtomicUsize::new(0),
                 idle: Notify::new(),
             }),
@@ -312,7 +313,7 @@ impl Notifier {
         !self.inner.queues.is_empty()
     }
 
-    /// Tells every sink that wants `event`; never waits. A repeat within
+    /// Tells every sink that wants `event`; never waits. A repeat of the last notice within
     /// [`NOTIFY_DEDUP_WINDOW`] is not sent again.
     pub fn notify(&self, event: Event, message: impl Into<String>) {
         if self.inner.queues.is_empty() {
@@ -321,16 +322,18 @@ impl Notifier {
         let message = message.into();
         let now = tokio::time::Instant::now();
         {
-            let mut recent = self
+            let mut last = self
                 .inner
-                .recent
+                .last
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            recent.retain(|_, at| now.duration_since(*at) < NOTIFY_DEDUP_WINDOW);
-            if recent.contains_key(&(event, message.clone())) {
+            let repeat = last.as_ref().is_some_and(|(was, said, at)| {
+                *was == event && *said == message && now.duration_since(*at) < NOTIFY_DEDUP_WINDOW
+            });
+            if repeat {
                 return;
             }
-            recent.insert((event, message.clone()), now);
+            *last = Some((event, message.clone(), now));
         }
         let notice = Notice {
             event,

@@ -219,9 +219,18 @@ pub fn files(dir: &Path, instance: &str) -> Result<Vec<PathBuf>, SnapshotError> 
         .filter_map(Result::ok)
         .map(|entry| entry.path())
         .filter(|path| {
+            // Exactly `ID-TIME.snapshot`: another id that starts with this one (`vigil` and
+            // `vigil-2`) is not this instance's.
             path.file_name()
                 .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with(&prefix) && name.ends_with(SNAPSHOT_SUFFIX))
+                .and_then(|name| name.strip_prefix(&prefix))
+                .and_then(|rest| rest.strip_suffix(SNAPSHOT_SUFFIX))
+                .is_some_and(|time| {
+                    !time.is_empty()
+                        && time
+                            .bytes()
+                            .all(|b| b.is_ascii_digit() || b == b'T' || b == b'Z')
+                })
         })
         .collect();
     found.sort();
@@ -244,6 +253,13 @@ pub fn newest_valid(dir: &Path, instance: &str) -> Result<Found, SnapshotError> 
     let mut skipped = Vec::new();
     for path in files(dir, instance)?.into_iter().take(MAX_SNAPSHOTS_READ) {
         match read(&path) {
+            Ok(snapshot) if snapshot.instance != instance => skipped.push(SnapshotError::Invalid {
+                path,
+                why: format!(
+                    "it was written by instance {:?}, not {instance:?}",
+                    snapshot.instance
+                ),
+            }),
             Ok(snapshot) => {
                 return Ok(Found {
                     newest: Some((path, snapshot)),
@@ -374,6 +390,8 @@ mod tests {
         let found = newest_valid(&dir, "vigil-1").unwrap();
         assert_eq!(found.newest.unwrap().1.portfolio_version, 11);
         assert!(files(&dir, "vigil-2").unwrap().is_empty());
+        // An id that starts with another's is not taken for it.
+        assert!(files(&dir, "vigil").unwrap().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -93,6 +93,10 @@ async fn each_event_is_notified_once_in_order_and_a_halt_before_it_exits() {
     let (url, received) = receiver().await;
     // A receiver that is down: nothing listens on this port.
     let down = format!("http://127.0.0.1:{}", common::cluster::free_port());
+    // A receiver that hangs: it takes connections and never answers, so every attempt runs
+    // into its timeout.
+    let hung_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung = format!("http://{}", hung_listener.local_addr().unwrap());
     let mut deployment = std::fs::read_to_string(cluster.dir.join("vigil.toml")).unwrap();
     deployment.push_str(&format!(
         r#"
@@ -114,6 +118,11 @@ events = {EVENTS}
 name = "nobody"
 kind = "slack"
 webhook_url = "{down}/hook"
+
+[[notify]]
+name = "silent"
+kind = "discord"
+webhook_url = "{hung}/hook"
 "#
     ));
     std::fs::write(cluster.dir.join("vigil.toml"), deployment).unwrap();
@@ -168,7 +177,14 @@ webhook_url = "{down}/hook"
     let mut instance = instance;
     assert_eq!(instance.exit_code().await, Some(0));
     let mut halting = cluster.spawn_until_exit_with("n-1", &env).await;
+    let started = Instant::now();
     assert_eq!(halting.exit_code().await, Some(1), "{}", halting.log_text());
+    println!(
+        "the halting start exited {} ms after it was spawned, with a sink that never answers \
+         (flush bound {} ms)",
+        started.elapsed().as_millis(),
+        vigil::notify::NOTIFY_FLUSH_TIMEOUT.as_millis()
+    );
     let expected = [
         "degraded",
         "recovered",
@@ -207,6 +223,8 @@ webhook_url = "{down}/hook"
         "{failed}"
     );
     assert!(!failed.contains(&down), "a sink's URL reached the log");
+    assert!(!failed.contains(&hung), "a sink's URL reached the log");
+    drop(hung_listener);
     assert!(!failed.contains(BOT_TOKEN), "the bot token reached the log");
     drop(halting);
     clean(&cluster.dir);

@@ -190,6 +190,16 @@ async fn a_pause_stops_every_instance_within_a_heartbeat_and_outlives_a_restart(
     instances[0] = cluster.spawn("ha-1").await;
     let back = Instant::now();
     all_reach(&instances[..1], "paused", back).await;
+    // Straight from recovery to paused: never active in between.
+    let log = instances[0].log_text();
+    let last_recovery = log
+        .lines()
+        .rfind(|line| line.contains("recovery complete"))
+        .unwrap();
+    assert!(
+        last_recovery.contains("recovery complete; paused by the operator"),
+        "{last_recovery}"
+    );
     let delivery = deliver_to(&instances[0], &entry(55, 500)).await;
     assert_eq!(
         delivery.outcome(),
@@ -231,6 +241,22 @@ async fn a_pause_stops_every_instance_within_a_heartbeat_and_outlives_a_restart(
         Some("refused"),
         "{}",
         delivery.last_body
+    );
+
+    // Over HTTP the switch needs an operator token; these instances have none.
+    let refused = reqwest::Client::new()
+        .post(format!("{}/pause", instances[0].operator_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 403);
+    let body: serde_json::Value = serde_json::from_slice(&refused.bytes().await.unwrap()).unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("need an operator token"),
+        "{body}"
     );
 
     // Resume: both apply again within a heartbeat.

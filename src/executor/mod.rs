@@ -192,8 +192,29 @@ impl Context {
 
     async fn connect(&self) -> Input {
         match within(OPEN_TIMEOUT, self.ports.database.open()).await {
-            Ok(()) => Input::Started,
+            Ok(()) => self.started().await,
             Err(found) => self.failed(found, Loud::Yes),
+        }
+    }
+
+    /// Start-up finished. When the operator's switch holds trading, the machines hear the
+    /// pause first (`starting` remembers it) and `started` right after, so the instance goes
+    /// from recovery straight to `paused`, never `active` in between. A switch that cannot be
+    /// read here is read again by recovery, which fails loudly on it.
+    async fn started(&self) -> Input {
+        if self.config.until == Until::Settled {
+            return Input::Started;
+        }
+        match tokio::time::timeout(PROBE_TIMEOUT, self.ports.database.pause()).await {
+            Ok(Ok(pause)) if pause != crate::store::operations::Pause::None => {
+                self.shared().pause.send_replace(pause);
+                match self.shared().inputs.try_send(Input::Started) {
+                    Ok(()) => pause.input(),
+                    // A full queue: start-up goes on, and recovery reads the switch again.
+                    Err(_) => Input::Started,
+                }
+            }
+            _ => Input::Started,
         }
     }
 
@@ -215,8 +236,13 @@ impl Context {
             initial_capital: self.config.initial_capital,
         };
         let (mut state, receipt) = recovery::recover(rows, &terms);
+        let witness = self.witness(loud);
+        // A database behind the witness (a wrong, new one) is left as it is found.
+        let behind = witness
+            .as_ref()
+            .is_some_and(|witness| stored_version.unwrap_or(0) < witness.portfolio_version);
         if let (Some(capital), Some(recovered)) = (self.config.initial_capital, &mut state) {
-            if receipt.failure().is_none() && recovered.portfolio.is_none() {
+            if receipt.failure().is_none() && recovered.portfolio.is_none() && !behind {
                 // A new database: its portfolio starts from the deployment's capital.
                 if let Err(found) =
                     within(OPEN_TIMEOUT, self.ports.database.create_portfolio(capital)).await
@@ -227,7 +253,6 @@ impl Context {
             }
         }
         let journal = self.shared().journal.borrow().clone();
-        let witness = self.witness(loud);
         let mut receipt = receipt
             .with_journal(journal.pending, journal.problem.as_deref())
             .with_witness(stored_version, witness.as_ref());
@@ -251,15 +276,12 @@ impl Context {
             }
         }
         self.shared().receipt.send_replace(Some(receipt));
-        if failure.is_none() {
-            // Before the instance serves: an instance the operator paused never applies an
-            // alert it holds back, whatever the lifecycle has heard yet.
+        // Before the instance serves: an instance the operator paused never applies an alert
+        // it holds back, whatever the lifecycle has heard yet. A read-only check predicts
+        // recovery, not the switch.
+        if failure.is_none() && self.config.until == Until::Stopped {
             match within(PROBE_TIMEOUT, self.ports.database.pause()).await {
                 Ok(pause) => self.shared().heard_pause(pause),
-                // A read-only check of a database older than the switch predicts no pause.
-                Err(found) if self.config.until == Until::Settled => {
-                    tracing::debug!(target: STARTUP_TARGET, instance = %instance, "the kill switch cannot be read: {}", found.message);
-                }
                 Err(found) => return self.failed(found, loud),
             }
         }
@@ -693,7 +715,13 @@ impl Executor {
         {
             match transition.to {
                 "crashed" => notifier.notify(Event::Halted, transition.message.clone()),
-                "degraded" if !self.degraded_announced => {
+                // Into degraded, or a failure that narrows a paused instance.
+                "degraded" | "paused"
+                    if !self.degraded_announced
+                        && (transition.to == "degraded"
+                            || (transition.reason.is_some()
+                                && transition.level == crate::machines::Level::Warn)) =>
+                {
                     self.degraded_announced = true;
                     notifier.notify(Event::Degraded, transition.message.clone());
                 }

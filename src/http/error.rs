@@ -69,6 +69,19 @@ impl ApiError {
         ApiError::plain(StatusCode::UNAUTHORIZED, "unauthorized", message)
     }
 
+    /// 403: the kill switch over HTTP where no operator token is configured.
+    pub fn forbidden_without_token() -> ApiError {
+        ApiError::plain(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!(
+                "POST /pause and /resume need an operator token: set {} or operator_token in \
+                 the deployment file, or use `vigil pause` and `vigil resume`",
+                crate::deployment::OPERATOR_TOKEN_ENV
+            ),
+        )
+    }
+
     /// 401: an operator request without the configured bearer token.
     pub fn unauthorized_operator() -> ApiError {
         let message = format!(

@@ -86,4 +86,12 @@ fn describe() {
         STATISTICS_SNAPSHOTS,
         "Statistics snapshots written as leader."
     );
+    metrics::describe_counter!(
+        crate::notify::NOTIFICATIONS_DROPPED,
+        "Notifications dropped because a sink's queue was full."
+    );
+    metrics::describe_counter!(
+        crate::notify::NOTIFICATIONS_FAILED,
+        "Notifications not delivered after every attempt."
+    );
 }

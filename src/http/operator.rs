@@ -1,7 +1,8 @@
 //! The kill switch over HTTP, on the operator listener (behind its bearer token):
 //! `POST /pause` (body `{"exits_only": true, "reason": "..."}`, both optional) and
 //! `POST /resume`. Each writes the switch every instance reads at its heartbeat, and this
-//! instance obeys it at once.
+//! instance obeys it at once. They answer only where an operator token is configured: the
+//! switch stops trading, so it is never open to whoever reaches the listener.
 
 use super::error::ApiError;
 use super::AppState;
@@ -71,6 +72,9 @@ pub async fn resume(State(app): State<Arc<AppState>>) -> Result<Json<Switched>, 
 /// Writes the switch, then obeys it here at once; the other instances read it at their
 /// next heartbeat.
 async fn switch(app: &AppState, pause: Pause, reason: &str) -> Result<Json<Switched>, ApiError> {
+    if app.operator_token.is_none() {
+        return Err(ApiError::forbidden_without_token());
+    }
     let Some(store) = app.shared.store() else {
         return Err(ApiError::unavailable(
             "the database is not connected yet; ask again, or run vigil pause where it answers",
