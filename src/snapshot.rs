@@ -46,6 +46,9 @@ pub struct Snapshot {
     pub written_at: String,
     /// The portfolio row's version: every applied signal raises it by one.
     pub portfolio_version: i64,
+    /// The fingerprint of the alert applied last, when the signal log holds one.
+    #[serde(default)]
+    pub last_applied_fingerprint: Option<String>,
     /// Every position, open and closed, as stored.
     pub positions: Vec<PositionRow>,
     /// The portfolio row, as stored.
@@ -62,6 +65,7 @@ impl Snapshot {
             instance: instance.to_string(),
             written_at: written_at.to_string(),
             portfolio_version: rows.portfolio.as_ref().map_or(0, |row| row.version),
+            last_applied_fingerprint: None,
             positions: rows.positions,
             portfolio: rows.portfolio,
             pyramiding: rows.pyramiding,
@@ -294,8 +298,15 @@ pub async fn take(
             ))
         }
     };
+    use crate::store::operations::Operations;
+    let last = match tokio::time::timeout(SNAPSHOT_READ_TIMEOUT, store.last_applied()).await {
+        Ok(Ok(last)) => last,
+        Ok(Err(error)) => return Err(format!("the signal log could not be read: {error}")),
+        Err(_) => return Err("the signal log did not answer in time".to_string()),
+    };
     let written_at = crate::store::timestamp_text(chrono::Utc::now());
-    let snapshot = Snapshot::of(rows, instance, &written_at);
+    let mut snapshot = Snapshot::of(rows, instance, &written_at);
+    snapshot.last_applied_fingerprint = last;
     let (dir, instance) = (dir.to_path_buf(), instance.to_string());
     tokio::task::spawn_blocking(move || {
         if let Ok(Found {

@@ -130,6 +130,10 @@ async fn the_newest_snapshot_refuses_a_database_that_lost_history() {
         said.contains("restored into") && said.contains("clean"),
         "{said}"
     );
+    assert!(
+        said.contains("last applied alert ") && !said.contains("last applied alert none"),
+        "the snapshot names the alert applied last: {said}"
+    );
     let (code, said) = cluster
         .vigil(&[
             "recover",

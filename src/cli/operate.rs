@@ -168,13 +168,17 @@ pub fn restore(args: &ServiceArgs, file: &std::path::Path) -> anyhow::Result<Out
         }
         super::write_stdout(
             format!(
-                "{}: restored into {shown}, written {} by {}: portfolio version {}; {}\n\
+                "{}: restored into {shown}, written {} by {}: portfolio version {}, last applied alert {}; {}\n\
                  The signal log starts empty: an alert older than the policy's [signals] max \
                  age is refused as expired, and a newer one sent again would be applied again.\n",
                 file.display(),
                 snapshot.written_at,
                 snapshot.instance,
                 snapshot.portfolio_version,
+                snapshot
+                    .last_applied_fingerprint
+                    .as_deref()
+                    .map_or("none", crate::intake::short),
                 receipt.summary()
             )
             .as_bytes(),

@@ -889,6 +889,10 @@ impl operations::Operations for AnyStore {
         delegate!(self, store => store.reset_starts().await)
     }
 
+    async fn last_applied(&self) -> Result<Option<String>, StoreError> {
+        delegate!(self, store => store.last_applied().await)
+    }
+
     async fn stored_rows(&self) -> Result<i64, StoreError> {
         delegate!(self, store => store.stored_rows().await)
     }

@@ -167,6 +167,9 @@ pub trait Operations {
     /// Stops counting every start recorded so far; returns how many were counted.
     fn reset_starts(&self) -> impl Future<Output = Result<u64, StoreError>>;
 
+    /// The fingerprint of the alert applied last, if any.
+    fn last_applied(&self) -> impl Future<Output = Result<Option<String>, StoreError>>;
+
     /// Rows in the tables a restore writes, and in the signal log: a restore goes only into
     /// a database where this is 0.
     fn stored_rows(&self) -> impl Future<Output = Result<i64, StoreError>>;
@@ -225,6 +228,10 @@ impl OperationsSql {
 
     pub(super) const RESET_STARTS: &'static str =
         "UPDATE instance_starts SET counted = false WHERE counted";
+
+    pub(super) const LAST_APPLIED: &'static str =
+        "SELECT fingerprint FROM signal_log WHERE status = 'applied' \
+         ORDER BY processed_at DESC, id DESC LIMIT 1";
 
     pub(super) const STORED_ROWS: &'static str =
         "SELECT (SELECT COUNT(*) FROM positions) + (SELECT COUNT(*) FROM portfolio_state) \
@@ -386,6 +393,15 @@ macro_rules! impl_operations {
                     .await
                     .map_err($classify)?;
                 Ok(done.rows_affected())
+            }
+
+            async fn last_applied(&self) -> Result<Option<String>, $crate::store::StoreError> {
+                let row: Option<(String,)> =
+                    sqlx::query_as($crate::store::operations::OperationsSql::LAST_APPLIED)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err($classify)?;
+                Ok(row.map(|(fingerprint,)| fingerprint))
             }
 
             async fn stored_rows(&self) -> Result<i64, $crate::store::StoreError> {
