@@ -57,20 +57,29 @@ pub async fn usage(
     budget: &RestartBudget,
     now: DateTime<Utc>,
 ) -> Result<Usage, StoreError> {
+    let by_instance = store.counted_starts(window_start(budget, now)).await?;
+    Ok(usage_of(by_instance, budget))
+}
+
+/// When the budget's window began, at `now`.
+fn window_start(budget: &RestartBudget, now: DateTime<Utc>) -> DateTime<Utc> {
     let window = chrono::Duration::from_std(budget.window).unwrap_or(chrono::Duration::MAX);
-    let since = now
-        .checked_sub_signed(window)
-        .unwrap_or(DateTime::<Utc>::MIN_UTC);
-    let by_instance = store.counted_starts(since).await?;
-    Ok(Usage {
+    now.checked_sub_signed(window)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// The budget, given the counted starts within its window.
+fn usage_of(by_instance: Vec<CountedStarts>, budget: &RestartBudget) -> Usage {
+    Usage {
         counted: by_instance.iter().map(|counted| counted.starts).sum(),
         max: budget.max_restarts,
         window_s: budget.window.as_secs(),
         by_instance,
-    })
+    }
 }
 
-/// Admits or refuses a start of `instance_id` at `now`, recording it when admitted.
+/// Admits or refuses a start of `instance_id` at `now`, recording it when admitted; the
+/// count and the record are one transaction under the start lock.
 pub async fn admit(
     store: &impl Operations,
     instance_id: &str,
@@ -78,15 +87,17 @@ pub async fn admit(
     budget: &RestartBudget,
     now: DateTime<Utc>,
 ) -> Result<Admission, StoreError> {
-    let status = store.last_status(instance_id).await?;
-    let previous = PreviousEnd::from_status(status.as_deref());
-    let mut usage = usage(store, budget, now).await?;
-    if previous.is_unclean() && usage.spent() {
+    let since = window_start(budget, now);
+    let decided = store
+        .admit_start(instance_id, hostname, since, now, |previous, counted| {
+            !(previous.is_unclean() && usage_of(counted.to_vec(), budget).spent())
+        })
+        .await?;
+    let mut usage = usage_of(decided.counted, budget);
+    let previous = decided.previous;
+    if !decided.admitted {
         return Ok(Admission::Refused { previous, usage });
     }
-    store
-        .record_start(instance_id, hostname, previous, now)
-        .await?;
     if previous.is_unclean() {
         usage.counted += 1;
         match usage

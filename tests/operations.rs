@@ -481,3 +481,73 @@ async fn check_restarts(case: &Case) {
         database.drop_now().await;
     }
 }
+
+/// Instances that start at the same moment with one restart left in the budget: the
+/// decisions are taken one after the other, so exactly one is admitted, on both backends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn starts_at_once_share_the_last_restart_between_them() {
+    use vigil::store::{Access, AnyStore, InstanceRecord, Store};
+    let sqlite_dir = std::env::temp_dir().join(format!("vigil-budget-race-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&sqlite_dir);
+    std::fs::create_dir_all(&sqlite_dir).unwrap();
+    let mut urls = vec![format!(
+        "sqlite://{}",
+        sqlite_dir.join("vigil.db").display()
+    )];
+    let database = match postgres_admin_url("two_starts_at_once") {
+        Some(admin) => Some(ScratchDatabase::create(&admin, "budget").await),
+        None => None,
+    };
+    urls.extend(database.as_ref().map(|database| database.url.clone()));
+    let budget = vigil::policy::RestartBudget {
+        max_restarts: 3,
+        window: Duration::from_secs(3600),
+    };
+    for url in urls {
+        let store = AnyStore::connect(&url, Access::ReadWrite).await.unwrap();
+        store.migrate().await.unwrap();
+        let now = chrono::Utc::now();
+        for id in ["a", "b"] {
+            // A run that never recorded its end: every start after it counts.
+            let record = InstanceRecord {
+                instance_id: id.into(),
+                hostname: "host".into(),
+                started_at: now,
+            };
+            store.record_status(&record, "active", now).await.unwrap();
+        }
+        for _ in 0..2 {
+            let admitted = vigil::restarts::admit(&store, "a", "host", &budget, now).await;
+            assert!(matches!(
+                admitted.unwrap(),
+                vigil::restarts::Admission::Admitted { .. }
+            ));
+        }
+        // Eight at once, so that without the lock their reads would overlap.
+        let racing = futures_util::future::join_all((0..8).map(|n| {
+            let id = if n % 2 == 0 { "a" } else { "b" };
+            vigil::restarts::admit(&store, id, "host", &budget, now)
+        }))
+        .await;
+        let admitted = racing
+            .into_iter()
+            .filter(|admission| {
+                matches!(
+                    admission.as_ref().unwrap(),
+                    vigil::restarts::Admission::Admitted { .. }
+                )
+            })
+            .count();
+        assert_eq!(
+            admitted, 1,
+            "{url}: exactly one of the racing starts gets the last restart"
+        );
+        let usage = vigil::restarts::usage(&store, &budget, now).await.unwrap();
+        assert_eq!(usage.counted, 3, "{url}");
+        store.close().await;
+    }
+    let _ = std::fs::remove_dir_all(&sqlite_dir);
+    if let Some(database) = database {
+        database.drop_now().await;
+    }
+}

@@ -875,14 +875,18 @@ impl operations::Operations for AnyStore {
         delegate!(self, store => store.counted_starts(since).await)
     }
 
-    async fn record_start(
+    async fn admit_start<F>(
         &self,
         instance_id: &str,
         hostname: &str,
-        previous: operations::PreviousEnd,
+        since: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        delegate!(self, store => store.record_start(instance_id, hostname, previous, now).await)
+        admit: F,
+    ) -> Result<operations::StartDecision, StoreError>
+    where
+        F: FnOnce(operations::PreviousEnd, &[operations::CountedStarts]) -> bool,
+    {
+        delegate!(self, store => store.admit_start(instance_id, hostname, since, now, admit).await)
     }
 
     async fn reset_starts(&self) -> Result<u64, StoreError> {

@@ -127,6 +127,17 @@ pub struct CountedStarts {
     pub starts: i64,
 }
 
+/// What [`Operations::admit_start`] found and decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartDecision {
+    /// How the previous run of the instance ended.
+    pub previous: PreviousEnd,
+    /// The counted starts before this one, per instance id.
+    pub counted: Vec<CountedStarts>,
+    /// Whether the start was admitted (and recorded).
+    pub admitted: bool,
+}
+
 /// The kill switch and the start record.
 pub trait Operations {
     /// The kill switch; not paused when it was never set.
@@ -153,16 +164,21 @@ pub trait Operations {
         since: DateTime<Utc>,
     ) -> impl Future<Output = Result<Vec<CountedStarts>, StoreError>>;
 
-    /// Records a start of `instance_id` after `previous`, counted when that end was unclean,
-    /// and marks the instance `starting`, so that a run killed before it records anything
-    /// else still counts as killed.
-    fn record_start(
+    /// Decides a start of `instance_id` in one transaction that holds the start lock, so two
+    /// instances starting at once are counted one after the other: reads how its last run
+    /// ended and the counted starts since `since`, asks `admit`, and when it admits, records
+    /// the start (counted when that end was unclean) and marks the instance `starting`, so
+    /// that a run killed before it records anything else still counts as killed.
+    fn admit_start<F>(
         &self,
         instance_id: &str,
         hostname: &str,
-        previous: PreviousEnd,
+        since: DateTime<Utc>,
         now: DateTime<Utc>,
-    ) -> impl Future<Output = Result<(), StoreError>>;
+        admit: F,
+    ) -> impl Future<Output = Result<StartDecision, StoreError>>
+    where
+        F: FnOnce(PreviousEnd, &[CountedStarts]) -> bool;
 
     /// Stops counting every start recorded so far; returns how many were counted.
     fn reset_starts(&self) -> impl Future<Output = Result<u64, StoreError>>;
@@ -296,10 +312,11 @@ impl SwitchRow {
 }
 
 /// Implements [`Operations`] for a backend's store, written once: `$store` has a `pool`,
-/// errors are classified by `$classify`, times are bound as text cast by `$time_in` and read
-/// back through `$time_out` (see [`OperationsSql`]).
+/// errors are classified by `$classify`, times and decimals are bound as text cast by
+/// `$time_in` and `$num_in` and times read back through `$time_out` (see [`OperationsSql`]);
+/// `$begin_locked` begins a transaction that holds the backend's start lock.
 macro_rules! impl_operations {
-    ($store:ty, $classify:path, $time_in:expr, $num_in:expr, $time_out:expr) => {
+    ($store:ty, $classify:path, $time_in:expr, $num_in:expr, $time_out:expr, $begin_locked:expr) => {
         impl $crate::store::operations::Operations for $store {
             async fn pause_switch(
                 &self,
@@ -360,31 +377,68 @@ macro_rules! impl_operations {
                 .map_err($classify)
             }
 
-            async fn record_start(
+            async fn admit_start<F>(
                 &self,
                 instance_id: &str,
                 hostname: &str,
-                previous: $crate::store::operations::PreviousEnd,
+                since: chrono::DateTime<chrono::Utc>,
                 now: chrono::DateTime<chrono::Utc>,
-            ) -> Result<(), $crate::store::StoreError> {
-                let mut tx = self.pool.begin().await.map_err($classify)?;
-                sqlx::query($crate::store::operations::OperationsSql::insert_start(
-                    $time_in,
-                ))
-                .bind(instance_id)
-                .bind(hostname)
-                .bind($crate::store::timestamp_text(now))
-                .bind(previous.as_str())
-                .bind(previous.is_unclean())
-                .execute(&mut *tx)
+                admit: F,
+            ) -> Result<$crate::store::operations::StartDecision, $crate::store::StoreError>
+            where
+                F: FnOnce(
+                    $crate::store::operations::PreviousEnd,
+                    &[$crate::store::operations::CountedStarts],
+                ) -> bool,
+            {
+                use $crate::store::operations::{OperationsSql, PreviousEnd, StartDecision};
+                let mut tx = self
+                    .pool
+                    .begin_with(sqlx::AssertSqlSafe(($begin_locked).to_string()))
+                    .await
+                    .map_err($classify)?;
+                let status: Option<(String,)> = sqlx::query_as(OperationsSql::LAST_STATUS)
+                    .bind(instance_id)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err($classify)?;
+                let previous = PreviousEnd::from_status(status.as_ref().map(|(s,)| s.as_str()));
+                let counted = sqlx::query_as::<_, $crate::store::operations::CountedStarts>(
+                    OperationsSql::counted_starts($time_in),
+                )
+                .bind($crate::store::timestamp_text(since))
+                .fetch_all(&mut *tx)
                 .await
                 .map_err($classify)?;
-                sqlx::query($crate::store::operations::OperationsSql::MARK_STARTING)
+                let admitted = admit(previous, &counted);
+                if !admitted {
+                    tx.rollback().await.map_err($classify)?;
+                    return Ok(StartDecision {
+                        previous,
+                        counted,
+                        admitted,
+                    });
+                }
+                sqlx::query(OperationsSql::insert_start($time_in))
+                    .bind(instance_id)
+                    .bind(hostname)
+                    .bind($crate::store::timestamp_text(now))
+                    .bind(previous.as_str())
+                    .bind(previous.is_unclean())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err($classify)?;
+                sqlx::query(OperationsSql::MARK_STARTING)
                     .bind(instance_id)
                     .execute(&mut *tx)
                     .await
                     .map_err($classify)?;
-                tx.commit().await.map_err($classify)
+                tx.commit().await.map_err($classify)?;
+                Ok(StartDecision {
+                    previous,
+                    counted,
+                    admitted,
+                })
             }
 
             async fn reset_starts(&self) -> Result<u64, $crate::store::StoreError> {

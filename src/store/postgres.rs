@@ -26,6 +26,10 @@ const ADVISORY_LOCK_CLASS: i32 = 0x7669_6700;
 /// locks use [`instrument_lock_key`] under their own class.
 const LEADERSHIP_LOCK_KEY: i32 = 0;
 
+/// The second key of the advisory lock that serialises start decisions (the restart
+/// budget).
+const START_LOCK_KEY: i32 = 1;
+
 /// The class of per-instrument signal locks.
 const INSTRUMENT_LOCK_CLASS: i32 = ADVISORY_LOCK_CLASS + 1;
 
@@ -957,5 +961,6 @@ super::operations::impl_operations!(
     classify_pg,
     "::timestamptz",
     "::numeric",
-    pg_time_text
+    pg_time_text,
+    format!("BEGIN; SELECT pg_advisory_xact_lock({ADVISORY_LOCK_CLASS}, {START_LOCK_KEY})")
 );

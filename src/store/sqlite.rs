@@ -902,4 +902,11 @@ async fn upsert_pyramiding(
     .map(|done| done.rows_affected())
 }
 
-super::operations::impl_operations!(SqliteStore, classify_sqlite, "", "", str::to_string);
+super::operations::impl_operations!(
+    SqliteStore,
+    classify_sqlite,
+    "",
+    "",
+    str::to_string,
+    "BEGIN IMMEDIATE"
+);
