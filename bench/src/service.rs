@@ -75,11 +75,15 @@ impl Service {
         log: &Path,
     ) -> anyhow::Result<Service> {
         let operator = format!("127.0.0.1:{}", free_port()?);
+        // Each run starts from a fresh database on purpose: its snapshots go beside its log,
+        // so that an earlier run's snapshot is not taken for the witness of lost history.
+        let snapshots = log.with_extension("snapshots");
         let command = launch
             .clone()
             .database_url(database_url)
             .instance(instance)
             .listen(address, &operator)
+            .env("VIGIL_SNAPSHOT_DIR", &snapshots.display().to_string())
             .command();
         Ok(Service {
             process: Process::spawn(command, instance, Some(log))?,
