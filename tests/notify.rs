@@ -7,9 +7,9 @@
 mod common;
 
 use common::cluster::{clean, entry, Cluster, START_TIMEOUT};
+use common::receiver::{self, Received};
 use common::tradingview;
 use common::{postgres_admin_url, ScratchDatabase};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -19,28 +19,6 @@ const EVENTS: &str =
 
 /// The bot token the fake Telegram API is called with (read from the environment).
 const BOT_TOKEN: &str = "123456:test-token";
-
-/// One request a receiver got: its path and JSON body.
-type Received = Arc<Mutex<Vec<(String, serde_json::Value)>>>;
-
-/// A receiver for both the generic webhook (`/hook`) and Telegram (`/bot.../sendMessage`),
-/// recording every request; its address.
-async fn receiver() -> (String, Received) {
-    let received: Received = Arc::default();
-    let log = Arc::clone(&received);
-    let app = axum::Router::new().fallback(move |uri: axum::http::Uri, body: axum::body::Bytes| {
-        let log = Arc::clone(&log);
-        async move {
-            let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-            log.lock().unwrap().push((uri.path().to_string(), json));
-            axum::Json(serde_json::json!({ "ok": true }))
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{address}"), received)
-}
 
 /// The events one receiver route got, in order.
 fn events(received: &Received, telegram: bool) -> Vec<String> {
@@ -90,7 +68,7 @@ async fn each_event_is_notified_once_in_order_and_a_halt_before_it_exits() {
     let database = ScratchDatabase::create(&admin, "notify").await;
     let mut cluster = Cluster::new("notify", &database.url).await;
     cluster.use_redis = false;
-    let (url, received) = receiver().await;
+    let (url, received) = receiver::start().await;
     // A receiver that is down: nothing listens on this port.
     let down = format!("http://127.0.0.1:{}", common::cluster::free_port());
     // A receiver that hangs: it takes connections and never answers, so every attempt runs

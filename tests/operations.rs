@@ -416,6 +416,13 @@ async fn check_restarts(case: &Case) {
     };
     let mut cluster = Cluster::new(&tag, &url).await;
     cluster.use_redis = false;
+    // A refused start notifies, before it exits.
+    let (receiver_url, received) = common::receiver::start().await;
+    let mut deployment = std::fs::read_to_string(cluster.dir.join("vigil.toml")).unwrap();
+    deployment.push_str(&format!(
+        "\n[[notify]]\nkind = \"webhook\"\nwebhook_url = \"{receiver_url}/hook\"\nevents = [\"restart_budget_spent\"]\n"
+    ));
+    std::fs::write(cluster.dir.join("vigil.toml"), deployment).unwrap();
     std::fs::write(
         cluster.dir.join("policy.toml"),
         POLICY.replace(
@@ -446,6 +453,20 @@ async fn check_restarts(case: &Case) {
             );
             let (_, status) = vigil_command(&cluster, &["status"]).await;
             assert!(status.contains("restart budget: spent"), "{status}");
+            assert_eq!(
+                common::receiver::webhook_events(&received),
+                ["restart_budget_spent"],
+                "{}: the refusal is notified once, before the process exits",
+                case.name
+            );
+            let notice = received.lock().unwrap()[0].1.clone();
+            assert!(
+                notice["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("the restart budget is spent"),
+                "{notice}"
+            );
             // Reset: the next start is admitted.
             let (code, said) = vigil_command(&cluster, &["restarts", "reset"]).await;
             assert_eq!(code, 0, "{said}");
@@ -468,6 +489,11 @@ async fn check_restarts(case: &Case) {
         }
     }
     if !case.refused {
+        assert!(
+            common::receiver::webhook_events(&received).is_empty(),
+            "{}: nothing refused, nothing notified",
+            case.name
+        );
         let (_, status) = vigil_command(&cluster, &["status"]).await;
         assert!(
             status.contains(&format!("restart budget: 0 of {RESTARTS_MAX} restarts")),

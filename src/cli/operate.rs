@@ -139,22 +139,19 @@ pub fn restore(args: &ServiceArgs, file: &std::path::Path) -> anyhow::Result<Out
         return Ok(Outcome::Failed);
     }
     with_store(&settings, async |store, shown| {
-        let stored = store
-            .stored_rows()
-            .await
-            .with_context(|| format!("cannot read {shown}"))?;
-        if stored > 0 {
-            eprintln!(
-                "error: {shown} is not empty ({stored} rows of positions, portfolio, pyramiding \
-                 state and signals): vigil restore writes only into an empty database; point \
-                 --database-url at a new one"
-            );
-            return Ok(Outcome::Failed);
+        match store.restore_rows(&snapshot.rows(), Utc::now()).await {
+            Ok(()) => {}
+            Err(store::StoreError::Conflict(why)) => {
+                eprintln!(
+                    "error: {shown}: {why}: vigil restore writes only into an empty database; \
+                     point --database-url at a new one"
+                );
+                return Ok(Outcome::Failed);
+            }
+            Err(error) => {
+                return Err(error).with_context(|| format!("cannot restore into {shown}"))
+            }
         }
-        store
-            .restore_rows(&snapshot.rows(), Utc::now())
-            .await
-            .with_context(|| format!("cannot restore into {shown}"))?;
         let rows = store
             .load_recovery_rows()
             .await

@@ -897,10 +897,6 @@ impl operations::Operations for AnyStore {
         delegate!(self, store => store.last_applied().await)
     }
 
-    async fn stored_rows(&self) -> Result<i64, StoreError> {
-        delegate!(self, store => store.stored_rows().await)
-    }
-
     async fn restore_rows(
         &self,
         rows: &RecoveryRows,

@@ -186,12 +186,10 @@ pub trait Operations {
     /// The fingerprint of the alert applied last, if any.
     fn last_applied(&self) -> impl Future<Output = Result<Option<String>, StoreError>>;
 
-    /// Rows in the tables a restore writes, and in the signal log: a restore goes only into
-    /// a database where this is 0.
-    fn stored_rows(&self) -> impl Future<Output = Result<i64, StoreError>>;
-
     /// Writes a snapshot's rows, as stored, in one transaction: every position (bases
-    /// first), the portfolio row and the pyramiding rows.
+    /// first), the portfolio row and the pyramiding rows; only into a database that holds
+    /// none of them and no signal (checked in the same transaction, under the start lock),
+    /// else [`StoreError::Conflict`] names what it holds.
     fn restore_rows(
         &self,
         rows: &super::RecoveryRows,
@@ -458,22 +456,28 @@ macro_rules! impl_operations {
                 Ok(row.map(|(fingerprint,)| fingerprint))
             }
 
-            async fn stored_rows(&self) -> Result<i64, $crate::store::StoreError> {
-                let (rows,): (i64,) =
-                    sqlx::query_as($crate::store::operations::OperationsSql::STORED_ROWS)
-                        .fetch_one(&self.pool)
-                        .await
-                        .map_err($classify)?;
-                Ok(rows)
-            }
-
             async fn restore_rows(
                 &self,
                 rows: &$crate::store::RecoveryRows,
                 now: chrono::DateTime<chrono::Utc>,
             ) -> Result<(), $crate::store::StoreError> {
                 use $crate::store::operations::OperationsSql;
-                let mut tx = self.pool.begin().await.map_err($classify)?;
+                let mut tx = self
+                    .pool
+                    .begin_with(sqlx::AssertSqlSafe(($begin_locked).to_string()))
+                    .await
+                    .map_err($classify)?;
+                let (stored,): (i64,) = sqlx::query_as(OperationsSql::STORED_ROWS)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err($classify)?;
+                if stored > 0 {
+                    tx.rollback().await.map_err($classify)?;
+                    return Err($crate::store::StoreError::Conflict(format!(
+                        "the database is not empty ({stored} rows of positions, portfolio, \
+                         pyramiding state and signals)"
+                    )));
+                }
                 // Bases first: a pyramid's row names its base.
                 let mut positions: Vec<_> = rows.positions.iter().collect();
                 positions.sort_by_key(|row| !row.is_base_position);

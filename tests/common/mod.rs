@@ -120,6 +120,7 @@ pub fn vigil_run(dir: &Path) -> Run {
     Run::new(vigil_binary(), dir)
 }
 pub mod cluster;
+pub mod receiver;
 pub mod tradingview;
 
 /// Journals made by [`intake`] in this process, so each gets its own file.
