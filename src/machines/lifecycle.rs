@@ -287,45 +287,10 @@ impl Lifecycle {
     /// Serving with failures tolerated: only what every reason allows is accepted.
     #[state(superstate = "serving", entry_action = "enter_degraded")]
     fn degraded(&mut self, context: &mut Outbox, event: &LifecycleEvent) -> Outcome<State> {
+        if let Some(outcome) = self.reason_changed(context, event) {
+            return outcome;
+        }
         match event {
-            LifecycleEvent::Tolerated { kind, warning } if !self.reasons.contains(*kind) => {
-                self.degrade(context, *kind, warning, "still degraded, now also")
-            }
-            LifecycleEvent::Suspected { kind } if !self.reasons.contains(*kind) => {
-                self.degrade(context, *kind, "retrying", "still degraded, now also")
-            }
-            // Already degraded for this reason (a retry that ran out and is now tolerated, or
-            // a repeated report): what is accepted does not change.
-            LifecycleEvent::Tolerated { .. } | LifecycleEvent::Suspected { .. } => Handled,
-            LifecycleEvent::Cleared { kind } if self.reasons.contains(*kind) => {
-                let remaining = self.reasons.without(*kind);
-                self.reasons = remaining;
-                if kind.needs_recovery() && !remaining.needs_recovery() {
-                    context.note(
-                        Level::Info,
-                        Some(*kind),
-                        format!("{kind} cleared; recovering state again"),
-                    );
-                    Transition(State::recovering())
-                } else if remaining.is_empty() {
-                    context.note(
-                        Level::Info,
-                        Some(*kind),
-                        format!("{kind} cleared; accepting all signals"),
-                    );
-                    Transition(State::active())
-                } else {
-                    let message = format!(
-                        "{kind} cleared; still degraded by {remaining}; accepting {}",
-                        self.accepts(remaining)
-                    );
-                    context.note(Level::Info, Some(*kind), message);
-                    Transition(State::degraded())
-                }
-            }
-            LifecycleEvent::Cleared { .. } => Handled,
-            // A watch re-ran recovery for a tolerated reason and it passed.
-            LifecycleEvent::Recovered if self.reasons.needs_recovery() => self.recovered(context),
             LifecycleEvent::Paused { allows } => self.pause(context, *allows),
             _ => Super,
         }
@@ -335,6 +300,9 @@ impl Lifecycle {
     /// reason allows; failures still come and go underneath.
     #[state(superstate = "serving", entry_action = "enter_paused")]
     fn paused(&mut self, context: &mut Outbox, event: &LifecycleEvent) -> Outcome<State> {
+        if let Some(outcome) = self.reason_changed(context, event) {
+            return outcome;
+        }
         match event {
             LifecycleEvent::Paused { allows } if self.hold != Some(*allows) => {
                 self.hold = Some(*allows);
@@ -362,34 +330,6 @@ impl Lifecycle {
                     Transition(State::degraded())
                 }
             }
-            LifecycleEvent::Tolerated { kind, warning } if !self.reasons.contains(*kind) => {
-                self.degrade(context, *kind, warning, "still paused, now also")
-            }
-            LifecycleEvent::Suspected { kind } if !self.reasons.contains(*kind) => {
-                self.degrade(context, *kind, "retrying", "still paused, now also")
-            }
-            LifecycleEvent::Tolerated { .. } | LifecycleEvent::Suspected { .. } => Handled,
-            LifecycleEvent::Cleared { kind } if self.reasons.contains(*kind) => {
-                let remaining = self.reasons.without(*kind);
-                self.reasons = remaining;
-                if kind.needs_recovery() && !remaining.needs_recovery() {
-                    context.note(
-                        Level::Info,
-                        Some(*kind),
-                        format!("{kind} cleared; recovering state again"),
-                    );
-                    Transition(State::recovering())
-                } else {
-                    let message = format!(
-                        "{kind} cleared; still paused; accepting {}",
-                        self.accepts(remaining)
-                    );
-                    context.note(Level::Info, Some(*kind), message);
-                    Transition(State::paused())
-                }
-            }
-            LifecycleEvent::Cleared { .. } => Handled,
-            LifecycleEvent::Recovered if self.reasons.needs_recovery() => self.recovered(context),
             _ => Super,
         }
     }
@@ -637,6 +577,75 @@ impl Lifecycle {
     /// step (connect, recover) must run again now that it cleared.
     fn blocked_by(&self, kind: FailureKind) -> bool {
         self.reasons.contains(kind) && kind.needs_recovery()
+    }
+
+    /// A failure event while serving `degraded` or `paused`: a new reason narrows what is
+    /// accepted; one that clears widens it, or runs recovery again when it was the last that
+    /// left stored state in doubt; a watch's re-run of recovery that passed answers the
+    /// reasons it can. A repeated report changes nothing. `None`: not such an event.
+    fn reason_changed(
+        &mut self,
+        context: &mut Outbox,
+        event: &LifecycleEvent,
+    ) -> Option<Outcome<State>> {
+        let lead = match self.hold {
+            Some(_) => "still paused, now also",
+            None => "still degraded, now also",
+        };
+        Some(match event {
+            LifecycleEvent::Tolerated { kind, warning } if !self.reasons.contains(*kind) => {
+                self.degrade(context, *kind, warning, lead)
+            }
+            LifecycleEvent::Suspected { kind } if !self.reasons.contains(*kind) => {
+                self.degrade(context, *kind, "retrying", lead)
+            }
+            // Already a reason (a retry that ran out and is now tolerated, or a repeated
+            // report): what is accepted does not change.
+            LifecycleEvent::Tolerated { .. } | LifecycleEvent::Suspected { .. } => Handled,
+            LifecycleEvent::Cleared { kind } if self.reasons.contains(*kind) => {
+                self.clear(context, *kind)
+            }
+            LifecycleEvent::Cleared { .. } => Handled,
+            LifecycleEvent::Recovered if self.reasons.needs_recovery() => self.recovered(context),
+            _ => return None,
+        })
+    }
+
+    /// The reason `kind` cleared while serving: recover again if it was the last that left
+    /// stored state in doubt; otherwise stay paused, serve everything, or stay degraded by
+    /// what remains.
+    fn clear(&mut self, context: &mut Outbox, kind: FailureKind) -> Outcome<State> {
+        let remaining = self.reasons.without(kind);
+        self.reasons = remaining;
+        let (message, target) = if kind.needs_recovery() && !remaining.needs_recovery() {
+            (
+                format!("{kind} cleared; recovering state again"),
+                State::recovering(),
+            )
+        } else if self.hold.is_some() {
+            (
+                format!(
+                    "{kind} cleared; still paused; accepting {}",
+                    self.accepts(remaining)
+                ),
+                State::paused(),
+            )
+        } else if remaining.is_empty() {
+            (
+                format!("{kind} cleared; accepting all signals"),
+                State::active(),
+            )
+        } else {
+            (
+                format!(
+                    "{kind} cleared; still degraded by {remaining}; accepting {}",
+                    self.accepts(remaining)
+                ),
+                State::degraded(),
+            )
+        };
+        context.note(Level::Info, Some(kind), message);
+        Transition(target)
     }
 
     /// `kind` narrows what is accepted: degraded, or still paused while the operator's
